@@ -1,0 +1,77 @@
+"""`reasonloop <command> [config.yaml ...] [key=value ...]`.
+
+Each command is a recipe module exposing a config dataclass and `run(cfg) -> dict` (the summary).
+Commands that take positional arguments of their own (e.g. `sandbox run FILE`) expose `main(argv)`
+instead. Modules are imported lazily so `reasonloop --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+
+from reasonloop.config import ConfigError, load_config, render_help
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    summary: str
+    config: str = "Config"  # attribute name of the config dataclass in `module`; "" for main(argv)
+
+
+COMMANDS: dict[str, Command] = {
+    "pretrain": Command("reasonloop.recipes.pretrain", "rebuild the embedded tiny model from scratch"),
+    "sft": Command("reasonloop.recipes.sft", "supervised fine-tuning on (prompt, completion) records"),
+    "eval": Command("reasonloop.recipes.evaluate", "pass@1 (greedy/sampled), pass@k, maj@k per level"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    rows = "\n".join(f"  {n.ljust(width)}  {c.summary}" for n, c in COMMANDS.items())
+    return (
+        "usage: reasonloop <command> [config.yaml ...] [key=value ...]\n\n"
+        f"commands:\n{rows}\n\n"
+        "`reasonloop <command> --help` lists the command's options with their defaults."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        print(f"reasonloop: unknown command {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+              file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return 2
+    cmd = COMMANDS[name]
+    module = importlib.import_module(cmd.module)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not cmd.config:
+        return int(module.main(rest) or 0)
+    cfg_cls = getattr(module, cmd.config)
+    if any(a in ("-h", "--help") for a in rest):
+        doc = (module.__doc__ or "").strip()
+        print(f"usage: reasonloop {name} [config.yaml ...] [key=value ...]\n\n{doc}\n\noptions:")
+        print(render_help(cfg_cls))
+        return 0
+    try:
+        cfg = load_config(cfg_cls, rest)
+    except ConfigError as exc:
+        print(f"reasonloop {name}: config error: {exc}", file=sys.stderr)
+        return 2
+    module.run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Reward composition: plain callables, TRL's signature, weighted sums with every component kept.
+
+A reward function is any callable
+
+    fn(prompts: list[str], completions: list[str], **columns) -> list[float | None]
+
+where `columns` holds the example's answer and metadata as lists aligned with `completions` (TRL users
+can bring their functions unchanged). `None` means "not applicable to this row" and counts as 0 in
+the sum. A function that raises, returns the wrong length, or returns NaN/inf never crashes a run:
+the affected rows score 0 for that component and the failure is counted in `RewardResult.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from reasonloop.data.records import Example
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[..., Sequence[float | None]]
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    name: str
+    fn: RewardFn
+    weight: float = 1.0
+
+
+@dataclass
+class RewardResult:
+    total: torch.Tensor  # [N] weighted sum of components
+    components: dict[str, torch.Tensor]  # name -> [N] unweighted component values
+    errors: dict[str, int] = field(default_factory=dict)  # name -> rows that failed (raised/NaN)
+
+
+def example_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
+    """Dataset columns as TRL passes them: `answer` plus every meta key, one list entry per row."""
+    keys: list[str] = []
+    for ex in examples:
+        keys.extend(k for k in ex.meta if k not in keys)
+    cols: dict[str, list[Any]] = {"answer": [ex.answer for ex in examples]}
+    for k in keys:
+        cols[k] = [ex.meta.get(k) for ex in examples]
+    return cols
+
+
+def compute_rewards(
+    specs: Sequence[RewardSpec], completions: Sequence[str], examples: Sequence[Example]
+) -> RewardResult:
+    """Score `completions[i]` against `examples[i]` with every spec; never raises for a bad reward fn."""
+    n = len(completions)
+    if len(examples) != n:
+        raise ValueError(f"{n} completions but {len(examples)} examples")
+    prompts = [ex.prompt for ex in examples]
+    columns = example_columns(examples)
+    total = torch.zeros(n)
+    components: dict[str, torch.Tensor] = {}
+    errors: dict[str, int] = {}
+    for spec in specs:
+        values, bad = _call_reward(spec, prompts, list(completions), columns)
+        if bad:
+            errors[spec.name] = bad
+        components[spec.name] = values
+        total += spec.weight * values
+    return RewardResult(total=total, components=components, errors=errors)
+
+
+def _call_reward(spec: RewardSpec, prompts, completions, columns) -> tuple[torch.Tensor, int]:
+    n = len(completions)
+    try:
+        raw = list(spec.fn(prompts=prompts, completions=completions, **columns))
+    except Exception as exc:  # a user's reward fn must not kill the run
+        log.warning("reward %r raised %s: %s; scoring its %d rows 0", spec.name, type(exc).__name__, exc, n)
+        return torch.zeros(n), n
+    if len(raw) != n:
+        log.warning("reward %r returned %d values for %d rows; scoring them 0", spec.name, len(raw), n)
+        return torch.zeros(n), n
+    out = torch.zeros(n)
+    bad = 0
+    for i, v in enumerate(raw):
+        if v is None:
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = math.nan
+        if not math.isfinite(f):
+            bad += 1
+            continue
+        out[i] = f
+    if bad:
+        log.warning("reward %r returned %d non-finite values; scored 0", spec.name, bad)
+    return out, bad
