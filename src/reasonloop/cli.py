@@ -26,6 +26,7 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command("reasonloop.recipes.pretrain", "rebuild the embedded tiny model from scratch"),
     "sft": Command("reasonloop.recipes.sft", "supervised fine-tuning on (prompt, completion) records"),
     "eval": Command("reasonloop.recipes.evaluate", "pass@1 (greedy/sampled), pass@k, maj@k per level"),
+    "sandbox": Command("reasonloop.sandbox.cli", "run untrusted code under the sandbox (`sandbox run FILE`)", config=""),
 }
 
 
