@@ -1,0 +1,137 @@
+"""Pure RL / preference maths: advantages, policy losses, KL, aggregation, value, entropy.
+
+Registries (names -> functions). Signatures differ by family; each function's docstring is the
+reference. In short:
+
+ADVANTAGE_ESTIMATORS
+    "grpo", "dr_grpo", "rloo":  f(rewards[B, G], ...) -> advantages[B, G]
+    "reinforce":                f(rewards[B, G], baseline=..., running_mean=..., momentum=...)
+                                -> (advantages[B, G], new_running_mean)
+    "reinforce_pp":             f(rewards[B, G] | [N], logprobs[N, T], ref_logprobs[N, T],
+                                  mask[N, T], beta, gamma=1.0, ...) -> advantages[N, T]
+    "gae":                      f(token_rewards[N, T], values[N, T], mask[N, T], gamma, lam)
+                                -> (advantages[N, T], returns[N, T])
+
+PREFERENCE_LOSSES  (all return (loss, metrics))
+    "dpo", "cdpo", "robust_dpo", "ipo", "spin":
+        f(policy_chosen_logps[B], policy_rejected_logps[B], ref_chosen_logps[B],
+          ref_rejected_logps[B], beta, ...)
+    "kto":   f(policy_chosen[Bc], policy_rejected[Br], ref_chosen[Bc], ref_rejected[Br], kl_ref, beta, ...)
+    "orpo":  f(policy_chosen_avg_logps[B], policy_rejected_avg_logps[B], lam, ...)   (no reference)
+    "simpo": f(policy_chosen_logps[B], policy_rejected_logps[B], chosen_lengths[B],
+               rejected_lengths[B], beta, gamma, ...)                              (no reference)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from reasonloop.algos.advantages import (
+    adaptive_group_size,
+    discounted_returns,
+    dr_grpo_advantages,
+    dynamic_sampling_keep,
+    gae_advantages,
+    grpo_advantages,
+    hierarchical_grpo_advantages,
+    mask_truncated,
+    normalize_rewards,
+    overlong_penalty,
+    rank_normalize,
+    reinforce_advantages,
+    reinforce_pp_advantages,
+    RewardNormState,
+    rloo_advantages,
+    update_reward_norm_state,
+    weighted_grpo_advantages,
+)
+from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, step_normalizer
+from reasonloop.algos.entropy import entropy_from_logits
+from reasonloop.algos.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    kl_estimate,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    kl_penalty_in_reward,
+)
+from reasonloop.algos.policy_loss import PPOPenaltyController, ppo_clip_loss, ppo_penalty_loss, tis_weights
+from reasonloop.algos.preference import (
+    cdpo_loss,
+    dpo_loss,
+    ipo_loss,
+    kto_loss,
+    orpo_loss,
+    robust_dpo_loss,
+    simpo_loss,
+    spin_loss,
+)
+from reasonloop.algos.value import clipped_value_loss, explained_variance
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable] = {
+    "grpo": grpo_advantages,
+    "dr_grpo": dr_grpo_advantages,
+    "rloo": rloo_advantages,
+    "reinforce": reinforce_advantages,
+    "reinforce_pp": reinforce_pp_advantages,
+    "gae": gae_advantages,
+}
+
+PREFERENCE_LOSSES: dict[str, Callable] = {
+    "dpo": dpo_loss,
+    "cdpo": cdpo_loss,
+    "robust_dpo": robust_dpo_loss,
+    "ipo": ipo_loss,
+    "spin": spin_loss,
+    "kto": kto_loss,
+    "orpo": orpo_loss,
+    "simpo": simpo_loss,
+}
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AGGREGATION_MODES",
+    "PREFERENCE_LOSSES",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "PPOPenaltyController",
+    "RewardNormState",
+    "adaptive_group_size",
+    "aggregate",
+    "cdpo_loss",
+    "clipped_value_loss",
+    "discounted_returns",
+    "dpo_loss",
+    "dr_grpo_advantages",
+    "dynamic_sampling_keep",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae_advantages",
+    "grpo_advantages",
+    "hierarchical_grpo_advantages",
+    "ipo_loss",
+    "kl_estimate",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "kl_penalty_in_reward",
+    "kto_loss",
+    "mask_truncated",
+    "normalize_rewards",
+    "orpo_loss",
+    "overlong_penalty",
+    "ppo_clip_loss",
+    "ppo_penalty_loss",
+    "rank_normalize",
+    "reinforce_advantages",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
+    "robust_dpo_loss",
+    "simpo_loss",
+    "spin_loss",
+    "step_normalizer",
+    "tis_weights",
+    "update_reward_norm_state",
+    "weighted_grpo_advantages",
+]
