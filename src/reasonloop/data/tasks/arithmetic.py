@@ -1,0 +1,205 @@
+"""The embedded task: procedural +/- chains with worked solutions and an exact verifier.
+
+A problem is a left-to-right chain such as `17+4-9`, asked as `Q: 17+4-9=?` and answered as
+
+    <think>17+4=21;21-9=12</think><answer>12</answer>
+
+Levels set the number of operations and the operand range (see `LEVELS`). Running values never go
+negative. Problems are assigned to a split by a hash of their text, so "train" and "test" can never
+share a problem whatever the seed; each split is deduplicated.
+
+The pretraining corpus (`pretraining_text`) mixes *careful* traces (one step per operation, as above)
+with *lazy* ones that write the whole chain and jump to a result (`17+4-9=12`), the way web text
+mixes worked solutions with bare answers. The base model imitates both, so it reasons carefully
+only some of the time; reward for correct answers teaches it that care pays. Single-operation
+problems read the same either way, which is why level 1 is easy for the base model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+
+from reasonloop.data.records import Example
+from reasonloop.rewards.core import RewardSpec
+
+# level -> (number of operations, largest operand)
+LEVELS: dict[int, tuple[int, int]] = {1: (1, 19), 2: (2, 19), 3: (3, 19), 4: (2, 99), 5: (3, 99)}
+TEST_FRACTION_BUCKETS = 5  # one problem in five belongs to the held-out split
+
+ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
+FORMAT_RE = re.compile(r"^<think>(?P<think>.+?)</think><answer>(?P<answer>[^<]+)</answer>$", re.S)
+NUMBER_RE = re.compile(r"^[+-]?\d+(?:\.0+)?$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    operands: tuple[int, ...]
+    ops: tuple[str, ...]  # "+" or "-", len(ops) == len(operands) - 1
+    level: int
+
+    @property
+    def text(self) -> str:
+        out = str(self.operands[0])
+        for op, x in zip(self.ops, self.operands[1:]):
+            out += f"{op}{x}"
+        return out
+
+    def running_values(self) -> list[int]:
+        values = [self.operands[0]]
+        for op, x in zip(self.ops, self.operands[1:]):
+            values.append(values[-1] + x if op == "+" else values[-1] - x)
+        return values
+
+    @property
+    def answer(self) -> int:
+        return self.running_values()[-1]
+
+    def trace(self, careful: bool = True) -> str:
+        """The text inside `<think>`: one step per operation, or the whole chain at once."""
+        values = self.running_values()
+        if not careful:
+            return f"{self.text}={values[-1]}"
+        steps = [
+            f"{values[i]}{op}{x}={values[i + 1]}" for i, (op, x) in enumerate(zip(self.ops, self.operands[1:]))
+        ]
+        return ";".join(steps)
+
+
+def split_of(problem_text: str) -> str:
+    bucket = int(hashlib.sha1(problem_text.encode()).hexdigest(), 16) % TEST_FRACTION_BUCKETS
+    return "test" if bucket == 0 else "train"
+
+
+def sample_problem(rng: random.Random, level: int) -> Problem:
+    n_ops, hi = LEVELS[level]
+    value = rng.randint(0, hi)
+    operands, ops = [value], []
+    for _ in range(n_ops):
+        op = rng.choice("+-")
+        if op == "-" and value == 0:
+            op = "+"
+        x = rng.randint(0, hi) if op == "+" else rng.randint(0, min(hi, value))
+        value = value + x if op == "+" else value - x
+        operands.append(x)
+        ops.append(op)
+    return Problem(tuple(operands), tuple(ops), level)
+
+
+def format_prompt(problem: Problem) -> str:
+    return f"Q: {problem.text}=?\n"
+
+
+def format_completion(problem: Problem, careful: bool = True) -> str:
+    return f"<think>{problem.trace(careful)}</think><answer>{problem.answer}</answer>"
+
+
+def parse_number(text: str) -> int | None:
+    """Normalise `text` to an integer: spaces, commas, a leading '+', and a '.0' tail are allowed."""
+    cleaned = text.strip().replace(",", "").replace(" ", "")
+    if not NUMBER_RE.match(cleaned):
+        return None
+    return int(float(cleaned))
+
+
+def extract_answer(completion: str) -> str | None:
+    """The content of the single `<answer>` block; None when there is none or more than one."""
+    found = ANSWER_RE.findall(completion)
+    return found[0] if len(found) == 1 else None
+
+
+class ArithmeticTask:
+    """Procedural arithmetic with difficulty levels; see the module docstring."""
+
+    name = "arithmetic"
+
+    def __init__(self, levels: tuple[int, ...] = tuple(LEVELS), max_completion_chars: int = 160):
+        unknown = [lv for lv in levels if lv not in LEVELS]
+        if unknown:
+            raise ValueError(f"unknown arithmetic levels {unknown}; known: {sorted(LEVELS)}")
+        self.levels = tuple(levels)
+        self.max_completion_chars = max_completion_chars
+
+    # -- data -------------------------------------------------------------------------------------
+    def problems(self, split: str, n: int, seed: int = 0, distinct: bool = True) -> list[Problem]:
+        """`n` problems of `split` (distinct unless told otherwise), round-robin over the levels; deterministic."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        rng = random.Random(f"{seed}:{split}")
+        seen: set[str] = set()
+        out: list[Problem] = []
+        for i in range(n):
+            level = self.levels[i % len(self.levels)]
+            for _ in range(10_000):
+                p = sample_problem(rng, level)
+                if (not distinct or p.text not in seen) and split_of(p.text) == split:
+                    break
+            else:
+                raise ValueError(f"level {level} has too few distinct {split} problems for n={n}")
+            seen.add(p.text)
+            out.append(p)
+        return out
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        return [
+            Example(format_prompt(p), str(p.answer), {"id": p.text, "level": p.level})
+            for p in self.problems(split, n, seed)
+        ]
+
+    def sft_records(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """(prompt, completion) records with careful traces: the supervised target."""
+        return [{"prompt": format_prompt(p), "completion": format_completion(p)} for p in self.problems(split, n, seed)]
+
+    def pretraining_text(self, n: int, seed: int = 0, p_careful: float = 0.4) -> list[str]:
+        rng = random.Random(f"{seed}:careful")
+        return [
+            format_prompt(p) + format_completion(p, careful=rng.random() < p_careful)
+            for p in self.problems("train", n, seed, distinct=False)
+        ]
+
+    # -- verifier and rewards -----------------------------------------------------------------------
+    def is_correct(self, completion: str, example: Example) -> bool:
+        match = FORMAT_RE.match(completion.strip())
+        if not match:
+            return False
+        got = parse_number(match["answer"])
+        return got is not None and got == parse_number(example.answer)
+
+    def answer_key(self, completion: str) -> int | None:
+        """The normalised answer for majority voting."""
+        found = extract_answer(completion)
+        return parse_number(found) if found is not None else None
+
+    def accuracy_reward(self, prompts, completions, answer, **_) -> list[float]:
+        return [float(self.is_correct(c, Example(p, a))) for p, c, a in zip(prompts, completions, answer)]
+
+    @staticmethod
+    def format_reward(prompts, completions, **_) -> list[float]:
+        return [float(FORMAT_RE.match(c.strip()) is not None) for c in completions]
+
+    def length_penalty(self, prompts, completions, **_) -> list[float]:
+        """0 up to `max_completion_chars`, then -1 per extra `max_completion_chars`, floored at -1."""
+        limit = self.max_completion_chars
+        return [-min(1.0, max(0, len(c) - limit) / limit) for c in completions]
+
+    def rewards(self) -> list[RewardSpec]:
+        return [
+            RewardSpec("accuracy", self.accuracy_reward, 1.0),
+            RewardSpec("format", self.format_reward, 0.1),
+            RewardSpec("length", self.length_penalty, 1.0),
+        ]
+
+
+def parse_levels(arg: str) -> tuple[int, ...]:
+    """'2' -> (2,), '1-3' -> (1, 2, 3), '1,4' -> (1, 4)."""
+    levels: list[int] = []
+    for part in arg.split(","):
+        lo, _, hi = part.partition("-")
+        levels.extend(range(int(lo), int(hi or lo) + 1))
+    return tuple(levels)
+
+
+def make_task(arg: str | None, data_dir: str | None) -> ArithmeticTask:
+    return ArithmeticTask(parse_levels(arg) if arg else tuple(LEVELS))

@@ -1,0 +1,119 @@
+"""Rebuild the embedded tiny model from scratch on the procedural arithmetic corpus.
+
+Builds the char-level tokenizer and a tiny Llama config (`models/tiny.py`), trains it with a plain
+next-token loss on `ArithmeticTask.pretraining_text` (careful and lazy worked solutions, see
+`data/tasks/arithmetic.py`), evaluates on the held-out split per level, and saves an ordinary HF
+model directory to `<output_dir>/model`. The shipped asset `reasonloop/assets/tiny-arith` is this
+command's output with the defaults (`export=true` copies it there).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+
+import torch
+from transformers import LlamaForCausalLM
+
+from reasonloop.config import require, require_choice
+from reasonloop.data.tasks.arithmetic import ArithmeticTask
+from reasonloop.models.tiny import SIZES, build_config, build_tokenizer
+from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
+from reasonloop.train.forward import encode_pairs
+from reasonloop.train.optim import OptimConfig, build_optimizer
+from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
+from reasonloop.train.supervised import supervised_step
+
+
+@dataclass
+class Config:
+    output_dir: str = ""
+    """Run directory; empty means runs/pretrain-<timestamp>."""
+    size: str = "tiny"
+    """Model size preset from models/tiny.py SIZES (nano, tiny, small)."""
+    steps: int = 3000
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Sequences per optimizer step."""
+    micro_batch_size: int = 64
+    """Sequences per forward/backward; gradients accumulate up to batch_size."""
+    corpus_size: int = 150_000
+    """Distinct training problems in the corpus (drawn from the train split only)."""
+    p_careful: float = 0.4
+    """Fraction of corpus solutions written step by step; the rest jump straight to the result."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=100))
+    """Optimiser and schedule."""
+    eval_every: int = 1000
+    """Evaluate on held-out problems every N steps (and at the end)."""
+    eval_per_level: int = 40
+    """Held-out problems per level at each evaluation."""
+    seed: int = 0
+    """Seed for data order and initialisation."""
+    threads: int = 0
+    """torch threads; 0 keeps torch's default."""
+    export: bool = False
+    """Copy the final model into the package's assets (what ships as model=embedded)."""
+
+    def __post_init__(self):
+        require_choice("size", self.size, list(SIZES))
+        require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
+        require(0.0 <= self.p_careful <= 1.0, "p_careful must be in [0, 1]")
+
+
+def run(cfg: Config) -> dict:
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    run_ = Run(cfg.output_dir or default_output_dir("pretrain"), cfg)
+    tokenizer = build_tokenizer()
+    model = LlamaForCausalLM(build_config(tokenizer, cfg.size))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"pretrain: {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} sequences")
+
+    task = ArithmeticTask()
+    corpus = task.pretraining_text(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful)
+    held_out = task.examples("test", cfg.eval_per_level * len(task.levels), seed=cfg.seed)
+    optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
+    sampler = TorchSampler(model, tokenizer)
+    eval_sampling = SamplingConfig(temperature=1.0, max_new_tokens=64)
+    rng = random.Random(cfg.seed)
+
+    def run_eval(step: int) -> dict:
+        summary, _ = evaluate(sampler, task, held_out, render=lambda p: p, sampling=eval_sampling, k=4, seed=cfg.seed)
+        run_.log(step, flat_metrics(summary))
+        print(f"step {step}: held-out accuracy\n{format_table(summary)}")
+        return summary
+
+    start = time.time()
+    tokens = 0.0
+    with progress("pretrain", cfg.steps) as bar:
+        for step in range(1, cfg.steps + 1):
+            texts = rng.sample(corpus, cfg.batch_size)
+            batch = encode_pairs(tokenizer, [t[:1] for t in texts], [t[1:] for t in texts])
+            metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm)
+            tokens += metrics["tokens"]
+            metrics["tokens_per_s"] = tokens / (time.time() - start)
+            run_.log(step, metrics)
+            bar.advance()
+            bar.set(f"loss {metrics['loss']:.3f}")
+            if step % cfg.eval_every == 0 and step != cfg.steps:
+                run_eval(step)
+    summary = run_eval(cfg.steps)
+    train_seconds = time.time() - start
+    model_dir = run_.dir / "model"
+    model.save_pretrained(str(model_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(model_dir))
+    result = {"parameters": n_params, "seconds": train_seconds, "eval": summary, "model_dir": str(model_dir)}
+    run_.write_json("summary.json", result)
+    if cfg.export:
+        target = resources.files("reasonloop") / "assets" / "tiny-arith"
+        shutil.rmtree(str(target), ignore_errors=True)
+        shutil.copytree(model_dir, str(target))
+        print(f"exported to {target}")
+    print(f"pretrain: done in {train_seconds:.0f}s; model at {model_dir}")
+    run_.close()
+    return result

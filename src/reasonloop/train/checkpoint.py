@@ -1,0 +1,108 @@
+"""Atomic, resumable checkpoints: model (safetensors), optimizer, scheduler, RNG states, loop state.
+
+Layout: `<run>/checkpoints/step-000123/` holding `model/` (save_pretrained), `trainer.pt`
+(optimizer, scheduler, RNG states) and `state.json` (step, data position, controller states).
+A checkpoint is written to a `.tmp` sibling and renamed into place, then `latest` is replaced
+atomically, so a run killed mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    state["generators"] = {k: g.get_state() for k, g in (generators or {}).items()}
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for k, g in (generators or {}).items():
+        g.set_state(state["generators"][k])
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    generators: dict[str, torch.Generator] | None = None,
+    keep: int = 2,
+) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f"step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(str(tmp / "model"), safe_serialization=True)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(generators)},
+        tmp / "trainer.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    latest_tmp = root / "latest.tmp"
+    latest_tmp.write_text(final.name)
+    os.replace(latest_tmp, root / "latest")
+    for old in sorted(p for p in root.glob("step-*") if p.suffix != ".tmp")[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generators: dict[str, torch.Generator] | None = None,
+) -> dict[str, Any]:
+    """Restore everything in place; returns the loop state (step, data position, controllers...)."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for f in sorted((path / "model").glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    target = model
+    if hasattr(model, "peft_config"):  # a peft model saves only its adapter weights
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+    else:
+        missing, unexpected = target.load_state_dict(weights, strict=False)
+        # tied embeddings are saved once; anything else missing is a real error
+        missing = [m for m in missing if not m.endswith("lm_head.weight")]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {path} does not match the model: missing={missing} unexpected={unexpected}")
+    trainer = torch.load(path / "trainer.pt", weights_only=False)
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    set_rng_state(trainer["rng"], generators)
+    return json.loads((path / "state.json").read_text())

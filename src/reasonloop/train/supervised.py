@@ -1,0 +1,32 @@
+"""One supervised optimizer step over micro-batches, normalised over the whole step."""
+
+from __future__ import annotations
+
+import torch
+
+from reasonloop.algos.sft import sft_loss
+from reasonloop.train.forward import TokenBatch, completion_logprobs
+from reasonloop.train.optim import clip_and_step
+
+
+def supervised_step(
+    model: torch.nn.Module, batch: TokenBatch, micro_batch_size: int, optimizer, scheduler, max_grad_norm: float
+) -> dict[str, float]:
+    """Token-mean NLL over every completion token of `batch`; gradients accumulate across micro-batches.
+
+    The normaliser is the step's total token count, so the update does not depend on
+    `micro_batch_size`. A non-finite gradient skips the optimizer step (reported as `skipped`).
+    """
+    device = next(model.parameters()).device
+    normalizer = float(batch.completion_mask.sum())
+    model.train()
+    total = 0.0
+    for start in range(0, len(batch), micro_batch_size):
+        mb = batch.select(slice(start, start + micro_batch_size)).to(device)
+        logprobs, _ = completion_logprobs(model, mb)
+        loss, _ = sft_loss(logprobs, mb.completion_mask, normalizer)
+        loss.backward()
+        total += float(loss.detach())
+    lr = scheduler.get_last_lr()[0]
+    grad_norm, stepped = clip_and_step(model, optimizer, scheduler, max_grad_norm)
+    return {"loss": total, "grad_norm": grad_norm, "lr": lr, "tokens": normalizer, "skipped": float(not stepped)}
