@@ -94,7 +94,8 @@ def weighted_grpo_advantages(
     Use it when samples are not equally trustworthy (e.g. a verifier's confidence, or importance
     weights of off-policy samples). Weights shape the baseline and scale, not the advantage's
     sign. With uniform weights this equals ``grpo_advantages(..., unbiased=False)``. std_mode
-    "batch" uses the weighted std over the whole batch. Groups with equal rewards get 0.
+    "batch" uses the weighted std of all the batch's rewards (about their weighted mean), as
+    GRPO's "batch" mode does unweighted. Groups with equal rewards get 0.
     """
     check_shape("rewards", rewards, (None, None))
     check_same_shape(rewards=rewards, weights=weights)
@@ -112,7 +113,8 @@ def weighted_grpo_advantages(
     if std_mode == "group":
         adv = centred / ((w * centred**2).sum(dim=-1, keepdim=True) / w_sum).sqrt().add(eps)
     elif std_mode == "batch":
-        adv = centred / ((w * centred**2).sum() / w.sum()).sqrt().add(eps)
+        mu_all = (w * rewards).sum() / w.sum()
+        adv = centred / ((w * (rewards - mu_all) ** 2).sum() / w.sum()).sqrt().add(eps)
     else:
         adv = centred
     return torch.where(_group_all_equal(rewards), torch.zeros_like(adv), adv)
