@@ -185,23 +185,58 @@ def _outcome(passed: int, total: int, results: list[ExecResult]) -> TestOutcome:
     return TestOutcome(passed, total, tuple(r.status for r in results), sum(r.wall_time for r in results))
 
 
-def _rows(completions, tests, test_style, test_setup) -> list[tuple[int, tuple[str, Sequence, str, str]]]:
+def program_for(completion: str, code_prefix: str = "", entry_point: str = "") -> str:
+    """The program to test. With a `code_prefix` (HumanEval's signature + docstring) the prefix
+    always comes first, so its imports hold; a completion that redefines `entry_point` follows it,
+    otherwise the completion is taken as the body continuing the prefix."""
+    code = extract_code(completion)
+    if not code_prefix:
+        return code
+    if entry_point and re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.M):
+        return code_prefix + "\n" + code
+    return code_prefix + code
+
+
+def _rows(completions, tests, test_style=None, test_setup=None, code_prefix=None, entry_point=None):
+    """(row index, (program, tests, style, setup)) for rows that have tests."""
     n = len(completions)
-    styles = test_style or ["assert"] * n
-    setups = test_setup or [""] * n
-    return [(i, (extract_code(completions[i]), tests[i], styles[i] or "assert", setups[i] or ""))
+    col = lambda c, default: c if c is not None else [default] * n  # noqa: E731
+    styles, setups = col(test_style, "assert"), col(test_setup, "")
+    prefixes, entries = col(code_prefix, ""), col(entry_point, "")
+    return [(i, (program_for(completions[i], prefixes[i] or "", entries[i] or ""), tests[i],
+                 styles[i] or "assert", setups[i] or ""))
             for i in range(n) if tests[i]]
+
+
+def _outcomes(verifier: "CodeVerifier", completions, tests, columns) -> list[TestOutcome | None]:
+    rows = _rows(completions, tests or [None] * len(completions), **columns)
+    out: list[TestOutcome | None] = [None] * len(completions)
+    for (i, _row), o in zip(rows, verifier.check_many([r for _, r in rows])):
+        out[i] = o
+    return out
+
+
+_COLUMNS = ("test_style", "test_setup", "code_prefix", "entry_point")
+
+
+def _test_columns(kwargs: dict) -> dict:
+    return {k: kwargs.get(k) for k in _COLUMNS}
 
 
 def pass_rate_reward(verifier: CodeVerifier):
     """Fraction of test cases passed (0 for anything that fails to run)."""
-    def code_pass_rate(prompts, completions, tests=None, test_style=None, test_setup=None, **_):
-        out: list[float | None] = [None] * len(completions)
-        rows = _rows(completions, tests or [None] * len(completions), test_style, test_setup)
-        for (i, _row), o in zip(rows, verifier.check_many([r for _, r in rows])):
-            out[i] = o.pass_rate
-        return out
+    def code_pass_rate(prompts, completions, tests=None, **columns):
+        outcomes = _outcomes(verifier, completions, tests, _test_columns(columns))
+        return [None if o is None else o.pass_rate for o in outcomes]
     return code_pass_rate
+
+
+def correct_reward(verifier: CodeVerifier):
+    """1 when every test passes, else 0: the verdict `Task.is_correct` gives, so eval and reward agree."""
+    def code_correct(prompts, completions, tests=None, **columns):
+        outcomes = _outcomes(verifier, completions, tests, _test_columns(columns))
+        return [None if o is None else float(o.all_passed) for o in outcomes]
+    return code_correct
 
 
 def efficiency_reward(verifier: CodeVerifier):
@@ -209,13 +244,11 @@ def efficiency_reward(verifier: CodeVerifier):
     among correct programs, so it cannot be earned by failing fast."""
     limit = verifier.sandbox.limits.wall_time_s
 
-    def code_efficiency(prompts, completions, tests=None, test_style=None, test_setup=None, **_):
-        out: list[float | None] = [None] * len(completions)
-        rows = _rows(completions, tests or [None] * len(completions), test_style, test_setup)
-        for (i, _row), o in zip(rows, verifier.check_many([r for _, r in rows])):
-            mean = o.wall_time / max(len(o.statuses), 1)
-            out[i] = max(0.0, 1.0 - mean / limit) if o.all_passed else 0.0
-        return out
+    def code_efficiency(prompts, completions, tests=None, **columns):
+        outcomes = _outcomes(verifier, completions, tests, _test_columns(columns))
+        return [None if o is None else
+                (max(0.0, 1.0 - o.wall_time / max(len(o.statuses), 1) / limit) if o.all_passed else 0.0)
+                for o in outcomes]
     return code_efficiency
 
 
