@@ -46,7 +46,8 @@ def grpo_advantages(
 
     with s chosen by `std_mode`:
       - "group": std of the group's rewards (original GRPO);
-      - "batch": std of all B*G rewards (a single scale for the batch, as in REINFORCE++-baseline);
+      - "batch": std of all B*G raw rewards (one scale for the whole batch; note that
+        REINFORCE++-baseline instead whitens the group-centred values);
       - "none":  s = 1 and no eps, i.e. plain mean-centring (Dr.GRPO, Liu et al. 2025, which drops
         the std because it up-weights too-easy and too-hard prompts).
 

@@ -114,8 +114,8 @@ def robust_dpo_loss(
 
         loss = [ -(1 - eps) log sigmoid(z) + eps log sigmoid(-z) ] / (1 - 2 eps)
 
-    Unlike cDPO it is unbounded below in z (the eps term rewards large margins less, not more),
-    and with eps = 0 it equals `dpo_loss`.
+    Unlike cDPO it has no finite optimum: the loss keeps decreasing in z (unbounded below, slope
+    -eps/(1-2eps) for large z). With eps = 0 it equals `dpo_loss`.
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
