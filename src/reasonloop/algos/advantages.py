@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonloop.algos.aggregation import check_same_shape, check_shape, masked_sum, masked_whiten
+from reasonloop.algos.aggregation import check_same_shape, check_shape, masked_whiten
 from reasonloop.algos.kl import kl_estimate
 
 STD_MODES: tuple[str, ...] = ("group", "batch", "none")
