@@ -38,6 +38,7 @@ from reasonloop.sandbox.records import ExecResult, Limits
 SCRATCH = "/sandbox"  # the program's working directory inside the namespace
 COMPILE_ERROR_MARK = "__reasonloop_compile_error__"
 MEMORY_MARKS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+CPU_KILL_FRACTION = 0.9  # rusage lags the kernel's RLIMIT_CPU accounting by a tick
 SYNTAX_MARKS = ("SyntaxError:", "IndentationError:", "TabError:")
 
 
@@ -259,7 +260,7 @@ def _finish(raw: _Raw, io: _Streams, lim: Limits, level: str) -> ExecResult:
 def _classify(raw: _Raw, started: bool, over_output: bool, stderr: str, lim: Limits) -> str:
     """Map how the run ended to one status; the first matching cause wins."""
     if raw.timed_out or raw.signal == signal.SIGXCPU or (
-            raw.signal == signal.SIGKILL and raw.cpu_time >= lim.cpu_time_s):
+            raw.signal == signal.SIGKILL and raw.cpu_time >= CPU_KILL_FRACTION * lim.cpu_time_s):
         return "timeout"  # checked first: a killed bwrap never writes its exit-code status
     if not started:
         return "sandbox_error"
