@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from reasonloop.config import ConfigError, load_config, render_help
+from reasonloop.recipes.presets import RL_PRESETS
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,23 @@ class Command:
     module: str
     summary: str
     config: str = "Config"  # attribute name of the config dataclass in `module`; "" for main(argv)
+    preset: tuple[str, ...] = ()  # key=value pairs applied before the user's own (aliases of `train`)
 
 
 COMMANDS: dict[str, Command] = {
     "pretrain": Command("reasonloop.recipes.pretrain", "rebuild the embedded tiny model from scratch"),
     "sft": Command("reasonloop.recipes.sft", "supervised fine-tuning on (prompt, completion) records"),
     "eval": Command("reasonloop.recipes.evaluate", "pass@1 (greedy/sampled), pass@k, maj@k per level"),
+    "train": Command("reasonloop.recipes.rl", "online RL (GRPO by default; see the presets below)"),
+    **{
+        name: Command("reasonloop.recipes.rl", f"online RL preset: train {' '.join(keys) or '(the defaults)'}",
+                      preset=tuple(keys))
+        for name, keys in RL_PRESETS.items()
+    },
+    "self_train": Command("reasonloop.recipes.self_train",
+                          "generate -> verify -> select -> SFT loops (rejection sampling, RAFT, ReST, STaR, ...)"),
+    "dpo": Command("reasonloop.recipes.dpo", "preference optimisation: offline, online/iterative, self-rewarding"),
+    "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
     "sandbox": Command("reasonloop.sandbox.cli", "run untrusted code under the sandbox (`sandbox run FILE`)", config=""),
 }
 
@@ -62,11 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg_cls = getattr(module, cmd.config)
     if any(a in ("-h", "--help") for a in rest):
         doc = (module.__doc__ or "").strip()
-        print(f"usage: reasonloop {name} [config.yaml ...] [key=value ...]\n\n{doc}\n\noptions:")
+        print(f"usage: reasonloop {name} [config.yaml ...] [key=value ...]\n\n{doc}\n")
+        if cmd.preset:
+            print(f"preset (applied before your keys): {' '.join(cmd.preset)}\n")
+        print("options:")
         print(render_help(cfg_cls))
         return 0
     try:
-        cfg = load_config(cfg_cls, rest)
+        cfg = load_config(cfg_cls, [*cmd.preset, *rest])
     except ConfigError as exc:
         print(f"reasonloop {name}: config error: {exc}", file=sys.stderr)
         return 2

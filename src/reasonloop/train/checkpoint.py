@@ -45,8 +45,10 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     generators: dict[str, torch.Generator] | None = None,
+    modules: dict[str, torch.nn.Module] | None = None,
     keep: int = 2,
 ) -> Path:
+    """`modules` are extra trained parts (e.g. a value head) saved beside the optimizer state."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -55,7 +57,8 @@ def save_checkpoint(
     tmp.mkdir()
     model.save_pretrained(str(tmp / "model"), safe_serialization=True)
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(generators)},
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(generators),
+         "modules": {k: m.state_dict() for k, m in (modules or {}).items()}},
         tmp / "trainer.pt",
     )
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
@@ -83,6 +86,7 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     generators: dict[str, torch.Generator] | None = None,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Restore everything in place; returns the loop state (step, data position, controllers...)."""
     from safetensors.torch import load_file
@@ -90,13 +94,12 @@ def load_checkpoint(
     weights = {}
     for f in sorted((path / "model").glob("*.safetensors")):
         weights.update(load_file(str(f)))
-    target = model
     if hasattr(model, "peft_config"):  # a peft model saves only its adapter weights
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, weights)
     else:
-        missing, unexpected = target.load_state_dict(weights, strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         # tied embeddings are saved once; anything else missing is a real error
         missing = [m for m in missing if not m.endswith("lm_head.weight")]
         if missing or unexpected:
@@ -105,4 +108,6 @@ def load_checkpoint(
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"], generators)
+    for k, m in (modules or {}).items():
+        m.load_state_dict(trainer["modules"][k])
     return json.loads((path / "state.json").read_text())

@@ -64,26 +64,41 @@ def encode_pairs(
     return TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)
 
 
-def completion_logprobs(
-    model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs [N, T] of the completion tokens (and entropies [N, T] if asked).
+@dataclass
+class ForwardOut:
+    logprobs: torch.Tensor  # [N, T] log-prob of each completion token
+    entropy: torch.Tensor | None  # [N, T] entropy of the predictive distribution, when asked
+    hidden: torch.Tensor | None  # [N, T, H] last hidden state at the predicting positions, when asked
 
-    Masked positions hold garbage-free zeros only after the caller multiplies by the mask.
+
+def policy_forward(
+    model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = False,
+    with_hidden: bool = False,
+) -> ForwardOut:
+    """One forward pass over prompt+completion; outputs are aligned with the completion tokens.
+
+    Position P-1+t predicts completion token t, so hidden[:, t] is the state *before* token t (what a
+    value head reads as V(s_t)). Values at masked positions are meaningless; callers mask them.
     """
+    if batch.prompt_ids.shape[1] == 0:  # nothing to condition on: the first token has no prediction
+        raise ValueError("policy_forward needs at least one prompt token (use a BOS or EOS prefix)")
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
-    if batch.prompt_ids.shape[1] == 0:  # nothing to condition on: the first token has no prediction
-        raise ValueError("completion_logprobs needs at least one prompt token (use a BOS or EOS prefix)")
     position = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False).logits
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False,
+                output_hidden_states=with_hidden)
     P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    logits = logits[:, P - 1 : P + T - 1, :]  # position t predicts token t+1
+    logits = out.logits[:, P - 1 : P + T - 1, :]  # position t predicts token t+1
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
-    logprobs = token_logprobs(logits, batch.completion_ids)
     entropy = None
     if with_entropy:
         logp = torch.log_softmax(logits.float(), dim=-1)
         entropy = -(logp.exp() * logp).sum(-1)
-    return logprobs, entropy
+    hidden = out.hidden_states[-1][:, P - 1 : P + T - 1, :] if with_hidden else None
+    return ForwardOut(token_logprobs(logits, batch.completion_ids), entropy, hidden)
+
+
+def completion_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs [N, T] of the completion tokens."""
+    return policy_forward(model, batch, temperature).logprobs

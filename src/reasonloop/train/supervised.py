@@ -23,7 +23,7 @@ def supervised_step(
     total = 0.0
     for start in range(0, len(batch), micro_batch_size):
         mb = batch.select(slice(start, start + micro_batch_size)).to(device)
-        logprobs, _ = completion_logprobs(model, mb)
+        logprobs = completion_logprobs(model, mb)
         loss, _ = sft_loss(logprobs, mb.completion_mask, normalizer)
         loss.backward()
         total += float(loss.detach())

@@ -124,22 +124,29 @@ class ArithmeticTask:
 
     # -- data -------------------------------------------------------------------------------------
     def problems(self, split: str, n: int, seed: int = 0, distinct: bool = True) -> list[Problem]:
-        """`n` problems of `split` (distinct unless told otherwise), round-robin over the levels; deterministic."""
+        """`n` problems of `split`, round-robin over the levels; deterministic in (split, n, seed).
+
+        With `distinct`, a level that runs out of new problems (level 1 has a few hundred) stops
+        contributing, so fewer than `n` may come back.
+        """
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         rng = random.Random(f"{seed}:{split}")
         seen: set[str] = set()
+        live = list(self.levels)
         out: list[Problem] = []
-        for i in range(n):
-            level = self.levels[i % len(self.levels)]
-            for _ in range(10_000):
+        i = 0
+        while len(out) < n and live:
+            level = live[i % len(live)]
+            for _ in range(2_000):
                 p = sample_problem(rng, level)
                 if (not distinct or p.text not in seen) and split_of(p.text) == split:
+                    seen.add(p.text)
+                    out.append(p)
+                    i += 1
                     break
             else:
-                raise ValueError(f"level {level} has too few distinct {split} problems for n={n}")
-            seen.add(p.text)
-            out.append(p)
+                live.remove(level)
         return out
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:

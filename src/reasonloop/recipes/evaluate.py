@@ -1,0 +1,73 @@
+"""Evaluate a model on a task's held-out split.
+
+Reports pass@1 with greedy decoding, pass@1 over k samples, unbiased pass@k and maj@k (majority vote
+over the task's normalised answers), overall and per difficulty level. Writes `summary.json` and
+every sample (`samples.jsonl`) to the run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reasonloop.config import require
+from reasonloop.data.tasks import make_task
+from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt
+from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.train.evaluation import evaluate, format_table
+from reasonloop.train.run import Run, default_output_dir, set_seed, set_threads
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to evaluate."""
+    task: str = "arithmetic"
+    """Task name (see data/tasks); NAME:ARG passes an argument, e.g. arithmetic:2-3 for levels 2 and 3."""
+    data_dir: str = ""
+    """Directory or file with the task's data, for file-backed tasks."""
+    split: str = "test"
+    """Which split to evaluate."""
+    n: int = 200
+    """Number of problems (spread over the task's levels)."""
+    k: int = 8
+    """Samples per problem for pass@1 (sampled), pass@k and maj@k; 0 runs greedy only."""
+    greedy: bool = True
+    """Also decode greedily (pass@1_greedy)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling parameters for the k samples."""
+    batch_prompts: int = 64
+    """Prompts per generation call."""
+    seed: int = 0
+    """Seed for problem selection and sampling."""
+    output_dir: str = ""
+    """Run directory; empty means runs/eval-<timestamp>."""
+    threads: int = 0
+    """torch threads; 0 keeps torch's default."""
+
+    def __post_init__(self):
+        require(self.n > 0, "n must be > 0")
+        require(self.k >= 0, "k must be >= 0")
+        require(self.greedy or self.k > 0, "nothing to do: greedy=false and k=0")
+
+
+def run(cfg: Config) -> dict:
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    run_ = Run(cfg.output_dir or default_output_dir("eval"), cfg)
+    task = make_task(cfg.task, cfg.data_dir or None)
+    tokenizer = load_tokenizer(cfg.model.name)
+    model = load_model(cfg.model)
+    examples = task.examples(cfg.split, cfg.n, seed=cfg.seed)
+    engine = TorchSampler(model, tokenizer)
+    summary, rows = evaluate(
+        engine, task, examples, render=lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template),
+        sampling=cfg.sampling, k=cfg.k, greedy=cfg.greedy, batch_prompts=cfg.batch_prompts, seed=cfg.seed,
+    )
+    run_.write_jsonl("samples.jsonl", rows)
+    run_.write_json("summary.json", {"model": cfg.model.name, "task": cfg.task, "split": cfg.split, "eval": summary})
+    print(f"eval of {cfg.model.name} on {cfg.task}/{cfg.split} ({len(examples)} problems, k={cfg.k}):")
+    print(format_table(summary))
+    print(f"written to {run_.dir}")
+    run_.close()
+    return summary

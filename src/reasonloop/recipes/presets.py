@@ -1,0 +1,18 @@
+"""Named online-RL variants: each is `reasonloop train` with these keys applied before the user's own.
+
+Kept free of heavy imports so the CLI can list them instantly. What each one is, and which paper it
+follows, is in the docstring of `recipes/rl.py` and in docs/rl.md.
+"""
+
+RL_PRESETS: dict[str, list[str]] = {
+    "grpo": [],
+    "dapo": ["clip_high=0.28", "agg_mode=token_mean", "dynamic_sampling=true", "overlong_buffer=16",
+             "mask_truncated=true", "kl_coef=0"],
+    "dr_grpo": ["std_mode=none", "agg_mode=seq_mean_token_sum_norm"],
+    "rloo": ["advantage=rloo", "kl_in=reward", "kl_estimator=k1"],
+    "reinforce": ["advantage=reinforce", "kl_in=reward", "kl_estimator=k1"],
+    "reinforce_pp": ["advantage=reinforce_pp", "kl_in=reward", "kl_estimator=k1", "agg_mode=token_mean"],
+    "ppo": ["advantage=gae", "critic=head", "kl_in=reward", "kl_estimator=k1", "kl_coef=0.05", "epochs=2",
+            "agg_mode=token_mean"],
+    "gspo": ["ratio_level=sequence", "clip_low=0.0003", "clip_high=0.0004", "epochs=2"],
+}

@@ -1,0 +1,670 @@
+"""Online RL: sample G completions per prompt, verify them, and update the policy (DESIGN.md's loop).
+
+One step reads top to bottom in `Trainer.step`:
+
+1. prompts     B examples from the task's train split (a shuffled pass; the position is checkpointed)
+2. rollout     `engine.generate(prompts, G)`: token ids, masks, sampler log-probs, finish reasons
+3. reward      the task's reward components, weighted and summed ([B, G]); DAPO overlong shaping;
+               dynamic sampling refills the batch with prompts whose groups are not all equal
+4. advantage   the named estimator (`advantage=`): grpo | rloo | reinforce | reinforce_pp | gae
+5. log-probs   old (no grad, trainer numerics) and reference (frozen initial model, or the LoRA
+               model with adapters disabled) in micro-batches
+6. update      `epochs` optimizer steps over the same batch: clipped surrogate (or KL-penalty PPO),
+               + KL to the reference (in the loss or already in the reward) - entropy bonus
+               (+ clipped value loss), each reduced with the named `agg_mode` over the whole step
+7. observe     metrics, monitors, samples, checkpoints, held-out evaluation
+8. sync        `engine.update_weights(model)` (a no-op for the in-process sampler)
+
+Variants are presets of the same step (`reasonloop <preset>` = `reasonloop train` with the preset's
+keys applied first; your own keys override them), named honestly in `recipes/presets.py` and docs/rl.md:
+
+- grpo (default): group-normalised advantages (mean and std per group), token-level PPO clip 0.2,
+  k3 KL to the reference in the loss (beta 0.04), per-sequence token mean then mean over sequences
+  (DeepSeekMath, Shao et al. 2024). One update epoch, so the ratio is 1 and clipping is inert unless
+  `epochs` > 1.
+- dapo: clip-higher (0.2/0.28), token mean over the step, dynamic sampling, soft overlong penalty,
+  truncated samples masked, no KL (Yu et al. 2025).
+- dr_grpo: no std scaling, token sums normalised by a fixed max length (Liu et al. 2025).
+- rloo: leave-one-out baseline (Ahmadian et al. 2024), KL folded into the reward.
+- reinforce: batch-mean baseline. reinforce_pp: token-level KL-in-reward, global whitening (Hu 2025).
+- ppo: a value head, GAE (gamma 1, lambda 0.95), whitened advantages, clipped value loss, k1 KL in
+  the reward, two epochs (Schulman et al. 2017; Ouyang et al. 2022).
+- gspo: sequence-level importance ratio with tight clipping (Zheng et al. 2025).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from reasonloop.algos import advantages as adv_lib
+from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, masked_mean, masked_whiten, step_normalizer
+from reasonloop.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
+from reasonloop.algos.policy_loss import PPOPenaltyController, ppo_clip_loss, ppo_penalty_loss, tis_weights
+from reasonloop.algos.value import clipped_value_loss
+from reasonloop.config import require, require_choice
+from reasonloop.data.records import Example, RolloutBatch
+from reasonloop.data.tasks import make_task
+from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt, save_model
+from reasonloop.models.value_head import Critic
+from reasonloop.rewards.core import compute_rewards
+from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
+from reasonloop.train.forward import TokenBatch, policy_forward
+from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
+from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
+from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
+
+log = logging.getLogger(__name__)
+
+ADVANTAGES = ("grpo", "rloo", "reinforce", "reinforce_pp", "gae")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy (and, frozen, the reference)."""
+    task: str = "arithmetic"
+    """Task name; NAME:ARG passes an argument (arithmetic:2-3 trains on levels 2 and 3)."""
+    data_dir: str = ""
+    """Data location for file-backed tasks."""
+    train_pool: int = 5000
+    """Distinct training prompts drawn from the task's train split."""
+    steps: int = 150
+    """RL steps (each: one rollout batch, `epochs` optimizer steps)."""
+    prompts_per_step: int = 16
+    """B: prompts per step."""
+    group_size: int = 8
+    """G: samples per prompt."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=64))
+    """Rollout sampling; the trainer scores tokens at the same temperature."""
+    # -- advantage ------------------------------------------------------------------------------
+    advantage: str = "grpo"
+    """Estimator: grpo | rloo | reinforce | reinforce_pp | gae (PPO with a critic)."""
+    std_mode: str = "group"
+    """GRPO std scaling: group | batch | none (none = Dr.GRPO)."""
+    weighting: str = "none"
+    """GRPO variants: none | difficulty (weighted: harder levels weigh more) | hierarchical (scale per level)."""
+    reinforce_baseline: str = "batch_mean"
+    """REINFORCE baseline: batch_mean | moving_average."""
+    reward_norm: str = "none"
+    """Reward normalisation before the advantage: none | running (mean/std) | rank (within group)."""
+    adaptive_group: bool = False
+    """Grow G with a prompt's difficulty (estimated from its level's running pass rate), between min and max."""
+    group_size_min: int = 4
+    """Smallest G with adaptive_group."""
+    group_size_max: int = 16
+    """Largest G with adaptive_group."""
+    gamma: float = 1.0
+    """Discount for token-level returns (gae, reinforce_pp)."""
+    lam: float = 0.95
+    """GAE lambda."""
+    # -- policy loss -----------------------------------------------------------------------------
+    loss: str = "clip"
+    """Policy loss: clip (PPO clipped surrogate) | penalty (adaptive KL penalty to the old policy)."""
+    clip_low: float = 0.2
+    """Lower clip: the ratio is clipped at 1 - clip_low."""
+    clip_high: float = 0.2
+    """Upper clip: 1 + clip_high (DAPO's clip-higher uses 0.28)."""
+    dual_clip: float = 0.0
+    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens; 0 disables."""
+    ratio_level: str = "token"
+    """Importance ratio per token, or per sequence (GSPO)."""
+    agg_mode: str = "seq_mean_token_mean"
+    """Loss aggregation: token_mean | seq_mean_token_mean | seq_mean_token_sum_norm."""
+    penalty_coef: float = 0.1
+    """Initial KL-to-old coefficient for loss=penalty (adapted towards penalty_target)."""
+    penalty_target: float = 0.01
+    """Target KL to the old policy for loss=penalty."""
+    epochs: int = 1
+    """Optimizer steps per rollout batch (old log-probs are stored, so later epochs are off-policy)."""
+    micro_batch_size: int = 32
+    """Rows per forward/backward; the update does not depend on it."""
+    tis_cap: float = 0.0
+    """Truncated importance-sampling cap for sampler/trainer mismatch; 0 disables."""
+    # -- KL and entropy --------------------------------------------------------------------------
+    kl_coef: float = 0.04
+    """KL-to-reference coefficient beta; 0 skips the reference model entirely."""
+    kl_estimator: str = "k3"
+    """k1 | k2 | k3 (Schulman's estimators)."""
+    kl_in: str = "loss"
+    """Where the KL goes: loss (a loss term) | reward (subtracted from rewards before the advantage)."""
+    kl_target: float = 0.0
+    """Adaptive KL: target per-token KL; 0 keeps beta fixed."""
+    kl_horizon: float = 10000.0
+    """Adaptive KL horizon in samples."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    # -- DAPO pieces -----------------------------------------------------------------------------
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal and refill the batch with new prompts."""
+    max_refills: int = 4
+    """Extra generation rounds dynamic sampling may use per step."""
+    overlong_buffer: int = 0
+    """Soft overlong penalty over the last N tokens before max_new_tokens; 0 disables."""
+    overlong_penalty: float = 1.0
+    """Scale of the soft overlong penalty."""
+    mask_truncated: bool = False
+    """Exclude truncated completions from the loss."""
+    # -- critic (PPO) ----------------------------------------------------------------------------
+    critic: str = "none"
+    """none | head (value head on the policy trunk) | separate (an independent critic copy)."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    value_clip: float = 0.2
+    """Value clipping range around the old values."""
+    whiten_advantages: bool = True
+    """Whiten GAE advantages over the batch."""
+    # -- optimisation and bookkeeping ------------------------------------------------------------
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=5, min_lr_ratio=1.0))
+    """Optimiser and schedule."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """Anomaly monitor thresholds."""
+    rollback: bool = False
+    """On a critical alert (NaN, KL blow-up, exploding gradient) restore the last checkpoint and scale lr."""
+    rollback_lr_factor: float = 0.5
+    """Learning-rate multiplier applied at each rollback."""
+    eval_every: int = 50
+    """Held-out evaluation every N steps (and before the first and after the last); 0 only at the ends."""
+    eval_n: int = 200
+    """Held-out problems per evaluation."""
+    eval_k: int = 4
+    """Samples per held-out problem (pass@1 sampled, pass@k, maj@k); 0 for greedy only."""
+    samples_every: int = 10
+    """Write completions with their rewards to samples.jsonl every N steps; 0 disables."""
+    save_every: int = 50
+    """Checkpoint every N steps; 0 disables."""
+    resume: str = "auto"
+    """'auto' continues from the run directory's latest checkpoint if any; 'never' starts fresh."""
+    output_dir: str = ""
+    """Run directory; empty means runs/train-<timestamp>."""
+    seed: int = 0
+    """Seed for prompts, sampling and initialisation."""
+    threads: int = 0
+    """torch threads; 0 keeps torch's default."""
+
+    def __post_init__(self):
+        require_choice("advantage", self.advantage, list(ADVANTAGES))
+        require_choice("std_mode", self.std_mode, ["group", "batch", "none"])
+        require_choice("weighting", self.weighting, ["none", "difficulty", "hierarchical"])
+        require_choice("reinforce_baseline", self.reinforce_baseline, ["batch_mean", "moving_average"])
+        require_choice("reward_norm", self.reward_norm, ["none", "running", "rank"])
+        require_choice("loss", self.loss, ["clip", "penalty"])
+        require_choice("ratio_level", self.ratio_level, ["token", "sequence"])
+        require_choice("agg_mode", self.agg_mode, list(AGGREGATION_MODES))
+        require_choice("kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
+        require_choice("kl_in", self.kl_in, ["loss", "reward"])
+        require_choice("critic", self.critic, ["none", "head", "separate"])
+        require_choice("resume", self.resume, ["auto", "never"])
+        require(self.steps > 0 and self.prompts_per_step > 0, "steps and prompts_per_step must be > 0")
+        require(self.group_size >= 2 or self.advantage in ("reinforce", "gae", "reinforce_pp"),
+                f"group_size must be >= 2 for advantage={self.advantage}")
+        require(self.epochs >= 1 and self.micro_batch_size >= 1, "epochs and micro_batch_size must be >= 1")
+        require(self.dual_clip == 0 or self.dual_clip > 1, "dual_clip must be 0 (off) or > 1")
+        require((self.advantage == "gae") == (self.critic != "none"),
+                "advantage=gae needs a critic (critic=head|separate), and a critic is only used by gae")
+        require(not self.adaptive_group or (self.advantage in ("grpo", "rloo") and self.std_mode != "batch"
+                                            and self.weighting == "none"),
+                "adaptive_group works with advantage=grpo|rloo, per-group std and weighting=none")
+        require(self.group_size_min >= 2 and self.group_size_max >= self.group_size_min,
+                "need 2 <= group_size_min <= group_size_max")
+        require(0 <= self.overlong_buffer <= self.sampling.max_new_tokens, "overlong_buffer must be in [0, max_new_tokens]")
+        require(self.rollback_lr_factor > 0, "rollback_lr_factor must be > 0")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepData:
+    """Everything the update needs about one batch, in rollout order (rows prompt-major)."""
+
+    tokens: TokenBatch
+    examples: list[Example]  # [N]
+    batch: RolloutBatch
+    rewards: torch.Tensor  # [N] total reward after shaping
+    components: dict[str, torch.Tensor]  # name -> [N]
+    group_sizes: list[int]  # per prompt
+
+
+def repetition_rate(text: str, n: int = 4) -> float:
+    """1 - distinct n-grams / n-grams: 0 for text without repeats, towards 1 for loops."""
+    grams = [text[i : i + n] for i in range(max(0, len(text) - n + 1))]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        set_threads(cfg.threads)
+        set_seed(cfg.seed)
+        self.out_dir = cfg.output_dir or default_output_dir("train")
+        self.run = Run(self.out_dir, cfg)
+        self.task = make_task(cfg.task, cfg.data_dir or None)
+        self.tokenizer = load_tokenizer(cfg.model.name)
+        self.model = load_model(cfg.model)
+        self.use_lora = cfg.model.lora.r > 0
+        self.ref = None
+        if cfg.kl_coef > 0 and not self.use_lora:  # with LoRA the reference is the adapter-free model
+            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.critic = Critic(self.model, shared=cfg.critic == "head") if cfg.critic != "none" else None
+        params = list(self.model.parameters()) + (list(self.critic.parameters()) if self.critic else [])
+        total_updates = cfg.steps * cfg.epochs
+        self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
+        self.engine = TorchSampler(self.model, self.tokenizer)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.pool = self.task.examples("train", cfg.train_pool, seed=cfg.seed)
+        self.held_out = self.task.examples("test", cfg.eval_n, seed=cfg.seed)
+        self.monitors = Monitors(cfg.monitor)
+        self.kl_ctl: Any = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
+                            else FixedKLController(cfg.kl_coef))
+        self.penalty_ctl = PPOPenaltyController(cfg.penalty_coef, cfg.penalty_target)
+        self.state: dict[str, Any] = {
+            "step": 0, "epoch": 0, "position": 0, "reward_norm": asdict(adv_lib.RewardNormState()),
+            "baseline": None, "level_pass": {}, "lr_scale": 1.0, "bad_steps": 0, "rollbacks": 0, "alerts": {},
+        }
+        self.order = self._shuffled(0)
+        if cfg.resume == "auto" and (ckpt := latest_checkpoint(self.out_dir)) is not None:
+            self._restore(ckpt)
+            print(f"train: resumed from {ckpt} at step {self.state['step']}")
+
+    # -- data --------------------------------------------------------------------------------------
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(len(self.pool)))
+        random.Random(f"{self.cfg.seed}:{epoch}").shuffle(order)
+        return order
+
+    def next_prompts(self, n: int) -> list[Example]:
+        out = []
+        for _ in range(n):
+            if self.state["position"] >= len(self.order):
+                self.state["epoch"] += 1
+                self.state["position"] = 0
+                self.order = self._shuffled(self.state["epoch"])
+            out.append(self.pool[self.order[self.state["position"]]])
+            self.state["position"] += 1
+        return out
+
+    def render(self, prompt: str) -> str:
+        return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template)
+
+    # -- rollout + reward ----------------------------------------------------------------------------
+    def group_size_for(self, ex: Example) -> int:
+        cfg = self.cfg
+        if not cfg.adaptive_group:
+            return cfg.group_size
+        rate = self.state["level_pass"].get(str(ex.meta.get("level", "all")), 0.5)
+        return int(adv_lib.adaptive_group_size(torch.tensor([rate]), cfg.group_size_min, cfg.group_size_max)[0])
+
+    def rollout(self, prompts: list[Example]) -> list[tuple[Example, RolloutBatch, torch.Tensor, dict]]:
+        """Generate and score; returns one (example, rows, total rewards [G], components) per prompt."""
+        by_size: dict[int, list[Example]] = {}
+        for ex in prompts:
+            by_size.setdefault(self.group_size_for(ex), []).append(ex)
+        groups = []
+        for g, exs in by_size.items():
+            batch = self.engine.generate([self.render(e.prompt) for e in exs], g, self.cfg.sampling, self.generator)
+            scored = compute_rewards(self.task.rewards(), batch.completions, [e for e in exs for _ in range(g)])
+            for name, count in scored.errors.items():
+                self.state["alerts"][f"reward_error/{name}"] = self.state["alerts"].get(f"reward_error/{name}", 0) + count
+            total = scored.total + self._overlong(batch)
+            for i, ex in enumerate(exs):
+                rows = slice(i * g, (i + 1) * g)
+                groups.append((ex, _slice_batch(batch, rows), total[rows], {k: v[rows] for k, v in scored.components.items()}))
+        return groups
+
+    def _overlong(self, batch: RolloutBatch) -> torch.Tensor:
+        if not self.cfg.overlong_buffer:
+            return torch.zeros(batch.num_rows)
+        lengths = batch.completion_mask.sum(-1)
+        return adv_lib.overlong_penalty(lengths, self.cfg.sampling.max_new_tokens, self.cfg.overlong_buffer,
+                                        self.cfg.overlong_penalty)
+
+    def collect(self) -> tuple[StepData, dict[str, float]]:
+        cfg = self.cfg
+        groups = self.rollout(self.next_prompts(cfg.prompts_per_step))
+        stats = {"zero_variance_frac": sum(bool((r == r[0]).all()) for _, _, r, _ in groups) / len(groups)}
+        self._update_level_pass(groups)
+        if cfg.dynamic_sampling:
+            kept = [grp for grp in groups if not bool((grp[2] == grp[2][0]).all())]
+            refills = 0
+            while len(kept) < cfg.prompts_per_step and refills < cfg.max_refills:
+                refills += 1
+                extra = self.rollout(self.next_prompts(cfg.prompts_per_step - len(kept)))
+                kept += [grp for grp in extra if not bool((grp[2] == grp[2][0]).all())]
+            stats["dynamic_sampling/refills"] = refills
+            stats["dynamic_sampling/kept_groups"] = min(len(kept), cfg.prompts_per_step)
+            groups = kept[: cfg.prompts_per_step] or groups  # nothing informative: train on the originals
+        return self._assemble(groups), stats
+
+    def _update_level_pass(self, groups) -> None:
+        if "accuracy" not in groups[0][3]:
+            return
+        for ex, _, _, comp in groups:
+            key = str(ex.meta.get("level", "all"))
+            old = self.state["level_pass"].get(key, 0.5)
+            self.state["level_pass"][key] = 0.9 * old + 0.1 * float(comp["accuracy"].mean())
+
+    def _assemble(self, groups) -> StepData:
+        pad = self.tokenizer.pad_token_id
+        batches = [b for _, b, _, _ in groups]
+        P = max(b.prompt_ids.shape[1] for b in batches)
+        T = max(b.completion_ids.shape[1] for b in batches)
+        tokens = TokenBatch(
+            torch.cat([_pad_left(b.prompt_ids, P, pad) for b in batches]),
+            torch.cat([_pad_left(b.prompt_mask, P, 0) for b in batches]),
+            torch.cat([_pad_right(b.completion_ids, T, pad) for b in batches]),
+            torch.cat([_pad_right(b.completion_mask, T, 0) for b in batches]),
+        )
+        sampler_lp = torch.cat([_pad_right(b.logprobs, T, 0.0) for b in batches])
+        merged = RolloutBatch(tokens.prompt_ids, tokens.prompt_mask, tokens.completion_ids, tokens.completion_mask,
+                              sampler_lp, [r for b in batches for r in b.finish_reasons],
+                              [c for b in batches for c in b.completions], group_size=batches[0].group_size)
+        examples = [ex for ex, b, _, _ in groups for _ in range(b.num_rows)]
+        names = groups[0][3].keys()
+        return StepData(tokens, examples, merged, torch.cat([r for _, _, r, _ in groups]),
+                        {k: torch.cat([c[k] for _, _, _, c in groups]) for k in names},
+                        [b.num_rows for b in batches])
+
+    # -- no-grad passes ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score_tokens(self, data: StepData) -> dict[str, torch.Tensor]:
+        """Old log-probs (+ old values) from the policy and reference log-probs, micro-batched."""
+        cfg, temp = self.cfg, self.cfg.sampling.temperature or 1.0
+        out: dict[str, list] = {"old": [], "ref": [], "values": []}
+        self.model.eval()
+        for rows in self._micro_batches(len(data.tokens)):
+            mb = data.tokens.select(rows)
+            fwd = policy_forward(self.model, mb, temp, with_hidden=self.critic is not None)
+            out["old"].append(_pad_right(fwd.logprobs, data.tokens.completion_ids.shape[1], 0.0))
+            if self.critic is not None:
+                out["values"].append(_pad_right(self.critic(mb, fwd.hidden), data.tokens.completion_ids.shape[1], 0.0))
+            if cfg.kl_coef > 0:
+                ref_lp = self._ref_logprobs(mb, temp)
+                out["ref"].append(_pad_right(ref_lp, data.tokens.completion_ids.shape[1], 0.0))
+        return {k: torch.cat(v) for k, v in out.items() if v}
+
+    def _ref_logprobs(self, mb: TokenBatch, temp: float) -> torch.Tensor:
+        if self.use_lora:
+            with self.model.disable_adapter():
+                return policy_forward(self.model, mb, temp).logprobs
+        return policy_forward(self.ref, mb, temp).logprobs
+
+    def _micro_batches(self, n: int) -> list[slice]:
+        step = self.cfg.micro_batch_size
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+    # -- advantages -----------------------------------------------------------------------------------
+    def advantages(self, data: StepData, scored: dict[str, torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """[N, T] token advantages (sequence estimators broadcast over tokens) and GAE returns."""
+        cfg = self.cfg
+        rewards = data.rewards.clone()
+        extras: dict[str, Any] = {}
+        beta = self.kl_ctl.value
+        if cfg.kl_coef > 0 and cfg.kl_in == "reward" and cfg.advantage not in ("reinforce_pp", "gae"):
+            seq_kl = (kl_estimate(scored["old"], scored["ref"], cfg.kl_estimator) * mask).sum(-1)
+            rewards = rewards - beta * seq_kl
+        if cfg.advantage == "reinforce_pp":
+            ref = scored.get("ref", scored["old"])
+            adv = adv_lib.reinforce_pp_advantages(rewards, scored["old"], ref, mask, beta if cfg.kl_coef > 0 else 0.0,
+                                                  cfg.gamma, cfg.kl_estimator)
+            return adv, extras
+        if cfg.advantage == "gae":
+            token_rewards = torch.zeros_like(scored["old"])
+            last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask.bool()
+            token_rewards[last] = rewards[last.any(-1)]
+            if cfg.kl_coef > 0:
+                token_rewards = token_rewards - beta * kl_estimate(scored["old"], scored["ref"], cfg.kl_estimator) * mask
+            adv, returns = adv_lib.gae_advantages(token_rewards, scored["values"], mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                adv = masked_whiten(adv, mask)
+            extras["returns"] = returns
+            return adv * mask, extras
+        seq_adv = self._sequence_advantages(rewards, data)
+        return seq_adv.unsqueeze(-1) * mask, extras
+
+    def _sequence_advantages(self, rewards: torch.Tensor, data: StepData) -> torch.Tensor:
+        cfg = self.cfg
+        if len(set(data.group_sizes)) > 1:  # adaptive groups: estimate group by group
+            out, start = [], 0
+            for g in data.group_sizes:
+                out.append(self._grouped(rewards[start : start + g].view(1, g), data.examples[start : start + g]).view(-1))
+                start += g
+            return torch.cat(out)
+        g = data.group_sizes[0]
+        return self._grouped(rewards.view(-1, g), data.examples).reshape(-1)
+
+    def _grouped(self, rewards: torch.Tensor, examples: list[Example]) -> torch.Tensor:  # [B, G] -> [B, G]
+        cfg = self.cfg
+        norm_state = adv_lib.RewardNormState(**self.state["reward_norm"])
+        rewards, norm_state = adv_lib.normalize_rewards(rewards, cfg.reward_norm, norm_state)
+        self.state["reward_norm"] = asdict(norm_state)
+        G = rewards.shape[1]
+        levels = torch.tensor([float(examples[b * G].meta.get("level", 0)) for b in range(rewards.shape[0])])
+        if cfg.advantage == "rloo":
+            return adv_lib.rloo_advantages(rewards)
+        if cfg.advantage == "reinforce":
+            adv, self.state["baseline"] = adv_lib.reinforce_advantages(rewards, cfg.reinforce_baseline,
+                                                                       self.state["baseline"])
+            return adv
+        if cfg.weighting == "hierarchical":
+            return adv_lib.hierarchical_grpo_advantages(rewards, levels.long())
+        if cfg.weighting == "difficulty":  # harder levels (lower running pass rate) weigh more
+            rate = torch.tensor([self.state["level_pass"].get(str(int(lv)), 0.5) for lv in levels])
+            weights = (1.5 - rate).unsqueeze(-1).expand_as(rewards)
+            adv = adv_lib.weighted_grpo_advantages(rewards, weights, cfg.std_mode)
+            return adv * weights
+        return adv_lib.grpo_advantages(rewards, cfg.std_mode)
+
+    # -- the step ---------------------------------------------------------------------------------------
+    def step(self) -> tuple[dict[str, float], StepData]:
+        cfg = self.cfg
+        t0 = time.time()
+        data, stats = self.collect()
+        t_rollout = time.time() - t0
+        t1 = time.time()
+        scored = self.score_tokens(data)
+        mask = data.tokens.completion_mask.float()
+        loss_mask = adv_lib.mask_truncated(mask, data.batch.truncated) if cfg.mask_truncated else mask
+        adv, extras = self.advantages(data, scored, mask)
+        weights = tis_weights(scored["old"], data.batch.logprobs, mask, cfg.tis_cap) if cfg.tis_cap > 0 else None
+        t_score = time.time() - t1
+        t2 = time.time()
+        normalizer = step_normalizer(loss_mask, cfg.agg_mode, max_len=cfg.sampling.max_new_tokens)
+        update_metrics: dict[str, float] = {}
+        for _ in range(cfg.epochs):
+            update_metrics = self._update(data, scored, adv, extras, loss_mask, weights, normalizer)
+        t_train = time.time() - t2
+        self.engine.update_weights(self.model)
+        kl = update_metrics.get("kl", 0.0)
+        self.kl_ctl = self.kl_ctl.update(kl, len(data.tokens))
+        n_tokens = float(mask.sum())
+        elapsed = time.time() - t0
+        lengths = mask.sum(-1)
+        metrics = {
+            "reward/mean": float(data.rewards.mean()), "reward/std": float(data.rewards.std()),
+            "reward/max": float(data.rewards.max()),
+            **{f"reward/{k}": float(v.mean()) for k, v in data.components.items()},
+            "accuracy": float(data.components["accuracy"].mean()) if "accuracy" in data.components else math.nan,
+            **stats, **update_metrics, "kl_coef": self.kl_ctl.value,
+            "lr": self.scheduler.get_last_lr()[0],
+            "length/mean": float(lengths.mean()), "length/max": float(lengths.max()),
+            "truncation_rate": float(data.batch.truncated.float().mean()),
+            "repetition_rate": sum(map(repetition_rate, data.batch.completions)) / len(data.batch.completions),
+            "tokens_per_s": n_tokens / elapsed, "time/rollout": t_rollout, "time/logprobs": t_score,
+            "time/train": t_train, "time/step": elapsed,
+        }
+        return metrics, data
+
+    def _update(self, data, scored, adv, extras, loss_mask, weights, normalizer) -> dict[str, float]:
+        """One optimizer step over the whole batch, accumulating micro-batch gradients."""
+        cfg = self.cfg
+        temp = cfg.sampling.temperature or 1.0
+        self.model.train()
+        sums: dict[str, float] = {}
+        finite = True
+        for rows in self._micro_batches(len(data.tokens)):
+            mb = data.tokens.select(rows)
+            T = mb.completion_ids.shape[1]
+            m = loss_mask[rows, :T]
+            fwd = policy_forward(self.model, mb, temp, with_entropy=True, with_hidden=self.critic is not None)
+            old = scored["old"][rows, :T]
+            w = weights[rows, :T] if weights is not None else None
+            if cfg.loss == "clip":
+                loss, pm = ppo_clip_loss(fwd.logprobs, old, adv[rows, :T], m, cfg.clip_low, cfg.clip_high,
+                                         cfg.dual_clip or None, cfg.ratio_level, cfg.agg_mode, normalizer,
+                                         cfg.sampling.max_new_tokens, w)
+            else:
+                loss, pm = ppo_penalty_loss(fwd.logprobs, old, adv[rows, :T], m, self.penalty_ctl.value, "k3",
+                                            cfg.agg_mode, normalizer, cfg.sampling.max_new_tokens, w)
+            metrics = {f"policy/{k}": float(v) for k, v in pm.items()}
+            if cfg.kl_coef > 0:
+                kl_tok = kl_estimate(fwd.logprobs, scored["ref"][rows, :T], cfg.kl_estimator)
+                metrics["kl"] = float(masked_mean(kl_tok.detach(), m))
+                if cfg.kl_in == "loss":
+                    loss = loss + self.kl_ctl.value * aggregate(kl_tok, m, cfg.agg_mode, normalizer,
+                                                                cfg.sampling.max_new_tokens)
+            ent = aggregate(fwd.entropy, m, cfg.agg_mode, normalizer, cfg.sampling.max_new_tokens)
+            metrics["entropy"] = float(masked_mean(fwd.entropy.detach(), m))
+            if cfg.entropy_coef:
+                loss = loss - cfg.entropy_coef * ent
+            if self.critic is not None:
+                values = self.critic(mb, fwd.hidden)
+                vloss, vm = clipped_value_loss(values, scored["values"][rows, :T], extras["returns"][rows, :T], m,
+                                               cfg.value_clip, cfg.agg_mode, normalizer, cfg.sampling.max_new_tokens)
+                loss = loss + cfg.vf_coef * vloss
+                metrics.update({f"value/{k}": float(v) for k, v in vm.items()})
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            loss.backward()
+            weight = float(m.sum())
+            for k, v in metrics.items():  # token-weighted means across micro-batches
+                sums[k] = sums.get(k, 0.0) + v * weight
+        total_tokens = max(float(loss_mask.sum()), 1.0)
+        out = {k: v / total_tokens for k, v in sums.items()}
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state["bad_steps"] += 1
+            out["nan_loss"] = math.nan
+            return out
+        grad_norm, stepped = clip_and_step(self.model, self.optimizer, self.scheduler, cfg.optim.max_grad_norm)
+        if not stepped:
+            self.state["bad_steps"] += 1
+        if cfg.loss == "penalty":
+            self.penalty_ctl = self.penalty_ctl.update(out.get("policy/kl", 0.0))
+        out.update({"grad_norm": grad_norm, "bad_steps": self.state["bad_steps"]})
+        return out
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        self.state["kl_ctl"] = self.kl_ctl.state_dict()
+        self.state["penalty_ctl"] = self.penalty_ctl.state_dict()
+        self.state["monitors"] = self.monitors.state_dict()
+        extra = {"critic": self.critic.state_dict()} if self.critic is not None else {}
+        state = {k: v for k, v in self.state.items() if k != "step"}
+        save_checkpoint(self.out_dir, self.state["step"], self.model, self.optimizer, self.scheduler, state,
+                        generators={"sampler": self.generator}, modules=extra)
+
+    def _restore(self, ckpt) -> None:
+        modules = {"critic": self.critic} if self.critic is not None else {}
+        self.state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler,
+                                     generators={"sampler": self.generator}, modules=modules)
+        self.order = self._shuffled(self.state["epoch"])
+        self.kl_ctl = self.kl_ctl.load_state_dict(self.state["kl_ctl"])
+        self.penalty_ctl = self.penalty_ctl.load_state_dict(self.state["penalty_ctl"])
+        self.monitors.load_state_dict(self.state["monitors"])
+        self._apply_lr_scale()
+
+    def _apply_lr_scale(self) -> None:
+        """The scheduler multiplies base_lrs; rollbacks shrink them by `lr_scale`."""
+        self.scheduler.base_lrs = [self.cfg.optim.lr * self.state["lr_scale"] for _ in self.scheduler.base_lrs]
+
+    def _rollback(self, alerts: list[str]) -> bool:
+        ckpt = latest_checkpoint(self.out_dir)
+        if ckpt is None:
+            log.warning("rollback wanted after %s but there is no checkpoint yet", alerts)
+            return False
+        rollbacks, lr_scale = self.state["rollbacks"] + 1, self.state["lr_scale"] * self.cfg.rollback_lr_factor
+        self._restore(ckpt)
+        self.state["rollbacks"], self.state["lr_scale"] = rollbacks, lr_scale
+        self._apply_lr_scale()
+        log.warning("rollback %d after %s: restored %s, lr scaled to %.3g", rollbacks, alerts, ckpt, lr_scale)
+        return True
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        sampling = SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.sampling.max_new_tokens)
+        summary, _ = evaluate(self.engine, self.task, self.held_out, self.render, sampling, k=self.cfg.eval_k,
+                              seed=self.cfg.seed)
+        self.run.log(self.state["step"], flat_metrics(summary))
+        return summary
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        before = self.evaluate() if self.state["step"] == 0 else None
+        if before is not None:
+            print(f"before training (held-out, {len(self.held_out)} problems):\n{format_table(before)}")
+        with progress(f"train ({cfg.advantage})", cfg.steps) as bar:
+            bar.advance(self.state["step"])
+            while self.state["step"] < cfg.steps:
+                self.state["step"] += 1
+                step = self.state["step"]
+                metrics, data = self.step()
+                alerts = self.monitors.check(metrics)
+                for a in alerts:
+                    self.state["alerts"][a] = self.state["alerts"].get(a, 0) + 1
+                    log.warning("step %d: monitor alert %s", step, a)
+                metrics.update({f"alerts/{k}": v for k, v in self.state["alerts"].items()})
+                self.run.log(step, metrics)
+                if cfg.rollback and CRITICAL.intersection(alerts) and self._rollback(alerts):
+                    continue
+                if cfg.samples_every and step % cfg.samples_every == 0:
+                    self.run.write_jsonl("samples.jsonl", [
+                        {"step": step, "prompt": ex.prompt, "completion": c, "reward": float(r),
+                         **{k: float(v[i]) for k, v in data.components.items()}}
+                        for i, (ex, c, r) in enumerate(zip(data.examples, data.batch.completions, data.rewards))
+                    ], append=True)
+                bar.advance()
+                bar.set(f"reward {metrics['reward/mean']:.3f} acc {metrics['accuracy']:.3f}")
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                    self.evaluate()
+                if cfg.save_every and step % cfg.save_every == 0:
+                    self._checkpoint()
+        after = self.evaluate()
+        save_model(self.model, self.tokenizer, self.run.dir / "model")
+        if before is not None:
+            print(f"before training:\n{format_table(before)}")
+        print(f"after {cfg.steps} steps ({cfg.advantage}):\n{format_table(after)}")
+        result = {"before": before, "after": after, "alerts": self.state["alerts"],
+                  "bad_steps": self.state["bad_steps"], "rollbacks": self.state["rollbacks"],
+                  "model_dir": str(self.run.dir / "model")}
+        self.run.write_json("summary.json", result)
+        self.run.close()
+        return result
+
+
+def _slice_batch(b: RolloutBatch, rows: slice) -> RolloutBatch:
+    return RolloutBatch(b.prompt_ids[rows], b.prompt_mask[rows], b.completion_ids[rows], b.completion_mask[rows],
+                        b.logprobs[rows], b.finish_reasons[rows], b.completions[rows], group_size=b.group_size)
+
+
+def _pad_left(x: torch.Tensor, width: int, value) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+
+def _pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+def run(cfg: Config) -> dict:
+    return Trainer(cfg).train()

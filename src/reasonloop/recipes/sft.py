@@ -1,0 +1,146 @@
+"""Supervised fine-tuning on (prompt, completion) records, loss on the completion only.
+
+Data comes from `data=` (a JSONL/parquet file, a directory written by `datasets.save_to_disk`, or a
+hub id) with configurable column names, or, when `data` is empty, from the task's own worked
+solutions on its train split. AdamW with warmup + cosine decay, gradient accumulation over
+micro-batches (the loss is the token mean over the whole step), gradient clipping, periodic held-out
+evaluation, atomic checkpoints and `resume=auto`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from reasonloop.config import ConfigError, require, require_choice
+from reasonloop.data.io import load_rows, select_text_fields
+from reasonloop.data.tasks import make_task
+from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt, save_model
+from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
+from reasonloop.train.forward import encode_pairs
+from reasonloop.train.optim import OptimConfig, build_optimizer
+from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
+from reasonloop.train.supervised import supervised_step
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to fine-tune."""
+    data: str = ""
+    """Training records: .jsonl/.parquet file, save_to_disk directory or hub id; empty uses the task's worked solutions."""
+    prompt_field: str = "prompt"
+    """Column holding the prompt."""
+    completion_field: str = "completion"
+    """Column holding the target completion."""
+    task: str = "arithmetic"
+    """Task for held-out evaluation (and for training records when `data` is empty)."""
+    data_dir: str = ""
+    """Data location for file-backed tasks."""
+    task_records: int = 2000
+    """Training records drawn from the task when `data` is empty."""
+    steps: int = 200
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Records per optimizer step."""
+    micro_batch_size: int = 32
+    """Records per forward/backward; gradients accumulate up to batch_size."""
+    max_len: int = 512
+    """Truncate prompt+completion to this many tokens."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=10))
+    """Optimiser and schedule."""
+    eval_every: int = 100
+    """Held-out evaluation every N steps (and before the first and after the last); 0 only at the ends."""
+    eval_n: int = 100
+    """Held-out problems per evaluation."""
+    eval_k: int = 0
+    """Samples per problem at evaluation (pass@k, maj@k); 0 evaluates greedy pass@1 only."""
+    save_every: int = 100
+    """Checkpoint every N steps; 0 disables intermediate checkpoints."""
+    resume: str = "auto"
+    """'auto' continues from the run directory's latest checkpoint if any; 'never' starts fresh."""
+    output_dir: str = ""
+    """Run directory; empty means runs/sft-<timestamp>."""
+    seed: int = 0
+    """Seed for data order."""
+    threads: int = 0
+    """torch threads; 0 keeps torch's default."""
+
+    def __post_init__(self):
+        require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
+        require_choice("resume", self.resume, ["auto", "never"])
+
+
+def load_records(cfg: Config, task) -> list[dict[str, str]]:
+    if not cfg.data:
+        if not hasattr(task, "sft_records"):
+            raise ConfigError(f"task {cfg.task!r} has no worked solutions; pass data=<file>")
+        return task.sft_records("train", cfg.task_records, seed=cfg.seed)
+    rows = load_rows(cfg.data)
+    return select_text_fields(rows, {"prompt": cfg.prompt_field, "completion": cfg.completion_field}, cfg.data)
+
+
+def run(cfg: Config) -> dict:
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    out_dir = cfg.output_dir or default_output_dir("sft")
+    run_ = Run(out_dir, cfg)
+    task = make_task(cfg.task, cfg.data_dir or None)
+    tokenizer = load_tokenizer(cfg.model.name)
+    model = load_model(cfg.model)
+    render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
+    records = load_records(cfg, task)
+    held_out = task.examples("test", cfg.eval_n, seed=cfg.seed)
+    optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
+    sampler = TorchSampler(model, tokenizer)
+    order = list(range(len(records)))
+    state = {"step": 0, "epoch": 0, "position": 0}
+    ckpt = latest_checkpoint(out_dir) if cfg.resume == "auto" else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        print(f"sft: resumed from {ckpt} at step {state['step']}")
+    random.Random(cfg.seed + state["epoch"]).shuffle(order)
+
+    def run_eval(step: int) -> dict:
+        summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=128), k=cfg.eval_k,
+                              seed=cfg.seed)
+        run_.log(step, flat_metrics(summary))
+        return summary
+
+    before = run_eval(state["step"]) if state["step"] == 0 else None
+    metrics: dict = {}
+    with progress("sft", cfg.steps) as bar:
+        bar.advance(state["step"])
+        for step in range(state["step"] + 1, cfg.steps + 1):
+            picked = []
+            while len(picked) < cfg.batch_size:
+                if state["position"] >= len(order):
+                    state["epoch"] += 1
+                    state["position"] = 0
+                    order = list(range(len(records)))
+                    random.Random(cfg.seed + state["epoch"]).shuffle(order)
+                picked.append(records[order[state["position"]]])
+                state["position"] += 1
+            batch = encode_pairs(tokenizer, [render(r["prompt"]) for r in picked], [r["completion"] for r in picked],
+                                 cfg.max_len)
+            metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm)
+            run_.log(step, metrics)
+            bar.advance()
+            bar.set(f"loss {metrics['loss']:.3f}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                run_eval(step)
+            if cfg.save_every and step % cfg.save_every == 0:
+                save_checkpoint(out_dir, step, model, optimizer, scheduler, {k: v for k, v in state.items() if k != "step"})
+    after = run_eval(cfg.steps)
+    save_model(model, tokenizer, run_.dir / "model")
+    if before is not None:
+        print(f"before SFT:\n{format_table(before)}")
+    print(f"after SFT ({cfg.steps} steps):\n{format_table(after)}")
+    result = {"before": before, "after": after, "final_loss": metrics.get("loss"),
+              "model_dir": str(run_.dir / "model")}
+    run_.write_json("summary.json", result)
+    run_.close()
+    return result
