@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+from reasonloop.cli import main
+
+
+def test_help_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("pretrain", "sft", "eval", "train", "grpo", "ppo"):
+        assert f"  {name}" in out
+
+
+def test_command_help_lists_options_with_defaults(capsys):
+    assert main(["eval", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "sampling.temperature (float, default 1.0)" in out
+    assert "Samples per problem" in out
+
+
+def test_preset_help_shows_the_preset(capsys):
+    assert main(["dapo", "--help"]) == 0
+    assert "clip_high=0.28" in capsys.readouterr().out
+
+
+def test_unknown_command_and_bad_key_fail_cleanly(capsys):
+    assert main(["trian"]) == 2
+    assert "did you mean 'train'" in capsys.readouterr().err
+    assert main(["eval", "k=notanint"]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and "'k'" in err
+    assert main(["eval", "temprature=1"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "reasonloop.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "usage: reasonloop" in out
