@@ -506,12 +506,33 @@ class Trainer:
         return metrics, data
 
     def _update(self, data, scored, adv, extras, loss_mask, weights, normalizer) -> dict[str, float]:
-        """One optimizer step over the whole batch, accumulating micro-batch gradients."""
+        """One optimizer step over the whole batch; a non-finite loss or gradient skips it (counted)."""
+        out = self.accumulate_gradients(data, scored, adv, extras, loss_mask, weights, normalizer)
+        if not math.isfinite(out["loss"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state["bad_steps"] += 1
+            out["bad_steps"] = self.state["bad_steps"]
+            return out
+        grad_norm, stepped = clip_and_step(self.model, self.optimizer, self.scheduler, self.cfg.optim.max_grad_norm)
+        if not stepped:
+            self.state["bad_steps"] += 1
+        if self.cfg.loss == "penalty":
+            self.penalty_ctl = self.penalty_ctl.update(out.get("policy/kl", 0.0))
+        out.update({"grad_norm": grad_norm, "bad_steps": self.state["bad_steps"]})
+        return out
+
+    def accumulate_gradients(self, data, scored, adv, extras, loss_mask, weights, normalizer) -> dict[str, float]:
+        """Backward every micro-batch's share of the step loss; returns token-weighted metrics.
+
+        Each micro-batch loss is already divided by the whole step's `normalizer`, so the summed
+        gradient does not depend on `micro_batch_size`. Stops at the first non-finite loss.
+        """
         cfg = self.cfg
         temp = cfg.sampling.temperature or 1.0
+        max_len = cfg.sampling.max_new_tokens
         self.model.train()
         sums: dict[str, float] = {}
-        finite = True
+        total_loss = 0.0
         for rows in self._micro_batches(len(data.tokens)):
             mb = data.tokens.select(rows)
             T = mb.completion_ids.shape[1]
@@ -521,49 +542,35 @@ class Trainer:
             w = weights[rows, :T] if weights is not None else None
             if cfg.loss == "clip":
                 loss, pm = ppo_clip_loss(fwd.logprobs, old, adv[rows, :T], m, cfg.clip_low, cfg.clip_high,
-                                         cfg.dual_clip or None, cfg.ratio_level, cfg.agg_mode, normalizer,
-                                         cfg.sampling.max_new_tokens, w)
+                                         cfg.dual_clip or None, cfg.ratio_level, cfg.agg_mode, normalizer, max_len, w)
             else:
                 loss, pm = ppo_penalty_loss(fwd.logprobs, old, adv[rows, :T], m, self.penalty_ctl.value, "k3",
-                                            cfg.agg_mode, normalizer, cfg.sampling.max_new_tokens, w)
+                                            cfg.agg_mode, normalizer, max_len, w)
             metrics = {f"policy/{k}": float(v) for k, v in pm.items()}
             if cfg.kl_coef > 0:
                 kl_tok = kl_estimate(fwd.logprobs, scored["ref"][rows, :T], cfg.kl_estimator)
                 metrics["kl"] = float(masked_mean(kl_tok.detach(), m))
                 if cfg.kl_in == "loss":
-                    loss = loss + self.kl_ctl.value * aggregate(kl_tok, m, cfg.agg_mode, normalizer,
-                                                                cfg.sampling.max_new_tokens)
-            ent = aggregate(fwd.entropy, m, cfg.agg_mode, normalizer, cfg.sampling.max_new_tokens)
+                    loss = loss + self.kl_ctl.value * aggregate(kl_tok, m, cfg.agg_mode, normalizer, max_len)
             metrics["entropy"] = float(masked_mean(fwd.entropy.detach(), m))
             if cfg.entropy_coef:
-                loss = loss - cfg.entropy_coef * ent
+                loss = loss - cfg.entropy_coef * aggregate(fwd.entropy, m, cfg.agg_mode, normalizer, max_len)
             if self.critic is not None:
                 values = self.critic(mb, fwd.hidden)
                 vloss, vm = clipped_value_loss(values, scored["values"][rows, :T], extras["returns"][rows, :T], m,
-                                               cfg.value_clip, cfg.agg_mode, normalizer, cfg.sampling.max_new_tokens)
+                                               cfg.value_clip, cfg.agg_mode, normalizer, max_len)
                 loss = loss + cfg.vf_coef * vloss
                 metrics.update({f"value/{k}": float(v) for k, v in vm.items()})
             if not torch.isfinite(loss):
-                finite = False
+                total_loss = math.nan
                 break
             loss.backward()
+            total_loss += float(loss.detach())
             weight = float(m.sum())
             for k, v in metrics.items():  # token-weighted means across micro-batches
                 sums[k] = sums.get(k, 0.0) + v * weight
         total_tokens = max(float(loss_mask.sum()), 1.0)
-        out = {k: v / total_tokens for k, v in sums.items()}
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.state["bad_steps"] += 1
-            out["nan_loss"] = math.nan
-            return out
-        grad_norm, stepped = clip_and_step(self.model, self.optimizer, self.scheduler, cfg.optim.max_grad_norm)
-        if not stepped:
-            self.state["bad_steps"] += 1
-        if cfg.loss == "penalty":
-            self.penalty_ctl = self.penalty_ctl.update(out.get("policy/kl", 0.0))
-        out.update({"grad_norm": grad_norm, "bad_steps": self.state["bad_steps"]})
-        return out
+        return {"loss": total_loss, **{k: v / total_tokens for k, v in sums.items()}}
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint(self) -> None:

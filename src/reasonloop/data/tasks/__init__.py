@@ -13,6 +13,9 @@ from reasonloop.data.tasks.base import Task
 
 TASKS: dict[str, str] = {
     "arithmetic": "reasonloop.data.tasks.arithmetic:make_task",
+    "mbpp": "reasonloop.data.tasks.code:make_mbpp",
+    "humaneval": "reasonloop.data.tasks.code:make_humaneval",
+    "code_arith": "reasonloop.data.tasks.code:make_code_arith",
 }
 
 
