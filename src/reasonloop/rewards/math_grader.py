@@ -45,7 +45,7 @@ LATEX_FRAC_RE = re.compile(r"^(-?)\\[dt]?frac\{(-?\d+)\}\{(\d+)\}$")
 LATEX_FRAC_SHORT_RE = re.compile(r"^(-?)\\[dt]?frac(\d)(\d)$")
 # operators between digits: what an unevaluated expression such as `12+7` or `3*4` looks like
 EXPRESSION_RE = re.compile(r"\d\s*(?:[-+*^×÷]|\\times|\\cdot|\\div)\s*[\d(]|\)\s*[-+*/^]")
-ALTERNATIVES_RE = re.compile(r"\s*(?:,|;|\bor\b|\band\b|\n)\s*")
+ALTERNATIVES_RE = re.compile(r"\s*(?:,|;|\bor\b|\band\b|\n)\s*|(?<=\d)\s+(?=-?\d)")  # `12 7` is two values
 UNIT_WORDS_RE = re.compile(r"^(-?[\d.,/]+)\s*[a-zA-Z][a-zA-Z .]*$")
 
 SYMBOLIC_TIMEOUT_S = 2.0
