@@ -1,8 +1,8 @@
 """Rebuild the embedded tiny model from scratch on the procedural arithmetic corpus.
 
-Builds the char-level tokenizer and a tiny Llama config (`models/tiny.py`), trains it with a plain
-next-token loss on `ArithmeticTask.pretraining_text` (careful and lazy worked solutions, see
-`data/tasks/arithmetic.py`), evaluates on the held-out split per level, and saves an ordinary HF
+Builds the char-level tokenizer and a tiny Llama config (`models/tiny.py`), trains it with a
+next-token loss on `ArithmeticTask.pretraining_records` (careful and lazy worked solutions, see
+`data/tasks/arithmetic.py`; the questions are random draws, so only the solutions carry loss), evaluates on the held-out split per level, and saves an ordinary HF
 model directory to `<output_dir>/model`. The shipped asset `reasonloop/assets/tiny-arith` is this
 command's output with the defaults (`export=true` copies it there).
 """
@@ -75,7 +75,7 @@ def run(cfg: Config) -> dict:
     print(f"pretrain: {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} sequences")
 
     task = ArithmeticTask()
-    corpus = task.pretraining_text(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful)
+    corpus = task.pretraining_records(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful)
     held_out = task.examples("test", cfg.eval_per_level * len(task.levels), seed=cfg.seed)
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
     sampler = TorchSampler(model, tokenizer)
@@ -92,8 +92,8 @@ def run(cfg: Config) -> dict:
     tokens = 0.0
     with progress("pretrain", cfg.steps) as bar:
         for step in range(1, cfg.steps + 1):
-            texts = rng.sample(corpus, cfg.batch_size)
-            batch = encode_pairs(tokenizer, [t[:1] for t in texts], [t[1:] for t in texts])
+            records = rng.sample(corpus, cfg.batch_size)
+            batch = encode_pairs(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records])
             metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm)
             tokens += metrics["tokens"]
             metrics["tokens_per_s"] = tokens / (time.time() - start)

@@ -8,7 +8,7 @@ Levels set the number of operations and the operand range (see `LEVELS`). Runnin
 negative. Problems are assigned to a split by a hash of their text, so "train" and "test" can never
 share a problem whatever the seed; each split is deduplicated.
 
-The pretraining corpus (`pretraining_text`) mixes *careful* traces (one step per operation, as above)
+The pretraining corpus (`pretraining_records`) mixes *careful* traces (one step per operation, as above)
 with *lazy* ones that write the whole chain and jump to a result (`17+4-9=12`), the way web text
 mixes worked solutions with bare answers. The base model imitates both, so it reasons carefully
 only some of the time; reward for correct answers teaches it that care pays. Single-operation
@@ -26,7 +26,7 @@ from reasonloop.data.records import Example
 from reasonloop.rewards.core import RewardSpec
 
 # level -> (number of operations, largest operand)
-LEVELS: dict[int, tuple[int, int]] = {1: (1, 19), 2: (2, 19), 3: (3, 19), 4: (2, 99), 5: (3, 99)}
+LEVELS: dict[int, tuple[int, int]] = {1: (1, 9), 2: (2, 9), 3: (3, 9), 4: (4, 9), 5: (2, 49)}
 TEST_FRACTION_BUCKETS = 5  # one problem in five belongs to the held-out split
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
@@ -159,10 +159,11 @@ class ArithmeticTask:
         """(prompt, completion) records with careful traces: the supervised target."""
         return [{"prompt": format_prompt(p), "completion": format_completion(p)} for p in self.problems(split, n, seed)]
 
-    def pretraining_text(self, n: int, seed: int = 0, p_careful: float = 0.4) -> list[str]:
+    def pretraining_records(self, n: int, seed: int = 0, p_careful: float = 0.4) -> list[dict]:
+        """(prompt, completion) records of the base model's corpus: careful or lazy traces."""
         rng = random.Random(f"{seed}:careful")
         return [
-            format_prompt(p) + format_completion(p, careful=rng.random() < p_careful)
+            {"prompt": format_prompt(p), "completion": format_completion(p, careful=rng.random() < p_careful)}
             for p in self.problems("train", n, seed, distinct=False)
         ]
 
