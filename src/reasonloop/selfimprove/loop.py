@@ -1,0 +1,228 @@
+"""The shared skeleton of every self-improvement recipe: generate -> score -> select -> learn.
+
+`LoopConfig` holds the knobs every loop has (model, task, iterations, sampling, fine-tuning budget,
+held-out evaluation); recipes subclass it. `Loop` owns the run: the model, the sampler, the task,
+the held-out set and the run directory. Recipes call its parts in the order they read best:
+
+    loop = Loop(cfg, "self_train")
+    loop.begin()                                   # held-out pass@1 of the base model (iteration 0)
+    for it in range(1, cfg.iterations + 1):
+        samples = loop.sample(loop.next_prompts())  # generate + score with the task's rewards
+        kept = <a rule from selfimprove.selection>
+        kept, dropped = dedup(kept)
+        loop.finetune(kept)                         # SFT on (prompt, completion), loss on completion
+        loop.end_iteration(it, {...counts...})      # held-out pass@1, metrics.jsonl
+    return loop.finish()                           # summary.json, model saved
+
+Held-out pass@1 is greedy decoding on the task's test split (`pass@1_greedy`); `eval_k` > 0 adds
+sampled pass@1, pass@k and maj@k.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from reasonloop.config import require
+from reasonloop.data.records import Example
+from reasonloop.data.tasks import make_task
+from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt, save_model
+from reasonloop.rewards.core import compute_rewards
+from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.selfimprove.selection import Sample
+from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
+from reasonloop.train.forward import encode_pairs
+from reasonloop.train.optim import OptimConfig, build_optimizer
+from reasonloop.train.run import Run, default_output_dir, set_seed, set_threads
+from reasonloop.train.supervised import supervised_step
+
+
+@dataclass
+class LoopConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy to improve (model.name=embedded is the shipped tiny model)."""
+    task: str = "arithmetic:1-3"
+    """Task spec (`name` or `name:arg`); its train split feeds the loop, its test split is held out."""
+    data_dir: str = ""
+    """Data location for file-backed tasks."""
+    iterations: int = 3
+    """Outer iterations (generate -> score -> select -> learn)."""
+    prompts_per_iteration: int = 128
+    """Train prompts sampled per iteration (a shuffled pass over the train pool)."""
+    train_pool: int = 2000
+    """Distinct train problems the loop draws prompts from."""
+    samples_per_prompt: int = 4
+    """Completions generated per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature during generation."""
+    max_new_tokens: int = 64
+    """Completion length limit in tokens."""
+    sft_max_steps: int = 40
+    """Most fine-tuning steps per iteration."""
+    sft_epochs: float = 2.0
+    """Passes over the kept samples per iteration (capped by sft_max_steps)."""
+    batch_size: int = 32
+    """Records per optimizer step."""
+    micro_batch_size: int = 32
+    """Records per forward/backward; gradients accumulate up to batch_size."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, min_lr_ratio=1.0))
+    """Optimiser; a fresh one per iteration (each iteration is its own fine-tune). Constant lr by default."""
+    eval_n: int = 200
+    """Held-out test problems evaluated before the first and after every iteration."""
+    eval_k: int = 0
+    """Sampled completions per held-out problem (adds pass@1 sampled, pass@k, maj@k); 0 = greedy only."""
+    output_dir: str = ""
+    """Run directory; empty means runs/<command>-<timestamp>."""
+    seed: int = 0
+    """Seed for prompt order, sampling and initialisation."""
+    threads: int = 1
+    """torch threads (1 on a shared CPU; 0 keeps torch's default)."""
+
+    def __post_init__(self):
+        require(self.iterations > 0, "iterations must be > 0")
+        require(self.prompts_per_iteration > 0 and self.samples_per_prompt > 0, "prompts and samples per prompt must be > 0")
+        require(self.temperature >= 0, "temperature must be >= 0")
+        require(self.batch_size > 0 and self.micro_batch_size > 0, "batch sizes must be > 0")
+        require(self.sft_max_steps >= 0 and self.sft_epochs >= 0, "sft_max_steps and sft_epochs must be >= 0")
+        require(self.eval_n > 0, "eval_n must be > 0")
+
+
+class Loop:
+    """Owns one self-improvement run. See the module docstring for the order of calls."""
+
+    def __init__(self, cfg: LoopConfig, command: str):
+        set_threads(cfg.threads)
+        set_seed(cfg.seed)
+        self.cfg = cfg
+        self.run = Run(cfg.output_dir or default_output_dir(command), cfg)
+        self.command = command
+        self.task = make_task(cfg.task, cfg.data_dir or None)
+        self.tokenizer = load_tokenizer(cfg.model.name)
+        self.model = load_model(cfg.model)
+        self.base_state = copy.deepcopy(self.model.state_dict())  # for ReST-EM's restart from the base
+        self.sampler = TorchSampler(self.model, self.tokenizer)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        self.train_pool = self.task.examples("train", cfg.train_pool, seed=cfg.seed)
+        self.held_out = self.task.examples("test", cfg.eval_n, seed=cfg.seed)
+        self._rng = random.Random(cfg.seed)
+        self._order: list[int] = []
+        self.history: list[dict[str, Any]] = []
+        self.before: dict | None = None
+        self.last_eval: dict | None = None
+
+    # -- generate and score ---------------------------------------------------------------------
+    def render(self, prompt: str) -> str:
+        return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template)
+
+    def next_prompts(self, n: int | None = None) -> list[Example]:
+        """`n` train examples, a reshuffled pass over the pool."""
+        out = []
+        for _ in range(n or self.cfg.prompts_per_iteration):
+            if not self._order:
+                self._order = list(range(len(self.train_pool)))
+                self._rng.shuffle(self._order)
+            out.append(self.train_pool[self._order.pop()])
+        return out
+
+    def generate(self, examples: Sequence[Example], n: int, prompts: Sequence[str] | None = None,
+                 chunk: int = 64) -> list[str]:
+        """n completions per example, prompt-major. `prompts` overrides the (rendered) prompt text, e.g.
+        a hinted prompt for STaR's rationalisation; it is rendered here too."""
+        texts = [self.render(p) for p in (prompts if prompts is not None else [ex.prompt for ex in examples])]
+        out: list[str] = []
+        for start in range(0, len(texts), chunk):
+            out += self.sampler.generate(texts[start : start + chunk], n, self.sampling, self.generator).completions
+        return out
+
+    def score(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Sample]:
+        """Samples scored by the task's reward components (summed) and its verifier."""
+        rewards = compute_rewards(self.task.rewards(), list(completions), list(examples)).total.tolist()
+        return [Sample(ex.prompt, c, r, self.task.is_correct(c, ex), ex.id)
+                for ex, c, r in zip(examples, completions, rewards)]
+
+    def sample(self, examples: Sequence[Example], n: int | None = None) -> list[Sample]:
+        n = n or self.cfg.samples_per_prompt
+        completions = self.generate(examples, n)
+        return self.score([ex for ex in examples for _ in range(n)], completions)
+
+    # -- learn ----------------------------------------------------------------------------------
+    def reset_to_base(self) -> None:
+        """Load the base weights back (ReST-EM fine-tunes the base model every iteration)."""
+        self.model.load_state_dict(self.base_state)
+
+    def base_model(self) -> torch.nn.Module:
+        """A fresh copy of the model with the base weights (a verifier's or a reference's start)."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.base_state)
+        return model
+
+    def sft_steps_for(self, n_records: int) -> int:
+        return min(self.cfg.sft_max_steps, math.ceil(self.cfg.sft_epochs * n_records / self.cfg.batch_size))
+
+    def finetune(self, samples: Sequence[Sample], steps: int | None = None) -> dict[str, float]:
+        """Supervised fine-tuning on (prompt, completion) of `samples`, loss on the completion tokens.
+        A fresh optimizer each call; batches are reshuffled passes over the samples."""
+        records = [(s.prompt, s.completion) for s in samples]
+        steps = self.sft_steps_for(len(records)) if steps is None else steps
+        if not records or steps == 0:
+            return {"sft_steps": 0.0}
+        optimizer, scheduler = build_optimizer(self.model.parameters(), self.cfg.optim, steps)
+        order: list[int] = []
+        metrics: dict[str, float] = {}
+        losses = []
+        for _ in range(steps):
+            picked = []
+            while len(picked) < self.cfg.batch_size:
+                if not order:
+                    order = list(range(len(records)))
+                    self._rng.shuffle(order)
+                picked.append(records[order.pop()])
+            batch = encode_pairs(self.tokenizer, [self.render(p) for p, _ in picked], [c for _, c in picked])
+            metrics = supervised_step(self.model, batch, self.cfg.micro_batch_size, optimizer, scheduler,
+                                      self.cfg.optim.max_grad_norm)
+            losses.append(metrics["loss"])
+        return {"sft_steps": float(steps), "sft_loss_first": losses[0], "sft_loss_last": losses[-1]}
+
+    # -- observe --------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        summary, _ = evaluate(self.sampler, self.task, self.held_out, self.render,
+                              SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.max_new_tokens),
+                              k=self.cfg.eval_k, seed=self.cfg.seed)
+        return summary
+
+    def begin(self) -> dict:
+        self.before = self.evaluate()
+        self.run.log(0, {"iteration": 0, **flat_metrics(self.before)})
+        print(f"{self.command}: base model, held-out\n{format_table(self.before)}")
+        return self.before
+
+    def end_iteration(self, iteration: int, metrics: dict[str, Any], evaluate_now: bool = True) -> dict:
+        row = {"iteration": iteration, **metrics}
+        if evaluate_now:
+            self.last_eval = self.evaluate()
+            row.update(flat_metrics(self.last_eval))
+        self.run.log(iteration, row)
+        self.history.append(row)
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if "/level/" not in k}
+        print(f"{self.command}: {shown}")
+        return row
+
+    def finish(self, extra: dict | None = None) -> dict:
+        after = self.last_eval if self.last_eval is not None else self.evaluate()
+        model_dir = self.run.dir / "model"
+        save_model(self.model, self.tokenizer, model_dir)
+        curve = [self.before["overall"].get("pass@1_greedy") if self.before else None]
+        curve += [row.get("eval/pass@1_greedy") for row in self.history]
+        result = {"before": self.before, "after": after, "iterations": self.history,
+                  "held_out_pass@1_by_iteration": curve, "model_dir": str(model_dir), **(extra or {})}
+        self.run.write_json("summary.json", result)
+        print(f"{self.command}: held-out pass@1 (greedy) by iteration: {[round(x, 3) for x in curve if x is not None]}")
+        self.run.close()
+        return result
