@@ -92,7 +92,7 @@ def parse_spec(arg: str | None, base: ColumnMap = ColumnMap()) -> ColumnMap:
 
 
 def load_splits(source: str) -> dict[str, Any]:
-    """Named `datasets.Dataset` splits of a source (`all` when it has no split names)."""
+    """Named `datasets.Dataset` splits of a source (`data` when it has no split names)."""
     import datasets
 
     if source.startswith("hf:"):
@@ -104,7 +104,7 @@ def load_splits(source: str) -> dict[str, Any]:
     if (path / "dataset_dict.json").exists():
         return dict(datasets.load_from_disk(str(path)))
     if (path / "state.json").exists():
-        return {"all": datasets.load_from_disk(str(path))}
+        return {"data": datasets.load_from_disk(str(path))}
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in BUILDERS)
     if not files:
         raise DatasetLoadError(f"no {sorted(BUILDERS)} files under {source!r}")
@@ -122,7 +122,7 @@ def _split_of_filename(name: str) -> str:
     for split, aliases in SPLIT_WORDS.items():
         if words & set(aliases):
             return split
-    return "all"
+    return "data"
 
 
 def read_gold(raw: Any, how: str) -> str | None:
