@@ -601,10 +601,13 @@ class Trainer:
         if ckpt is None:
             log.warning("rollback wanted after %s but there is no checkpoint yet", alerts)
             return False
-        rollbacks, lr_scale = self.state["rollbacks"] + 1, self.state["lr_scale"] * self.cfg.rollback_lr_factor
+        # the run's history of trouble survives the rollback; everything else is the checkpoint's
+        kept = {k: self.state[k] for k in ("bad_steps", "alerts", "rollbacks")}
+        lr_scale = self.state["lr_scale"] * self.cfg.rollback_lr_factor
         self._restore(ckpt)
-        self.state["rollbacks"], self.state["lr_scale"] = rollbacks, lr_scale
+        self.state.update(kept, rollbacks=kept["rollbacks"] + 1, lr_scale=lr_scale)
         self._apply_lr_scale()
+        rollbacks = self.state["rollbacks"]
         log.warning("rollback %d after %s: restored %s, lr scaled to %.3g", rollbacks, alerts, ckpt, lr_scale)
         return True
 
