@@ -36,7 +36,7 @@ class Config:
     """Run directory; empty means runs/pretrain-<timestamp>."""
     size: str = "tiny"
     """Model size preset from models/tiny.py SIZES (nano, tiny, small)."""
-    steps: int = 3000
+    steps: int = 2000
     """Optimizer steps."""
     batch_size: int = 64
     """Sequences per optimizer step."""
@@ -48,7 +48,7 @@ class Config:
     """Fraction of corpus solutions written step by step; the rest jump straight to the result."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=100))
     """Optimiser and schedule."""
-    eval_every: int = 1000
+    eval_every: int = 400
     """Evaluate on held-out problems every N steps (and at the end)."""
     eval_per_level: int = 40
     """Held-out problems per level at each evaluation."""

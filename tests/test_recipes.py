@@ -1,0 +1,74 @@
+"""End-to-end recipe runs on the shipped tiny model: SFT learns, eval reports, runs leave their files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reasonloop.config import load_config
+from reasonloop.models.loading import resolve_model_path
+from reasonloop.recipes import evaluate as eval_recipe
+from reasonloop.recipes import sft
+
+
+def test_shipped_model_is_a_plain_hf_directory():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path("embedded")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.model_type == "llama"
+    assert 1e6 < sum(p.numel() for p in model.parameters()) < 1e7
+    assert tok.decode(tok("Q: 1+2=?\n")["input_ids"]) == "Q: 1+2=?\n"
+
+
+def test_sft_lowers_the_loss_and_raises_held_out_accuracy(tmp_path):
+    cfg = load_config(sft.Config, [
+        "task=arithmetic:2", "steps=30", "batch_size=16", "micro_batch_size=8", "optim.lr=5e-4",
+        "task_records=480", "eval_n=48", "eval_every=0", "save_every=0", f"output_dir={tmp_path}", "seed=1",
+    ])
+    result = sft.run(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    before = result["before"]["overall"]["pass@1_greedy"]
+    after = result["after"]["overall"]["pass@1_greedy"]
+    assert after >= before + 0.15, (before, after)
+    for name in ("config.yaml", "summary.json", "model/config.json", "model/model.safetensors"):
+        assert (tmp_path / name).exists(), name
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_sft_skips_malformed_rows_and_reads_jsonl(tmp_path, caplog):
+    data = tmp_path / "data.jsonl"
+    good = {"prompt": "Q: 1+1=?\n", "completion": "<think>1+1=2</think><answer>2</answer>"}
+    data.write_text("\n".join(json.dumps(r) for r in [good, {"prompt": "x"}, {"prompt": 3, "completion": "y"}, good]))
+    cfg = load_config(sft.Config, [f"data={data}", "steps=2", "batch_size=2", "eval_n=5", "eval_every=0",
+                                   "save_every=0", f"output_dir={tmp_path / 'run'}"])
+    records = sft.load_records(cfg, task=None)
+    assert records == [good, good]
+    assert "skipped 2 of 4 rows" in caplog.text
+
+
+def test_eval_writes_summary_and_samples_per_level(tmp_path):
+    cfg = load_config(eval_recipe.Config, ["n=20", "k=4", f"output_dir={tmp_path}", "sampling.max_new_tokens=48"])
+    summary = eval_recipe.run(cfg)
+    assert set(summary) == {f"level/{lv}" for lv in range(1, 6)} | {"overall"}
+    for group in summary.values():
+        assert group["pass@1"] <= group["pass@4"] + 1e-9
+        assert 0 <= group["pass@1_greedy"] <= 1 and 0 <= group["maj@4"] <= 1
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["eval"]["overall"]["n"] == 20
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 20 * (1 + 4)
+    assert {s["mode"] for s in samples} == {"greedy", "sampled"}
+
+
+@pytest.mark.parametrize("bad", ["n=0", "k=-1", "model.dtype=float8", "sampling.top_p=0"])
+def test_eval_rejects_bad_values(bad):
+    from reasonloop.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_config(eval_recipe.Config, [bad])
