@@ -13,6 +13,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from reasonloop.algos.logprobs import token_logprobs
 from reasonloop.data.records import RolloutBatch
+from reasonloop.rollout import kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 
 
@@ -35,23 +36,45 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_
     return logits
 
 
-def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None):
-    """Pick one token per row; returns (tokens [N], their log-probs [N])."""
+def sample_next(
+    logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None,
+    noise_rows: int | None = None, rows: torch.Tensor | None = None,
+):
+    """Pick one token per row; returns (tokens [N], their log-probs [N]).
+
+    Draws exactly what `torch.multinomial(probs, 1)` draws (argmax of probs / Exp(1) noise, which is
+    how torch implements it). The noise is drawn for `noise_rows` rows and rows `rows` of it are used,
+    so a sampler that drops finished rows consumes the random stream exactly like one that keeps them.
+    """
     if sampling.temperature == 0:
         tokens = logits.argmax(-1)
     else:
         scaled = filter_logits(logits.float() / sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p)
-        tokens = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
+        probs = scaled.softmax(-1)
+        noise = torch.empty((noise_rows or probs.shape[0], probs.shape[1]), dtype=probs.dtype, device=probs.device)
+        noise.exponential_(1, generator=generator)
+        if rows is not None:
+            noise = noise[rows]
+        tokens = (probs / noise).argmax(-1)
     return tokens, token_logprobs(logits, tokens, sampling.temperature)
 
 
 class TorchSampler:
-    """`RolloutEngine` running the policy model in-process; `update_weights` is a no-op (shared weights)."""
+    """`RolloutEngine` running the policy model in-process; `update_weights` is a no-op (shared weights).
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, share_prefill: bool = True):
+    Llama-family models (see `kv_cache.supports`) decode through `kv_cache.StaticDecoder`: a
+    preallocated cache, fused projections and finished rows dropped from the batch. Other models use
+    transformers' forward with a `DynamicCache`. Both paths draw the same random numbers, so under one
+    seed they produce the same samples (`static_cache=False` forces the generic path).
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, share_prefill: bool = True,
+                 static_cache: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.share_prefill = share_prefill
+        self.static_cache = static_cache
+        self._token_text: dict[int, str] = {}
 
     def update_weights(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -67,7 +90,78 @@ class TorchSampler:
         prompt_mask = enc["attention_mask"].to(device)
         was_training = self.model.training
         self.model.eval()
+        try:
+            if self.static_cache and kv_cache.supports(self.model, prompt_ids.shape[1] + sampling.max_new_tokens):
+                return self._generate_static(prompt_ids, prompt_mask, n, sampling, generator)
+            return self._generate_dynamic(prompt_ids, prompt_mask, n, sampling, generator)
+        finally:
+            self.model.train(was_training)
 
+    def _generate_static(self, prompt_ids, prompt_mask, n: int, sampling: SamplingConfig, generator):
+        B, P = prompt_ids.shape
+        rows, T = B * n, sampling.max_new_tokens
+        device = prompt_ids.device
+        decoder = kv_cache.StaticDecoder(self.model, rows, P + T)
+        if self.share_prefill:
+            logits = decoder.prefill(prompt_ids, prompt_mask, repeat=n).repeat_interleave(n, dim=0)
+        prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
+        if not self.share_prefill:
+            logits = decoder.prefill(prompt_ids, prompt_mask)
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        stop_strings = list(sampling.stop)
+        tail_len = max((len(s) for s in stop_strings), default=0) + 8
+        tails = [""] * rows
+        reasons = ["length"] * rows
+        out_ids = torch.full((rows, T), pad, dtype=torch.long, device=device)
+        out_lp = torch.zeros((rows, T), device=device)
+        out_mask = torch.zeros((rows, T), dtype=torch.long, device=device)
+        active = torch.arange(rows, device=device)  # original row of each live cache row
+        position = prompt_mask.sum(-1) - 1  # [live] position of the last token fed
+        used = T
+        for t in range(T):
+            tokens, lps = sample_next(logits, sampling, generator, rows, None if len(active) == rows else active)
+            out_ids[active, t] = tokens
+            out_lp[active, t] = lps
+            out_mask[active, t] = 1
+            done = tokens == eos
+            if stop_strings:
+                done |= self._stop_hits(tokens, active, tails, stop_strings, tail_len)
+            if bool(done.any()):
+                for i in active[done].tolist():
+                    reasons[i] = "stop"
+                if bool(done.all()):
+                    used = t + 1
+                    break
+                order = decoder.keep(~done)
+                active, tokens, position = active[order], tokens[order], position[order]
+            if t == T - 1:
+                break
+            position = position + 1
+            logits = decoder.step(tokens, position)
+        return self._batch(prompt_ids, prompt_mask, out_ids[:, :used], out_mask[:, :used], out_lp[:, :used],
+                           reasons, n)
+
+    def _stop_hits(self, tokens, active, tails, stop_strings, tail_len) -> torch.Tensor:
+        hits = []
+        for row, t in zip(active.tolist(), tokens.tolist()):
+            text = self._token_text.get(t)
+            if text is None:
+                text = self._token_text[t] = self.tokenizer.decode([t])
+            tails[row] = (tails[row] + text)[-tail_len:]
+            hits.append(any(tails[row].endswith(s) for s in stop_strings))
+        return torch.tensor(hits, dtype=torch.bool, device=tokens.device)
+
+    def _batch(self, prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs, reasons, n) -> RolloutBatch:
+        return RolloutBatch(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+            completion_mask=completion_mask, logprobs=logprobs * completion_mask, finish_reasons=reasons,
+            completions=self._decode(completion_ids, completion_mask), group_size=n,
+        )
+
+    def _generate_dynamic(self, prompt_ids, prompt_mask, n: int, sampling: SamplingConfig, generator):
+        tok = self.tokenizer
+        device = prompt_ids.device
         if self.share_prefill:
             logits, cache = self._prefill(prompt_ids, prompt_mask)
             cache.batch_repeat_interleave(n)
@@ -114,15 +208,8 @@ class TorchSampler:
             )
             logits = out.logits[:, -1, :]
 
-        completion_ids = torch.stack(out_ids, dim=1)
-        logprobs = torch.stack(out_lp, dim=1)
-        completion_mask = torch.stack(out_mask, dim=1)
-        self.model.train(was_training)
-        return RolloutBatch(
-            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-            completion_mask=completion_mask, logprobs=logprobs * completion_mask, finish_reasons=reasons,
-            completions=self._decode(completion_ids, completion_mask), group_size=n,
-        )
+        return self._batch(prompt_ids, prompt_mask, torch.stack(out_ids, dim=1), torch.stack(out_mask, dim=1),
+                           torch.stack(out_lp, dim=1), reasons, n)
 
     def _prefill(self, ids: torch.Tensor, mask: torch.Tensor):
         position = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,219 @@
+"""A preallocated KV cache and a lean decode forward for Llama-family HF models (llama, mistral, qwen2, qwen3).
+
+Why: on a CPU a tiny model's decode step is dominated by Python and allocation overhead, not maths.
+transformers' generic forward rebuilds masks, grows a `DynamicCache` with `torch.cat` (quadratic
+copying) and dispatches through several wrappers per layer. `StaticDecoder` runs the *same modules*
+(norms, projections, MLP, rotary tables) of the HF model, but
+
+- writes keys/values into per-layer tensors preallocated for the whole generation ([rows, kv_heads,
+  max_len, head_dim]) and attends over a view of the filled part;
+- fuses q/k/v and gate/up projections into one matmul each (when they are plain `nn.Linear`s);
+- computes logits for the last position only;
+- drops finished rows (`keep`), so late decode steps only pay for the rows still running.
+
+Numerics match the HF forward up to float rounding (tests/test_speed_equivalence.py checks log-probs
+and samples against transformers' own forward). Unsupported models (other architectures, sliding
+windows, dynamic RoPE, PEFT-wrapped models) fall back to the generic path in `sampler.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _backbone(model: nn.Module):
+    inner = getattr(model, "model", None)
+    if inner is None or getattr(model, "lm_head", None) is None:
+        return None
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    return inner if all(hasattr(inner, n) for n in needed) else None
+
+
+def supports(model: nn.Module, max_len: int) -> bool:
+    """True when `StaticDecoder` reproduces `model`'s forward for sequences up to `max_len` tokens."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES or _backbone(model) is None:
+        return False
+    window = getattr(cfg, "sliding_window", None)
+    if window is not None and (getattr(cfg, "use_sliding_window", True) and max_len > window):
+        return False
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types and any(t != "full_attention" for t in layer_types) and window is not None and max_len > window:
+        return False
+    rope_type = getattr(_backbone(model).rotary_emb, "rope_type", "default")
+    return "dynamic" not in str(rope_type) and max_len <= getattr(cfg, "max_position_embeddings", max_len)
+
+
+class StaticDecoder:
+    """Prefill + one-token decode steps over a preallocated cache of `rows` sequences of `max_len` tokens.
+
+    Rows share one cache column per step (prompts are left-padded to one length), so a decode step
+    writes a single column for every live row. `valid` marks which cache columns each row attends to.
+    """
+
+    def __init__(self, model: nn.Module, rows: int, max_len: int):
+        self.model = model
+        self.inner = _backbone(model)
+        cfg = model.config
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        first = self.inner.layers[0].self_attn
+        self.head_dim = first.head_dim
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.scaling = first.scaling
+        self.rows, self.max_len, self.length = rows, max_len, 0
+        shape = (rows, self.kv_heads, max_len, self.head_dim)
+        n_layers = len(self.inner.layers)
+        self.k = [torch.empty(shape, device=self.device, dtype=self.dtype) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, device=self.device, dtype=self.dtype) for _ in range(n_layers)]
+        self.valid = torch.zeros(rows, max_len, dtype=torch.bool, device=self.device)
+        positions = torch.arange(max_len, device=self.device).unsqueeze(0)
+        cos, sin = self.inner.rotary_emb(self.inner.embed_tokens.weight[:1].unsqueeze(0), positions)
+        self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
+        self.layers = [self._fuse(layer) for layer in self.inner.layers]
+        self.gqa = self.heads != self.kv_heads
+
+    @staticmethod
+    def _fuse(layer):
+        """Concatenated q|k|v and gate|up weights (plain Linear layers only; else call the modules)."""
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+        gu = (getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None))
+        w_qkv = b_qkv = w_gu = None
+        if all(type(m) is nn.Linear for m in qkv):
+            w_qkv = torch.cat([m.weight for m in qkv])
+            if qkv[0].bias is not None:
+                b_qkv = torch.cat([m.bias for m in qkv])
+        if all(type(m) is nn.Linear and m.bias is None for m in gu):
+            w_gu = torch.cat([gu[0].weight, gu[1].weight])
+        return layer, w_qkv, b_qkv, w_gu
+
+    # -- forward --------------------------------------------------------------------------------------
+    def _layer(self, fused, h, cos, sin, rows: slice | torch.Tensor, start: int, mask: torch.Tensor):
+        layer, w_qkv, b_qkv, w_gu = fused
+        attn, mlp = layer.self_attn, layer.mlp
+        n, t, _ = h.shape
+        x = _rms_norm(layer.input_layernorm, h)
+        if w_qkv is not None:
+            qkv = F.linear(x, w_qkv, b_qkv)
+            q, k, v = qkv.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                                 self.kv_heads * self.head_dim], dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q = q.view(n, t, self.heads, self.head_dim)
+        k = k.view(n, t, self.kv_heads, self.head_dim)
+        if hasattr(attn, "q_norm"):  # qwen3
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        v = v.view(n, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if w_qkv is not None and not hasattr(attn, "q_norm"):  # rotate q and k in one go: fewer ops
+            qk = qkv[..., : (self.heads + self.kv_heads) * self.head_dim].view(n, t, -1, self.head_dim)
+            qk = (qk * cos + _rotate_half(qk) * sin).transpose(1, 2)
+            q, k = qk[:, : self.heads], qk[:, self.heads :]
+        else:
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        kc, vc = self.k[layer.self_attn.layer_idx], self.v[layer.self_attn.layer_idx]
+        end = start + t
+        kc[rows, :, start:end] = k
+        vc[rows, :, start:end] = v
+        if t == 1:  # decode: two small batched matmuls beat SDPA's per-call overhead on CPU
+            g = self.heads // self.kv_heads
+            scores = torch.matmul(q.reshape(n, self.kv_heads, g, self.head_dim) * self.scaling,
+                                  kc[rows, :, :end].transpose(-1, -2))  # [n, kv_heads, g, end]
+            probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+            o = torch.matmul(probs, vc[rows, :, :end]).reshape(n, self.heads, 1, self.head_dim)
+        else:
+            o = F.scaled_dot_product_attention(q, kc[rows, :, :end], vc[rows, :, :end], attn_mask=mask,
+                                               scale=self.scaling, enable_gqa=self.gqa)
+        h = h + attn.o_proj(o.transpose(1, 2).reshape(n, t, -1))
+        x = _rms_norm(layer.post_attention_layernorm, h)
+        if w_gu is not None:
+            gate, up = F.linear(x, w_gu).chunk(2, dim=-1)
+            h = h + mlp.down_proj(mlp.act_fn(gate) * up)
+        else:
+            h = h + mlp(x)
+        return h
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(_rms_norm(self.inner.norm, h))
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, repeat: int = 1) -> torch.Tensor:
+        """Run left-padded prompts [B, P]; their K/V fill rows b*repeat .. b*repeat+repeat-1 of the cache.
+
+        Returns the last position's logits [B, V] (not repeated).
+        """
+        B, P = ids.shape
+        if B * repeat > self.rows or P > self.max_len:
+            raise ValueError("prefill does not fit the cache")
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self.cos[position].unsqueeze(2), self.sin[position].unsqueeze(2)  # [B, P, 1, D]
+        key_ok = mask.bool()
+        causal = torch.ones(P, P, dtype=torch.bool, device=self.device).tril()
+        # pad queries attend to themselves only, so no row of the softmax is empty (NaN-free padding)
+        attn_mask = ((causal & key_ok[:, None, :]) | torch.eye(P, dtype=torch.bool, device=self.device)).unsqueeze(1)
+        h = self.inner.embed_tokens(ids)
+        staging = slice(0, B)  # compute in rows 0..B-1, then spread to the repeated layout
+        for fused in self.layers:
+            h = self._layer(fused, h, cos, sin, staging, 0, attn_mask)
+        if repeat > 1:
+            for kc, vc in zip(self.k, self.v):
+                kc[: B * repeat, :, :P] = kc[:B, :, :P].repeat_interleave(repeat, dim=0)
+                vc[: B * repeat, :, :P] = vc[:B, :, :P].repeat_interleave(repeat, dim=0)
+        self.valid[: B * repeat, :P] = key_ok.repeat_interleave(repeat, dim=0)
+        self.length = P
+        return self._logits(h[:, -1])
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Feed one token per live row (rows 0..n-1); position [n]: its RoPE position. Returns logits [n, V]."""
+        n, col = tokens.shape[0], self.length
+        if col >= self.max_len:
+            raise ValueError("the cache is full")
+        self.valid[:n, col] = True
+        cos, sin = self.cos[position][:, None, None, :], self.sin[position][:, None, None, :]
+        mask = self.valid[:n, None, None, : col + 1]
+        h = self.inner.embed_tokens(tokens).unsqueeze(1)
+        rows = slice(0, n)
+        for fused in self.layers:
+            h = self._layer(fused, h, cos, sin, rows, col, mask)
+        self.length = col + 1
+        return self._logits(h[:, 0])
+
+    def keep(self, live: torch.Tensor) -> torch.Tensor:
+        """Drop the rows where `live` [n] is False; returns `order` [m]: new row i is old row order[i].
+
+        Live rows beyond the first m slots move into the holes (swap-remove), so only as many rows are
+        copied as there are finished rows below m, not the whole cache.
+        """
+        n, m, end = live.shape[0], int(live.sum()), self.length
+        holes = (~live[:m]).nonzero().flatten()
+        movers = live[m:].nonzero().flatten() + m
+        order = torch.arange(n, device=live.device)
+        if len(holes):
+            for kc, vc in zip(self.k, self.v):
+                kc[holes, :, :end] = kc[movers, :, :end]
+                vc[holes, :, :end] = vc[movers, :, :end]
+            self.valid[holes] = self.valid[movers]
+            order[holes] = movers
+        return order[:m]
+
+
+def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """HF's RMSNorm as one fused op for float32 (same maths: x * rsqrt(mean(x^2) + eps) * weight)."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None or x.dtype != torch.float32 or getattr(norm, "weight", None) is None:
+        return norm(x)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -1,0 +1,148 @@
+"""Speed optimisations must not change results: the fast sampler against simple references.
+
+- the static-cache decoder (kv_cache.StaticDecoder) against transformers' own forward, for the
+  architectures it claims (llama with MHA and GQA, qwen2 with q/k/v biases, qwen3 with q/k norms);
+- the optimised sampler (static cache, dropped finished rows, swap-remove compaction) against the
+  generic DynamicCache path and against a no-cache reference loop kept here: same tokens under a seed,
+  log-probs equal within float tolerance.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from reasonloop.rollout import kv_cache
+from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.train.forward import TokenBatch, policy_forward
+
+PROMPTS = ["Q: 1+2=?\n", "Q: 13+4-5=?\n", "Q: 9=?\n", "Q: 7*8-11+2=?\n"]
+
+
+def reference_generate(model, tokenizer, prompts, n, sampling, generator):
+    """No cache, no tricks: re-run the whole sequence every step; finished rows keep sampling (masked)."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    ids, mask = enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool)
+    out, lps = [], []
+    model.eval()
+    with torch.no_grad():
+        for _ in range(sampling.max_new_tokens):
+            position = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position).logits[:, -1].float()
+            if sampling.temperature == 0:
+                tok = logits.argmax(-1)
+            else:
+                top = logits / sampling.temperature
+                if sampling.top_k:
+                    kth = torch.topk(top, sampling.top_k, -1).values[:, -1:]
+                    top = top.masked_fill(top < kth, float("-inf"))
+                tok = torch.multinomial(top.softmax(-1), 1, generator=generator).squeeze(-1)
+            lp = torch.log_softmax(logits / (sampling.temperature or 1.0), -1).gather(-1, tok[:, None])[:, 0]
+            out.append(tok.masked_fill(finished, pad))
+            lps.append(lp.masked_fill(finished, 0.0))
+            finished |= tok == eos
+            if finished.all():
+                break
+            ids = torch.cat([ids, tok[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(tok)[:, None]], 1)
+    return torch.stack(out, 1), torch.stack(lps, 1)
+
+
+def small_model(tokenizer, arch="llama", kv_heads=2):
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=kv_heads, intermediate_size=128, max_position_embeddings=128,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    if arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)).eval()
+
+
+@pytest.mark.parametrize("arch,kv_heads", [("llama", 4), ("llama", 2), ("qwen2", 2), ("qwen3", 2)])
+def test_static_decoder_matches_the_hf_forward(tokenizer, arch, kv_heads):
+    model = small_model(tokenizer, arch, kv_heads)
+    assert kv_cache.supports(model, 64)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    follow = torch.tensor([[5, 9, 30]] * len(PROMPTS))  # three decode steps after the prompt
+    full_ids, full_mask = torch.cat([ids, follow], 1), torch.cat([mask, torch.ones_like(follow)], 1)
+    with torch.no_grad():
+        ref = model(input_ids=full_ids, attention_mask=full_mask,
+                    position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits
+    dec = kv_cache.StaticDecoder(model, rows=len(PROMPTS), max_len=ids.shape[1] + 3)
+    got = [dec.prefill(ids, mask)]
+    position = mask.sum(-1) - 1
+    for j in range(2):
+        position = position + 1
+        got.append(dec.step(follow[:, j], position))
+    P = ids.shape[1]
+    for j, logits in enumerate(got):
+        torch.testing.assert_close(logits, ref[:, P - 1 + j], atol=2e-5, rtol=1e-4)
+
+
+def test_dropping_rows_keeps_the_survivors_exact(tokenizer):
+    model = small_model(tokenizer)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    dec = kv_cache.StaticDecoder(model, rows=8, max_len=ids.shape[1] + 2)
+    first = dec.prefill(ids, mask, repeat=2)  # 8 rows
+    live = torch.tensor([False, True, True, False, True, False, True, True])
+    order = dec.keep(live)
+    assert sorted(order.tolist()) == live.nonzero().flatten().tolist()
+    tokens = torch.arange(8)[order] + 10
+    position = (mask.sum(-1) - 1).repeat_interleave(2)[order] + 1
+    logits = dec.step(tokens, position)
+    full = torch.cat([ids.repeat_interleave(2, 0)[order], tokens[:, None]], 1)
+    full_mask = torch.cat([mask.repeat_interleave(2, 0)[order], torch.ones_like(tokens)[:, None]], 1)
+    with torch.no_grad():
+        ref = model(input_ids=full, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0))
+    torch.testing.assert_close(logits, ref.logits[:, -1], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(first.repeat_interleave(2, 0)[order], ref.logits[:, -2], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampling", [
+    SamplingConfig(temperature=1.5, max_new_tokens=24),
+    SamplingConfig(temperature=0.8, top_k=12, max_new_tokens=16),
+    SamplingConfig(temperature=0.0, max_new_tokens=10),
+])
+def test_fast_sampler_equals_the_no_cache_reference(nano_model, tokenizer, sampling):
+    fast = TorchSampler(nano_model, tokenizer).generate(PROMPTS, 6, sampling, torch.Generator().manual_seed(11))
+    ref_ids, ref_lp = reference_generate(nano_model, tokenizer, PROMPTS, 6, sampling, torch.Generator().manual_seed(11))
+    assert torch.equal(fast.completion_ids, ref_ids)
+    torch.testing.assert_close(fast.logprobs, ref_lp, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_and_generic_paths_agree_and_rows_really_finish_early(nano_model, tokenizer):
+    sampling = SamplingConfig(temperature=2.0, max_new_tokens=40, stop=["7"])
+    for share in (True, False):
+        fast = TorchSampler(nano_model, tokenizer, share_prefill=share).generate(
+            PROMPTS, 5, sampling, torch.Generator().manual_seed(5))
+        slow = TorchSampler(nano_model, tokenizer, share_prefill=share, static_cache=False).generate(
+            PROMPTS, 5, sampling, torch.Generator().manual_seed(5))
+        assert torch.equal(fast.completion_ids, slow.completion_ids)
+        assert torch.equal(fast.completion_mask, slow.completion_mask)
+        assert fast.finish_reasons == slow.finish_reasons and fast.completions == slow.completions
+        torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-5, rtol=1e-5)
+    lengths = fast.completion_mask.sum(-1)
+    assert lengths.min() < lengths.max()  # rows left the batch at different steps
+    tokens = TokenBatch(fast.prompt_ids, fast.prompt_mask, fast.completion_ids, fast.completion_mask)
+    with torch.no_grad():
+        fresh = policy_forward(nano_model, tokens, temperature=2.0).logprobs
+    m = fast.completion_mask.bool()
+    torch.testing.assert_close(fast.logprobs[m], fresh[m], atol=1e-4, rtol=1e-4)
+
+
+def test_unsupported_models_fall_back(tokenizer, nano_model):
+    assert not kv_cache.supports(nano_model, 10_000)  # longer than max_position_embeddings
+    nano_model.config.model_type = "something_else"
+    assert not kv_cache.supports(nano_model, 16)
