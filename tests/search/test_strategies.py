@@ -1,0 +1,81 @@
+"""Search strategies: pure choosers on hand tables, and the engine-driven search on a scripted engine."""
+
+import pytest
+import torch
+
+from reasonloop.data.records import Example, RolloutBatch
+from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.search import SearchConfig, best_of_n, majority_vote, search, step_beam
+
+
+def test_best_of_n_picks_max_first_on_ties():
+    assert best_of_n([0.1, 0.9, 0.3]) == 1
+    assert best_of_n([0.5, 0.5, 0.2]) == 0
+    with pytest.raises(ValueError):
+        best_of_n([])
+
+
+def test_majority_vote():
+    assert majority_vote([3, 5, 3, None, 5, 3]) == (0, 3 / 5)
+    assert majority_vote([None, 7, 8, 8, 7]) == (1, 0.5)  # tie: the answer seen first
+    assert majority_vote([None, None]) == (None, 0.0)
+    assert majority_vote([1, 2, 2], weights=[0.9, 0.3, 0.3]) == (0, 0.9 / 1.5)  # weighted voting
+
+
+class ScriptedEngine:
+    """Returns completions from a function of the prompt; log-prob -1 per character."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls = []
+
+    def generate(self, prompts, n, sampling, generator=None):
+        self.calls.append((list(prompts), n, list(sampling.stop)))
+        comps, reasons = [], []
+        for p in prompts:
+            for g in range(n):
+                text, reason = self.fn(p, g, sampling)
+                comps.append(text)
+                reasons.append(reason)
+        N = len(comps)
+        T = max(1, max(len(c) for c in comps))
+        lp = torch.zeros(N, T)
+        for i, c in enumerate(comps):
+            lp[i, : len(c)] = -1.0
+        z = torch.zeros(N, 1, dtype=torch.long)
+        return RolloutBatch(z, z, torch.zeros(N, T, dtype=torch.long), (lp != 0).long(), lp, reasons, comps, n)
+
+
+def answer_of(c):
+    return c.split("<answer>")[1].split("<")[0] if "<answer>" in c else None
+
+
+def test_search_majority_and_best_of_n():
+    ex = [Example("Q: 1+1=?\n", "2", {"id": "a"})]
+    outs = ["<answer>2</answer>", "<answer>3</answer>", "<answer>3</answer>", "junk"]
+    engine = ScriptedEngine(lambda p, g, s: (outs[g], "stop"))
+    (r,) = search(engine, ex, lambda p: p, SamplingConfig(), SearchConfig("majority_vote", n=4), answer_of)
+    assert r.completion == outs[1] and r.confidence == pytest.approx(2 / 3)
+    assert r.scores == pytest.approx([1 / 3, 2 / 3, 2 / 3, 0.0])
+    verifier = lambda e, cs: [float(answer_of(c) == e.answer) for c in cs]  # noqa: E731
+    (r,) = search(engine, ex, lambda p: p, SamplingConfig(), SearchConfig("best_of_n", n=4), answer_of, verifier)
+    assert r.completion == outs[0]
+    with pytest.raises(ValueError):
+        search(engine, ex, lambda p: p, SamplingConfig(), SearchConfig("best_of_n", n=4), answer_of)
+
+
+def test_step_beam_expands_steps_and_keeps_the_best():
+    # step 1: "<think>1+1=2;" (good) or "<think>1+1=3;" ; step 2 ends the answer.
+    def fn(prompt, g, sampling):
+        partial = prompt.split("\n", 1)[1]
+        if partial == "":
+            return (["<think>1+1=2;", "<think>1+1=3;"][g], "stop")
+        return ("</think><answer>" + partial[11] + "</answer>", "stop")
+
+    engine = ScriptedEngine(fn)
+    verifier = lambda e, cs: [float("=2" in c) for c in cs]  # noqa: E731
+    cfg = SearchConfig("beam", n=2, beam_width=1, max_steps=4)
+    r = step_beam(engine, Example("Q: 1+1=?\n", "2"), lambda p: p, SamplingConfig(), cfg, verifier)
+    assert r.completion == "<think>1+1=2;</think><answer>2</answer>"
+    assert engine.calls[0][2] == [";", "</think>"]  # steps stop at the step delimiters
+    assert len(engine.calls) == 2  # one expansion per step; the beam finished at step 2
