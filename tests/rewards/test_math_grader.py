@@ -55,6 +55,8 @@ REGRESSION = [
     ("3, 12, 5", "12", False, "multiple_candidates"),  # listing numbers; math-verify also says False
     ("12 or 19", "19", False, "multiple_candidates"),  # hedging between two values
     ("1,2", "12", False, "multiple_candidates"),  # a comma that is not a thousands separator
+    ("1 000", "1000", False, "multiple_candidates"),  # KNOWN FN: a space as thousands separator reads as two values
+    ("\\sqrt{4}", "2", True, "match_symbolic"),  # KNOWN leniency: an unevaluated root has no operator, so it passes
 ]
 
 

@@ -270,11 +270,11 @@ def _grade_cheap(completion: str, gold: str, prompt: str, policy: GradePolicy) -
     pred, _ = extract_answer(completion, policy.require_answer_tag)
     if not pred:
         return Verdict(False, "no_answer"), ""
+    if count_alternatives(pred) > count_alternatives(gold):  # before string equality: `12 7` is not `127`
+        return Verdict(False, "multiple_candidates", pred), pred
     npred, ngold = normalize(pred), normalize(gold)
     if npred == ngold:
         return Verdict(True, "match_string", pred), pred
-    if count_alternatives(pred) > count_alternatives(gold):
-        return Verdict(False, "multiple_candidates", pred), pred
     gold_num = parse_number(gold)
     if gold_num is not None:
         pred_num = parse_number(pred)
