@@ -142,3 +142,12 @@ def test_pool_kills_only_the_hung_job_and_keeps_order():
         assert errs[1].status == "error" and "ValueError" in errs[1].value
     finally:
         pool.close()
+
+
+def test_symbolic_cache_survives_eviction(monkeypatch):
+    import reasonloop.rewards.math_grader as mg
+
+    monkeypatch.setattr(mg, "SYMBOLIC_CACHE_SIZE", 1)
+    pairs = [("x^2+2x+1", "(x+1)^2"), ("x^2", "x^3"), ("x^2+2x+1", "(x+1)^2")]
+    assert mg.symbolic_equal_many(pairs, timeout_s=5) == [(True, "ok"), (False, "ok"), (True, "ok")]
+    assert mg.symbolic_equal_many(pairs[:1], timeout_s=5) == [(True, "ok")]

@@ -316,26 +316,25 @@ def _symbolic_job(pair: tuple[str, str]) -> bool:
 
 
 _SYMBOLIC_CACHE: dict[tuple[str, str], bool] = {}
+SYMBOLIC_CACHE_SIZE = 200_000
 
 
 def symbolic_equal_many(
     pairs: Sequence[tuple[str, str]], timeout_s: float, pool: "VerifierPool | None" = None
 ) -> list[tuple[bool, str]]:
-    """`(equal, status)` per (gold, pred) pair; status "ok", "timeout" or "error". Results of
-    completed comparisons are cached: RL groups repeat the same answers many times."""
-    todo = sorted({p for p in pairs if p not in _SYMBOLIC_CACHE})
+    """`(equal, status)` per (gold, pred) pair; status "ok", "timeout" or "error". Completed
+    comparisons are cached (RL groups repeat the same answers); failures are retried next time."""
+    known = {p: (_SYMBOLIC_CACHE[p], "ok") for p in pairs if p in _SYMBOLIC_CACHE}
+    todo = sorted(set(pairs) - set(known))
     if todo:
         outcomes = (pool or default_pool()).map(_symbolic_job, todo, timeout_s)
-        statuses = {}
+        if len(_SYMBOLIC_CACHE) + len(todo) > SYMBOLIC_CACHE_SIZE:
+            _SYMBOLIC_CACHE.clear()
         for pair, out in zip(todo, outcomes):
+            known[pair] = (out.status == "ok" and bool(out.value), out.status)
             if out.status == "ok":
                 _SYMBOLIC_CACHE[pair] = bool(out.value)
-            statuses[pair] = out.status
-        if len(_SYMBOLIC_CACHE) > 200_000:
-            _SYMBOLIC_CACHE.clear()
-    else:
-        statuses = {}
-    return [(_SYMBOLIC_CACHE.get(p, False), statuses.get(p, "ok")) for p in pairs]
+    return [known[p] for p in pairs]
 
 
 # ---------------------------------------------------------------- worker pool
