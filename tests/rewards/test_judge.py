@@ -143,11 +143,12 @@ def test_hf_judge_with_tiny_random_model_counts_failures_and_restores_train_mode
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
     model.train()
+    tokenizer.padding_side = "right"
     judge = self_judge(model, tokenizer, RUBRIC_10, max_new_tokens=8)
     scores = judge.score(["2+2?", "Name a colour."], ["4", "red"])
     assert len(scores) == 2 and judge.stats.requests == 2
     assert judge.stats.parse_failures == sum(s is None for s in scores)
-    assert model.training  # self-judging must hand the policy back in train mode
+    assert model.training and tokenizer.padding_side == "right"  # the policy is handed back as found
     backend = HFJudgeBackend.from_pretrained(tiny_lm_dir, max_new_tokens=5)
     replies = backend.complete(["abc", "a much longer prompt"])
     assert all(isinstance(r, str) for r in replies)

@@ -129,9 +129,9 @@ class HFJudgeBackend:
 
     @torch.no_grad()
     def complete(self, prompts: list[str]) -> list[str | None]:
-        was_training = self.model.training  # self-judging borrows the policy mid-training
-        self.model.eval()
-        self.tokenizer.padding_side = "left"
+        was_training, padding_side = self.model.training, self.tokenizer.padding_side  # self-judging borrows
+        self.model.eval()  # the policy's model and tokenizer mid-training: both are handed back as found
+        self.tokenizer.padding_side = "left"  # generation continues from the last real token
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         out: list[str | None] = []
         try:
@@ -145,6 +145,7 @@ class HFJudgeBackend:
                 out.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         finally:
             self.model.train(was_training)
+            self.tokenizer.padding_side = padding_side
         return out
 
 
