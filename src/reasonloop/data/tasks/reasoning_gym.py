@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reasonloop.data.records import Example
+from reasonloop.data.tasks import TaskError
 from reasonloop.data.tasks.hygiene import in_test_split, normalize_text
 from reasonloop.data.tasks.tabular import TEMPLATES
 from reasonloop.rewards.core import RewardSpec
@@ -36,7 +37,7 @@ PROBE_SIZE = 8
 MAX_DRAWS_PER_EXAMPLE = 20  # content-hash splitting discards draws of the other split
 
 
-class ReasoningGymError(ValueError):
+class ReasoningGymError(TaskError):
     """An unknown dataset, a bad level, or a scorer that pays wrong answers."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonloop.data.records import Example
+from reasonloop.data.tasks import TaskError
 from reasonloop.data.tasks.hygiene import dedup, in_test_split
 from reasonloop.rewards.core import RewardSpec
 from reasonloop.rewards.math_grader import LENIENT, GradePolicy, format_reward, gold_from_solution, grade, last_boxed, make_accuracy_reward
@@ -49,7 +50,7 @@ SPLIT_WORDS = {"train": ("train",), "test": ("test", "validation", "valid", "eva
 AUTO_RAW_MAX_CHARS = 32
 
 
-class DatasetLoadError(ValueError):
+class DatasetLoadError(TaskError):
     """The data source is missing, unreadable, or lacks the mapped columns."""
 
 
