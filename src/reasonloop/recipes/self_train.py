@@ -129,14 +129,17 @@ def star_step(loop: Loop, cfg: Config, examples, samples: list[Sample]) -> tuple
     return kept, stats
 
 
-def expert_step(loop: Loop, cfg: Config, examples) -> tuple[list[Sample], dict]:
+def expert_step(loop: Loop, cfg: Config, examples) -> tuple[list[Sample], list[Sample], dict]:
+    """(the expert's scored picks, the kept ones, stats)."""
     verifier = lambda ex, comps: [float(loop.task.is_correct(c, ex)) for c in comps]  # noqa: E731
     results = search(loop.sampler, examples, loop.render, loop.sampling, cfg.search,
                      lambda c: answer_key(loop.task, c), scorer=verifier, generator=loop.generator)
     picks = [(r.example, r.completion) for r in results if r.completion is not None]
     samples = loop.score([ex for ex, _ in picks], [c for _, c in picks])
     kept = correct_only(samples) if cfg.expert_verify else samples
-    return kept, {"expert/picks": len(picks), "expert/pick_accuracy": sum(s.correct for s in samples) / max(1, len(samples))}
+    generated = sum(len(r.candidates) for r in results)
+    return samples, kept, {"expert/picks": len(picks), "expert/candidates": generated,
+                           "expert/pick_accuracy": sum(s.correct for s in samples) / max(1, len(examples))}
 
 
 def verifier_rank(verifier: DPOVerifier | None, cfg: Config, kept: list[Sample]) -> list[Sample]:
@@ -171,7 +174,7 @@ def run(cfg: Config) -> dict:
         examples = loop.next_prompts()
         stats: dict = {}
         if cfg.method == "expert_iteration":
-            samples, (kept, extra) = [], expert_step(loop, cfg, examples)
+            samples, kept, extra = expert_step(loop, cfg, examples)  # samples = the expert's picks
             stats.update(extra)
         else:
             samples = loop.sample(examples)
