@@ -494,7 +494,6 @@ class Trainer:
             "reward/mean": float(data.rewards.mean()), "reward/std": float(data.rewards.std()),
             "reward/max": float(data.rewards.max()),
             **{f"reward/{k}": float(v.mean()) for k, v in data.components.items()},
-            "accuracy": float(data.components["accuracy"].mean()) if "accuracy" in data.components else math.nan,
             **stats, **update_metrics, "kl_coef": self.kl_ctl.value,
             "lr": self.scheduler.get_last_lr()[0],
             "length/mean": float(lengths.mean()), "length/max": float(lengths.max()),
@@ -503,6 +502,8 @@ class Trainer:
             "tokens_per_s": n_tokens / elapsed, "time/rollout": t_rollout, "time/logprobs": t_score,
             "time/train": t_train, "time/step": elapsed,
         }
+        if "accuracy" in data.components:
+            metrics["accuracy"] = float(data.components["accuracy"].mean())
         return metrics, data
 
     def _update(self, data, scored, adv, extras, loss_mask, weights, normalizer) -> dict[str, float]:
@@ -645,7 +646,7 @@ class Trainer:
                         for i, (ex, c, r) in enumerate(zip(data.examples, data.batch.completions, data.rewards))
                     ], append=True)
                 bar.advance()
-                bar.set(f"reward {metrics['reward/mean']:.3f} acc {metrics['accuracy']:.3f}")
+                bar.set(f"reward {metrics['reward/mean']:.3f}")
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                     self.evaluate()
                 if cfg.save_every and step % cfg.save_every == 0:
