@@ -146,3 +146,45 @@ def test_unsupported_models_fall_back(tokenizer, nano_model):
     assert not kv_cache.supports(nano_model, 10_000)  # longer than max_position_embeddings
     nano_model.config.model_type = "something_else"
     assert not kv_cache.supports(nano_model, 16)
+
+
+@pytest.mark.parametrize("with_hidden", [False, True])
+def test_shared_prompt_forward_equals_the_plain_forward_with_gradients(nano_model, tokenizer, with_hidden):
+    sampling = SamplingConfig(temperature=1.5, max_new_tokens=12)
+    b = TorchSampler(nano_model, tokenizer).generate(PROMPTS[:3], 4, sampling, torch.Generator().manual_seed(2))
+    tokens = TokenBatch(b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask)
+    nano_model.train()
+    outs, grads = [], []
+    for share in (False, True):
+        nano_model.zero_grad()
+        out = policy_forward(nano_model, tokens, 0.7, with_entropy=True, with_hidden=with_hidden, share_prompts=share)
+        m = tokens.completion_mask.float()
+        loss = (out.logprobs * m).sum() + (out.entropy * m).sum()
+        if with_hidden:
+            loss = loss + (out.hidden.sum(-1) * m).sum()
+        loss.backward()
+        outs.append(out)
+        grads.append(torch.cat([p.grad.flatten() for p in nano_model.parameters()]))
+    m = tokens.completion_mask.bool()
+    torch.testing.assert_close(outs[1].logprobs[m], outs[0].logprobs[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[1].entropy[m], outs[0].entropy[m], atol=1e-5, rtol=1e-5)
+    if with_hidden:
+        torch.testing.assert_close(outs[1].hidden[m], outs[0].hidden[m], atol=1e-5, rtol=1e-5)
+    scale = float(grads[0].abs().max())  # float32 sums over many tokens: compare relative to the largest entry
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_shared_prompt_forward_handles_uneven_groups_and_unique_prompts(nano_model, tokenizer):
+    from reasonloop.train.forward import encode_pairs
+
+    prompts = ["Q: 1+2=?\n"] * 3 + ["Q: 13+4-5=?\n"] + ["Q: 9=?\n"] * 4
+    batch = encode_pairs(tokenizer, prompts, ["<think>1+2=3</think>", "ab", "3", "x", "12345", "9", "", "99"])
+    with torch.no_grad():
+        plain = policy_forward(nano_model, batch, share_prompts=False).logprobs
+        shared = policy_forward(nano_model, batch).logprobs
+        distinct = policy_forward(nano_model, batch.select(slice(2, 5))).logprobs  # nothing shared: plain path
+    m = batch.completion_mask.bool()
+    torch.testing.assert_close(shared[m], plain[m], atol=1e-5, rtol=1e-5)
+    sub = batch.select(slice(2, 5))
+    torch.testing.assert_close(distinct[sub.completion_mask.bool()],
+                               policy_forward(nano_model, sub, share_prompts=False).logprobs[sub.completion_mask.bool()])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from reasonloop.algos.logprobs import token_logprobs
 
@@ -73,30 +74,78 @@ class ForwardOut:
 
 def policy_forward(
     model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = False,
-    with_hidden: bool = False,
+    with_hidden: bool = False, share_prompts: bool = True,
 ) -> ForwardOut:
     """One forward pass over prompt+completion; outputs are aligned with the completion tokens.
 
     Position P-1+t predicts completion token t, so hidden[:, t] is the state *before* token t (what a
     value head reads as V(s_t)). Values at masked positions are meaningless; callers mask them.
+
+    With `share_prompts`, runs of identical consecutive prompts (the G samples of a GRPO group) are
+    encoded once and their keys/values repeated for the completions (gradients flow through the
+    repeat), which skips (G-1)/G of the prompt compute. Same maths, so outputs agree to float rounding.
     """
     if batch.prompt_ids.shape[1] == 0:  # nothing to condition on: the first token has no prediction
         raise ValueError("policy_forward needs at least one prompt token (use a BOS or EOS prefix)")
-    ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
-    mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False,
-                output_hidden_states=with_hidden)
     P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    logits = out.logits[:, P - 1 : P + T - 1, :]  # position t predicts token t+1
+    shared = _shared_prompt_forward(model, batch, with_hidden) if share_prompts and T > 1 else None
+    if shared is not None:
+        logits, hidden = shared
+    else:
+        ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+        mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False,
+                    output_hidden_states=with_hidden)
+        logits = out.logits[:, P - 1 : P + T - 1, :]  # position t predicts token t+1
+        hidden = out.hidden_states[-1][:, P - 1 : P + T - 1, :] if with_hidden else None
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     entropy = None
     if with_entropy:
         logp = torch.log_softmax(logits.float(), dim=-1)
         entropy = -(logp.exp() * logp).sum(-1)
-    hidden = out.hidden_states[-1][:, P - 1 : P + T - 1, :] if with_hidden else None
     return ForwardOut(token_logprobs(logits, batch.completion_ids), entropy, hidden)
+
+
+def _last_logits_only(model) -> dict:
+    """`logits_to_keep=1` where the model takes it: the prompt pass needs only its last position's logits."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+
+
+def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool):
+    """(logits [N, T, V], hidden [N, T, H] | None) computing each distinct consecutive prompt once, or None.
+
+    None when no prompt repeats (nothing to share) or the model's cache is not a plain DynamicCache.
+    """
+    key = torch.cat([batch.prompt_ids, batch.prompt_mask], dim=1)
+    _, counts = torch.unique_consecutive(key, return_counts=True, dim=0)
+    if counts.shape[0] * 4 > key.shape[0] * 3:  # under 25% of the rows saved: not worth a second call
+        return None
+    starts = counts.cumsum(0) - counts
+    p_ids, p_mask = batch.prompt_ids[starts], batch.prompt_mask[starts]
+    P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    cache = DynamicCache()
+    first = model(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                  past_key_values=cache, use_cache=True, output_hidden_states=with_hidden,
+                  **_last_logits_only(model))
+    cache = first.past_key_values
+    if type(cache) is not DynamicCache or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
+        return None
+    for layer in cache.layers:  # differentiable repeat: prompt gradients sum over the group
+        layer.keys = layer.keys.repeat_interleave(counts, dim=0)
+        layer.values = layer.values.repeat_interleave(counts, dim=0)
+    mask = torch.cat([batch.prompt_mask, batch.completion_mask[:, : T - 1]], dim=1)
+    position = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
+    rest = model(input_ids=batch.completion_ids[:, : T - 1], attention_mask=mask, position_ids=position,
+                 past_key_values=cache, use_cache=True, output_hidden_states=with_hidden)
+    logits = torch.cat([first.logits[:, -1:].repeat_interleave(counts, dim=0), rest.logits], dim=1)
+    hidden = None
+    if with_hidden:
+        hidden = torch.cat([first.hidden_states[-1][:, -1:].repeat_interleave(counts, dim=0),
+                            rest.hidden_states[-1]], dim=1)
+    return logits, hidden
 
 
 def completion_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
