@@ -188,3 +188,13 @@ def test_shared_prompt_forward_handles_uneven_groups_and_unique_prompts(nano_mod
     sub = batch.select(slice(2, 5))
     torch.testing.assert_close(distinct[sub.completion_mask.bool()],
                                policy_forward(nano_model, sub, share_prompts=False).logprobs[sub.completion_mask.bool()])
+
+
+def test_bench_accepts_flags_and_keys():
+    from reasonloop.config import load_config
+    from reasonloop.recipes.bench import Config, flags_to_keys
+
+    keys = flags_to_keys(["--vs", "trl", "--max-new-tokens=32", "steps=3"])
+    assert keys == ["vs=trl", "max_new_tokens=32", "steps=3"]
+    cfg = load_config(Config, keys)
+    assert (cfg.vs, cfg.max_new_tokens, cfg.steps) == ("trl", 32, 3)

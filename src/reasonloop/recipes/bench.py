@@ -82,6 +82,10 @@ class Config:
     """Step-time table over G in {4, 8, 16} and completion lengths {32, 64, 128} (subprocesses)."""
     profile: bool = False
     """Save torch.profiler tables of one GRPO step and one training step to the output directory."""
+    static_cache: bool = True
+    """Ablation switch: false makes the sampler use transformers' forward with a DynamicCache."""
+    share_prompts: bool = True
+    """Ablation switch: false makes training forwards re-encode each group's prompt G times."""
     only: str = ""
     """Internal: 'grpo' runs just the GRPO timing and prints JSON (used by the memory/scaling subprocesses)."""
     output_dir: str = ""
@@ -188,7 +192,14 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path) -> dict:
     """Median per-step figures of reasonloop's GRPO step."""
     from reasonloop.recipes.rl import Trainer
 
+    import functools
+
+    from reasonloop.recipes import rl
+    from reasonloop.train.forward import policy_forward
+
+    rl.policy_forward = functools.partial(policy_forward, share_prompts=cfg.share_prompts)  # ablation switch
     trainer = Trainer(rl_config(cfg, model_dir, out / "reasonloop-run"))
+    trainer.engine.static_cache = cfg.static_cache
     timed = _Timed(trainer.engine)
     trainer.engine = timed
     rows: list[dict] = []
@@ -236,7 +247,7 @@ def bench_generate(cfg: Config, model_dir: str) -> dict:
     exs = make_task("arithmetic").examples("train", cfg.prompts, seed=cfg.seed + 1)
     prompts = [render_prompt(tok, e.prompt) for e in exs]
     sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-    sampler = TorchSampler(model, tok)
+    sampler = TorchSampler(model, tok, static_cache=cfg.static_cache)
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left").to(model.device)
     reps = max(3, cfg.steps)
 
@@ -395,7 +406,8 @@ def _subprocess_grpo(cfg: Config, out: Path, **overrides) -> dict:
     """One GRPO timing in a fresh process (so peak RSS belongs to that batch size alone)."""
     keys = {"model": cfg.model, "prompts": cfg.prompts, "group_size": cfg.group_size,
             "max_new_tokens": cfg.max_new_tokens, "steps": cfg.steps, "warmup": cfg.warmup,
-            "micro_batch_size": cfg.micro_batch_size, "threads": cfg.threads, "seed": cfg.seed, **overrides}
+            "micro_batch_size": cfg.micro_batch_size, "threads": cfg.threads, "seed": cfg.seed,
+            "static_cache": cfg.static_cache, "share_prompts": cfg.share_prompts, **overrides}
     name = "-".join(f"{k}{v}" for k, v in overrides.items())
     argv = [f"{k}={v}" for k, v in keys.items()] + ["only=grpo", f"output_dir={out / ('sub-' + name)}"]
     proc = subprocess.run([sys.executable, "-m", "reasonloop.recipes.bench", *argv], capture_output=True, text=True,
@@ -464,20 +476,33 @@ def run(cfg: Config) -> dict:
     return results
 
 
+def flags_to_keys(argv: list[str]) -> list[str]:
+    """['--vs', 'trl', '--max-new-tokens=32', 'steps=3'] -> ['vs=trl', 'max_new_tokens=32', 'steps=3']."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--"):
+            key, eq, value = a[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"bench: {a} needs a value")
+                value, i = argv[i + 1], i + 1
+            a = f"{key.replace('-', '_')}={value}"
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m reasonloop.recipes.bench [--vs trl] [--key value] [key=value ...]`: flags become key=value."""
-    from reasonloop.config import ConfigError, load_config
+    from reasonloop.config import ConfigError, load_config, render_help
 
-    args, raw = [], list(sys.argv[1:] if argv is None else argv)
-    i = 0
-    while i < len(raw):
-        a = raw[i]
-        if a.startswith("--") and "=" not in a and i + 1 < len(raw):
-            args.append(f"{a[2:].replace('-', '_')}={raw[i + 1]}")
-            i += 2
-            continue
-        args.append(a[2:].replace("-", "_", a.index("=") - 2) if a.startswith("--") else a)
-        i += 1
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in raw):
+        print(f"usage: reasonloop bench [--vs trl] [config.yaml ...] [key=value | --key value ...]\n\n"
+              f"{(__doc__ or '').strip()}\n\noptions:\n{render_help(Config)}")
+        return 0
+    args = flags_to_keys(raw)
     try:
         cfg = load_config(Config, args)
     except ConfigError as exc:
