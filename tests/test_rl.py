@@ -166,3 +166,41 @@ def test_golden_per_step_losses(nano_model_dir, tmp_path, toy_task):
     for g, e in zip(got, expected):
         for key in e:
             assert g[key] == pytest.approx(e[key], rel=1e-4, abs=1e-6), (g["step"], key)
+
+
+@pytest.mark.parametrize("extra", [
+    ["adaptive_group=true", "group_size_min=2", "group_size_max=6"],
+    ["weighting=difficulty"],
+    ["weighting=hierarchical"],
+    ["reward_norm=running"],
+    ["reward_norm=rank"],
+    ["loss=penalty", "epochs=2"],
+    ["dual_clip=3", "epochs=2", "clip_high=0.28"],
+    ["advantage=reinforce", "reinforce_baseline=moving_average"],
+    ["kl_target=0.01", "kl_in=reward", "kl_estimator=k2"],
+    ["tis_cap=2", "entropy_coef=0.01"],
+    ["advantage=gae", "critic=separate"],
+])
+def test_variants_run_a_finite_step(extra, nano_model_dir, tmp_path, toy_task):
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, *extra))
+    metrics, data = trainer.step()
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if isinstance(v, float)), metrics
+    assert metrics["grad_norm"] > 0
+    if trainer.cfg.adaptive_group:
+        assert all(2 <= g <= 6 for g in data.group_sizes)
+
+
+def test_adaptive_groups_grow_with_difficulty(nano_model_dir, tmp_path, toy_task):
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "adaptive_group=true", "group_size_min=2",
+                                  "group_size_max=10"))
+    trainer.state["level_pass"] = {"1": 0.9, "2": 0.1}
+    easy, hard = (trainer.group_size_for(ex) for ex in trainer.pool[:2])  # levels 1 and 2
+    assert easy < hard and 2 <= easy and hard <= 10
+
+
+def test_dynamic_sampling_keeps_only_informative_groups(nano_model_dir, tmp_path, toy_task):
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "dynamic_sampling=true", "max_refills=6"))
+    data, stats = trainer.collect()
+    groups = data.rewards.view(-1, 8)
+    assert stats["dynamic_sampling/kept_groups"] == groups.shape[0]
+    assert all(not bool((g == g[0]).all()) for g in groups)
