@@ -198,3 +198,29 @@ def test_bench_accepts_flags_and_keys():
     assert keys == ["vs=trl", "max_new_tokens=32", "steps=3"]
     cfg = load_config(Config, keys)
     assert (cfg.vs, cfg.max_new_tokens, cfg.steps) == ("trl", 32, 3)
+
+
+def test_length_buckets_forward_equals_one_padded_forward_with_gradients(nano_model, tokenizer):
+    from reasonloop.train.forward import _length_buckets, encode_pairs
+
+    prompts = [p for p in PROMPTS for _ in range(4)]
+    completions = ["1", "<think>1+2=3</think><answer>3</answer>", "22", "333"] * 4
+    completions[5] = "x" * 40
+    batch = encode_pairs(tokenizer, prompts, completions)
+    assert _length_buckets(batch.completion_mask) is not None  # the batch really gets split
+    nano_model.train()
+    outs, grads = [], []
+    for bucket in (False, True):
+        nano_model.zero_grad()
+        out = policy_forward(nano_model, batch, 0.9, with_entropy=True, with_hidden=True, bucket_lengths=bucket)
+        m = batch.completion_mask.float()
+        ((out.logprobs * m).sum() + (out.entropy * m).sum() + (out.hidden.sum(-1) * m).sum()).backward()
+        outs.append(out)
+        grads.append(torch.cat([p.grad.flatten() for p in nano_model.parameters()]))
+    m = batch.completion_mask.bool()
+    assert outs[1].logprobs.shape == outs[0].logprobs.shape and outs[1].hidden.shape == outs[0].hidden.shape
+    for name in ("logprobs", "entropy", "hidden"):
+        torch.testing.assert_close(getattr(outs[1], name)[m], getattr(outs[0], name)[m], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(outs[1].logprobs).all() and torch.isfinite(outs[1].entropy).all()
+    scale = float(grads[0].abs().max())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5 * scale, rtol=1e-4)

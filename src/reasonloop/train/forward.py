@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from reasonloop.algos.logprobs import token_logprobs
@@ -74,19 +75,82 @@ class ForwardOut:
 
 def policy_forward(
     model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = False,
-    with_hidden: bool = False, share_prompts: bool = True,
+    with_hidden: bool = False, share_prompts: bool = True, bucket_lengths: bool = True,
 ) -> ForwardOut:
     """One forward pass over prompt+completion; outputs are aligned with the completion tokens.
 
     Position P-1+t predicts completion token t, so hidden[:, t] is the state *before* token t (what a
     value head reads as V(s_t)). Values at masked positions are meaningless; callers mask them.
 
-    With `share_prompts`, runs of identical consecutive prompts (the G samples of a GRPO group) are
-    encoded once and their keys/values repeated for the completions (gradients flow through the
-    repeat), which skips (G-1)/G of the prompt compute. Same maths, so outputs agree to float rounding.
+    Two pure speed-ups, each the same maths (outputs agree to float rounding; every row is computed
+    independently of the others):
+
+    - `share_prompts`: runs of identical consecutive prompts (the G samples of a GRPO group) are
+      encoded once and their keys/values repeated for the completions (gradients flow through the
+      repeat), which skips (G-1)/G of the prompt compute;
+    - `bucket_lengths`: when completion lengths vary a lot, rows are split into a few buckets of
+      similar length, each trimmed to its own longest row, so padding is not computed. Positions
+      past a row's bucket width come back as 0.
     """
     if batch.prompt_ids.shape[1] == 0:  # nothing to condition on: the first token has no prediction
         raise ValueError("policy_forward needs at least one prompt token (use a BOS or EOS prefix)")
+    buckets = _length_buckets(batch.completion_mask) if bucket_lengths else None
+    if buckets is None:
+        return _policy_forward(model, batch, temperature, with_entropy, with_hidden, share_prompts)
+    T = batch.completion_ids.shape[1]
+    parts = [_policy_forward(model, batch.select(idx), temperature, with_entropy, with_hidden, share_prompts)
+             for idx in buckets]
+    inverse = torch.argsort(torch.cat(buckets))
+
+    def merge(name: str):
+        if getattr(parts[0], name) is None:
+            return None
+        padded = [F.pad(getattr(o, name), (0, 0, 0, T - getattr(o, name).shape[1]) if name == "hidden"
+                        else (0, T - getattr(o, name).shape[1])) for o in parts]
+        return torch.cat(padded)[inverse]
+
+    return ForwardOut(merge("logprobs"), merge("entropy"), merge("hidden"))
+
+
+def _length_buckets(mask: torch.Tensor, max_buckets: int = 4, min_saving: float = 0.2,
+                    bucket_cost: float = 4.0) -> list[torch.Tensor] | None:
+    """Row indices (ascending within each bucket) splitting rows by completion length, or None.
+
+    Chooses up to `max_buckets` contiguous ranges of the length-sorted rows (cuts at <= 33 quantiles)
+    minimising the padded area plus, per extra bucket, the area of `bucket_cost` columns of the whole
+    batch (a forward call has a fixed cost); splits only when that saves `min_saving` of the area.
+    """
+    n = mask.shape[0]
+    if n < 2 * max_buckets:
+        return None
+    lengths = (mask.shape[1] - mask.flip(-1).long().argmax(-1)) * mask.any(-1)  # last kept column + 1
+    order = torch.argsort(lengths, stable=True)
+    srt = lengths[order].tolist()
+    full, call = n * srt[-1], bucket_cost * n
+    cands = sorted({0, n, *(round(i * n / 32) for i in range(33))})
+    m = len(cands)
+    inf = float("inf")
+    best = [[inf] * m for _ in range(max_buckets + 1)]  # best[k][j]: k buckets cover rows < cands[j]
+    cut = [[0] * m for _ in range(max_buckets + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_buckets + 1):
+        for j in range(1, m):
+            for i in range(j):
+                c = best[k - 1][i] + (cands[j] - cands[i]) * srt[cands[j] - 1] + call
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = min(range(1, max_buckets + 1), key=lambda kk: best[kk][m - 1])
+    if k == 1 or best[k][m - 1] - call > (1 - min_saving) * full:
+        return None
+    bounds, j = [], m - 1
+    for kk in range(k, 0, -1):
+        bounds.append((cands[cut[kk][j]], cands[j]))
+        j = cut[kk][j]
+    return [order[a:b].sort().values for a, b in reversed(bounds) if b > a]
+
+
+def _policy_forward(model, batch: TokenBatch, temperature: float, with_entropy: bool, with_hidden: bool,
+                    share_prompts: bool) -> ForwardOut:
     P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     shared = _shared_prompt_forward(model, batch, with_hidden) if share_prompts and T > 1 else None
     if shared is not None:
