@@ -22,6 +22,9 @@ def test_leak_detection():
     assert leaks_hint("<think>(hint: the answer is 12)</think><answer>12</answer>", EX)
     assert leaks_hint("<think>(hint: the answer is 21;21-9=12</think><answer>12</answer>", EX)  # the marker
     assert not leaks_hint("<think>12</think><answer>12</answer>", EX)  # stating the answer is fine
+    assert not leaks_hint(GOOD, EX, "{question} {answer}")  # a bare-answer hint: the answer is no leak
+    assert not leaks_hint(GOOD, EX, "{question}={answer}")  # too short a marker to search for
+    assert leaks_hint("<think>Answer key: 12</think><answer>12</answer>", EX, "{question} Answer key: {answer}")
 
 
 def test_rationalise_keeps_original_prompt_and_drops_leaks():

@@ -60,8 +60,9 @@ class Config(LoopConfig):
     """simpo: target reward margin."""
     kto_kl_ref: float = 0.0
     """kto: the reference point z_0 (0 is the cheap common choice; the paper estimates KL from mismatched pairs)."""
-    steps: int = 20
-    """Optimizer steps per iteration (offline: in total)."""
+    steps: int = 10
+    """Optimizer steps per iteration (offline: in total). More steps per iteration over-optimise on the
+    embedded model (traces grow invented extra steps); see docs/self_improvement.md."""
     nll_weight: float = 0.0
     """Add this times the chosen completions' token-mean NLL (RPO); 0 is plain DPO."""
     ref_update: str = "initial"

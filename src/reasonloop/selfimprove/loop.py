@@ -47,7 +47,7 @@ from reasonloop.train.supervised import supervised_step
 class LoopConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy to improve (model.name=embedded is the shipped tiny model)."""
-    task: str = "arithmetic:1-3"
+    task: str = "arithmetic"
     """Task spec (`name` or `name:arg`); its train split feeds the loop, its test split is held out."""
     data_dir: str = ""
     """Data location for file-backed tasks."""

@@ -29,11 +29,21 @@ def hinted_prompt(example: Example, template: str = DEFAULT_HINT_TEMPLATE) -> st
     return template.format(question=question, answer=example.answer) + tail
 
 
+MIN_MARKER_CHARS = 4  # shorter markers (" ", "=") occur in ordinary rationales
+
+
 def leaks_hint(completion: str, example: Example, template: str = DEFAULT_HINT_TEMPLATE) -> bool:
-    """Does the completion quote the hint (its full text, or the words before the answer)?"""
+    """Does the completion quote the hint: its full text, or the words introducing the answer?
+
+    Stating the answer itself is no leak (a correct rationale must), so a hint that adds fewer than
+    MIN_MARKER_CHARS characters to the answer, or a shorter marker, is not searched for.
+    """
     hint = hint_text(example, template).strip()
     marker = template.format(question="", answer="\x00").split("\x00")[0].strip()
-    return bool(hint and hint in completion) or bool(marker and marker in completion)
+    wraps_answer = len(hint) - len(example.answer.strip()) >= MIN_MARKER_CHARS  # more than the bare answer
+    quotes_hint = wraps_answer and hint in completion
+    quotes_marker = len(marker) >= MIN_MARKER_CHARS and marker in completion
+    return quotes_hint or quotes_marker
 
 
 def rationalise(
