@@ -86,6 +86,8 @@ class Config:
     """Ablation switch: false makes the sampler use transformers' forward with a DynamicCache."""
     share_prompts: bool = True
     """Ablation switch: false makes training forwards re-encode each group's prompt G times."""
+    bucket_lengths: bool = True
+    """Ablation switch: false makes training forwards compute every row to the longest completion."""
     only: str = ""
     """Internal: 'grpo' runs just the GRPO timing and prints JSON (used by the memory/scaling subprocesses)."""
     output_dir: str = ""
@@ -197,7 +199,8 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path) -> dict:
     from reasonloop.recipes import rl
     from reasonloop.train.forward import policy_forward
 
-    rl.policy_forward = functools.partial(policy_forward, share_prompts=cfg.share_prompts)  # ablation switch
+    rl.policy_forward = functools.partial(policy_forward, share_prompts=cfg.share_prompts,  # ablation switches
+                                          bucket_lengths=cfg.bucket_lengths)
     trainer = Trainer(rl_config(cfg, model_dir, out / "reasonloop-run"))
     trainer.engine.static_cache = cfg.static_cache
     timed = _Timed(trainer.engine)
@@ -407,7 +410,8 @@ def _subprocess_grpo(cfg: Config, out: Path, **overrides) -> dict:
     keys = {"model": cfg.model, "prompts": cfg.prompts, "group_size": cfg.group_size,
             "max_new_tokens": cfg.max_new_tokens, "steps": cfg.steps, "warmup": cfg.warmup,
             "micro_batch_size": cfg.micro_batch_size, "threads": cfg.threads, "seed": cfg.seed,
-            "static_cache": cfg.static_cache, "share_prompts": cfg.share_prompts, **overrides}
+            "static_cache": cfg.static_cache, "share_prompts": cfg.share_prompts,
+            "bucket_lengths": cfg.bucket_lengths, **overrides}
     name = "-".join(f"{k}{v}" for k, v in overrides.items())
     argv = [f"{k}={v}" for k, v in keys.items()] + ["only=grpo", f"output_dir={out / ('sub-' + name)}"]
     proc = subprocess.run([sys.executable, "-m", "reasonloop.recipes.bench", *argv], capture_output=True, text=True,
