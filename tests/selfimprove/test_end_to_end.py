@@ -5,6 +5,9 @@ pretrained in the fixture). Each asserts a held-out quantity moves the right way
   (test-split problems, never trained on) rises — a low-noise proxy for held-out accuracy that
   a 200-problem greedy pass@1 cannot resolve in a few seconds of training;
 - dpo: the log-prob margin of correct over wrong-answer solutions on held-out problems rises.
+
+Each also asserts the recipe's own held-out greedy pass@1 (32 test problems) rises; the
+fallback nano model is too weak for those thresholds, so they hold for the shipped model only.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from reasonloop.data.tasks.arithmetic import ArithmeticTask
 from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer
 from reasonloop.selfimprove.preference import sequence_logps
+from reasonloop.train.optim import OptimConfig
 
 TASK = "arithmetic:1-3"
 
@@ -60,12 +64,16 @@ def test_self_train_rft_raises_held_out_solution_likelihood(base_model_dir, tmp_
     from reasonloop.recipes import self_train
 
     cfg = self_train.Config(model=ModelConfig(name=base_model_dir), method="rft", output_dir=str(tmp_path),
-                            **small(optim=self_train.OptimConfig(lr=3e-4, min_lr_ratio=1.0)))
+                            **small(optim=OptimConfig(lr=3e-4, min_lr_ratio=1.0)))
     result = self_train.run(cfg)
     assert all(row["kept"] > 0 for row in result["iterations"])
     assert len(result["held_out_pass@1_by_iteration"]) == 3
+    print("held-out pass@1 by iteration", result["held_out_pass@1_by_iteration"])
     before, after = mean_logp(base_model_dir), mean_logp(result["model_dir"])
+    print("held-out solution log-likelihood", float(before.mean()), float(after.mean()))
     assert after.mean() > before.mean() + 0.2, (before.mean(), after.mean())
+    curve = result["held_out_pass@1_by_iteration"]
+    assert curve[-1] >= curve[0] + 0.15, curve  # greedy held-out accuracy (32 problems) rises too
 
 
 def test_distill_ttc_loop_raises_held_out_solution_likelihood(base_model_dir, tmp_path):
@@ -74,21 +82,29 @@ def test_distill_ttc_loop_raises_held_out_solution_likelihood(base_model_dir, tm
 
     cfg = distill.Config(model=ModelConfig(name=base_model_dir), mode="ttc_loop", output_dir=str(tmp_path),
                          search=SearchConfig(strategy="majority_vote", n=4),
-                         **small(optim=distill.OptimConfig(lr=3e-4, min_lr_ratio=1.0)))
+                         **small(optim=OptimConfig(lr=3e-4, min_lr_ratio=1.0)))
     result = distill.run(cfg)
     assert all(row["kept_accuracy"] == 1.0 for row in result["iterations"] if row["kept"])
+    print("held-out pass@1 by iteration", result["held_out_pass@1_by_iteration"])
     before, after = mean_logp(base_model_dir), mean_logp(result["model_dir"])
+    print("held-out solution log-likelihood", float(before.mean()), float(after.mean()))
     assert after.mean() > before.mean() + 0.2, (before.mean(), after.mean())
+    curve = result["held_out_pass@1_by_iteration"]
+    assert curve[-1] >= curve[0] + 0.15, curve  # greedy held-out accuracy (32 problems) rises too
 
 
 def test_online_dpo_raises_held_out_correct_vs_wrong_margin(base_model_dir, tmp_path):
     from reasonloop.recipes import dpo
 
-    cfg = dpo.Config(model=ModelConfig(name=base_model_dir), mode="online", loss="dpo", steps=15,
-                     output_dir=str(tmp_path), **{**small(optim=dpo.OptimConfig(lr=1e-4, min_lr_ratio=1.0)),
+    cfg = dpo.Config(model=ModelConfig(name=base_model_dir), mode="online", loss="dpo", steps=10,
+                     output_dir=str(tmp_path), **{**small(optim=OptimConfig(lr=1e-4, min_lr_ratio=1.0)),
                                                  "samples_per_prompt": 6})
     result = dpo.run(cfg)
     assert all(row["pairs"] > 0 for row in result["iterations"])
     margin = lambda d: mean_logp(d) - mean_logp(d, wrong)  # noqa: E731
+    print("held-out pass@1 by iteration", result["held_out_pass@1_by_iteration"])
     before, after = margin(base_model_dir), margin(result["model_dir"])
+    print("held-out correct-vs-wrong margin", float(before.mean()), float(after.mean()))
     assert after.mean() > before.mean(), (before.mean(), after.mean())
+    curve = result["held_out_pass@1_by_iteration"]
+    assert curve[-1] >= curve[0] + 0.1, curve
