@@ -79,7 +79,7 @@ class Config:
     """Data location for file-backed tasks."""
     train_pool: int = 5000
     """Distinct training prompts drawn from the task's train split."""
-    steps: int = 150
+    steps: int = 100
     """RL steps (each: one rollout batch, `epochs` optimizer steps)."""
     prompts_per_step: int = 16
     """B: prompts per step."""
