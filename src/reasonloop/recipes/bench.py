@@ -39,6 +39,8 @@ import torch
 
 from reasonloop.config import require, require_choice
 
+_START_ENV = dict(os.environ)  # subprocesses get the environment as it was before TRL/accelerate ran
+
 
 @dataclass
 class Config:
@@ -107,7 +109,17 @@ class Config:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: VmHWM from /proc (reset by exec; `ru_maxrss` is not: a subprocess would inherit the peak of
+    the parent it was forked from). Elsewhere `ru_maxrss` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -415,7 +427,7 @@ def _subprocess_grpo(cfg: Config, out: Path, **overrides) -> dict:
     name = "-".join(f"{k}{v}" for k, v in overrides.items())
     argv = [f"{k}={v}" for k, v in keys.items()] + ["only=grpo", f"output_dir={out / ('sub-' + name)}"]
     proc = subprocess.run([sys.executable, "-m", "reasonloop.recipes.bench", *argv], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                          env={**_START_ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
     if proc.returncode != 0:
         raise RuntimeError(f"bench subprocess failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -456,11 +468,6 @@ def run(cfg: Config) -> dict:
         tr = results["train"] = bench_train(cfg, results["matmul_gflops"], out)
         print(f"train fwd+bwd, {tr['params'] / 1e6:.1f}M params, {tr['batch']}x{tr['seq']}: {tr['tokens_per_s']:.0f} "
               f"tok/s = {tr['achieved_gflops']:.1f} GFLOP/s, MFU {100 * tr['mfu']:.0f}% of the matmul rate")
-    if cfg.vs == "trl":
-        trl = results["trl"] = bench_trl(cfg, model_dir, out)
-        results["speedup_vs_trl"] = trl["median_step_s"] / g["step_s"]
-        print(f"TRL {trl['trl_version']} GRPOTrainer: median {trl['median_step_s']:.3f}s/step (generation "
-              f"{trl['generation_s_per_step']:.3f}s): reasonloop is {results['speedup_vs_trl']:.2f}x faster per step")
     if cfg.memory:
         mem = results["memory"] = {f"{b}x{cfg.group_size}": _subprocess_grpo(cfg, out, prompts=b)
                                    for b in (cfg.prompts, 2 * cfg.prompts)}
@@ -475,6 +482,11 @@ def run(cfg: Config) -> dict:
         for k, v in table.items():
             print(f"scaling {k}: step {v['step_s']:.3f}s (generation {v['generation_s']:.3f}s, "
                   f"{v['completion_tokens']} tokens)")
+    if cfg.vs == "trl":
+        trl = results["trl"] = bench_trl(cfg, model_dir, out)
+        results["speedup_vs_trl"] = trl["median_step_s"] / g["step_s"]
+        print(f"TRL {trl['trl_version']} GRPOTrainer: median {trl['median_step_s']:.3f}s/step (generation "
+              f"{trl['generation_s_per_step']:.3f}s): reasonloop is {results['speedup_vs_trl']:.2f}x faster per step")
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"bench: results in {out / 'bench.json'}")
     return results
