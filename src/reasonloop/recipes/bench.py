@@ -17,7 +17,9 @@ process and with `threads` torch threads:
               CPU; prints the per-step ratio;
 6. memory     (memory=true) peak RSS of the GRPO step at `prompts` and 2x`prompts` prompts, each in a
               fresh subprocess, same micro-batch size: micro-batching keeps it flat;
-7. scaling    (scaling=true) step time for G in {4, 8, 16} and completion lengths {32, 64, 128}.
+7. scaling    (scaling=true) step time for G in {4, 8, 16} and completion lengths {32, 64, 128};
+8. ablation   (ablation=true) four trainers stepping in turn in one process: baseline, + static KV
+              cache sampler, + shared-prompt training forward, + length buckets.
 
 Results go to `<output_dir>/bench.json` (+ `profile_*.txt` torch.profiler tables with profile=true).
 """
@@ -82,6 +84,9 @@ class Config:
     """Peak RSS at `prompts` and 2x`prompts` prompts per step (fresh subprocesses)."""
     scaling: bool = False
     """Step-time table over G in {4, 8, 16} and completion lengths {32, 64, 128} (subprocesses)."""
+    ablation: bool = False
+    """Interleave steps of four trainers in one process (baseline, +static cache, +shared prompts,
+    +length buckets) so that load changes hit all of them alike; prints what each optimisation buys."""
     profile: bool = False
     """Save torch.profiler tables of one GRPO step and one training step to the output directory."""
     static_cache: bool = True
@@ -248,6 +253,45 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path) -> dict:
         (out / "profile_grpo_step.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
     trainer.run.close()
     return result
+
+
+ABLATIONS = {  # cumulative: each row adds one optimisation to the one above
+    "baseline (DynamicCache sampler, plain forward)": dict(static_cache=False, share_prompts=False, bucket_lengths=False),
+    "+ static KV cache sampler": dict(static_cache=True, share_prompts=False, bucket_lengths=False),
+    "+ shared-prompt training forward": dict(static_cache=True, share_prompts=True, bucket_lengths=False),
+    "+ length buckets": dict(static_cache=True, share_prompts=True, bucket_lengths=True),
+}
+
+
+def bench_ablation(cfg: Config, model_dir: str, out: Path) -> dict:
+    """Median step figures of each ABLATIONS row, their steps interleaved round-robin in this process."""
+    import functools
+
+    from reasonloop.recipes import rl
+    from reasonloop.train.forward import policy_forward
+
+    trainers = {}
+    for i, (name, opts) in enumerate(ABLATIONS.items()):
+        trainer = rl.Trainer(rl_config(cfg, model_dir, out / f"ablation-{i}"))
+        trainer.engine.static_cache = opts["static_cache"]
+        trainer.engine = _Timed(trainer.engine)
+        trainers[name] = (trainer, functools.partial(policy_forward, share_prompts=opts["share_prompts"],
+                                                     bucket_lengths=opts["bucket_lengths"]))
+    rows: dict[str, list[dict]] = {name: [] for name in ABLATIONS}
+    for i in range(cfg.warmup + cfg.steps):
+        for name, (trainer, forward) in trainers.items():
+            rl.policy_forward = forward
+            trainer.engine.seconds = 0.0
+            t = time.perf_counter()
+            metrics, _ = trainer.step()
+            wall = time.perf_counter() - t
+            if i >= cfg.warmup:
+                rows[name].append({"step_s": wall, "generation_s": trainer.engine.seconds,
+                                   "logprobs_s": metrics["time/logprobs"], "update_s": metrics["time/train"]})
+    rl.policy_forward = policy_forward
+    for trainer, _ in trainers.values():
+        trainer.run.close()
+    return {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rows.items()}
 
 
 def bench_generate(cfg: Config, model_dir: str) -> dict:
@@ -468,6 +512,12 @@ def run(cfg: Config) -> dict:
         tr = results["train"] = bench_train(cfg, results["matmul_gflops"], out)
         print(f"train fwd+bwd, {tr['params'] / 1e6:.1f}M params, {tr['batch']}x{tr['seq']}: {tr['tokens_per_s']:.0f} "
               f"tok/s = {tr['achieved_gflops']:.1f} GFLOP/s, MFU {100 * tr['mfu']:.0f}% of the matmul rate")
+    if cfg.ablation:
+        abl = results["ablation"] = bench_ablation(cfg, model_dir, out)
+        base = next(iter(abl.values()))["step_s"]
+        for name, r in abl.items():
+            print(f"ablation {name}: step {r['step_s']:.3f}s ({base / r['step_s']:.2f}x) = generation "
+                  f"{r['generation_s']:.3f} + log-probs {r['logprobs_s']:.3f} + update {r['update_s']:.3f}")
     if cfg.memory:
         mem = results["memory"] = {f"{b}x{cfg.group_size}": _subprocess_grpo(cfg, out, prompts=b)
                                    for b in (cfg.prompts, 2 * cfg.prompts)}
