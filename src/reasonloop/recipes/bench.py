@@ -133,7 +133,7 @@ def cuda_peak_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def matmul_gflops(n: int = 1024, reps: int = 5) -> float:
+def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
     """Best-of-`reps` fp32 rate of an n x n x n matmul on this device (the MFU denominator)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -240,7 +240,7 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path) -> dict:
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     train_s = med["logprobs_s"] + med["update_s"]
     result = {
-        **med, "steps": rows,
+        **med, "min_step_s": min(r["step_s"] for r in rows), "steps": rows,
         "generation_tokens_per_s": med["completion_tokens"] / med["generation_s"],
         "training_tokens_per_s": med["sequence_tokens"] / train_s,
         "peak_rss_mb": peak_rss_mb(), "cuda_peak_mb": cuda_peak_mb(),
@@ -397,11 +397,11 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
     from reasonloop.recipes.rl import Trainer
 
     # the prompts reasonloop's trainer draws, in its order (same seed, same pool)
-    ours = Trainer(rl_config(cfg, model_dir, out / "trl-prompts"))
+    ours = Trainer(rl_config(cfg, model_dir, out / "reasonloop-paired"))
     examples = ours.next_prompts((cfg.warmup + cfg.steps) * cfg.prompts)
+    ours.state["position"] = 0  # it replays the same prompts, one step after each TRL step
+    ours.engine.static_cache = cfg.static_cache
     specs = ours.task.rewards()
-    ours.run.close()
-    del ours
     tok = load_tokenizer(model_dir)
     rows = [{"prompt": render_prompt(tok, e.prompt), "answer": e.answer, **e.meta} for e in examples]
     columns = ["answer", *{k for e in examples for k in e.meta}]
@@ -428,8 +428,11 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
             "vs=trl needs prompts*group_size divisible by micro_batch_size")
 
     class StepTimer(TrainerCallback):
+        """Times each TRL step, then runs one reasonloop step on the same prompts: paired under one load."""
+
         def __init__(self):
             self.times: list[float] = []
+            self.ours: list[float] = []
 
         def on_step_begin(self, *a, **k):
             self.t = time.perf_counter()
@@ -437,6 +440,10 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
         def on_step_end(self, *a, **k):
             _sync()
             self.times.append(time.perf_counter() - self.t)
+            t = time.perf_counter()
+            ours.step()
+            _sync()
+            self.ours.append(time.perf_counter() - t)
 
     timer = StepTimer()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -455,8 +462,12 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
     trainer.model.generate = timed_generate
     torch.set_num_threads(cfg.threads)  # TrainingArguments may reset threads; keep the comparison fair
     trainer.train()
-    timed = timer.times[cfg.warmup:]
-    return {"median_step_s": statistics.median(timed), "steps_s": timed,
+    timed, paired = timer.times[cfg.warmup:], timer.ours[cfg.warmup:]
+    ours.run.close()
+    return {"median_step_s": statistics.median(timed), "min_step_s": min(timed), "steps_s": timed,
+            "paired_reasonloop_steps_s": paired,
+            "paired_speedup_median": statistics.median(t / o for t, o in zip(timed, paired)),
+            "paired_speedup_of_minima": min(timed) / min(paired),
             "generation_s_per_step": generated["s"] / max(1, len(timer.times)), "peak_rss_mb": peak_rss_mb(),
             "trl_version": __import__("trl").__version__}
 
@@ -498,7 +509,7 @@ def run(cfg: Config) -> dict:
     results: dict = {"config": asdict(cfg), "model_dir": model_dir, "torch": torch.__version__,
                      "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": cfg.threads}
     results["matmul_gflops"] = matmul_gflops()
-    print(f"fp32 matmul (1024^3, best of 5): {results['matmul_gflops']:.1f} GFLOP/s on {cfg.threads} thread(s)")
+    print(f"fp32 matmul (1024^3, best of 10): {results['matmul_gflops']:.1f} GFLOP/s on {cfg.threads} thread(s)")
     g = results["grpo"] = bench_grpo(cfg, model_dir, out)
     print(f"reasonloop GRPO step ({cfg.prompts}x{cfg.group_size}, {cfg.max_new_tokens} new tokens): "
           f"median {g['step_s']:.3f}s = generation {g['generation_s']:.3f} + reward {g['reward_s']:.3f} + "
@@ -509,6 +520,7 @@ def run(cfg: Config) -> dict:
         print(f"sampler {gen['sampler']['tokens_per_s']:.0f} tok/s vs model.generate "
               f"{gen['hf_generate']['tokens_per_s']:.0f} tok/s: {gen['speedup_tokens_per_s']:.2f}x")
     if cfg.train:
+        results["matmul_gflops"] = max(results["matmul_gflops"], matmul_gflops())  # best seen: MFU errs low
         tr = results["train"] = bench_train(cfg, results["matmul_gflops"], out)
         print(f"train fwd+bwd, {tr['params'] / 1e6:.1f}M params, {tr['batch']}x{tr['seq']}: {tr['tokens_per_s']:.0f} "
               f"tok/s = {tr['achieved_gflops']:.1f} GFLOP/s, MFU {100 * tr['mfu']:.0f}% of the matmul rate")
@@ -534,9 +546,12 @@ def run(cfg: Config) -> dict:
                   f"{v['completion_tokens']} tokens)")
     if cfg.vs == "trl":
         trl = results["trl"] = bench_trl(cfg, model_dir, out)
-        results["speedup_vs_trl"] = trl["median_step_s"] / g["step_s"]
+        results["speedup_vs_trl"] = trl["paired_speedup_median"]
         print(f"TRL {trl['trl_version']} GRPOTrainer: median {trl['median_step_s']:.3f}s/step (generation "
-              f"{trl['generation_s_per_step']:.3f}s): reasonloop is {results['speedup_vs_trl']:.2f}x faster per step")
+              f"{trl['generation_s_per_step']:.3f}s); reasonloop steps paired with them: median "
+              f"{statistics.median(trl['paired_reasonloop_steps_s']):.3f}s. reasonloop is "
+              f"{trl['paired_speedup_median']:.2f}x faster per step (median of paired ratios; "
+              f"{trl['paired_speedup_of_minima']:.2f}x on the fastest steps)")
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"bench: results in {out / 'bench.json'}")
     return results
