@@ -20,7 +20,10 @@ Modes
 - self_rewarding (Yuan et al. 2024): online, but the policy judges its own samples through a judge
   prompt (`selfimprove.judge.self_judge_scores`). On the tiny char model the judge is near noise;
   `judge_pair_accuracy` (how often the judge's chosen is really better by the verifier) says so.
-  SPIN (Chen et al. 2024) is `loss=spin` on offline pairs (chosen = data, rejected = own samples).
+- spin (Chen et al. 2024, self-play fine-tuning): each iteration, chosen = the task's worked
+  solution of a train problem, rejected = the current policy's own sample for it (pairs where the
+  sample equals the solution are skipped), reference = the policy at the start of the iteration
+  (`ref_update` is treated as `iteration`); use `loss=spin` (the same logistic loss as `dpo`).
 
 `nll_weight` adds the chosen completions' NLL (RPO, Pang et al. 2024). Held-out greedy pass@1 is
 logged after every iteration.
@@ -47,7 +50,8 @@ from reasonloop.train.optim import build_optimizer
 @dataclass
 class Config(LoopConfig):
     mode: str = "online"
-    """offline (pairs from data=), online (pairs from the policy's samples) or self_rewarding (online, policy as judge)."""
+    """offline (pairs from data=), online (pairs from the policy's samples), self_rewarding (online, policy as
+    judge) or spin (chosen = the task's worked solution, rejected = the policy's own sample, reference = previous iterate)."""
     loss: str = "dpo"
     """A name from algos.PREFERENCE_LOSSES: dpo, cdpo, robust_dpo, ipo, spin, kto, orpo, simpo."""
     beta: float = 0.1
@@ -94,7 +98,7 @@ class Config(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        require_choice("mode", self.mode, ["offline", "online", "self_rewarding"])
+        require_choice("mode", self.mode, ["offline", "online", "self_rewarding", "spin"])
         require_choice("loss", self.loss, sorted(PREFERENCE_LOSSES))
         require_choice("ref_update", self.ref_update, ["initial", "iteration"])
         require(self.steps > 0, "steps must be > 0")
@@ -210,6 +214,16 @@ def train_on(cfg: Config, loop: Loop, ref: torch.nn.Module | None, data: Prefere
     return {"dpo_steps": float(steps), **{f"dpo/{k}": v for k, v in sums.items()}}
 
 
+def spin_data(cfg: Config, loop: Loop, rng: random.Random) -> tuple[PreferenceData, dict]:
+    """SPIN pairs: (worked solution, the policy's own sample) for fresh train problems."""
+    records = loop.task.sft_records("train", cfg.train_pool, seed=cfg.seed)
+    picked = [records[rng.randrange(len(records))] for _ in range(cfg.prompts_per_iteration)]
+    own = loop.generate([], 1, prompts=[r["prompt"] for r in picked])
+    pairs = [(r["prompt"], r["completion"], o) for r, o in zip(picked, own) if o.strip() != r["completion"].strip()]
+    data = PreferenceData([loop.render(p) for p, _, _ in pairs], [c for _, c, _ in pairs], [o for _, _, o in pairs])
+    return data, {"pairs": len(pairs), "own_equals_data": len(picked) - len(pairs)}
+
+
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).eval().requires_grad_(False)
 
@@ -225,8 +239,13 @@ def run(cfg: Config) -> dict:
         loop.end_iteration(1, {"pairs": len(data.chosen), **stats})
         return loop.finish({"mode": cfg.mode, "loss": cfg.loss})
     for it in range(1, cfg.iterations + 1):
-        if cfg.ref_update == "iteration" and ref is not None and it > 1:
+        if (cfg.ref_update == "iteration" or cfg.mode == "spin") and ref is not None and it > 1:
             ref = frozen_copy(loop.model)
+        if cfg.mode == "spin":
+            data, stats = spin_data(cfg, loop, rng)
+            stats.update(train_on(cfg, loop, ref, data, cfg.steps, rng))
+            loop.end_iteration(it, stats)
+            continue
         samples = loop.sample(loop.next_prompts())
         judged = judge_samples(cfg, loop, samples)
         data, stats = online_data(cfg, judged, loop.render)
