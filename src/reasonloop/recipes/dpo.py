@@ -194,8 +194,8 @@ def train_on(cfg: Config, loop: Loop, ref: torch.nn.Module | None, data: Prefere
              rng: random.Random) -> dict[str, float]:
     """`steps` optimizer steps of the named loss on random batches of `data`; returns averaged metrics."""
     paired = cfg.loss != "kto"
-    if not data.chosen or (paired and not data.rejected) or (not paired and not (data.chosen and data.rejected)):
-        return {"dpo_steps": 0.0}
+    if (paired and not data.chosen) or (not paired and not (data.chosen or data.rejected)):
+        return {"dpo_steps": 0.0}  # KTO is unpaired: one side may be empty
     rej_prompts = data.prompts if paired else data.rejected_prompts
     ref_c = ref_r = None
     if ref is not None:

@@ -43,6 +43,8 @@ def sequence_logps(model: torch.nn.Module, tokenizer, prompts: Sequence[str], co
                    micro_batch_size: int = 32, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed completion log-probs [N], completion lengths in tokens incl. EOS [N])."""
     device = next(model.parameters()).device
+    if not prompts:
+        return torch.zeros(0, device=device), torch.zeros(0, device=device)
     out, lengths = [], []
     for start in range(0, len(prompts), micro_batch_size):
         batch = encode_pairs(tokenizer, list(prompts[start : start + micro_batch_size]),
