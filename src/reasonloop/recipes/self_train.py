@@ -112,6 +112,8 @@ def select(cfg: Config, samples: list[Sample]) -> list[Sample]:
         return above_threshold(samples, cfg.threshold)
     if cfg.method == "raft":
         return top_k_per_prompt(samples, cfg.top_k, min_reward=cfg.threshold)
+    if cfg.method == "rest":  # the first Improve step's set; later steps filter the same samples harder
+        return above_threshold(samples, cfg.rest_threshold_start)
     return correct_only(samples)  # rest_em, star, v_star (before the verifier ranks them)
 
 
