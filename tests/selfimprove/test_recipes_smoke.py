@@ -37,14 +37,15 @@ def test_self_train_methods_run(nano_model_dir, tmp_path, method):
         assert "test/verifier_bo2" in result
 
 
-@pytest.mark.parametrize("args", [["mode=online", "judge=self"], ["mode=self_rewarding"],
+@pytest.mark.parametrize("args", [["mode=online", "judge=self"], ["mode=online", "judge=self_generative"], ["mode=self_rewarding"],
                                   ["mode=online", "loss=kto", "kto_threshold=-0.5"],
                                   ["mode=offline", "offline_pairs=4", "loss=simpo"], ["mode=spin", "loss=spin"]])
 def test_dpo_modes_run(nano_model_dir, tmp_path, args):
     from reasonloop.recipes import dpo
 
     _, rows = run_recipe(dpo, [f"model.name={nano_model_dir}", "steps=1", *args], tmp_path)
-    assert rows[1]["dpo_steps"] == 1.0
+    if "judge=self_generative" not in args:  # a random model's verdicts never parse: all 0, no pairs
+        assert rows[1]["dpo_steps"] == 1.0
 
 
 @pytest.mark.parametrize("args", [["mode=ttc_loop", "verify=false", "search.strategy=best_of_n"],

@@ -72,7 +72,9 @@ class Config(LoopConfig):
     ref_update: str = "initial"
     """initial: the reference is the frozen initial policy; iteration: refreshed each iteration."""
     judge: str = "verifier"
-    """online: who scores samples: verifier (the task's reward), self (the policy, via judge_template) or module:function."""
+    """online: who scores samples: verifier (the task's reward), self (the policy's expected 0-9 digit after
+    judge_template), self_generative (the policy writes a verdict to rewards.judge's additive 5-point prompt,
+    Yuan et al. 2024; unparseable = 0) or module:function."""
     judge_template: str = DEFAULT_JUDGE_TEMPLATE
     """self judge: the judge prompt, with {prompt} and {completion}."""
     pairs_per_prompt: int = 1
@@ -103,13 +105,16 @@ class Config(LoopConfig):
         require_choice("ref_update", self.ref_update, ["initial", "iteration"])
         require(self.steps > 0, "steps must be > 0")
         require(self.pairs_per_prompt > 0, "pairs_per_prompt must be > 0")
-        require(self.judge in ("verifier", "self") or ":" in self.judge, "judge must be verifier, self or module:function")
-        require(not (self.mode == "self_rewarding" and self.judge not in ("verifier", "self")),
+        require(self.judge in ("verifier", "self", "self_generative") or ":" in self.judge,
+                "judge must be verifier, self, self_generative or module:function")
+        require(not (self.mode == "self_rewarding" and ":" in self.judge),
                 "mode=self_rewarding uses the policy as judge; drop the judge hook")
 
     @property
     def judge_kind(self) -> str:
-        return "self" if self.mode == "self_rewarding" else self.judge
+        if self.mode == "self_rewarding":  # the policy judges: by digit expectation unless asked to write verdicts
+            return "self_generative" if self.judge == "self_generative" else "self"
+        return self.judge
 
     def loss_kwargs(self) -> dict:
         kw = {"orpo": {"lam": self.orpo_lambda}, "simpo": {"beta": self.beta, "gamma": self.simpo_gamma},
@@ -162,6 +167,11 @@ def judge_samples(cfg: Config, loop: Loop, samples: list[Sample]) -> list[Sample
     prompts, comps = [s.prompt for s in samples], [s.completion for s in samples]
     if kind == "self":
         scores = self_judge_scores(loop.model, loop.tokenizer, [loop.render(p) for p in prompts], comps, cfg.judge_template)
+    elif kind == "self_generative":  # Yuan et al.'s additive 5-point prompt, the policy writes its verdict
+        from reasonloop.rewards.judge import self_judge
+
+        raw = self_judge(loop.model, loop.tokenizer, max_new_tokens=cfg.max_new_tokens).score(prompts, comps)
+        scores = [0.0 if v is None else v for v in raw]  # an unparseable verdict scores 0
     else:
         scores = load_judge_hook(kind)(prompts, comps)
     return with_reward(samples, scores)
