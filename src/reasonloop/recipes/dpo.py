@@ -224,14 +224,17 @@ def train_on(cfg: Config, loop: Loop, ref: torch.nn.Module | None, data: Prefere
     return {"dpo_steps": float(steps), **{f"dpo/{k}": v for k, v in sums.items()}}
 
 
-def spin_data(cfg: Config, loop: Loop, rng: random.Random) -> tuple[PreferenceData, dict]:
-    """SPIN pairs: (worked solution, the policy's own sample) for fresh train problems."""
-    records = loop.task.sft_records("train", cfg.train_pool, seed=cfg.seed)
-    picked = [records[rng.randrange(len(records))] for _ in range(cfg.prompts_per_iteration)]
-    own = loop.generate([], 1, prompts=[r["prompt"] for r in picked])
-    pairs = [(r["prompt"], r["completion"], o) for r, o in zip(picked, own) if o.strip() != r["completion"].strip()]
+def spin_data(cfg: Config, loop: Loop) -> tuple[PreferenceData, dict]:
+    """SPIN pairs: (worked solution, the policy's own sample) for the next train prompts."""
+    if not hasattr(loop.task, "sft_records"):
+        raise ConfigError(f"mode=spin needs worked solutions; task {cfg.task!r} has none")
+    solution = {r["prompt"]: r["completion"] for r in loop.task.sft_records("train", cfg.train_pool, seed=cfg.seed)}
+    examples = [ex for ex in loop.next_prompts() if ex.prompt in solution]
+    own = loop.generate(examples, 1)
+    pairs = [(ex.prompt, solution[ex.prompt], o) for ex, o in zip(examples, own)
+             if o.strip() != solution[ex.prompt].strip()]
     data = PreferenceData([loop.render(p) for p, _, _ in pairs], [c for _, c, _ in pairs], [o for _, _, o in pairs])
-    return data, {"pairs": len(pairs), "own_equals_data": len(picked) - len(pairs)}
+    return data, {"pairs": len(pairs), "own_equals_data": len(examples) - len(pairs)}
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -252,7 +255,7 @@ def run(cfg: Config) -> dict:
         if (cfg.ref_update == "iteration" or cfg.mode == "spin") and ref is not None and it > 1:
             ref = frozen_copy(loop.model)
         if cfg.mode == "spin":
-            data, stats = spin_data(cfg, loop, rng)
+            data, stats = spin_data(cfg, loop)
             stats.update(train_on(cfg, loop, ref, data, cfg.steps, rng))
             loop.end_iteration(it, stats)
             continue
