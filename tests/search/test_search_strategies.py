@@ -57,7 +57,7 @@ def test_search_majority_and_best_of_n():
     (r,) = search(engine, ex, lambda p: p, SamplingConfig(), SearchConfig("majority_vote", n=4), answer_of)
     assert r.completion == outs[1] and r.confidence == pytest.approx(2 / 3)
     assert r.scores == pytest.approx([1 / 3, 2 / 3, 2 / 3, 0.0])
-    verifier = lambda e, cs: [float(answer_of(c) == e.answer) for c in cs]  # noqa: E731
+    verifier = lambda e, cs: [float(answer_of(c) == e.answer) for c in cs]
     (r,) = search(engine, ex, lambda p: p, SamplingConfig(), SearchConfig("best_of_n", n=4), answer_of, verifier)
     assert r.completion == outs[0]
     with pytest.raises(ValueError):
@@ -73,7 +73,7 @@ def test_step_beam_expands_steps_and_keeps_the_best():
         return ("</think><answer>" + partial[11] + "</answer>", "stop")
 
     engine = ScriptedEngine(fn)
-    verifier = lambda e, cs: [float("=2" in c) for c in cs]  # noqa: E731
+    verifier = lambda e, cs: [float("=2" in c) for c in cs]
     cfg = SearchConfig("beam", n=2, beam_width=1, max_steps=4)
     r = step_beam(engine, Example("Q: 1+1=?\n", "2"), lambda p: p, SamplingConfig(), cfg, verifier)
     assert r.completion == "<think>1+1=2;</think><answer>2</answer>"

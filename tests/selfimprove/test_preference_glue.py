@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from reasonloop.selfimprove import preference
-from reasonloop.selfimprove.preference import PreferenceData, preference_step, sequence_logps
+from reasonloop.selfimprove.preference import (
+    PreferenceData,
+    preference_step,
+    sequence_logps,
+)
 from reasonloop.train.forward import completion_logprobs, encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
 
@@ -38,7 +42,7 @@ def test_micro_batch_size_does_not_change_the_step(nano_model, tokenizer, loss, 
         opt, sched = build_optimizer(model.parameters(), OptimConfig(lr=1e-9), 1)
         captured = {}
 
-        def capture(m_, *_):
+        def capture(m_, *_, captured=captured):
             captured["g"] = torch.cat([p.grad.flatten() for p in m_.parameters() if p.grad is not None]).clone()
             return 0.0, True
 

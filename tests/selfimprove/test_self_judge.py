@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from reasonloop.selfimprove.judge import digit_token_ids, load_judge_hook, self_judge_scores
+from reasonloop.selfimprove.judge import (
+    digit_token_ids,
+    load_judge_hook,
+    self_judge_scores,
+)
 
 
 def test_self_judge_is_the_expected_digit(nano_model, tokenizer):

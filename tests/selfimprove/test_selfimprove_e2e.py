@@ -108,7 +108,7 @@ def test_online_dpo_raises_held_out_correct_vs_wrong_margin(base_model_dir, tmp_
                                                  "samples_per_prompt": 6})
     result = dpo.run(cfg)
     assert all(row["pairs"] > 0 for row in result["iterations"])
-    margin = lambda d: mean_logp(d) - mean_logp(d, wrong)  # noqa: E731
+    margin = lambda d: mean_logp(d) - mean_logp(d, wrong)
     print("held-out pass@1 by iteration", result["held_out_pass@1_by_iteration"])
     before, after = margin(base_model_dir), margin(result["model_dir"])
     print("held-out correct-vs-wrong margin", float(before.mean()), float(after.mean()))

@@ -1,12 +1,17 @@
 """STaR rationalisation: the hint helps generation but never reaches the kept training samples."""
 
-from types import SimpleNamespace
 
 from reasonloop.data.records import Example
 from reasonloop.data.tasks.arithmetic import ArithmeticTask
 from reasonloop.recipes.self_train import Config, star_step
 from reasonloop.selfimprove.selection import Sample
-from reasonloop.selfimprove.star import DEFAULT_HINT_TEMPLATE, hint_text, hinted_prompt, leaks_hint, rationalise
+from reasonloop.selfimprove.star import (
+    DEFAULT_HINT_TEMPLATE,
+    hint_text,
+    hinted_prompt,
+    leaks_hint,
+    rationalise,
+)
 
 EX = Example("Q: 17+4-9=?\n", "12", {"id": "17+4-9"})
 GOOD = "<think>17+4=21;21-9=12</think><answer>12</answer>"

@@ -24,7 +24,6 @@ greedy pass@1 of the student.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -69,7 +68,7 @@ class Config(LoopConfig):
 def teacher_traces(loop: Loop, cfg: Config, teacher: torch.nn.Module, examples) -> tuple[list, dict]:
     """Search with the teacher; score its picks with the task; keep verified (or all) picks."""
     engine = TorchSampler(teacher, loop.tokenizer)
-    verifier = lambda ex, comps: [float(loop.task.is_correct(c, ex)) for c in comps]  # noqa: E731
+    verifier = lambda ex, comps: [float(loop.task.is_correct(c, ex)) for c in comps]
     results = search(engine, examples, loop.render, loop.sampling, cfg.search, lambda c: answer_key(loop.task, c),
                      scorer=verifier, generator=loop.generator)
     picks = [(r.example, r.completion) for r in results if r.completion is not None]

@@ -40,9 +40,18 @@ import torch
 from reasonloop.algos import PREFERENCE_LOSSES
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.io import load_rows
-from reasonloop.selfimprove.judge import DEFAULT_JUDGE_TEMPLATE, load_judge_hook, self_judge_scores
+from reasonloop.selfimprove.judge import (
+    DEFAULT_JUDGE_TEMPLATE,
+    load_judge_hook,
+    self_judge_scores,
+)
 from reasonloop.selfimprove.loop import Loop, LoopConfig
-from reasonloop.selfimprove.preference import PreferenceData, needs_reference, preference_step, sequence_logps
+from reasonloop.selfimprove.preference import (
+    PreferenceData,
+    needs_reference,
+    preference_step,
+    sequence_logps,
+)
 from reasonloop.selfimprove.selection import Sample, best_worst_pairs, with_reward
 from reasonloop.train.optim import build_optimizer
 

@@ -45,7 +45,11 @@ from reasonloop.selfimprove.selection import (
     rising_thresholds,
     top_k_per_prompt,
 )
-from reasonloop.selfimprove.star import DEFAULT_HINT_TEMPLATE, hinted_prompt, rationalise
+from reasonloop.selfimprove.star import (
+    DEFAULT_HINT_TEMPLATE,
+    hinted_prompt,
+    rationalise,
+)
 from reasonloop.selfimprove.verifier import DPOVerifier
 from reasonloop.train.evaluation import answer_key
 from reasonloop.train.optim import OptimConfig
@@ -124,7 +128,7 @@ def star_step(loop: Loop, cfg: Config, examples, samples: list[Sample]) -> tuple
     stats = {"star/failed_prompts": len(failed), "star/rationalised": 0, "star/hint_leaks_dropped": 0}
     if cfg.rationalise and failed:
         hinted = loop.generate(failed, 1, prompts=[hinted_prompt(ex, cfg.hint_template) for ex in failed])
-        reward = lambda c, ex: loop.score([ex], [c])[0].reward  # noqa: E731
+        reward = lambda c, ex: loop.score([ex], [c])[0].reward
         rationales, leaked = rationalise(failed, hinted, loop.task.is_correct, reward, cfg.hint_template)
         kept += rationales
         stats.update({"star/rationalised": len(rationales), "star/hint_leaks_dropped": leaked})
@@ -133,7 +137,7 @@ def star_step(loop: Loop, cfg: Config, examples, samples: list[Sample]) -> tuple
 
 def expert_step(loop: Loop, cfg: Config, examples) -> tuple[list[Sample], list[Sample], dict]:
     """(the expert's scored picks, the kept ones, stats)."""
-    verifier = lambda ex, comps: [float(loop.task.is_correct(c, ex)) for c in comps]  # noqa: E731
+    verifier = lambda ex, comps: [float(loop.task.is_correct(c, ex)) for c in comps]
     results = search(loop.sampler, examples, loop.render, loop.sampling, cfg.search,
                      lambda c: answer_key(loop.task, c), scorer=verifier, generator=loop.generator)
     picks = [(r.example, r.completion) for r in results if r.completion is not None]

@@ -23,15 +23,22 @@ from __future__ import annotations
 import copy
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from reasonloop.config import require
 from reasonloop.data.records import Example
 from reasonloop.data.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt, save_model
+from reasonloop.models.loading import (
+    ModelConfig,
+    load_model,
+    load_tokenizer,
+    render_prompt,
+    save_model,
+)
 from reasonloop.rewards.core import compute_rewards
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler

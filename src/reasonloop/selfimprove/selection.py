@@ -7,8 +7,9 @@ order does not matter here). Every rule returns the kept samples in input order.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ and a rationale that quotes the hint text itself is dropped (it would teach the 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from reasonloop.data.records import Example
 from reasonloop.selfimprove.selection import Sample

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from reasonloop.data.records import Example
-from reasonloop.selfimprove.preference import PreferenceData, implicit_reward, preference_step, sequence_logps
+from reasonloop.selfimprove.preference import (
+    PreferenceData,
+    implicit_reward,
+    preference_step,
+    sequence_logps,
+)
 from reasonloop.selfimprove.selection import Sample
 from reasonloop.train.optim import OptimConfig, build_optimizer
 
