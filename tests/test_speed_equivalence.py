@@ -224,3 +224,16 @@ def test_length_buckets_forward_equals_one_padded_forward_with_gradients(nano_mo
     assert torch.isfinite(outs[1].logprobs).all() and torch.isfinite(outs[1].entropy).all()
     scale = float(grads[0].abs().max())
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_unfused_decoder_matches_the_fused_one(tokenizer, monkeypatch):
+    model = small_model(tokenizer, "llama", 2)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    fused = kv_cache.StaticDecoder(model, len(PROMPTS), enc["input_ids"].shape[1] + 1)
+    monkeypatch.setattr(kv_cache, "FUSE_MAX_BYTES", 0)
+    plain = kv_cache.StaticDecoder(model, len(PROMPTS), enc["input_ids"].shape[1] + 1)
+    assert plain.layers[0][1] is None and fused.layers[0][1] is not None
+    a, b = fused.prefill(enc["input_ids"], enc["attention_mask"]), plain.prefill(enc["input_ids"], enc["attention_mask"])
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    pos = enc["attention_mask"].sum(-1)
+    torch.testing.assert_close(fused.step(a.argmax(-1), pos), plain.step(a.argmax(-1), pos), atol=2e-5, rtol=1e-4)

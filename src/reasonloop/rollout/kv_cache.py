@@ -7,7 +7,7 @@ copying) and dispatches through several wrappers per layer. `StaticDecoder` runs
 
 - writes keys/values into per-layer tensors preallocated for the whole generation ([rows, kv_heads,
   max_len, head_dim]) and attends over a view of the filled part;
-- fuses q/k/v and gate/up projections into one matmul each (when they are plain `nn.Linear`s);
+- fuses q/k/v and gate/up projections into one matmul each (plain `nn.Linear`s, models <= 512 MiB);
 - computes logits for the last position only;
 - drops finished rows (`keep`), so late decode steps only pay for the rows still running.
 
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+FUSE_MAX_BYTES = 512 * 2**20  # fuse projections only for models up to this size
 
 
 def _backbone(model: nn.Module):
@@ -75,7 +76,10 @@ class StaticDecoder:
         positions = torch.arange(max_len, device=self.device).unsqueeze(0)
         cos, sin = self.inner.rotary_emb(self.inner.embed_tokens.weight[:1].unsqueeze(0), positions)
         self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
-        self.layers = [self._fuse(layer) for layer in self.inner.layers]
+        # fusing copies the q/k/v and gate/up weights once per generate call: worth it for small models
+        # (fewer, larger matmuls), pointless and memory-hungry for big ones, whose matmuls dominate anyway
+        fuse = sum(p.numel() * p.element_size() for p in model.parameters()) <= FUSE_MAX_BYTES
+        self.layers = [self._fuse(layer) if fuse else (layer, None, None, None) for layer in self.inner.layers]
         self.gqa = self.heads != self.kv_heads
 
     @staticmethod
