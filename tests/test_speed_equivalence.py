@@ -54,9 +54,9 @@ def reference_generate(model, tokenizer, prompts, n, sampling, generator):
 
 def small_model(tokenizer, arch="llama", kv_heads=2):
     torch.manual_seed(0)
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=kv_heads, intermediate_size=128, max_position_embeddings=128,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    common = {"vocab_size": len(tokenizer), "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": kv_heads, "intermediate_size": 128, "max_position_embeddings": 128,
+              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if arch == "llama":
         return LlamaForCausalLM(LlamaConfig(**common)).eval()
     if arch == "qwen2":

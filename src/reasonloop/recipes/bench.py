@@ -209,11 +209,10 @@ class _Timed:
 
 def bench_grpo(cfg: Config, model_dir: str, out: Path) -> dict:
     """Median per-step figures of reasonloop's GRPO step."""
-    from reasonloop.recipes.rl import Trainer
-
     import functools
 
     from reasonloop.recipes import rl
+    from reasonloop.recipes.rl import Trainer
     from reasonloop.train.forward import policy_forward
 
     rl.policy_forward = functools.partial(policy_forward, share_prompts=cfg.share_prompts,  # ablation switches
@@ -256,10 +255,10 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path) -> dict:
 
 
 ABLATIONS = {  # cumulative: each row adds one optimisation to the one above
-    "baseline (DynamicCache sampler, plain forward)": dict(static_cache=False, share_prompts=False, bucket_lengths=False),
-    "+ static KV cache sampler": dict(static_cache=True, share_prompts=False, bucket_lengths=False),
-    "+ shared-prompt training forward": dict(static_cache=True, share_prompts=True, bucket_lengths=False),
-    "+ length buckets": dict(static_cache=True, share_prompts=True, bucket_lengths=True),
+    "baseline (DynamicCache sampler, plain forward)": {"static_cache": False, "share_prompts": False, "bucket_lengths": False},
+    "+ static KV cache sampler": {"static_cache": True, "share_prompts": False, "bucket_lengths": False},
+    "+ shared-prompt training forward": {"static_cache": True, "share_prompts": True, "bucket_lengths": False},
+    "+ length buckets": {"static_cache": True, "share_prompts": True, "bucket_lengths": True},
 }
 
 
@@ -297,7 +296,12 @@ def bench_ablation(cfg: Config, model_dir: str, out: Path) -> dict:
 def bench_generate(cfg: Config, model_dir: str) -> dict:
     """The sampler alone vs `model.generate` on the same prompts, G and sampling settings."""
     from reasonloop.data.tasks import make_task
-    from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt
+    from reasonloop.models.loading import (
+        ModelConfig,
+        load_model,
+        load_tokenizer,
+        render_prompt,
+    )
     from reasonloop.rollout.engine import SamplingConfig
     from reasonloop.rollout.sampler import TorchSampler
 
@@ -482,6 +486,7 @@ def _subprocess_grpo(cfg: Config, out: Path, **overrides) -> dict:
     name = "-".join(f"{k}{v}" for k, v in overrides.items())
     argv = [f"{k}={v}" for k, v in keys.items()] + ["only=grpo", f"output_dir={out / ('sub-' + name)}"]
     proc = subprocess.run([sys.executable, "-m", "reasonloop.recipes.bench", *argv], capture_output=True, text=True,
+                          check=False,
                           env={**_START_ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
     if proc.returncode != 0:
         raise RuntimeError(f"bench subprocess failed: {proc.stderr[-2000:]}")

@@ -24,7 +24,7 @@ class TokenBatch:
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
-    def select(self, idx: torch.Tensor | slice) -> "TokenBatch":
+    def select(self, idx: torch.Tensor | slice) -> TokenBatch:
         """Rows `idx`, trimmed to the longest prompt/completion among them (less padding to compute)."""
         pm, cm = self.prompt_mask[idx], self.completion_mask[idx]
         p_keep = int(pm.sum(-1).max()) if len(pm) else 0
@@ -32,7 +32,7 @@ class TokenBatch:
         return TokenBatch(self.prompt_ids[idx][:, pm.shape[1] - p_keep:], pm[:, pm.shape[1] - p_keep:],
                           self.completion_ids[idx][:, :c_keep], cm[:, :c_keep])
 
-    def to(self, device: torch.device) -> "TokenBatch":
+    def to(self, device: torch.device) -> TokenBatch:
         return TokenBatch(*(t.to(device) for t in (self.prompt_ids, self.prompt_mask, self.completion_ids,
                                                    self.completion_mask)))
 
