@@ -166,7 +166,7 @@ def prepare_model(name: str, workdir: Path, seed: int) -> str:
 
     from reasonloop.models.tiny import build_config, build_tokenizer
 
-    path = workdir / f"random-{name}"
+    path = workdir / f"random-{name}-seed{seed}"
     if not (path / "config.json").exists():
         tok = build_tokenizer()
         torch.manual_seed(seed)
