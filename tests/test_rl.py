@@ -89,8 +89,9 @@ def final_params(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_killed_and_resumed_run_ends_with_the_same_parameters(nano_model_dir, tmp_path, toy_task, monkeypatch):
-    args = ["steps=4", "save_every=2", "epochs=2", "kl_coef=0.05"]
+@pytest.mark.parametrize("algo", [["epochs=2", "kl_coef=0.05"], RL_PRESETS["ppo"]], ids=["grpo", "ppo"])
+def test_killed_and_resumed_run_ends_with_the_same_parameters(algo, nano_model_dir, tmp_path, toy_task, monkeypatch):
+    args = ["steps=4", "save_every=2", *algo]
     straight = rl.Trainer(make_cfg(nano_model_dir, tmp_path / "a", *args))
     straight.train()
 
@@ -113,6 +114,9 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(nano_model_dir, tm
     assert resumed.state["step"] == 2
     resumed.train()
     a, b = final_params(straight), final_params(resumed)
+    if straight.critic is not None:
+        a.update({f"critic.{k}": v for k, v in straight.critic.state_dict().items()})
+        b.update({f"critic.{k}": v for k, v in resumed.critic.state_dict().items()})
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)

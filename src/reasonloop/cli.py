@@ -38,7 +38,8 @@ COMMANDS: dict[str, Command] = {
                           "generate -> verify -> select -> SFT loops (rejection sampling, RAFT, ReST, STaR, ...)"),
     "dpo": Command("reasonloop.recipes.dpo", "preference optimisation: offline, online/iterative, self-rewarding"),
     "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
-    "bench": Command("reasonloop.recipes.bench", "time a fixed GRPO workload; --vs trl compares with TRL's GRPOTrainer"),
+    "bench": Command("reasonloop.recipes.bench", "time a fixed GRPO workload; --vs trl compares with TRL's GRPOTrainer",
+                     config=""),
     "sandbox": Command("reasonloop.sandbox.cli", "run untrusted code under the sandbox (`sandbox run FILE`)", config=""),
 }
 

@@ -384,14 +384,23 @@ class Trainer:
         self.model.eval()
         for rows in self._micro_batches(len(data.tokens)):
             mb = data.tokens.select(rows)
-            fwd = policy_forward(self.model, mb, temp, with_hidden=self.critic is not None)
-            out["old"].append(_pad_right(fwd.logprobs, data.tokens.completion_ids.shape[1], 0.0))
+            if not self._old_is_current():
+                fwd = policy_forward(self.model, mb, temp, with_hidden=self.critic is not None)
+                out["old"].append(_pad_right(fwd.logprobs, data.tokens.completion_ids.shape[1], 0.0))
             if self.critic is not None:
                 out["values"].append(_pad_right(self.critic(mb, fwd.hidden), data.tokens.completion_ids.shape[1], 0.0))
             if cfg.kl_coef > 0:
                 ref_lp = self._ref_logprobs(mb, temp)
                 out["ref"].append(_pad_right(ref_lp, data.tokens.completion_ids.shape[1], 0.0))
         return {k: torch.cat(v) for k, v in out.items() if v}
+
+    def _old_is_current(self) -> bool:
+        """True when the old log-probs equal the update's own: one epoch, and nothing reads them before
+        the update (no critic, no TIS, no KL-in-reward, no token-level estimator). The update then uses
+        its forward's log-probs, detached, instead of a second pass (the ratio is exactly 1 either way)."""
+        cfg = self.cfg
+        return (cfg.epochs == 1 and self.critic is None and cfg.tis_cap == 0
+                and cfg.advantage not in ("reinforce_pp", "gae") and not (cfg.kl_coef > 0 and cfg.kl_in == "reward"))
 
     def _ref_logprobs(self, mb: TokenBatch, temp: float) -> torch.Tensor:
         if self.use_lora:
@@ -539,7 +548,7 @@ class Trainer:
             T = mb.completion_ids.shape[1]
             m = loss_mask[rows, :T]
             fwd = policy_forward(self.model, mb, temp, with_entropy=True, with_hidden=self.critic is not None)
-            old = scored["old"][rows, :T]
+            old = scored["old"][rows, :T] if "old" in scored else fwd.logprobs.detach()
             w = weights[rows, :T] if weights is not None else None
             if cfg.loss == "clip":
                 loss, pm = ppo_clip_loss(fwd.logprobs, old, adv[rows, :T], m, cfg.clip_low, cfg.clip_high,
@@ -578,7 +587,7 @@ class Trainer:
         self.state["kl_ctl"] = self.kl_ctl.state_dict()
         self.state["penalty_ctl"] = self.penalty_ctl.state_dict()
         self.state["monitors"] = self.monitors.state_dict()
-        extra = {"critic": self.critic.state_dict()} if self.critic is not None else {}
+        extra = {"critic": self.critic} if self.critic is not None else {}
         state = {k: v for k, v in self.state.items() if k != "step"}
         save_checkpoint(self.out_dir, self.state["step"], self.model, self.optimizer, self.scheduler, state,
                         generators={"sampler": self.generator}, modules=extra)
