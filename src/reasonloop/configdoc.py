@@ -23,14 +23,17 @@ def render() -> str:
     ]
     seen: set[str] = set()
     for name, cmd in COMMANDS.items():
-        if not cmd.config or cmd.module in seen:
+        if cmd.module in seen:
             continue
         seen.add(cmd.module)
         module = importlib.import_module(cmd.module)
+        config = getattr(module, cmd.config or "Config", None)  # argv commands may still have a Config
+        if config is None:
+            continue
         aliases = [n for n, c in COMMANDS.items() if c.module == cmd.module and n != name]
         out.append(f"## `reasonloop {name}`" + (f" (also: {', '.join(aliases)})" if aliases else ""))
         out.append("")
-        out.append(render_markdown(getattr(module, cmd.config)))
+        out.append(render_markdown(config))
         out.append("")
     return "\n".join(out)
 
