@@ -37,3 +37,10 @@ def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "reasonloop.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "usage: reasonloop" in out
+
+
+def test_bad_task_or_data_is_a_message_not_a_traceback(capsys, tmp_path):
+    assert main(["eval", "task=nosuch", f"output_dir={tmp_path / 'a'}"]) == 2
+    assert "error: unknown task 'nosuch'" in capsys.readouterr().err
+    assert main(["sft", f"data={tmp_path / 'missing.jsonl'}", f"output_dir={tmp_path / 'b'}"]) == 2
+    assert "cannot load dataset" in capsys.readouterr().err

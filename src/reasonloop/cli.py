@@ -44,6 +44,14 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    from reasonloop.data.io import DataError
+    from reasonloop.data.tasks import TaskError
+    from reasonloop.sandbox.runner import IsolationError
+
+    return ConfigError, TaskError, DataError, IsolationError
+
+
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     rows = "\n".join(f"  {n.ljust(width)}  {c.summary}" for n, c in COMMANDS.items())
@@ -74,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cmd.config:
         return int(module.main(rest) or 0)
     cfg_cls = getattr(module, cmd.config)
+    user_errors = _user_errors()
     if any(a in ("-h", "--help") for a in rest):
         doc = (module.__doc__ or "").strip()
         print(f"usage: reasonloop {name} [config.yaml ...] [key=value ...]\n\n{doc}\n")
@@ -87,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"reasonloop {name}: config error: {exc}", file=sys.stderr)
         return 2
-    module.run(cfg)
+    try:
+        module.run(cfg)
+    except user_errors as exc:  # bad input the user can fix: a message, not a traceback
+        print(f"reasonloop {name}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
