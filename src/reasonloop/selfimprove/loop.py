@@ -88,8 +88,8 @@ class LoopConfig:
     """Run directory; empty means runs/<command>-<timestamp>."""
     seed: int = 0
     """Seed for prompt order, sampling and initialisation."""
-    threads: int = 1
-    """torch threads (1 on a shared CPU; 0 keeps torch's default)."""
+    threads: int = 0
+    """torch threads; 0 keeps torch's default (use 1 on a CPU shared with other jobs)."""
 
     def __post_init__(self):
         require(self.iterations > 0, "iterations must be > 0")
