@@ -113,7 +113,7 @@ def run(cfg: Config) -> dict:
     loop = Loop(cfg, "distill")
     fixed_teacher = load_teacher(loop, cfg) if cfg.mode == "teacher" else None
     loop.begin()
-    for it in range(1, cfg.iterations + 1):
+    for it in loop.iterations():
         teacher = fixed_teacher if fixed_teacher is not None else loop.model  # ttc_loop: the current model
         examples = loop.next_prompts()
         kept, stats = teacher_traces(loop, cfg, teacher, examples)

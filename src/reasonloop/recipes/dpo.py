@@ -45,7 +45,7 @@ from reasonloop.selfimprove.judge import (
     load_judge_hook,
     self_judge_scores,
 )
-from reasonloop.selfimprove.loop import Loop, LoopConfig
+from reasonloop.selfimprove.loop import Loop, LoopConfig, rng_from_json, rng_to_json
 from reasonloop.selfimprove.preference import (
     PreferenceData,
     needs_reference,
@@ -255,17 +255,20 @@ def run(cfg: Config) -> dict:
     rng = random.Random(cfg.seed)
     ref = frozen_copy(loop.model) if needs_reference(cfg.loss) else None
     loop.begin()
+    if "rng" in loop.extra_state:  # resumed: continue the pair-shuffling stream where it stopped
+        rng.setstate(rng_from_json(loop.extra_state["rng"]))
     if cfg.mode == "offline":
         data = offline_data(cfg, loop)
         stats = train_on(cfg, loop, ref, data, cfg.steps, rng)
         loop.end_iteration(1, {"pairs": len(data.chosen), **stats})
         return loop.finish({"mode": cfg.mode, "loss": cfg.loss})
-    for it in range(1, cfg.iterations + 1):
+    for it in loop.iterations():
         if (cfg.ref_update == "iteration" or cfg.mode == "spin") and ref is not None and it > 1:
             ref = frozen_copy(loop.model)
         if cfg.mode == "spin":
             data, stats = spin_data(cfg, loop)
             stats.update(train_on(cfg, loop, ref, data, cfg.steps, rng))
+            loop.extra_state["rng"] = rng_to_json(rng.getstate())
             loop.end_iteration(it, stats)
             continue
         samples = loop.sample(loop.next_prompts())
@@ -273,5 +276,6 @@ def run(cfg: Config) -> dict:
         data, stats = online_data(cfg, judged, loop.render)
         stats["train_sample_accuracy"] = sum(s.correct for s in samples) / max(1, len(samples))
         stats.update(train_on(cfg, loop, ref, data, cfg.steps, rng))
+        loop.extra_state["rng"] = rng_to_json(rng.getstate())
         loop.end_iteration(it, stats)
     return loop.finish({"mode": cfg.mode, "loss": cfg.loss, "judge": cfg.judge_kind})

@@ -30,7 +30,7 @@ reward, not a learned reward model; STaR samples `samples_per_prompt` per prompt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from reasonloop.config import require, require_choice
 from reasonloop.search import SearchConfig, majority_vote, search
@@ -174,9 +174,9 @@ def held_out_best_of_n(loop: Loop, cfg: Config, verifier: DPOVerifier) -> dict[s
 def run(cfg: Config) -> dict:
     loop = Loop(cfg, "self_train")
     loop.begin()
-    pairs_so_far: list = []
+    pairs_so_far = [(Sample(**g), Sample(**b)) for g, b in loop.extra_state.get("verifier_pairs", [])]
     verifier: DPOVerifier | None = None
-    for it in range(1, cfg.iterations + 1):
+    for it in loop.iterations():
         examples = loop.next_prompts()
         stats: dict = {}
         if cfg.method == "expert_iteration":
@@ -212,7 +212,11 @@ def run(cfg: Config) -> dict:
             verifier = DPOVerifier(loop.base_model(), loop.tokenizer, loop.render, cfg.verifier_beta)
             stats.update(verifier.train(pairs_so_far, cfg.verifier_steps, cfg.batch_size, cfg.verifier_optim, cfg.seed))
             stats["verifier/pairs"] = len(pairs_so_far)
+            loop.extra_state["verifier_pairs"] = [(asdict(g), asdict(b)) for g, b in pairs_so_far]
         loop.end_iteration(it, stats)
+    if cfg.method == "v_star" and verifier is None and pairs_so_far:  # resumed after the last iteration
+        verifier = DPOVerifier(loop.base_model(), loop.tokenizer, loop.render, cfg.verifier_beta)
+        verifier.train(pairs_so_far, cfg.verifier_steps, cfg.batch_size, cfg.verifier_optim, cfg.seed)
     extra = held_out_best_of_n(loop, cfg, verifier) if verifier is not None else {}
     if extra:
         print(f"self_train v_star: held-out {extra}")

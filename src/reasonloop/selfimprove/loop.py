@@ -5,14 +5,19 @@ held-out evaluation); recipes subclass it. `Loop` owns the run: the model, the s
 the held-out set and the run directory. Recipes call its parts in the order they read best:
 
     loop = Loop(cfg, "self_train")
-    loop.begin()                                   # held-out pass@1 of the base model (iteration 0)
-    for it in range(1, cfg.iterations + 1):
+    loop.begin()                                   # held-out pass@1 of the base model (iteration 0),
+                                                   # or the state of the last finished iteration
+    for it in loop.iterations():
         samples = loop.sample(loop.next_prompts())  # generate + score with the task's rewards
         kept = <a rule from selfimprove.selection>
         kept, dropped = dedup(kept)
         loop.finetune(kept)                         # SFT on (prompt, completion), loss on completion
-        loop.end_iteration(it, {...counts...})      # held-out pass@1, metrics.jsonl
+        loop.end_iteration(it, {...counts...})      # held-out pass@1, metrics.jsonl, checkpoint
     return loop.finish()                           # summary.json, model saved
+
+Every finished iteration is checkpointed (`checkpoints/iter-NNN`: the model in safetensors and the
+loop's state — prompt order, RNG states, history, and whatever the recipe keeps in
+`loop.extra_state`). With `resume=auto` a crashed run continues after its last finished iteration.
 
 Held-out pass@1 is greedy decoding on the task's test split (`pass@1_greedy`); `eval_k` > 0 adds
 sampled pass@1, pass@k and maj@k.
@@ -21,15 +26,18 @@ sampled pass@1, pass@k and maj@k.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 import random
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from reasonloop.config import require
+from reasonloop.config import require, require_choice
 from reasonloop.data.records import Example
 from reasonloop.data.tasks import make_task
 from reasonloop.models.loading import (
@@ -90,6 +98,8 @@ class LoopConfig:
     """Seed for prompt order, sampling and initialisation."""
     threads: int = 0
     """torch threads; 0 keeps torch's default (use 1 on a CPU shared with other jobs)."""
+    resume: str = "auto"
+    """'auto' continues after the last finished iteration checkpointed in output_dir; 'never' starts fresh."""
 
     def __post_init__(self):
         require(self.iterations > 0, "iterations must be > 0")
@@ -98,6 +108,7 @@ class LoopConfig:
         require(self.batch_size > 0 and self.micro_batch_size > 0, "batch sizes must be > 0")
         require(self.sft_max_steps >= 0 and self.sft_epochs >= 0, "sft_max_steps and sft_epochs must be >= 0")
         require(self.eval_n > 0, "eval_n must be > 0")
+        require_choice("resume", self.resume, ["auto", "never"])
 
 
 class Loop:
@@ -123,6 +134,8 @@ class Loop:
         self.history: list[dict[str, Any]] = []
         self.before: dict | None = None
         self.last_eval: dict | None = None
+        self.start_iteration = 1
+        self.extra_state: dict[str, Any] = {}  # recipe state that must survive a resume (JSON-serialisable)
 
     # -- generate and score ---------------------------------------------------------------------
     def render(self, prompt: str) -> str:
@@ -205,10 +218,54 @@ class Loop:
         return summary
 
     def begin(self) -> dict:
+        """Evaluate the base model (iteration 0), or restore the last finished iteration's checkpoint."""
+        if self.cfg.resume == "auto" and self._restore():
+            print(f"{self.command}: resumed after iteration {self.start_iteration - 1}")
+            return self.before
         self.before = self.evaluate()
         self.run.log(0, {"iteration": 0, **flat_metrics(self.before)})
         print(f"{self.command}: base model, held-out\n{format_table(self.before)}")
         return self.before
+
+    def iterations(self) -> range:
+        return range(self.start_iteration, self.cfg.iterations + 1)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint(self, iteration: int) -> None:
+        root = self.run.dir / "checkpoints"
+        final, tmp = root / f"iter-{iteration:03d}", root / f"iter-{iteration:03d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(str(tmp / "model"), safe_serialization=True)
+        state = {"iteration": iteration, "history": self.history, "before": self.before,
+                 "last_eval": self.last_eval, "order": self._order, "rng": rng_to_json(self._rng.getstate()),
+                 "extra": self.extra_state}
+        (tmp / "state.json").write_text(json.dumps(state))
+        torch.save(self.generator.get_state(), tmp / "generator.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (root / "latest.tmp").write_text(final.name)
+        os.replace(root / "latest.tmp", root / "latest")
+
+    def _restore(self) -> bool:
+        pointer = self.run.dir / "checkpoints" / "latest"
+        if not pointer.is_file():
+            return False
+        path = pointer.parent / pointer.read_text().strip()
+        from safetensors.torch import load_file
+
+        weights = {}
+        for f in sorted((path / "model").glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        self.model.load_state_dict(weights, strict=False)  # tied embeddings are stored once
+        state = json.loads((path / "state.json").read_text())
+        self.history, self.before, self.last_eval = state["history"], state["before"], state["last_eval"]
+        self._order = state["order"]
+        self._rng.setstate(rng_from_json(state["rng"]))
+        self.generator.set_state(torch.load(path / "generator.pt"))
+        self.extra_state = state["extra"]
+        self.start_iteration = state["iteration"] + 1
+        return True
 
     def end_iteration(self, iteration: int, metrics: dict[str, Any], evaluate_now: bool = True) -> dict:
         row = {"iteration": iteration, **metrics}
@@ -217,6 +274,7 @@ class Loop:
             row.update(flat_metrics(self.last_eval))
         self.run.log(iteration, row)
         self.history.append(row)
+        self._checkpoint(iteration)
         shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if "/level/" not in k}
         print(f"{self.command}: {shown}")
         return row
@@ -233,3 +291,13 @@ class Loop:
         print(f"{self.command}: held-out pass@1 (greedy) by iteration: {[round(x, 3) for x in curve if x is not None]}")
         self.run.close()
         return result
+
+
+def rng_to_json(state: Any) -> Any:
+    """`random.Random.getstate()` as JSON-friendly nested lists."""
+    return [rng_to_json(x) for x in state] if isinstance(state, tuple) else state
+
+
+def rng_from_json(state: Any) -> Any:
+    """Undo `rng_to_json` (JSON turns tuples into lists) for `random.Random.setstate`."""
+    return tuple(rng_from_json(x) for x in state) if isinstance(state, list) else state
