@@ -10,7 +10,7 @@ Modes
              majority vote). The student fine-tunes on the kept traces (SFT, loss on completion
              tokens). Then `on_policy_steps` steps of on-policy distillation: the student samples,
              and minimises exact per-token reverse KL(student || teacher) at its own prefixes
-             (GKD, Agarwal et al. 2024; `selfimprove.kd.reverse_kl_tokens`). Teacher and student must
+             (GKD, Agarwal et al. 2024; `algos.distill.reverse_kl_tokens`). Teacher and student must
              share a tokenizer for that part.
 - ttc_loop:  each round the CURRENT model with search is the teacher: maj@n / best-of-n picks on fresh
              train prompts become the next round's SFT data (the "test-time compute -> distil" loop;
@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from reasonloop.algos.distill import reverse_kl_tokens
 from reasonloop.config import require, require_choice
 from reasonloop.models.loading import ModelConfig, load_model
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.search import SearchConfig, search
-from reasonloop.selfimprove.kd import completion_logits, reverse_kl_tokens
 from reasonloop.selfimprove.loop import Loop, LoopConfig
 from reasonloop.selfimprove.selection import correct_only, dedup
 from reasonloop.train.evaluation import answer_key
-from reasonloop.train.forward import encode_pairs
+from reasonloop.train.forward import completion_logits, encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 
 

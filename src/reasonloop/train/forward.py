@@ -215,3 +215,13 @@ def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool):
 def completion_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
     """Per-token log-probs [N, T] of the completion tokens."""
     return policy_forward(model, batch, temperature).logprobs
+
+
+def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """[N, T, V] logits predicting each completion token (same alignment as `train.forward.policy_forward`)."""
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+    mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False).logits
+    P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    return logits[:, P - 1 : P + T - 1, :]

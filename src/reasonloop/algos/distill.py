@@ -1,14 +1,8 @@
-"""Token-level distillation maths (pure) and the forward pass that feeds it.
-
-`reverse_kl_tokens` is pure tensor maths and belongs with the other losses in `algos/`; it lives here
-until the algos owner moves it (this module's files are the self-improvement issue's).
-"""
+"""Token-level distillation losses (pure): reverse KL from a student to a teacher at student-sampled prefixes."""
 
 from __future__ import annotations
 
 import torch
-
-from reasonloop.train.forward import TokenBatch
 
 
 def reverse_kl_tokens(
@@ -38,13 +32,3 @@ def reverse_kl_tokens(
     m = mask.to(per_token.dtype)
     total = (per_token * m).sum()
     return total / normalizer, {"kl_sum": float(total.detach()), "tokens": float(m.sum())}
-
-
-def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """[N, T, V] logits predicting each completion token (same alignment as `train.forward.policy_forward`)."""
-    ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
-    mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False).logits
-    P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    return logits[:, P - 1 : P + T - 1, :]

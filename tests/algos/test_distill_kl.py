@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from reasonloop.selfimprove.kd import reverse_kl_tokens
+from reasonloop.algos.distill import reverse_kl_tokens
 
 
 def test_hand_value():
