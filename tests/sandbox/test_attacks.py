@@ -7,6 +7,7 @@ proves the attack earned nothing; the run's status proves which limit or wall st
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,22 +167,26 @@ def test_attack_is_contained(attack_name, sandbox, verifier, host_file):
 
 def test_nothing_survives_a_run(sandbox):
     """A daemonised grandchild that left the session is gone when the run returns (zombies awaiting
-    the host init's reaping hold no memory and run nothing, so they do not count)."""
-    result = sandbox.run("import os, time\nif os.fork() == 0:\n  os.setsid()\n  time.sleep(60)\n"
-                         "print(os.getpid())")
+    the host init's reaping hold no memory and run nothing, so they do not count). The grandchild
+    execs `sleep` with a duration unique to this test, so sandboxes run by anyone else on the machine
+    cannot be mistaken for it."""
+    marker = f"{60 + random.random():.9f}"
+    result = sandbox.run("import os\nif os.fork() == 0:\n  os.setsid()\n"
+                         f"  os.execv('/usr/bin/sleep', ['sleep', '{marker}'])\nprint(os.getpid())")
     assert result.status == "ok"
     time.sleep(0.2)
-    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _live_sandbox_process(p)]
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _live_process_with(p, marker)]
     assert leftovers == []
 
 
-def _live_sandbox_process(pid: str) -> bool:
+def _live_process_with(pid: str, marker: str) -> bool:
     try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return int(fields["Uid"].split()[0]) >= 1_500_000 and not fields["State"].strip().startswith("Z")
+    state = next((line for line in status.splitlines() if line.startswith("State:")), "")
+    return marker in cmdline and "Z" not in state.split()[1:2]
 
 
 def test_fork_bomb_does_not_starve_a_concurrent_run(sandbox):
