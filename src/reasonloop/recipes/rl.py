@@ -243,6 +243,12 @@ def repetition_rate(text: str, n: int = 4) -> float:
 
 
 class Trainer:
+    """One online-RL run: owns the policy, reference, critic, engine, optimizer and run directory.
+
+    `step()` is one pass of the loop in the module docstring; `train()` adds evaluation, monitors,
+    samples, checkpoints and rollback around it.
+    """
+
     def __init__(self, cfg: Config):
         self.cfg = cfg
         set_threads(cfg.threads)
@@ -305,15 +311,23 @@ class Trainer:
         rate = self.state["level_pass"].get(str(ex.meta.get("level", "all")), 0.5)
         return int(adv_lib.adaptive_group_size(torch.tensor([rate]), cfg.group_size_min, cfg.group_size_max)[0])
 
-    def rollout(self, prompts: list[Example]) -> list[tuple[Example, RolloutBatch, torch.Tensor, dict]]:
-        """Generate and score; returns one (example, rows, total rewards [G], components) per prompt."""
+    def rollout(self, prompts: list[Example], timing: dict[str, float]
+                ) -> list[tuple[Example, RolloutBatch, torch.Tensor, dict]]:
+        """Generate and score; returns one (example, rows, total rewards [G], components) per prompt.
+
+        Adds the seconds spent generating and rewarding to `timing["time/generation"]` and
+        `timing["time/reward"]`."""
         by_size: dict[int, list[Example]] = {}
         for ex in prompts:
             by_size.setdefault(self.group_size_for(ex), []).append(ex)
         groups = []
         for g, exs in by_size.items():
+            t0 = time.time()
             batch = self.engine.generate([self.render(e.prompt) for e in exs], g, self.cfg.sampling, self.generator)
+            t1 = time.time()
             scored = compute_rewards(self.task.rewards(), batch.completions, [e for e in exs for _ in range(g)])
+            timing["time/generation"] = timing.get("time/generation", 0.0) + t1 - t0
+            timing["time/reward"] = timing.get("time/reward", 0.0) + time.time() - t1
             for name, count in scored.errors.items():
                 self.state["alerts"][f"reward_error/{name}"] = self.state["alerts"].get(f"reward_error/{name}", 0) + count
             total = scored.total + self._overlong(batch)
@@ -331,7 +345,8 @@ class Trainer:
 
     def collect(self) -> tuple[StepData, dict[str, float]]:
         cfg = self.cfg
-        groups = self.rollout(self.next_prompts(cfg.prompts_per_step))
+        timing: dict[str, float] = {}
+        groups = self.rollout(self.next_prompts(cfg.prompts_per_step), timing)
         stats = {"zero_variance_frac": sum(bool((r == r[0]).all()) for _, _, r, _ in groups) / len(groups)}
         self._update_level_pass(groups)
         if cfg.dynamic_sampling:
@@ -339,12 +354,12 @@ class Trainer:
             refills = 0
             while len(kept) < cfg.prompts_per_step and refills < cfg.max_refills:
                 refills += 1
-                extra = self.rollout(self.next_prompts(cfg.prompts_per_step - len(kept)))
+                extra = self.rollout(self.next_prompts(cfg.prompts_per_step - len(kept)), timing)
                 kept += [grp for grp in extra if not bool((grp[2] == grp[2][0]).all())]
             stats["dynamic_sampling/refills"] = refills
             stats["dynamic_sampling/kept_groups"] = min(len(kept), cfg.prompts_per_step)
             groups = kept[: cfg.prompts_per_step] or groups  # nothing informative: train on the originals
-        return self._assemble(groups), stats
+        return self._assemble(groups), {**stats, **timing}
 
     def _update_level_pass(self, groups) -> None:
         if "accuracy" not in groups[0][3]:
