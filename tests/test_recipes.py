@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from reasonloop.config import load_config
 from reasonloop.models.loading import resolve_model_path
@@ -72,3 +73,32 @@ def test_eval_rejects_bad_values(bad):
 
     with pytest.raises(ConfigError):
         load_config(eval_recipe.Config, [bad])
+
+
+def test_sft_killed_and_resumed_ends_with_the_same_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    args = ["task=arithmetic:2", "steps=4", "save_every=2", "batch_size=8", "micro_batch_size=4",
+            "task_records=20", "eval_n=4", "eval_every=0"]
+    sft.run(load_config(sft.Config, [*args, f"output_dir={tmp_path / 'a'}"]))
+
+    cfg = load_config(sft.Config, [*args, f"output_dir={tmp_path / 'b'}"])
+    real = sft.supervised_step
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed at step 3")
+        return real(*a, **k)
+
+    monkeypatch.setattr(sft, "supervised_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        sft.run(cfg)
+    monkeypatch.setattr(sft, "supervised_step", real)
+    result = sft.run(cfg)
+    assert result["before"] is None  # it resumed: no fresh "before" evaluation
+    a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
