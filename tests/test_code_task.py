@@ -83,3 +83,13 @@ def test_humaneval_accepts_body_continuation_and_full_function(tmp_path):
     assert not task.is_correct("    return xs\n", ex)
     with pytest.raises(ValueError, match="only a 'test' split"):
         task.examples("train", 1)
+
+
+def test_code_arith_pool_larger_than_a_level_returns_what_exists_and_has_sft_records():
+    from reasonloop.data.tasks.code import CodeArithTask
+
+    task = CodeArithTask()
+    pool = task.examples("train", 5000)
+    assert 1000 < len(pool) <= 5000 and len({e.id for e in pool}) == len(pool)
+    records = task.sft_records("train", 3)
+    assert records[0]["completion"].startswith("<answer>def f(") and records[0]["prompt"].startswith("Q: code f(")

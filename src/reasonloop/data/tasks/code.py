@@ -160,18 +160,26 @@ class CodeArithTask(_SandboxedTask):
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        # A level that runs out of new expressions stops contributing, so fewer than `n` may come
+        # back (as `ArithmeticTask` does); callers ask for large pools.
         rng, seen, out = random.Random(f"code_arith:{seed}:{split}"), set(), []
-        for i in range(n):
-            level = self.levels[i % len(self.levels)]
-            for _ in range(10_000):
+        live, i = list(self.levels), 0
+        while len(out) < n and live:
+            level = live[i % len(live)]
+            for _ in range(2_000):
                 expr = sample_expression(rng, level)
                 if expr not in seen and code_arith_split(expr) == split:
+                    seen.add(expr)
+                    out.append(self._example(expr, level, rng))
+                    i += 1
                     break
             else:
-                raise ValueError(f"level {level} has too few distinct {split} expressions for n={n}")
-            seen.add(expr)
-            out.append(self._example(expr, level, rng))
+                live.remove(level)
         return out
+
+    def sft_records(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """(prompt, reference solution) records: what `reasonloop sft task=code_arith` trains on."""
+        return [{"prompt": ex.prompt, "completion": ex.answer} for ex in self.examples(split, n, seed)]
 
     @staticmethod
     def _example(expr: str, level: int, rng: random.Random) -> Example:
