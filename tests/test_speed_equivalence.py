@@ -237,3 +237,48 @@ def test_unfused_decoder_matches_the_fused_one(tokenizer, monkeypatch):
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
     pos = enc["attention_mask"].sum(-1)
     torch.testing.assert_close(fused.step(a.argmax(-1), pos), plain.step(a.argmax(-1), pos), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch,kv_heads", [("llama", 4), ("llama", 2), ("qwen2", 2)])
+def test_lean_decode_step_is_bit_identical_to_the_general_layer(tokenizer, arch, kv_heads):
+    model = small_model(tokenizer, arch, kv_heads)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    lean = kv_cache.StaticDecoder(model, 2 * len(PROMPTS), ids.shape[1] + 4)
+    general = kv_cache.StaticDecoder(model, 2 * len(PROMPTS), ids.shape[1] + 4)
+    assert all(layer is not None for layer in lean.lean)
+    general.lean = [None] * len(general.lean)  # force `_layer` for every decode step
+    first = lean.prefill(ids, mask, repeat=2)
+    assert torch.equal(first, general.prefill(ids, mask, repeat=2))
+    tokens, position = first.argmax(-1).repeat_interleave(2), (mask.sum(-1) - 1).repeat_interleave(2)
+    for _ in range(3):
+        position = position + 1
+        a, b = lean.step(tokens, position), general.step(tokens, position)
+        assert torch.equal(a, b)
+        tokens = a.argmax(-1)
+
+
+def test_rms_norm_is_torchs_bit_for_bit(tokenizer):
+    norm = small_model(tokenizer).model.norm
+    torch.manual_seed(1)
+    with torch.no_grad():
+        norm.weight.normal_()
+        for shape in [(4, 64), (3, 5, 64), (1, 64)]:
+            x = torch.randn(shape) * 3
+            got = kv_cache._rms_norm(norm, x)
+            assert torch.equal(got, torch.nn.functional.rms_norm(x, (64,), norm.weight, norm.variance_epsilon))
+            torch.testing.assert_close(got, norm(x), atol=1e-6, rtol=1e-5)
+
+
+def test_reused_cache_storage_changes_nothing(tokenizer):
+    """The sampler hands each call's K/V storage to the next; stale (here: NaN) contents are never read."""
+    model = small_model(tokenizer)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=6)
+    reused = TorchSampler(model, tokenizer)
+    for prompts, n, seed in [(PROMPTS, 3, 0), (PROMPTS[:2], 2, 1), (PROMPTS, 4, 2), (PROMPTS, 3, 3)]:
+        if reused._kv_storage is not None:
+            reused._kv_storage.fill_(float("nan"))
+        fresh = TorchSampler(model, tokenizer).generate(prompts, n, sampling, torch.Generator().manual_seed(seed))
+        again = reused.generate(prompts, n, sampling, torch.Generator().manual_seed(seed))
+        assert torch.equal(fresh.completion_ids, again.completion_ids)
+        assert torch.equal(fresh.logprobs, again.logprobs)

@@ -56,7 +56,14 @@ class StaticDecoder:
     writes a single column for every live row. `valid` marks which cache columns each row attends to.
     """
 
-    def __init__(self, model: nn.Module, rows: int, max_len: int):
+    def __init__(self, model: nn.Module, rows: int, max_len: int, storage: torch.Tensor | None = None):
+        """`storage`: a flat tensor to carve the K/V cache from when it is big enough (see `storage`).
+
+        Why: a fresh multi-megabyte CPU allocation is mapped lazily, so every first write into it takes
+        a page fault and the kernel zeroes the page; on the embedded model that was ~15% of a rollout.
+        Passing the previous decoder's `storage` reuses already-mapped memory. Every cache entry that
+        is read is written first in this generation, so stale contents are never seen.
+        """
         self.model = model
         self.inner = _backbone(model)
         cfg = model.config
@@ -70,8 +77,13 @@ class StaticDecoder:
         self.rows, self.max_len, self.length = rows, max_len, 0
         shape = (rows, self.kv_heads, max_len, self.head_dim)
         n_layers = len(self.inner.layers)
-        self.k = [torch.empty(shape, device=self.device, dtype=self.dtype) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, device=self.device, dtype=self.dtype) for _ in range(n_layers)]
+        per = rows * self.kv_heads * max_len * self.head_dim
+        if (storage is None or storage.numel() < 2 * n_layers * per or storage.device != self.device
+                or storage.dtype != self.dtype):
+            storage = torch.empty(2 * n_layers * per, device=self.device, dtype=self.dtype)
+        self.storage = storage  # the flat buffer behind k and v: hand it to the next decoder
+        chunks = [storage[i * per : (i + 1) * per].view(shape) for i in range(2 * n_layers)]
+        self.k, self.v = chunks[:n_layers], chunks[n_layers:]
         self.valid = torch.zeros(rows, max_len, dtype=torch.bool, device=self.device)
         positions = torch.arange(max_len, device=self.device).unsqueeze(0)
         cos, sin = self.inner.rotary_emb(self.inner.embed_tokens.weight[:1].unsqueeze(0), positions)
@@ -81,6 +93,29 @@ class StaticDecoder:
         fuse = sum(p.numel() * p.element_size() for p in model.parameters()) <= FUSE_MAX_BYTES
         self.layers = [self._fuse(layer) if fuse else (layer, None, None, None) for layer in self.inner.layers]
         self.gqa = self.heads != self.kv_heads
+        # rotate_half(x) * sin == swap_halves(x) * sin_signed exactly (negation is exact), one op fewer per layer
+        half = self.head_dim // 2
+        self.sin_signed = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=-1)
+        self.lean = [self._lean(fused) for fused in self.layers]
+
+    @staticmethod
+    def _lean(fused):
+        """Plain tensors for `_decode_layer`, or None where the layer needs the general `_layer` path.
+
+        One-token decode steps are dominated by per-op overhead on a CPU, so the lean path calls
+        `F.linear`/`F.silu` on the weights directly (no `nn.Module.__call__`) on 2-D activations.
+        It needs fused projections, plain Linear o/down projections, SiLU and no q/k norms (qwen3).
+        """
+        layer, w_qkv, b_qkv, w_gu = fused
+        attn, mlp = layer.self_attn, layer.mlp
+        o, down = attn.o_proj, getattr(mlp, "down_proj", None)
+        silu = type(getattr(mlp, "act_fn", None)).__name__ in ("SiLU", "SiLUActivation")
+        if w_qkv is None or w_gu is None or hasattr(attn, "q_norm") or not silu:
+            return None
+        if type(o) is not nn.Linear or type(down) is not nn.Linear or down.bias is not None:
+            return None
+        return (layer.input_layernorm, w_qkv, b_qkv, o.weight, o.bias, layer.post_attention_layernorm, w_gu,
+                down.weight, attn.layer_idx)
 
     @staticmethod
     def _fuse(layer):
@@ -145,6 +180,30 @@ class StaticDecoder:
             h = h + mlp(x)
         return h
 
+    def _decode_layer(self, lean, h, cos, sin_signed, n: int, col: int, masked_out: torch.Tensor):
+        """`_layer` for one token per row (h: [n, hidden]), op for op the same arithmetic, fewer ops.
+
+        Bit-identical to `_layer` (tests/test_speed_equivalence.py): the same matmuls and elementwise
+        ops in the same order; only views, module dispatch and the rotate-half negation are gone.
+        """
+        norm_in, w_qkv, b_qkv, w_o, b_o, norm_post, w_gu, w_down, idx = lean
+        H, KV, D = self.heads, self.kv_heads, self.head_dim
+        half = D // 2
+        qkv = F.linear(_rms_norm(norm_in, h), w_qkv, b_qkv)  # [n, (H + 2 KV) D]
+        qk = qkv[:, : (H + KV) * D].view(n, H + KV, D)
+        qk = qk * cos + torch.cat((qk[..., half:], qk[..., :half]), dim=-1) * sin_signed
+        kc, vc = self.k[idx], self.v[idx]
+        kc[:n, :, col] = qk[:, H:]
+        vc[:n, :, col] = qkv[:, (H + KV) * D :].view(n, KV, D)
+        end = col + 1
+        scores = torch.matmul(qk[:, :H].reshape(n, KV, H // KV, D) * self.scaling,
+                              kc[:n, :, :end].transpose(-1, -2))  # [n, KV, g, end]
+        probs = scores.masked_fill(masked_out, float("-inf")).softmax(-1)
+        o = torch.matmul(probs, vc[:n, :, :end]).reshape(n, H * D)
+        h = h + F.linear(o, w_o, b_o)
+        gate, up = F.linear(_rms_norm(norm_post, h), w_gu).chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, w_down)
+
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(_rms_norm(self.inner.norm, h))
 
@@ -182,13 +241,20 @@ class StaticDecoder:
         if col >= self.max_len:
             raise ValueError("the cache is full")
         self.valid[:n, col] = True
+        self.length = col + 1
+        if all(lean is not None for lean in self.lean):
+            cos, sin_signed = self.cos[position][:, None, :], self.sin_signed[position][:, None, :]
+            masked_out = ~self.valid[:n, None, None, : col + 1]  # once per step, not once per layer
+            h = self.inner.embed_tokens(tokens)
+            for lean in self.lean:
+                h = self._decode_layer(lean, h, cos, sin_signed, n, col, masked_out)
+            return self._logits(h)
         cos, sin = self.cos[position][:, None, None, :], self.sin[position][:, None, None, :]
         mask = self.valid[:n, None, None, : col + 1]
         h = self.inner.embed_tokens(tokens).unsqueeze(1)
         rows = slice(0, n)
         for fused in self.layers:
             h = self._layer(fused, h, cos, sin, rows, col, mask)
-        self.length = col + 1
         return self._logits(h[:, 0])
 
     def keep(self, live: torch.Tensor) -> torch.Tensor:
@@ -211,11 +277,15 @@ class StaticDecoder:
 
 
 def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """HF's RMSNorm as one fused op for float32 (same maths: x * rsqrt(mean(x^2) + eps) * weight)."""
+    """HF's RMSNorm for float32 in four ops: x * rsqrt(mean(x^2) + eps) * weight.
+
+    Same values as `F.rms_norm` (bit for bit on CPU; tests/test_speed_equivalence.py), but on a CPU
+    `F.rms_norm` runs a composite with dtype round trips that took 2-4x longer on decode-sized inputs.
+    """
     eps = getattr(norm, "variance_epsilon", None)
     if eps is None or x.dtype != torch.float32 or getattr(norm, "weight", None) is None:
         return norm(x)
-    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    return x.mul(torch.rsqrt((x * x).mean(-1, keepdim=True).add_(eps))).mul_(norm.weight)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,7 @@ class TorchSampler:
         self.share_prefill = share_prefill
         self.static_cache = static_cache
         self._token_text: dict[int, str] = {}
+        self._kv_storage: torch.Tensor | None = None  # reused by the next call (see StaticDecoder)
 
     def update_weights(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -101,7 +102,8 @@ class TorchSampler:
         B, P = prompt_ids.shape
         rows, T = B * n, sampling.max_new_tokens
         device = prompt_ids.device
-        decoder = kv_cache.StaticDecoder(self.model, rows, P + T)
+        decoder = kv_cache.StaticDecoder(self.model, rows, P + T, storage=self._kv_storage)
+        self._kv_storage = decoder.storage
         if self.share_prefill:
             logits = decoder.prefill(prompt_ids, prompt_mask, repeat=n).repeat_interleave(n, dim=0)
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
