@@ -75,7 +75,8 @@ class TorchSampler:
         self.share_prefill = share_prefill
         self.static_cache = static_cache
         self._token_text: dict[int, str] = {}
-        self._kv_storage: torch.Tensor | None = None  # reused by the next call (see StaticDecoder)
+        # the previous call's K/V cache memory, reused to avoid page faults (CPU only; see StaticDecoder)
+        self._kv_storage: torch.Tensor | None = None
 
     def update_weights(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -103,7 +104,9 @@ class TorchSampler:
         rows, T = B * n, sampling.max_new_tokens
         device = prompt_ids.device
         decoder = kv_cache.StaticDecoder(self.model, rows, P + T, storage=self._kv_storage)
-        self._kv_storage = decoder.storage
+        # on a GPU the caching allocator already recycles memory, and a held cache would be memory the
+        # training step cannot use; on a CPU a fresh cache is page-faulted in on every call
+        self._kv_storage = decoder.storage if device.type == "cpu" else None
         if self.share_prefill:
             logits = decoder.prefill(prompt_ids, prompt_mask, repeat=n).repeat_interleave(n, dim=0)
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
