@@ -46,7 +46,7 @@ def _attacks(host_file: str) -> list[Attack]:
         Attack("read_host_proc_environ", "print(open('/proc/1/environ').read())", fail + ("ok",), "PATH=/usr/local"),
         Attack("walk_filesystem_for_secret",
                "import os\nfor d,_,fs in os.walk('/'):\n  for f in fs:\n    p=os.path.join(d,f)\n"
-               f"    if 'secret' in p: print(open(p).read())", ("ok", "runtime_error", "timeout")),
+               "    if 'secret' in p: print(open(p).read())", ("ok", "runtime_error", "timeout")),
         Attack("symlink_escape", f"import os; os.symlink({host_file!r}, 'l'); print(open('l').read())", fail),
         Attack("proc_root_escape", f"print(open('/proc/1/root' + {host_file!r}).read())", fail),
         Attack("environment_leak", "import os; print(dict(os.environ))", ("ok",), "VIRTUAL_ENV"),

@@ -8,7 +8,6 @@ through `AutoModelForCausalLM`/`AutoTokenizer` like any hub model.
 
 from __future__ import annotations
 
-import string
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, PreTrainedTokenizerFast

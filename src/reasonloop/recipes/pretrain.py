@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 
-import torch
 from transformers import LlamaForCausalLM
 
 from reasonloop.config import require, require_choice

@@ -457,7 +457,6 @@ class Trainer:
         return seq_adv.unsqueeze(-1) * mask, extras
 
     def _sequence_advantages(self, rewards: torch.Tensor, data: StepData) -> torch.Tensor:
-        cfg = self.cfg
         if len(set(data.group_sizes)) > 1:  # adaptive groups: estimate group by group
             out, start = [], 0
             for g in data.group_sizes:

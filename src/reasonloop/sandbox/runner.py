@@ -18,7 +18,6 @@ Design choices (see docs/sandbox.md):
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import shutil
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from reasonloop.sandbox.isolation import (
-    DEFAULT_UID_BASE, NAMESPACES, NONE, RLIMITS, Isolation, detect, privilege_drop, usr_mounts)
+    DEFAULT_UID_BASE, NAMESPACES, NONE, Isolation, detect, privilege_drop, usr_mounts)
 from reasonloop.sandbox.records import ExecResult, Limits
 
 SCRATCH = "/sandbox"  # the program's working directory inside the namespace
