@@ -151,18 +151,9 @@ def _length_buckets(mask: torch.Tensor, max_buckets: int = 4, min_saving: float 
 
 def _policy_forward(model, batch: TokenBatch, temperature: float, with_entropy: bool, with_hidden: bool,
                     share_prompts: bool) -> ForwardOut:
-    P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    T = batch.completion_ids.shape[1]
     shared = _shared_prompt_forward(model, batch, with_hidden) if share_prompts and T > 1 else None
-    if shared is not None:
-        logits, hidden = shared
-    else:
-        ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
-        mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
-        position = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False,
-                    output_hidden_states=with_hidden)
-        logits = out.logits[:, P - 1 : P + T - 1, :]  # position t predicts token t+1
-        hidden = out.hidden_states[-1][:, P - 1 : P + T - 1, :] if with_hidden else None
+    logits, hidden = shared if shared is not None else _plain_forward(model, batch, with_hidden)
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     entropy = None
@@ -218,10 +209,18 @@ def completion_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: 
 
 
 def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """[N, T, V] logits predicting each completion token (same alignment as `train.forward.policy_forward`)."""
+    """[N, T, V] logits predicting each completion token (same alignment as `policy_forward`)."""
+    return _plain_forward(model, batch, with_hidden=False)[0]
+
+
+def _plain_forward(model, batch: TokenBatch, with_hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward over prompt+completion; (logits [N, T, V], last hidden [N, T, H] or None) aligned
+    with the completion tokens: position P-1+t predicts token t."""
+    P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
     position = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False).logits
-    P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    return logits[:, P - 1 : P + T - 1, :]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False,
+                output_hidden_states=with_hidden)
+    hidden = out.hidden_states[-1][:, P - 1 : P + T - 1, :] if with_hidden else None
+    return out.logits[:, P - 1 : P + T - 1, :], hidden
