@@ -28,9 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +49,7 @@ from reasonloop.rewards.core import compute_rewards
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.selfimprove.selection import Sample
+from reasonloop.train.checkpoint import latest_checkpoint, load_model_weights, write_checkpoint_dir
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.train.forward import encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
@@ -232,32 +231,21 @@ class Loop:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoint(self, iteration: int) -> None:
-        root = self.run.dir / "checkpoints"
-        final, tmp = root / f"iter-{iteration:03d}", root / f"iter-{iteration:03d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save_pretrained(str(tmp / "model"), safe_serialization=True)
-        state = {"iteration": iteration, "history": self.history, "before": self.before,
-                 "last_eval": self.last_eval, "order": self._order, "rng": rng_to_json(self._rng.getstate()),
-                 "extra": self.extra_state}
-        (tmp / "state.json").write_text(json.dumps(state))
-        torch.save(self.generator.get_state(), tmp / "generator.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        (root / "latest.tmp").write_text(final.name)
-        os.replace(root / "latest.tmp", root / "latest")
+        def fill(tmp):
+            self.model.save_pretrained(str(tmp / "model"), safe_serialization=True)
+            state = {"iteration": iteration, "history": self.history, "before": self.before,
+                     "last_eval": self.last_eval, "order": self._order, "rng": rng_to_json(self._rng.getstate()),
+                     "extra": self.extra_state}
+            (tmp / "state.json").write_text(json.dumps(state))
+            torch.save(self.generator.get_state(), tmp / "generator.pt")
+
+        write_checkpoint_dir(self.run.dir, f"iter-{iteration:03d}", fill)
 
     def _restore(self) -> bool:
-        pointer = self.run.dir / "checkpoints" / "latest"
-        if not pointer.is_file():
+        path = latest_checkpoint(self.run.dir)
+        if path is None:
             return False
-        path = pointer.parent / pointer.read_text().strip()
-        from safetensors.torch import load_file
-
-        weights = {}
-        for f in sorted((path / "model").glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        self.model.load_state_dict(weights, strict=False)  # tied embeddings are stored once
+        load_model_weights(self.model, path / "model")
         state = json.loads((path / "state.json").read_text())
         self.history, self.before, self.last_eval = state["history"], state["before"], state["last_eval"]
         self._order = state["order"]
