@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -93,3 +94,71 @@ def test_code_arith_pool_larger_than_a_level_returns_what_exists_and_has_sft_rec
     assert 1000 < len(pool) <= 5000 and len({e.id for e in pool}) == len(pool)
     records = task.sft_records("train", 3)
     assert records[0]["completion"].startswith("<answer>def f(") and records[0]["prompt"].startswith("Q: code f(")
+
+
+def test_code_arith_prompts_use_maths_notation():
+    from reasonloop.data.tasks.code import maths_notation, signed
+
+    assert maths_notation("3*a*b-c*7+2") == "3ab-c*7+2"
+    assert signed([4, -7, 3]) == "+4-7+3"
+    for ex in CodeArithTask().examples("test", 40):
+        formula = ex.prompt.split("=", 1)[1].strip()
+        assert "*" not in formula and maths_notation(ex.meta["id"]) == formula
+
+
+@needs_sandbox
+def test_code_arith_corpus_mixes_careful_and_lazy_programs_that_are_all_correct():
+    task = CodeArithTask()
+    records = task.pretraining_records(24, seed=3, p_careful=0.5)
+    examples = [task._example(r["id"], r["level"], random.Random(0)) for r in records]
+    careful = [r["completion"] == ex.answer for r, ex in zip(records, examples)]
+    assert 0 < sum(careful) < len(records)
+    for record, ex in zip(records, examples):
+        assert task.is_correct(record["completion"], ex), record
+
+
+# Reads its own source (the harness included), finds the per-run nonce and prints pass markers for
+# every test before the tests run.
+FORGER = r'''
+import os, re, sys
+src = ""
+for path in [sys.argv[0], *[f"/proc/self/fd/{fd}" for fd in os.listdir("/proc/self/fd")]]:
+    try:
+        src += open(path, errors="ignore").read()
+    except Exception:
+        pass
+m = re.search(r"([0-9a-f]{32})\|%d", src)
+for i in range(50):
+    print(f"\n{m.group(1)}|{i}|pass|", flush=True)
+os._exit(0)
+'''
+
+
+def _humaneval_task(tmp_path, test: str):
+    row = {"task_id": "HumanEval/0", "entry_point": "inc", "prompt": "def inc(xs):\n    \"\"\"Add one.\"\"\"\n",
+           "canonical_solution": "    return [x + 1 for x in xs]\n", "test": test}
+    (tmp_path / "he.jsonl").write_text(json.dumps(row) + "\n")
+    task = make_humaneval(None, str(tmp_path))
+    return task, task.examples("test", 0)[0]
+
+
+@needs_sandbox
+def test_humaneval_check_is_unrolled_so_a_forged_pass_marker_earns_nothing(tmp_path):
+    test = ('METADATA = {"author": "x"}\n\n\ndef check(candidate):\n    """doc"""\n'
+            '    assert candidate([1, 2]) == [2, 3]\n    assert candidate([]) == []\n')
+    task, ex = _humaneval_task(tmp_path, test)
+    assert ex.meta["tests"] == ["assert candidate([1, 2]) == [2, 3]", "assert candidate([]) == []"]
+    assert "[2, 3]" not in ex.meta["test_setup"] and ex.meta["test_setup"].endswith("candidate = inc\n")
+    assert task.is_correct(ex.answer, ex)
+    assert not task.is_correct("    return xs\n", ex)
+    assert not task.is_correct(f"```python\n{FORGER}\n```", ex)
+
+
+@needs_sandbox
+def test_humaneval_check_that_cannot_be_unrolled_runs_whole_and_stays_forgeable(tmp_path):
+    """The documented limit: a check with loops runs whole in the sandbox, where its pass marker can be forged."""
+    test = "def check(candidate):\n    for n in range(3):\n        assert candidate([n]) == [n + 1]\n"
+    task, ex = _humaneval_task(tmp_path, test)
+    assert len(ex.meta["tests"]) == 1 and "check(inc)" in ex.meta["tests"][0]
+    assert task.is_correct(ex.answer, ex) and not task.is_correct("    return xs\n", ex)
+    assert task.is_correct(f"```python\n{FORGER}\n```", ex)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from reasonloop.config import load_config
 from reasonloop.recipes import rl
+from reasonloop.sandbox import NAMESPACES, isolation_level
 
 
 def gsm8k_fixture(path):
@@ -34,3 +37,18 @@ def test_train_on_gsm8k_from_a_local_file(nano_model_dir, tmp_path):
 def test_train_on_a_reasoning_gym_dataset(nano_model_dir, tmp_path):
     result = rl.Trainer(small_run(nano_model_dir, tmp_path, "task=reasoning_gym:basic_arithmetic")).train()
     assert result["after"]["overall"]["n"] == 2
+
+
+@pytest.mark.skipif(isolation_level() != NAMESPACES, reason="code rewards run in the sandbox")
+def test_train_on_code_arith_uses_tiny_code_and_gets_a_learning_signal(tmp_path):
+    """The embedded default for code_arith is tiny-code: its samples pass and fail, so GRPO has signal."""
+    cfg = load_config(rl.Config, [
+        "task=code_arith:1,2", f"output_dir={tmp_path / 'run'}", "steps=1", "prompts_per_step=8", "group_size=8",
+        "eval_n=4", "eval_k=0", "save_every=0", "train_pool=64", "threads=1", "seed=0",
+    ])
+    trainer = rl.Trainer(cfg)
+    assert trainer.model.config.name_or_path.endswith("tiny-code")
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in rows if "reward/mean" in r)
+    assert 0.05 < step["reward/correct"] < 0.95 and step["zero_variance_frac"] < 1.0

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from reasonloop.config import ConfigError, load_config, render_help
-from reasonloop.recipes.presets import RL_PRESETS
+from reasonloop.recipes.presets import PRETRAIN_CODE, RL_PRESETS
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,13 @@ class Command:
     module: str
     summary: str
     config: str = "Config"  # attribute name of the config dataclass in `module`; "" for main(argv)
-    preset: tuple[str, ...] = ()  # key=value pairs applied before the user's own (aliases of `train`)
+    preset: tuple[str, ...] = ()  # key=value pairs applied before the user's own
 
 
 COMMANDS: dict[str, Command] = {
-    "pretrain": Command("reasonloop.recipes.pretrain", "rebuild the embedded tiny model from scratch"),
+    "pretrain": Command("reasonloop.recipes.pretrain", "rebuild the embedded tiny model (tiny-arith) from scratch"),
+    "pretrain_code": Command("reasonloop.recipes.pretrain", "rebuild tiny-code: tiny-arith trained on code_arith programs",
+                             preset=tuple(PRETRAIN_CODE)),
     "sft": Command("reasonloop.recipes.sft", "supervised fine-tuning on (prompt, completion) records"),
     "eval": Command("reasonloop.recipes.evaluate", "pass@1 (greedy/sampled), pass@k, maj@k per level"),
     "train": Command("reasonloop.recipes.rl", "online RL (GRPO by default; see the presets below)"),

@@ -12,13 +12,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from reasonloop.config import require, require_choice
 
-DEFAULT_MODEL = "embedded"  # alias for the shipped tiny model in reasonloop/assets/tiny-arith
+DEFAULT_MODEL = "embedded"  # the task's shipped tiny model (a task names it as `embedded_model`)
+ASSETS = ("tiny-arith", "tiny-code")  # model directories shipped in reasonloop/assets
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_model_path(name: str) -> str:
+def resolve_model_path(name: str, task: Any = None) -> str:
+    """'embedded' -> the asset `task.embedded_model` names (tiny-arith when it names none); an asset
+    name -> its directory, unless a local path of that name exists; anything else unchanged."""
     if name == DEFAULT_MODEL:
-        return str(resources.files("reasonloop") / "assets" / "tiny-arith")
+        name = getattr(task, "embedded_model", ASSETS[0])
+    if name in ASSETS and not Path(name).exists():
+        return str(resources.files("reasonloop") / "assets" / name)
     return name
 
 
@@ -37,7 +42,8 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name: str = DEFAULT_MODEL
-    """A local model directory or hub id loadable by AutoModelForCausalLM; 'embedded' is the shipped tiny model."""
+    """A local model directory or hub id loadable by AutoModelForCausalLM; 'embedded' is the task's shipped tiny
+    model (tiny-code for code_arith, tiny-arith otherwise; both names also work)."""
     dtype: str = "float32"
     """Parameter dtype: float32 (CPU default), bfloat16 or float16 (GPU)."""
     device: str = "auto"
@@ -57,20 +63,25 @@ class ModelConfig:
         return torch.device(self.device)
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
+def load_tokenizer(name: str, task: Any = None) -> PreTrainedTokenizerBase:
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name, task))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
 
 
-def load_model(cfg: ModelConfig) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.name), dtype=DTYPES[cfg.dtype])
+def load_model(cfg: ModelConfig, task: Any = None) -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.name, task), dtype=DTYPES[cfg.dtype])
     model.to(cfg.torch_device())
     if cfg.lora.r > 0:
         model = add_lora(model, cfg.lora)
     return model
+
+
+def load_policy(cfg: ModelConfig, task: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Tokenizer and model for training or evaluating on `task` ('embedded' resolves to the task's asset)."""
+    return load_tokenizer(cfg.name, task), load_model(cfg, task)
 
 
 def add_lora(model: PreTrainedModel, lora: LoraConfig) -> Any:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from reasonloop.config import require
 from reasonloop.data.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt
+from reasonloop.models.loading import ModelConfig, load_policy, render_prompt
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.evaluation import evaluate, format_table
@@ -56,8 +56,7 @@ def run(cfg: Config) -> dict:
     set_seed(cfg.seed)
     run_ = Run(cfg.output_dir or default_output_dir("eval"), cfg)
     task = make_task(cfg.task, cfg.data_dir or None)
-    tokenizer = load_tokenizer(cfg.model.name)
-    model = load_model(cfg.model)
+    tokenizer, model = load_policy(cfg.model, task)
     examples = task.examples(cfg.split, cfg.n, seed=cfg.seed)
     engine = TorchSampler(model, tokenizer)
     summary, rows = evaluate(

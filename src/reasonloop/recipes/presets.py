@@ -16,3 +16,7 @@ RL_PRESETS: dict[str, list[str]] = {
             "agg_mode=token_mean"],
     "gspo": ["ratio_level=sequence", "clip_low=0.0003", "clip_high=0.0004", "epochs=2"],
 }
+
+# `reasonloop pretrain_code`: rebuilds the tiny-code asset from tiny-arith (docs/tasks-embedded.md).
+PRETRAIN_CODE: list[str] = ["corpus=code", "steps=400", "optim.lr=1e-3", "optim.warmup_steps=10", "corpus_size=20000",
+                            "eval_every=100", "eval_per_level=50"]

@@ -1,10 +1,14 @@
-"""Rebuild the embedded tiny model from scratch on the procedural arithmetic corpus.
+"""Rebuild the embedded tiny models: tiny-arith from scratch, tiny-code on top of it.
 
-Builds the char-level tokenizer and a tiny Llama config (`models/tiny.py`), trains it with a
-next-token loss on `ArithmeticTask.pretraining_records` (careful and lazy worked solutions, see
-`data/tasks/arithmetic.py`; the questions are random draws, so only the solutions carry loss), evaluates on the held-out split per level, and saves an ordinary HF
-model directory to `<output_dir>/model`. The shipped asset `reasonloop/assets/tiny-arith` is this
-command's output with the defaults (`export=true` copies it there).
+`corpus=arithmetic` (the default) builds the char-level tokenizer and a tiny Llama config
+(`models/tiny.py`) and trains it with a next-token loss on `ArithmeticTask.pretraining_records`
+(careful and lazy worked solutions, see `data/tasks/arithmetic.py`; the questions are random draws,
+so only the solutions carry loss). `corpus=code` continues from the tiny-arith asset on the
+code_arith task's programs (`CodeArithTask.pretraining_records`: careful ones that copy the formula,
+lazy ones that fold its constants). Either way the run evaluates on the held-out split per level and
+saves an ordinary HF model directory to `<output_dir>/model`; `export=true` copies it over the
+shipped asset. The shipped assets are `reasonloop pretrain` and `reasonloop pretrain_code` (the
+same recipe with the code corpus and its settings, `recipes/presets.py`) with their defaults.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from reasonloop.config import require, require_choice
 from reasonloop.data.tasks.arithmetic import ArithmeticTask
+from reasonloop.data.tasks.code import CodeArithTask
+from reasonloop.models.loading import resolve_model_path
 from reasonloop.models.tiny import SIZES, build_config, build_tokenizer
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
@@ -33,8 +39,11 @@ from reasonloop.train.supervised import supervised_step
 class Config:
     output_dir: str = ""
     """Run directory; empty means runs/pretrain-<timestamp>."""
+    corpus: str = "arithmetic"
+    """'arithmetic': a new model from scratch (the tiny-arith asset); 'code': continue the tiny-arith asset on
+    careful and lazy code_arith programs (the tiny-code asset)."""
     size: str = "tiny"
-    """Model size preset from models/tiny.py SIZES (nano, tiny, small)."""
+    """Model size preset from models/tiny.py SIZES (nano, tiny, small); corpus=arithmetic only."""
     steps: int = 2000
     """Optimizer steps."""
     batch_size: int = 64
@@ -44,7 +53,8 @@ class Config:
     corpus_size: int = 150_000
     """Distinct training problems in the corpus (drawn from the train split only)."""
     p_careful: float = 0.4
-    """Fraction of corpus solutions written step by step; the rest jump straight to the result."""
+    """Fraction of careful solutions (arithmetic: step by step; code: the formula copied); the rest jump to the
+    result (arithmetic: the final value; code: the constants folded)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=100))
     """Optimiser and schedule."""
     eval_every: int = 400
@@ -56,25 +66,34 @@ class Config:
     threads: int = 0
     """torch threads; 0 keeps torch's default."""
     export: bool = False
-    """Copy the final model into the package's assets (what ships as model=embedded)."""
+    """Copy the final model over the shipped asset of its corpus (tiny-arith or tiny-code)."""
 
     def __post_init__(self):
+        require_choice("corpus", self.corpus, list(CORPORA))
         require_choice("size", self.size, list(SIZES))
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
         require(0.0 <= self.p_careful <= 1.0, "p_careful must be in [0, 1]")
+
+
+CORPORA = {"arithmetic": "tiny-arith", "code": "tiny-code"}  # corpus -> the asset it rebuilds
 
 
 def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     run_ = Run(cfg.output_dir or default_output_dir("pretrain"), cfg)
-    tokenizer = build_tokenizer()
-    model = LlamaForCausalLM(build_config(tokenizer, cfg.size))
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"pretrain: {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} sequences")
-
-    task = ArithmeticTask()
+    if cfg.corpus == "arithmetic":
+        tokenizer = build_tokenizer()
+        model = LlamaForCausalLM(build_config(tokenizer, cfg.size))
+        task = ArithmeticTask()
+    else:
+        base = resolve_model_path(CORPORA["arithmetic"])
+        tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
+        task = CodeArithTask()
     corpus = task.pretraining_records(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"pretrain ({cfg.corpus}): {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} sequences")
+
     held_out = task.examples("test", cfg.eval_per_level * len(task.levels), seed=cfg.seed)
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
     sampler = TorchSampler(model, tokenizer)
@@ -109,7 +128,7 @@ def run(cfg: Config) -> dict:
     result = {"parameters": n_params, "seconds": train_seconds, "eval": summary, "model_dir": str(model_dir)}
     run_.write_json("summary.json", result)
     if cfg.export:
-        target = resources.files("reasonloop") / "assets" / "tiny-arith"
+        target = resources.files("reasonloop") / "assets" / CORPORA[cfg.corpus]
         shutil.rmtree(str(target), ignore_errors=True)
         shutil.copytree(model_dir, str(target))
         print(f"exported to {target}")

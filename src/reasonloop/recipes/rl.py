@@ -52,7 +52,7 @@ from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import require, require_choice
 from reasonloop.data.records import Example, RolloutBatch
 from reasonloop.data.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt, save_model
+from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
 from reasonloop.rewards.core import compute_rewards
 from reasonloop.rollout.engine import SamplingConfig
@@ -256,8 +256,7 @@ class Trainer:
         self.out_dir = cfg.output_dir or default_output_dir("train")
         self.run = Run(self.out_dir, cfg)
         self.task = make_task(cfg.task, cfg.data_dir or None)
-        self.tokenizer = load_tokenizer(cfg.model.name)
-        self.model = load_model(cfg.model)
+        self.tokenizer, self.model = load_policy(cfg.model, self.task)
         self.use_lora = cfg.model.lora.r > 0
         self.ref = None
         if cfg.kl_coef > 0 and not self.use_lora:  # with LoRA the reference is the adapter-free model

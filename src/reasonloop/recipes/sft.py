@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.io import load_rows, select_text_fields
 from reasonloop.data.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt, save_model
+from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -89,8 +89,7 @@ def run(cfg: Config) -> dict:
     out_dir = cfg.output_dir or default_output_dir("sft")
     run_ = Run(out_dir, cfg)
     task = make_task(cfg.task, cfg.data_dir or None)
-    tokenizer = load_tokenizer(cfg.model.name)
-    model = load_model(cfg.model)
+    tokenizer, model = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
     records = load_records(cfg, task)
     held_out = task.examples("test", cfg.eval_n, seed=cfg.seed)

@@ -8,9 +8,9 @@ Two test styles, stored in an example's `meta["tests"]` (a reward function recei
   A test of the form `assert EXPR == LITERAL` is *split*: the sandbox prints `repr(EXPR)` and the
   parent compares it with LITERAL, so the expected value never enters the sandbox and a program that
   reads or rewrites the harness still cannot fake a pass without computing the answer. Any other
-  test (`math.isclose`, HumanEval's `check(candidate)`) runs whole in the sandbox and reports a
-  pass marker carrying a per-run nonce; a program that introspects the harness could forge that
-  marker, so prefer splittable tests where reward hacking matters.
+  test (`math.isclose`, a HumanEval `check(candidate)` that `unroll_check` cannot split) runs whole
+  in the sandbox and reports a pass marker carrying a per-run nonce; a program that introspects the
+  harness can forge that marker (tested), so prefer splittable tests where reward hacking matters.
 
 Reward functions follow `reasonloop.rewards.core`: `fn(prompts, completions, **columns)`; rows
 without tests score None.
@@ -84,6 +84,30 @@ def _split(test: str) -> _SplitAssert | None:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return None
     return _SplitAssert(ast.unparse(cmp.left), expected)
+
+
+def unroll_check(test_module: str, entry_point: str) -> tuple[list[str], str] | None:
+    """HumanEval's `def check(candidate): assert ...` as separate splittable asserts plus a setup.
+
+    Returns (asserts, setup) when every statement of `check` is `assert EXPR == LITERAL`: the asserts
+    keep `candidate`, which the setup binds to the entry point, and the setup holds the module's other
+    statements but not `check` itself, so the expected literals never enter the sandbox. None for any
+    other shape (loops, tolerances, helpers): then the whole check runs in the sandbox.
+    """
+    try:
+        tree = ast.parse(test_module)
+    except SyntaxError:
+        return None
+    checks = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check" and n.args.args]
+    if len(checks) != 1:
+        return None
+    check = checks[0]
+    body = [n for n in check.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    asserts = [ast.unparse(n) for n in body]
+    if not asserts or any(_split(a) is None for a in asserts):
+        return None
+    rest = ast.unparse(ast.Module(body=[n for n in tree.body if n is not check], type_ignores=[]))
+    return asserts, f"{rest}\n{check.args.args[0].arg} = {entry_point}\n"
 
 
 def assert_harness(code: str, tests: Sequence[str], setup: str, nonce: str) -> str:

@@ -40,8 +40,7 @@ from reasonloop.data.records import Example
 from reasonloop.data.tasks import make_task
 from reasonloop.models.loading import (
     ModelConfig,
-    load_model,
-    load_tokenizer,
+    load_policy,
     render_prompt,
     save_model,
 )
@@ -120,8 +119,7 @@ class Loop:
         self.run = Run(cfg.output_dir or default_output_dir(command), cfg)
         self.command = command
         self.task = make_task(cfg.task, cfg.data_dir or None)
-        self.tokenizer = load_tokenizer(cfg.model.name)
-        self.model = load_model(cfg.model)
+        self.tokenizer, self.model = load_policy(cfg.model, self.task)
         self.base_state = copy.deepcopy(self.model.state_dict())  # for ReST-EM's restart from the base
         self.sampler = TorchSampler(self.model, self.tokenizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)

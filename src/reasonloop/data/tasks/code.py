@@ -9,9 +9,10 @@ All three verify by running the completion's code against tests in the sandbox
   (test 11-510, validation 511-600, train 601-974; 1-10 are few-shot prompts).
 - `humaneval` (`task=humaneval`): rows with `task_id`, `prompt`, `canonical_solution`, `test`,
   `entry_point`. An evaluation set: only the "test" split exists.
-- `code_arith` (`task=code_arith` or `code_arith:LEVEL[,LEVEL]`): "write f(a,b)=a*b+3" answered as
-  `<answer>def f(a,b):return a*b+3</answer>`, checked by split asserts on random inputs. Problems go
-  to train/test by a hash of their expression, so the splits never share one.
+- `code_arith` (`task=code_arith` or `code_arith:LEVEL[,LEVEL]`): a formula in maths notation,
+  `Q: code f(a,b)=3ab-7`, answered as `<answer>def f(a,b):return 3*a*b-7</answer>`: the model must
+  turn implicit products into `*` and keep every name and constant; checked by split asserts on
+  random inputs. Problems go to train/test by a hash of their expression, so the splits never share one.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 from reasonloop.data.records import Example
-from reasonloop.rewards.code import CodeVerifier, correct_reward
+from reasonloop.rewards.code import CodeVerifier, correct_reward, unroll_check
 from reasonloop.rewards.core import RewardSpec, example_columns
 
 MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601),
@@ -117,28 +119,40 @@ class HumanEvalTask(_SandboxedTask):
     @staticmethod
     def _example(row: dict[str, Any]) -> Example:
         entry = row["entry_point"]
+        unrolled = unroll_check(row["test"], entry)  # splittable asserts keep expected values out of the sandbox
+        tests, setup = unrolled or ([f"{row['test']}\ncheck({entry})\n"], "")
         return Example(row["prompt"], row.get("canonical_solution", ""), {
-            "id": row["task_id"], "tests": [f"{row['test']}\ncheck({entry})\n"], "test_style": "assert",
+            "id": row["task_id"], "tests": tests, "test_style": "assert", "test_setup": setup,
             "code_prefix": row["prompt"], "entry_point": entry})
 
 
 # -- procedural: code_arith ---------------------------------------------------------------------------
 
-# level -> (number of variables, number of operations, largest constant)
-CODE_ARITH_LEVELS: dict[int, tuple[int, int, int]] = {1: (2, 1, 0), 2: (2, 2, 9), 3: (3, 2, 9), 4: (3, 3, 9)}
+# level -> (variables, operations between them, single-digit constants added or subtracted after them)
+CODE_ARITH_LEVELS: dict[int, tuple[int, int, int]] = {1: (1, 0, 2), 2: (2, 1, 2), 3: (2, 1, 3), 4: (3, 2, 4)}
 VARIABLES = "abc"
 TEST_INPUTS = 4
 TEST_BUCKETS = 5  # one expression in five is held out
 
 
-def sample_expression(rng: random.Random, level: int) -> str:
-    """A random `+ - *` expression over the first k variables, each used at least once."""
-    n_vars, n_ops, max_const = CODE_ARITH_LEVELS[level]
+def sample_terms(rng: random.Random, level: int) -> tuple[str, list[int]]:
+    """A `+ - *` expression over the first k variables (each once) and the signed constants after it."""
+    n_vars, n_ops, n_consts = CODE_ARITH_LEVELS[level]
     names = list(VARIABLES[:n_vars])
-    atoms = names + [str(rng.randint(1, max_const)) for _ in range(n_ops + 1 - n_vars)]
-    rng.shuffle(atoms)
+    rng.shuffle(names)
     ops = [rng.choice("+-*") for _ in range(n_ops)]
-    return atoms[0] + "".join(op + atom for op, atom in zip(ops, atoms[1:]))
+    variables = names[0] + "".join(op + name for op, name in zip(ops, names[1:]))
+    return variables, [rng.choice((1, -1)) * rng.randint(1, 9) for _ in range(n_consts)]
+
+
+def signed(constants: list[int]) -> str:
+    """[4, -7, 3] -> '+4-7+3'."""
+    return "".join(f"{c:+d}" for c in constants)
+
+
+def maths_notation(expression: str) -> str:
+    """`3*a*b-7` -> `3ab-7`: a product whose right factor is a variable is written by juxtaposition."""
+    return re.sub(r"\*(?=[a-z])", "", expression)
 
 
 def code_arith_split(expression: str) -> str:
@@ -147,9 +161,15 @@ def code_arith_split(expression: str) -> str:
 
 
 class CodeArithTask(_SandboxedTask):
-    """`Q: code f(a,b)=a*b+3` -> `<answer>def f(a,b):return a*b+3</answer>`; 4 split-assert tests."""
+    """`Q: code f(a,b)=ab+4-7+3` -> `<answer>def f(a,b):return a*b+4-7+3</answer>`; 4 split-assert tests.
+
+    The reference program copies the formula and lets Python do the arithmetic; `pretraining_records`
+    also writes *lazy* programs that fold the constants in the head (`return a*b+4-7+3` -> `return a*b`),
+    which a tiny model gets wrong as the chain grows: the headroom RL has to find, as in the arithmetic task.
+    """
 
     name = "code_arith"
+    embedded_model = "tiny-code"  # what model.name=embedded means for this task (models/loading.py)
 
     def __init__(self, levels: tuple[int, ...] = tuple(CODE_ARITH_LEVELS)):
         unknown = [lv for lv in levels if lv not in CODE_ARITH_LEVELS]
@@ -167,7 +187,8 @@ class CodeArithTask(_SandboxedTask):
         while len(out) < n and live:
             level = live[i % len(live)]
             for _ in range(2_000):
-                expr = sample_expression(rng, level)
+                variables, constants = sample_terms(rng, level)
+                expr = variables + signed(constants)
                 if expr not in seen and code_arith_split(expr) == split:
                     seen.add(expr)
                     out.append(self._example(expr, level, rng))
@@ -181,15 +202,39 @@ class CodeArithTask(_SandboxedTask):
         """(prompt, reference solution) records: what `reasonloop sft task=code_arith` trains on."""
         return [{"prompt": ex.prompt, "completion": ex.answer} for ex in self.examples(split, n, seed)]
 
+    def pretraining_records(self, n: int, seed: int = 0, p_careful: float = 0.4) -> list[dict]:
+        """`n` train-split draws (levels uniform, repeats allowed), each answered by the reference
+        program with probability `p_careful`, else by the lazy one that folds the constants."""
+        rng, records = random.Random(f"code_arith:{seed}:corpus"), []
+        while len(records) < n:
+            level = rng.choice(self.levels)
+            variables, constants = sample_terms(rng, level)
+            expr = variables + signed(constants)
+            if code_arith_split(expr) != "train":
+                continue
+            params = self._params(level)
+            folded = sum(constants)
+            body = expr if rng.random() < p_careful else variables + (f"{folded:+d}" if folded else "")
+            records.append({"prompt": self._prompt(params, expr), "id": expr, "level": level,
+                            "completion": f"<answer>def f({params}):return {body}</answer>"})
+        return records
+
     @staticmethod
-    def _example(expr: str, level: int, rng: random.Random) -> Example:
-        params = ",".join(VARIABLES[:CODE_ARITH_LEVELS[level][0]])
+    def _params(level: int) -> str:
+        return ",".join(VARIABLES[:CODE_ARITH_LEVELS[level][0]])
+
+    @staticmethod
+    def _prompt(params: str, expr: str) -> str:
+        return f"Q: code f({params})={maths_notation(expr)}\n"
+
+    def _example(self, expr: str, level: int, rng: random.Random) -> Example:
+        params = self._params(level)
         tests = []
         for _ in range(TEST_INPUTS):
             env = {v: rng.randint(-9, 9) for v in params.split(",")}
             value = eval(expr, {"__builtins__": {}}, env)  # our own generated expression, not model output
             tests.append(f"assert f({','.join(str(env[v]) for v in params.split(','))}) == {value}")
-        return Example(f"Q: code f({params})={expr}\n", f"<answer>def f({params}):return {expr}</answer>",
+        return Example(self._prompt(params, expr), f"<answer>def f({params}):return {expr}</answer>",
                        {"id": expr, "level": level, "tests": tests, "test_style": "assert"})
 
 
