@@ -200,6 +200,25 @@ def test_bench_accepts_flags_and_keys():
     assert (cfg.vs, cfg.max_new_tokens, cfg.steps) == ("trl", 32, 3)
 
 
+def test_gemm_replay_times_only_the_matrix_multiplies():
+    """The bench's ceiling replays a call's mm/bmm/addmm alone: time spent elsewhere is left out."""
+    import time
+
+    from reasonloop.recipes.bench import gemm_replay_seconds, recorded_gemms
+
+    a, b, bias = torch.randn(64, 64), torch.randn(64, 64), torch.randn(64)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        torch.mm(a, b), torch.bmm(a[None], b[None]), torch.addmm(bias, a, b)
+        time.sleep(0.3)  # stands for everything that is not a matmul
+
+    assert recorded_gemms(fn) == [("aten::mm", [[64, 64], [64, 64]]), ("aten::bmm", [[1, 64, 64], [1, 64, 64]]),
+                                  ("aten::addmm", [[64], [64, 64], [64, 64]])]
+    assert gemm_replay_seconds(fn, 2, torch.device("cpu")) < 0.1 and len(calls) == 2
+
+
 def test_length_buckets_forward_equals_one_padded_forward_with_gradients(nano_model, tokenizer):
     from reasonloop.train.forward import _length_buckets, encode_pairs
 

@@ -7,14 +7,16 @@ process and with `threads` torch threads:
               for model FLOP utilisation (MFU);
 2. grpo       `steps` GRPO steps of `recipes/rl.Trainer` (arithmetic task, `prompts` x `group_size`
               samples, `max_new_tokens`): median seconds per step, the split generation / reward /
-              log-probs / update, generation and training tokens/s, peak RSS;
+              log-probs / update, generation and training tokens/s, peak RSS, and the time of the
+              step's matrix multiplies alone (`gemm_replay_seconds`): a floor on the step time;
 3. generate   the sampler alone against transformers' `model.generate` on the same batch (same
-              sampling settings, num_return_sequences=G): tokens/s of each and the ratio;
+              sampling settings, num_return_sequences=G): tokens/s of each, the ratio, and its
+              ceiling (the ratio if everything but the sampler's matrix multiplies cost nothing);
 4. train      forward+backward of the "small" (~20M parameter) model at sequence length `train_seq`:
               tokens/s and MFU = (6 * params + 12 * layers * hidden * seq) * tokens/s / matmul rate;
 5. trl        (vs=trl) TRL's GRPOTrainer with the same model, prompts (same order), reward functions
               and weights, G, completion length, batch, lr, beta, temperature, one iteration, no vLLM,
-              CPU; prints the per-step ratio;
+              CPU; prints the per-step ratio and its ceiling (TRL's step / our matmuls alone);
 6. memory     (memory=true) peak RSS of the GRPO step at `prompts` and 2x`prompts` prompts, each in a
               fresh subprocess, same micro-batch size: micro-batching keeps it flat;
 7. scaling    (scaling=true) step time for G in {4, 8, 16} and completion lengths {32, 64, 128};
@@ -243,6 +245,8 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path) -> dict:
         "generation_tokens_per_s": med["completion_tokens"] / med["generation_s"],
         "training_tokens_per_s": med["sequence_tokens"] / train_s,
         "peak_rss_mb": peak_rss_mb(), "cuda_peak_mb": cuda_peak_mb(),
+        # the step's matmuls (sampling, log-probs, forward and backward) replayed alone: a floor on its time
+        "gemm_only_s": gemm_replay_seconds(lambda: trainer.step(), 3, next(trainer.model.parameters()).device),
     }
     if cfg.profile:
         from torch.profiler import profile
@@ -340,7 +344,40 @@ def bench_generate(cfg: Config, model_dir: str) -> dict:
         res[name] = {"median_s": statistics.median(times), "tokens": statistics.median(tokens),
                      "tokens_per_s": sum(tokens) / sum(times)}
     res["speedup_tokens_per_s"] = res["sampler"]["tokens_per_s"] / res["hf_generate"]["tokens_per_s"]
+    gemm_s = gemm_replay_seconds(lambda: ours(reps + 1), reps, model.device)
+    res["sampler_gemm_only_s"] = gemm_s
+    res["sampler_gemm_share"] = gemm_s / res["sampler"]["median_s"]
+    res["ceiling_vs_generate"] = res["speedup_tokens_per_s"] / res["sampler_gemm_share"]
     return res
+
+
+GEMM_OPS = {"aten::mm": torch.mm, "aten::bmm": torch.bmm, "aten::addmm": torch.addmm}
+
+
+def recorded_gemms(fn) -> list[tuple[str, list[list[int]]]]:
+    """(op name, input shapes) of every matrix multiply `fn()` makes, in order (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    return [(e.name, [list(shape) for shape in e.input_shapes if shape]) for e in prof.events() if e.name in GEMM_OPS]
+
+
+def gemm_replay_seconds(fn, reps: int, device: torch.device) -> float:
+    """Median time of `fn`'s matrix multiplies alone, replayed back to back on random tensors of the
+    recorded shapes. Time outside them is all a faster implementation could still remove, so
+    `call time / this` bounds its speed-up."""
+    calls = [(GEMM_OPS[name], [torch.randn(*shape, device=device) for shape in shapes])
+             for name, shapes in recorded_gemms(fn)]
+    times = []
+    for _ in range(reps + 1):
+        _sync()
+        t = time.perf_counter()
+        for op, args in calls:
+            op(*args)
+        _sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])
 
 
 def bench_train(cfg: Config, gflops: float, out: Path) -> dict:
@@ -517,13 +554,15 @@ def run(cfg: Config) -> dict:
     print(f"fp32 matmul (1024^3, best of 10): {results['matmul_gflops']:.1f} GFLOP/s on {cfg.threads} thread(s)")
     g = results["grpo"] = bench_grpo(cfg, model_dir, out)
     print(f"reasonloop GRPO step ({cfg.prompts}x{cfg.group_size}, {cfg.max_new_tokens} new tokens): "
-          f"median {g['step_s']:.3f}s = generation {g['generation_s']:.3f} + reward {g['reward_s']:.3f} + "
+          f"median {g['step_s']:.3f}s (its matmuls alone {g['gemm_only_s']:.3f}s) = generation {g['generation_s']:.3f} + reward {g['reward_s']:.3f} + "
           f"log-probs {g['logprobs_s']:.3f} + update {g['update_s']:.3f}; generation {g['generation_tokens_per_s']:.0f} "
           f"tok/s, training {g['training_tokens_per_s']:.0f} tok/s; peak RSS {g['peak_rss_mb']:.0f} MB")
     if cfg.generate:
         gen = results["generate"] = bench_generate(cfg, model_dir)
         print(f"sampler {gen['sampler']['tokens_per_s']:.0f} tok/s vs model.generate "
-              f"{gen['hf_generate']['tokens_per_s']:.0f} tok/s: {gen['speedup_tokens_per_s']:.2f}x")
+              f"{gen['hf_generate']['tokens_per_s']:.0f} tok/s: {gen['speedup_tokens_per_s']:.2f}x; its matmuls alone "
+              f"take {gen['sampler_gemm_share']:.0%} of its time, so a decode loop with zero other cost would reach "
+              f"{gen['ceiling_vs_generate']:.2f}x")
     if cfg.train:
         results["matmul_gflops"] = max(results["matmul_gflops"], matmul_gflops())  # best seen: MFU errs low
         tr = results["train"] = bench_train(cfg, results["matmul_gflops"], out)
@@ -557,6 +596,9 @@ def run(cfg: Config) -> dict:
               f"{statistics.median(trl['paired_reasonloop_steps_s']):.3f}s. reasonloop is "
               f"{trl['paired_speedup_median']:.2f}x faster per step (median of paired ratios; "
               f"{trl['paired_speedup_of_minima']:.2f}x on the fastest steps)")
+        results["ceiling_vs_trl"] = trl["median_step_s"] / g["gemm_only_s"]
+        print(f"ceiling: our step's matmuls alone take {g['gemm_only_s']:.3f}s, so with zero other cost it would "
+              f"be {results['ceiling_vs_trl']:.2f}x faster than TRL's step")
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"bench: results in {out / 'bench.json'}")
     return results
