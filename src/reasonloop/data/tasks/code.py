@@ -10,9 +10,10 @@ All three verify by running the completion's code against tests in the sandbox
 - `humaneval` (`task=humaneval`): rows with `task_id`, `prompt`, `canonical_solution`, `test`,
   `entry_point`. An evaluation set: only the "test" split exists.
 - `code_arith` (`task=code_arith` or `code_arith:LEVEL[,LEVEL]`): a formula in maths notation,
-  `Q: code f(a,b)=3ab-7`, answered as `<answer>def f(a,b):return 3*a*b-7</answer>`: the model must
-  turn implicit products into `*` and keep every name and constant; checked by split asserts on
-  random inputs. Problems go to train/test by a hash of their expression, so the splits never share one.
+  `Q: code f(a,b)=ba+3+8+8`, answered as `<answer>def f(a,b):return b*a+3+8+8</answer>`: the model
+  must turn implicit products into `*` and get the constants right; checked by split asserts on
+  random inputs. Problems go to train/test by a hash of their expression, so the splits never share
+  one. The embedded model for it is tiny-code (docs/tasks-embedded.md).
 """
 
 from __future__ import annotations
