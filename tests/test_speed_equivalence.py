@@ -284,7 +284,8 @@ def test_reused_cache_storage_changes_nothing(tokenizer):
     reused = TorchSampler(model, tokenizer)
     for prompts, n, seed in [(PROMPTS, 3, 0), (PROMPTS[:2], 2, 1), (PROMPTS, 4, 2), (PROMPTS, 3, 3)]:
         if reused._kv_storage is not None:
-            reused._kv_storage.fill_(float("nan"))
+            with torch.inference_mode():  # the storage is an inference tensor, made by the sampler
+                reused._kv_storage.fill_(float("nan"))
         fresh = TorchSampler(model, tokenizer).generate(prompts, n, sampling, torch.Generator().manual_seed(seed))
         again = reused.generate(prompts, n, sampling, torch.Generator().manual_seed(seed))
         assert torch.equal(fresh.completion_ids, again.completion_ids)

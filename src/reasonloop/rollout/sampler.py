@@ -8,6 +8,8 @@ what the trainer recomputes (`algos.logprobs.token_logprobs(logits, ids, tempera
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -59,6 +61,9 @@ def sample_next(
     return tokens, token_logprobs(logits, tokens, sampling.temperature)
 
 
+_TENSOR_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs")
+
+
 class TorchSampler:
     """`RolloutEngine` running the policy model in-process; `update_weights` is a no-op (shared weights).
 
@@ -81,7 +86,6 @@ class TorchSampler:
     def update_weights(self, model: torch.nn.Module) -> None:
         self.model = model
 
-    @torch.no_grad()
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingConfig, generator: torch.Generator | None = None
     ) -> RolloutBatch:
@@ -92,12 +96,18 @@ class TorchSampler:
         prompt_mask = enc["attention_mask"].to(device)
         was_training = self.model.training
         self.model.eval()
+        # inference mode skips autograd's per-tensor bookkeeping: ~4% faster decoding here, same numbers
         try:
-            if self.static_cache and kv_cache.supports(self.model, prompt_ids.shape[1] + sampling.max_new_tokens):
-                return self._generate_static(prompt_ids, prompt_mask, n, sampling, generator)
-            return self._generate_dynamic(prompt_ids, prompt_mask, n, sampling, generator)
+            with torch.inference_mode():
+                if self.static_cache and kv_cache.supports(self.model, prompt_ids.shape[1] + sampling.max_new_tokens):
+                    batch = self._generate_static(prompt_ids, prompt_mask, n, sampling, generator)
+                else:
+                    batch = self._generate_dynamic(prompt_ids, prompt_mask, n, sampling, generator)
         finally:
             self.model.train(was_training)
+        # inference tensors may not be saved for backward (the update gathers with completion_ids):
+        # hand back ordinary copies
+        return dataclasses.replace(batch, **{f: getattr(batch, f).clone() for f in _TENSOR_FIELDS})
 
     def _generate_static(self, prompt_ids, prompt_mask, n: int, sampling: SamplingConfig, generator):
         B, P = prompt_ids.shape
