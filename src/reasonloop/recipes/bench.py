@@ -10,7 +10,8 @@ process and with `threads` torch threads:
               log-probs / update, generation and training tokens/s, peak RSS, and the time of the
               step's matrix multiplies alone (`gemm_replay_seconds`): a floor on the step time;
 3. generate   the sampler alone against transformers' `model.generate` on the same batch (same
-              sampling settings, num_return_sequences=G): tokens/s of each, the ratio, and its
+              sampling settings, num_return_sequences=G), runs interleaved: tokens/s of each, the
+              median of the paired ratios, and its
               ceiling (the ratio if everything but the sampler's matrix multiplies cost nothing);
 4. train      forward+backward of the "small" (~20M parameter) model at sequence length `train_seq`:
               tokens/s and MFU = (6 * params + 12 * layers * hidden * seq) * tokens/s / matmul rate;
@@ -316,7 +317,7 @@ def bench_generate(cfg: Config, model_dir: str) -> dict:
     sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
     sampler = TorchSampler(model, tok, static_cache=cfg.static_cache)
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left").to(model.device)
-    reps = max(3, cfg.steps)
+    reps = max(5, cfg.steps)
 
     def ours(seed):
         b = sampler.generate(prompts, cfg.group_size, sampling, torch.Generator().manual_seed(seed))
@@ -331,19 +332,19 @@ def bench_generate(cfg: Config, model_dir: str) -> dict:
         finished = (new == tok.eos_token_id).cumsum(-1)
         return int(((finished == 0) | ((finished == 1) & (new == tok.eos_token_id))).sum())  # tokens up to EOS
 
-    res = {}
-    for name, fn in (("sampler", ours), ("hf_generate", theirs)):
-        fn(0)
-        times, tokens = [], []
-        for r in range(reps):
+    runs: dict[str, dict[str, list]] = {"sampler": {"s": [], "tokens": []}, "hf_generate": {"s": [], "tokens": []}}
+    ours(0), theirs(0)
+    for r in range(reps):  # interleaved, so a change in the machine's load hits both alike
+        for name, fn in (("sampler", ours), ("hf_generate", theirs)):
             _sync()
             t = time.perf_counter()
-            tokens.append(fn(r + 1))
+            runs[name]["tokens"].append(fn(r + 1))
             _sync()
-            times.append(time.perf_counter() - t)
-        res[name] = {"median_s": statistics.median(times), "tokens": statistics.median(tokens),
-                     "tokens_per_s": sum(tokens) / sum(times)}
-    res["speedup_tokens_per_s"] = res["sampler"]["tokens_per_s"] / res["hf_generate"]["tokens_per_s"]
+            runs[name]["s"].append(time.perf_counter() - t)
+    res: dict = {name: {"median_s": statistics.median(r["s"]), "tokens": statistics.median(r["tokens"]),
+                        "tokens_per_s": sum(r["tokens"]) / sum(r["s"])} for name, r in runs.items()}
+    rate = {name: [k / s for k, s in zip(r["tokens"], r["s"])] for name, r in runs.items()}
+    res["speedup_tokens_per_s"] = statistics.median(a / b for a, b in zip(rate["sampler"], rate["hf_generate"]))
     gemm_s = gemm_replay_seconds(lambda: ours(reps + 1), reps, model.device)
     res["sampler_gemm_only_s"] = gemm_s
     res["sampler_gemm_share"] = gemm_s / res["sampler"]["median_s"]
