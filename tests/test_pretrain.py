@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from reasonloop.config import ConfigError, load_config
 from reasonloop.data.tasks import make_task
-from reasonloop.models.loading import ASSETS, ModelConfig, load_policy, resolve_model_path
+from reasonloop.models.loading import ASSETS, ModelConfig, load_policy, model_label, resolve_model_path
 from reasonloop.recipes import pretrain
 from reasonloop.sandbox import NAMESPACES, isolation_level
 
@@ -57,6 +57,8 @@ def test_embedded_resolves_to_the_tasks_asset(tmp_path, monkeypatch):
     assert resolve_model_path("embedded", make_task("code_arith")) == assets["tiny-code"]
     assert resolve_model_path("embedded", make_task("code_arith:1")) == assets["tiny-code"]
     assert resolve_model_path("some/hub-id", make_task("code_arith")) == "some/hub-id"
+    assert model_label("embedded", make_task("code_arith")) == "embedded (tiny-code)"
+    assert model_label("embedded") == "embedded (tiny-arith)" and model_label("x/y") == "x/y"
     tok, model = load_policy(ModelConfig(), make_task("code_arith"))
     assert model.config.model_type == "llama" and tok.decode(tok("def f(a):")["input_ids"]) == "def f(a):"
     monkeypatch.chdir(tmp_path)

@@ -27,6 +27,11 @@ def resolve_model_path(name: str, task: Any = None) -> str:
     return name
 
 
+def model_label(name: str, task: Any = None) -> str:
+    """`name` for printing, with the asset 'embedded' stands for: 'embedded (tiny-code)'."""
+    return f"{name} ({getattr(task, 'embedded_model', ASSETS[0])})" if name == DEFAULT_MODEL else name
+
+
 @dataclass
 class LoraConfig:
     r: int = 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from reasonloop.config import require
 from reasonloop.data.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_policy, render_prompt
+from reasonloop.models.loading import ModelConfig, load_policy, model_label, render_prompt
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.evaluation import evaluate, format_table
@@ -64,8 +64,9 @@ def run(cfg: Config) -> dict:
         sampling=cfg.sampling, k=cfg.k, greedy=cfg.greedy, batch_prompts=cfg.batch_prompts, seed=cfg.seed,
     )
     run_.write_jsonl("samples.jsonl", rows)
-    run_.write_json("summary.json", {"model": cfg.model.name, "task": cfg.task, "split": cfg.split, "eval": summary})
-    print(f"eval of {cfg.model.name} on {cfg.task}/{cfg.split} ({len(examples)} problems, k={cfg.k}):")
+    label = model_label(cfg.model.name, task)
+    run_.write_json("summary.json", {"model": label, "task": cfg.task, "split": cfg.split, "eval": summary})
+    print(f"eval of {label} on {cfg.task}/{cfg.split} ({len(examples)} problems, k={cfg.k}):")
     print(format_table(summary))
     print(f"written to {run_.dir}")
     run_.close()
