@@ -44,3 +44,15 @@ def test_bad_task_or_data_is_a_message_not_a_traceback(capsys, tmp_path):
     assert "error: unknown task 'nosuch'" in capsys.readouterr().err
     assert main(["sft", f"data={tmp_path / 'missing.jsonl'}", f"output_dir={tmp_path / 'b'}"]) == 2
     assert "cannot load dataset" in capsys.readouterr().err
+
+
+def test_a_config_names_the_preset_it_carries():
+    from reasonloop.config import load_config
+    from reasonloop.recipes import rl
+    from reasonloop.recipes.presets import RL_PRESETS, preset_of
+
+    for name, keys in RL_PRESETS.items():
+        assert preset_of(load_config(rl.Config, keys)) == name
+    assert preset_of(load_config(rl.Config, [*RL_PRESETS["dapo"], "clip_high=0.3"])) == "custom"
+    assert preset_of(load_config(rl.Config, ["steps=3", "optim.lr=1e-5"])) == "grpo"  # not an algorithm key
+    assert preset_of(load_config(rl.Config, ["advantage=rloo"])) == "custom"

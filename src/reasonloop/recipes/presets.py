@@ -17,6 +17,28 @@ RL_PRESETS: dict[str, list[str]] = {
     "gspo": ["ratio_level=sequence", "clip_low=0.0003", "clip_high=0.0004", "epochs=2"],
 }
 
+
+
+def preset_of(cfg: object) -> str:
+    """The preset `cfg` is, judged on every key some preset sets (the rest at their defaults), else 'custom'."""
+    defaults = type(cfg)()
+    keys = {kv.split("=", 1)[0] for preset in RL_PRESETS.values() for kv in preset}
+    for name, preset in RL_PRESETS.items():
+        wanted = {k: getattr(defaults, k) for k in keys}
+        wanted.update(kv.split("=", 1) for kv in preset)
+        if all(_same(getattr(cfg, k), v) for k, v in wanted.items()):
+            return name
+    return "custom"
+
+
+def _same(have: object, want: object) -> bool:
+    if isinstance(want, str) and isinstance(have, bool):
+        return str(have).lower() == want.lower()
+    if isinstance(want, str) and isinstance(have, (int, float)):
+        return float(have) == float(want)
+    return have == want
+
+
 # `reasonloop pretrain_code`: rebuilds the tiny-code asset from tiny-arith (docs/tasks-embedded.md).
 PRETRAIN_CODE: list[str] = ["corpus=code", "steps=400", "optim.lr=1e-3", "optim.warmup_steps=10", "corpus_size=20000",
                             "eval_every=100", "eval_per_level=50"]

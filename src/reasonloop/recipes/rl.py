@@ -54,6 +54,7 @@ from reasonloop.data.records import Example, RolloutBatch
 from reasonloop.data.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
+from reasonloop.recipes.presets import preset_of
 from reasonloop.rewards.core import compute_rewards
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
@@ -677,8 +678,8 @@ class Trainer:
         save_model(self.model, self.tokenizer, self.run.dir / "model")
         if before is not None:
             print(f"before training:\n{format_table(before)}")
-        print(f"after {cfg.steps} steps ({cfg.advantage}):\n{format_table(after)}")
-        result = {"before": before, "after": after, "alerts": self.state["alerts"],
+        print(f"after {cfg.steps} steps ({preset_of(cfg)}):\n{format_table(after)}")
+        result = {"preset": preset_of(cfg), "before": before, "after": after, "alerts": self.state["alerts"],
                   "bad_steps": self.state["bad_steps"], "rollbacks": self.state["rollbacks"],
                   "model_dir": str(self.run.dir / "model")}
         self.run.write_json("summary.json", result)
