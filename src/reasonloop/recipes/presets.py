@@ -18,7 +18,6 @@ RL_PRESETS: dict[str, list[str]] = {
 }
 
 
-
 def preset_of(cfg: object) -> str:
     """The preset `cfg` is, judged on every key some preset sets (the rest at their defaults), else 'custom'."""
     defaults = type(cfg)()
