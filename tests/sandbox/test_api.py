@@ -37,6 +37,8 @@ def test_refuses_without_namespaces_unless_opted_in(monkeypatch):
         Sandbox()
     result = Sandbox(Limits(wall_time_s=2), allow_unisolated=True).run("import os; print(os.environ['HOME'])")
     assert result.status == "ok" and result.isolation == "rlimits" and "reasonloop-sbx-" in result.stdout
+    monkeypatch.setenv("REASONLOOP_ALLOW_UNISOLATED", "1")  # the opt-in where callers build the sandbox
+    assert Sandbox().run("print(1)").isolation == "rlimits"
 
 
 def test_cli_prints_json_result(tmp_path, capsys):

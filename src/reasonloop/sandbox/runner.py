@@ -41,6 +41,9 @@ CPU_KILL_FRACTION = 0.9  # rusage lags the kernel's RLIMIT_CPU accounting by a t
 SYNTAX_MARKS = ("SyntaxError:", "IndentationError:", "TabError:")
 
 
+ALLOW_UNISOLATED_ENV = "REASONLOOP_ALLOW_UNISOLATED"  # "1": accept rlimits-only isolation (see Sandbox)
+
+
 class IsolationError(RuntimeError):
     """The machine cannot isolate untrusted code well enough for the caller's policy."""
 
@@ -94,7 +97,8 @@ class Sandbox:
 
     Refuses to construct unless namespace isolation works, or the caller opts in to weaker isolation
     with `allow_unisolated=True` (rlimits, scratch dir, scrubbed env and uid drop, but host files and
-    the network stay reachable).
+    the network stay reachable). Where the sandbox is built for you (the code tasks' rewards under
+    `reasonloop train`), the environment variable REASONLOOP_ALLOW_UNISOLATED=1 is the same opt-in.
     """
 
     def __init__(self, limits: Limits | None = None, *, allow_unisolated: bool = False,
@@ -103,10 +107,12 @@ class Sandbox:
         self.iso: Isolation = detect(uid_base)
         if self.iso.level == NONE:
             raise IsolationError(f"cannot set resource limits: {self.iso.reason}")
+        allow_unisolated = allow_unisolated or os.environ.get(ALLOW_UNISOLATED_ENV) == "1"
         if self.iso.level != NAMESPACES and not allow_unisolated:
             raise IsolationError(
                 f"no namespace isolation ({self.iso.reason}); install bubblewrap "
-                "(apt-get install -y bubblewrap) or pass allow_unisolated=True to accept rlimits only")
+                f"(apt-get install -y bubblewrap), or accept rlimits only: allow_unisolated=True in Python, "
+                f"{ALLOW_UNISOLATED_ENV}=1 in the environment for training and evaluation commands")
         self.uid_base = uid_base
         self.programs = programs(python or default_python())
         self._slots = _Slots()
