@@ -52,3 +52,15 @@ def test_train_on_code_arith_uses_tiny_code_and_gets_a_learning_signal(tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in rows if "reward/mean" in r)
     assert 0.05 < step["reward/correct"] < 0.95 and step["zero_variance_frac"] < 1.0
+
+
+def test_train_on_code_without_namespaces_stops_with_the_opt_in_named(tmp_path, monkeypatch, capsys):
+    """No bubblewrap: the run must refuse at setup (not train on zero rewards) and say how to opt in."""
+    from reasonloop.cli import main
+    from reasonloop.sandbox import isolation
+
+    weak = isolation.Isolation(isolation.RLIMITS, None, "/usr/bin/prlimit", "/usr/bin/setpriv", True, "no bwrap")
+    monkeypatch.setattr("reasonloop.sandbox.runner.detect", lambda uid_base: weak)
+    monkeypatch.delenv("REASONLOOP_ALLOW_UNISOLATED", raising=False)
+    assert main(["train", "task=code_arith", "steps=1", "eval_n=2", f"output_dir={tmp_path}"]) == 2
+    assert "REASONLOOP_ALLOW_UNISOLATED=1" in capsys.readouterr().err
