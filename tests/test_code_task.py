@@ -162,3 +162,57 @@ def test_humaneval_check_that_cannot_be_unrolled_runs_whole_and_stays_forgeable(
     assert len(ex.meta["tests"]) == 1 and "check(inc)" in ex.meta["tests"][0]
     assert task.is_correct(ex.answer, ex) and not task.is_correct("    return xs\n", ex)
     assert task.is_correct(f"```python\n{FORGER}\n```", ex)
+
+
+def _write_stdio_fixtures(tmp_path):
+    apps = [
+        {"problem_id": 1, "question": "Read two integers and print their sum.",
+         "input_output": json.dumps({"inputs": ["1 2\n", "5 7\n"], "outputs": ["3\n", "12\n"]}),
+         "solutions": json.dumps(["a, b = map(int, input().split())\nprint(a + b)"])},
+        {"problem_id": 2, "question": "Return x doubled.",  # call-based: not a stdin/stdout problem
+         "input_output": json.dumps({"fn_name": "double", "inputs": [[1]], "outputs": [[2]]}), "solutions": "[]"},
+        {"problem_id": 3, "question": "Broken row.", "input_output": "{not json", "solutions": "[]"},
+        {"problem_id": 4, "question": "Print the input reversed.",  # APPS also stores cases as lists of lines
+         "input_output": json.dumps({"inputs": [["abc"]], "outputs": [["cba"]]}), "solutions": "[]"},
+    ]
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in apps))
+    cc = {"name": "1A_sum", "description": "Given n, print n squared.",
+          "public_tests": {"input": ["3\n"], "output": ["9\n"]}, "private_tests": {"input": ["4\n"], "output": ["16\n"]},
+          "generated_tests": {"input": [], "output": []},
+          "solutions": {"language": [2, 3], "solution": ["print input()**2", "n = int(input())\nprint(n * n)"]}}
+    (tmp_path / "cc.jsonl").write_text(json.dumps(cc) + "\n")
+
+
+def test_apps_and_codecontests_rows_become_stdio_problems_and_bad_rows_are_counted(tmp_path, caplog):
+    from reasonloop.data.tasks import make_task
+
+    _write_stdio_fixtures(tmp_path)
+    apps = make_task("apps", str(tmp_path / "apps")).examples("test", 0)
+    assert sorted(e.id for e in apps) == ["apps/1", "apps/4"]
+    assert "skipped 2 of 4 rows" in caplog.text and "call-based" in caplog.text
+    four = next(e for e in apps if e.id == "apps/4")
+    assert four.meta["tests"] == [{"input": "abc\n", "output": "cba\n"}] and four.meta["test_style"] == "io"
+    cc = make_task("codecontests", str(tmp_path / "cc.jsonl"))
+    both = cc.examples("train", 0) + cc.examples("test", 0)  # an unsplit file: hashed into one of the two
+    assert len(both) == 1 and both[0].meta["tests"] == [{"input": "3\n", "output": "9\n"},
+                                                        {"input": "4\n", "output": "16\n"}]
+    assert "n * n" in both[0].answer and "Python 3 program" in both[0].prompt
+    with pytest.raises(ValueError, match="'train' and 'test' only"):
+        cc.examples("valid", 0)
+    with pytest.raises(ValueError, match=r"has \['test.jsonl'\] but no train.jsonl"):
+        make_task("apps", str(tmp_path / "apps")).examples("train", 0)  # never carved out of test.jsonl
+
+
+@needs_sandbox
+def test_stdio_verdicts(tmp_path):
+    from reasonloop.data.tasks import make_task
+
+    _write_stdio_fixtures(tmp_path)
+    task = make_task("apps", str(tmp_path / "apps"))
+    ex = next(e for e in task.examples("test", 0) if e.id == "apps/1")
+    assert task.is_correct(ex.answer, ex)
+    assert not task.is_correct("```python\nprint(3)\n```", ex)  # right on one case of two
+    cc = make_task("codecontests", str(tmp_path / "cc.jsonl"))
+    ex = (cc.examples("train", 0) + cc.examples("test", 0))[0]
+    assert cc.is_correct(ex.answer, ex) and not cc.is_correct("```python\nprint(9)\n```", ex)

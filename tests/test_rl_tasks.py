@@ -64,3 +64,16 @@ def test_train_on_code_without_namespaces_stops_with_the_opt_in_named(tmp_path, 
     monkeypatch.delenv("REASONLOOP_ALLOW_UNISOLATED", raising=False)
     assert main(["train", "task=code_arith", "steps=1", "eval_n=2", f"output_dir={tmp_path}"]) == 2
     assert "REASONLOOP_ALLOW_UNISOLATED=1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(isolation_level() != NAMESPACES, reason="code rewards run in the sandbox")
+def test_train_on_a_codecontests_layout(nano_model_dir, tmp_path):
+    rows = [{"name": f"p{k}", "description": f"Print {k} times the input number.",
+             "public_tests": {"input": ["2\n"], "output": [f"{2 * k}\n"]}} for k in range(1, 9)]
+    (tmp_path / "cc").mkdir()
+    for split, part in (("train", rows[:6]), ("test", rows[6:])):
+        (tmp_path / "cc" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    result = rl.Trainer(small_run(nano_model_dir, tmp_path, "task=codecontests", f"data_dir={tmp_path / 'cc'}")).train()
+    assert result["after"]["overall"]["n"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert next(r for r in rows if "reward/mean" in r)["reward/correct"] == 0.0  # a random model writes no program

@@ -24,6 +24,8 @@ TASKS: dict[str, str] = {
     "reasoning_gym": "reasonloop.data.tasks.reasoning_gym:make_task",
     "mbpp": "reasonloop.data.tasks.code:make_mbpp",
     "humaneval": "reasonloop.data.tasks.code:make_humaneval",
+    "apps": "reasonloop.data.tasks.code:make_apps",
+    "codecontests": "reasonloop.data.tasks.code:make_codecontests",
     "code_arith": "reasonloop.data.tasks.code:make_code_arith",
 }
 

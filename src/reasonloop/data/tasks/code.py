@@ -9,6 +9,10 @@ All three verify by running the completion's code against tests in the sandbox
   (test 11-510, validation 511-600, train 601-974; 1-10 are few-shot prompts).
 - `humaneval` (`task=humaneval`): rows with `task_id`, `prompt`, `canonical_solution`, `test`,
   `entry_point`. An evaluation set: only the "test" split exists.
+- `apps`, `codecontests` (`task=apps|codecontests`, `data_dir=`): standard-input/output problems
+  from JSONL in the layouts of the APPS and DeepMind CodeContests releases (APPS `input_output` with
+  `inputs`/`outputs`; CodeContests `public_tests`/`private_tests`/`generated_tests`); each case is one
+  sandbox run, stdout compared line by line. APPS call-based (`fn_name`) rows are skipped and counted.
 - `code_arith` (`task=code_arith` or `code_arith:LEVEL[,LEVEL]`): a formula in maths notation,
   `Q: code f(a,b)=ba+3+8+8`, answered as `<answer>def f(a,b):return b*a+3+8+8</answer>`: the model
   must turn implicit products into `*` and get the constants right; checked by split asserts on
@@ -20,14 +24,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import logging
 import random
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from reasonloop.data.records import Example
+from reasonloop.data.tasks.hygiene import in_test_split
 from reasonloop.rewards.code import CodeVerifier, correct_reward, unroll_check
 from reasonloop.rewards.core import RewardSpec, example_columns
+
+log = logging.getLogger(__name__)
 
 MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601),
                "train": range(601, 975)}
@@ -72,6 +82,9 @@ def load_jsonl_rows(data_dir: str | None, split: str) -> tuple[list[dict[str, An
         path, already_split = path / f"{split}.jsonl", True
     elif path.is_dir():
         files = sorted(path.glob("*.jsonl"))
+        named = [f.name for f in files if f.stem in ("train", "test", "validation", "valid", "dev")]
+        if named:  # a split layout without this split: never fall back to splitting another split's rows
+            raise ValueError(f"{data_dir}: has {named} but no {split}.jsonl")
         if len(files) != 1:
             raise ValueError(f"{data_dir}: expected {split}.jsonl or exactly one *.jsonl, found {files}")
         path, already_split = files[0], False
@@ -125,6 +138,82 @@ class HumanEvalTask(_SandboxedTask):
         return Example(row["prompt"], row.get("canonical_solution", ""), {
             "id": row["task_id"], "tests": tests, "test_style": "assert", "test_setup": setup,
             "code_prefix": row["prompt"], "entry_point": entry})
+
+
+# -- standard input/output: APPS, CodeContests -----------------------------------------------------
+
+STDIO_INSTRUCTION = "\n\nWrite a Python 3 program that reads the input from standard input and prints the answer.\n"
+STDIO_TEST_FRACTION = 0.2  # share of an unsplit file that is held out (by a hash of the problem text)
+
+
+def _text(value: Any) -> str:
+    """APPS stores an input/output as a string or a list of lines."""
+    return "\n".join(map(str, value)) + "\n" if isinstance(value, list) else str(value)
+
+
+def _json_field(row: dict[str, Any], key: str) -> Any:
+    value = row[key]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def apps_example(row: dict[str, Any]) -> Example | None:
+    """An APPS row (question, input_output, solutions); None for call-based (`fn_name`) problems."""
+    io = _json_field(row, "input_output")
+    if io.get("fn_name"):
+        return None
+    tests = [{"input": _text(i), "output": _text(o)} for i, o in zip(io["inputs"], io["outputs"], strict=True)]
+    if not tests:
+        raise ValueError("no test cases")
+    solutions = _json_field(row, "solutions") if row.get("solutions") else []
+    return Example(row["question"] + STDIO_INSTRUCTION, f"```python\n{solutions[0]}\n```" if solutions else "",
+                   {"id": f"apps/{row['problem_id']}", "tests": tests, "test_style": "io"})
+
+
+CODECONTESTS_PYTHON3 = 3  # the `language` code of Python 3 solutions in DeepMind's CodeContests
+
+
+def codecontests_example(row: dict[str, Any]) -> Example:
+    """A CodeContests row: description, public/private/generated tests ({input: [...], output: [...]})."""
+    tests = [{"input": i, "output": o}
+             for key in ("public_tests", "private_tests", "generated_tests") if row.get(key)
+             for i, o in zip(row[key]["input"], row[key]["output"], strict=True)]
+    if not tests:
+        raise ValueError("no test cases")
+    sols = row.get("solutions") or {"language": [], "solution": []}
+    python = [code for lang, code in zip(sols["language"], sols["solution"]) if lang == CODECONTESTS_PYTHON3]
+    return Example(row["description"] + STDIO_INSTRUCTION, f"```python\n{python[0]}\n```" if python else "",
+                   {"id": f"codecontests/{row['name']}", "tests": tests, "test_style": "io"})
+
+
+class StdioTask(_SandboxedTask):
+    """Problems judged by running the program on each test input and comparing its standard output.
+
+    `data_dir`: a directory of `{split}.jsonl` files, or one JSONL file split by a hash of the problem
+    text (20% test). Rows that cannot be parsed, have no tests, or (APPS) are call-based are skipped,
+    counted and logged.
+    """
+
+    def __init__(self, name: str, data_dir: str | None, parse: Any):
+        self.name, self.data_dir, self.parse = name, data_dir, parse
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        rows, already_split = load_jsonl_rows(self.data_dir, split)
+        if not already_split and split not in ("train", "test"):
+            raise ValueError(f"{self.name}: a single file splits into 'train' and 'test' only, got {split!r}")
+        out, skipped = [], Counter()
+        for row in rows:
+            try:
+                ex = self.parse(row)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # json errors are ValueErrors
+                skipped[f"{type(exc).__name__}: {exc}"[:80]] += 1
+                continue
+            if ex is None:
+                skipped["call-based (fn_name), not a stdin/stdout problem"] += 1
+            elif already_split or in_test_split(ex.prompt, STDIO_TEST_FRACTION) == (split == "test"):
+                out.append(ex)
+        if skipped:
+            log.warning("%s: skipped %d of %d rows: %s", self.name, sum(skipped.values()), len(rows), dict(skipped))
+        return _pick(out, n, seed)
 
 
 # -- procedural: code_arith ---------------------------------------------------------------------------
@@ -250,3 +339,11 @@ def make_mbpp(arg: str | None, data_dir: str | None) -> MBPPTask:
 
 def make_humaneval(arg: str | None, data_dir: str | None) -> HumanEvalTask:
     return HumanEvalTask(data_dir)
+
+
+def make_apps(arg: str | None, data_dir: str | None) -> StdioTask:
+    return StdioTask("apps", data_dir, apps_example)
+
+
+def make_codecontests(arg: str | None, data_dir: str | None) -> StdioTask:
+    return StdioTask("codecontests", data_dir, codecontests_example)
