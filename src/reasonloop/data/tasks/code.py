@@ -165,8 +165,7 @@ def apps_example(row: dict[str, Any]) -> Example | None:
     if not tests:
         raise ValueError("no test cases")
     solutions = _json_field(row, "solutions") if row.get("solutions") else []
-    return Example(row["question"] + STDIO_INSTRUCTION, f"```python\n{solutions[0]}\n```" if solutions else "",
-                   {"id": f"apps/{row['problem_id']}", "tests": tests, "test_style": "io"})
+    return _stdio_example(f"apps/{row['problem_id']}", row["question"], tests, solutions)
 
 
 CODECONTESTS_PYTHON3 = 3  # the `language` code of Python 3 solutions in DeepMind's CodeContests
@@ -181,8 +180,13 @@ def codecontests_example(row: dict[str, Any]) -> Example:
         raise ValueError("no test cases")
     sols = row.get("solutions") or {"language": [], "solution": []}
     python = [code for lang, code in zip(sols["language"], sols["solution"]) if lang == CODECONTESTS_PYTHON3]
-    return Example(row["description"] + STDIO_INSTRUCTION, f"```python\n{python[0]}\n```" if python else "",
-                   {"id": f"codecontests/{row['name']}", "tests": tests, "test_style": "io"})
+    return _stdio_example(f"codecontests/{row['name']}", row["description"], tests, python)
+
+
+def _stdio_example(id_: str, statement: str, tests: list[dict[str, str]], solutions: list[str]) -> Example:
+    """The problem statement plus the stdin/stdout instruction; the first solution (if any) as the answer."""
+    answer = f"```python\n{solutions[0]}\n```" if solutions else ""
+    return Example(statement + STDIO_INSTRUCTION, answer, {"id": id_, "tests": tests, "test_style": "io"})
 
 
 class StdioTask(_SandboxedTask):
@@ -306,7 +310,7 @@ class CodeArithTask(_SandboxedTask):
             folded = sum(constants)
             body = expr if rng.random() < p_careful else variables + (f"{folded:+d}" if folded else "")
             records.append({"prompt": self._prompt(params, expr), "id": expr, "level": level,
-                            "completion": f"<answer>def f({params}):return {body}</answer>"})
+                            "completion": self._program(params, body)})
         return records
 
     @staticmethod
@@ -317,6 +321,10 @@ class CodeArithTask(_SandboxedTask):
     def _prompt(params: str, expr: str) -> str:
         return f"Q: code f({params})={maths_notation(expr)}\n"
 
+    @staticmethod
+    def _program(params: str, body: str) -> str:
+        return f"<answer>def f({params}):return {body}</answer>"
+
     def _example(self, expr: str, level: int, rng: random.Random) -> Example:
         params = self._params(level)
         tests = []
@@ -324,7 +332,7 @@ class CodeArithTask(_SandboxedTask):
             env = {v: rng.randint(-9, 9) for v in params.split(",")}
             value = eval(expr, {"__builtins__": {}}, env)  # our own generated expression, not model output
             tests.append(f"assert f({','.join(str(env[v]) for v in params.split(','))}) == {value}")
-        return Example(self._prompt(params, expr), f"<answer>def f({params}):return {expr}</answer>",
+        return Example(self._prompt(params, expr), self._program(params, expr),
                        {"id": expr, "level": level, "tests": tests, "test_style": "assert"})
 
 
