@@ -59,3 +59,16 @@ def test_rewards_io_style_compile_and_efficiency(sandbox):
     assert compiles_reward(verifier)(["", ""], [good, "def f(:"]) == [1.0, 0.0]
     eff = efficiency_reward(verifier)(["", ""], [good, half], tests=[io, io], test_style=["io", "io"])
     assert 0.5 < eff[0] <= 1.0 and eff[1] == 0.0
+
+
+def test_identical_rows_of_a_batch_run_once(sandbox):
+    verifier = CodeVerifier(sandbox, workers=2)
+    submitted = []
+    run_many = verifier.pool.run_many
+    verifier.pool.run_many = lambda jobs: submitted.extend(jobs) or run_many(jobs)
+    good, bad = "def f(x):\n    return x + 1", "def f(x):\n    return x"
+    tests = ["assert f(1) == 2", "assert f(5) == 6"]
+    outcomes = verifier.check_many([(good, tests, "assert", ""), (bad, tests, "assert", ""),
+                                    (good, tests, "assert", ""), (good, tests, "assert", "")])
+    assert [o.passed for o in outcomes] == [2, 0, 2, 2]
+    assert len(submitted) == 2  # one job per distinct program (assert-style: one run per program)

@@ -168,9 +168,13 @@ class CodeVerifier:
         return self.check_many([(code, tests, style, setup)])[0]
 
     def check_many(self, rows: Sequence[tuple[str, Sequence, str, str]]) -> list[TestOutcome]:
-        """rows: (code, tests, style, setup). All runs of all rows share the pool."""
+        """rows: (code, tests, style, setup). All runs of all rows share the pool; identical rows (a
+        sharpened policy's samples of one prompt) run once."""
         keys = [json.dumps(row, sort_keys=True, default=str) for row in rows]
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        first: dict[str, int] = {}  # key -> its first row
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        todo = [i for k, i in first.items() if k not in self._cache]
         plans = [self._plan(*rows[i]) for i in todo]
         results = self.pool.run_many([job for jobs, _ in plans for job in jobs])
         start = 0
