@@ -535,7 +535,9 @@ def _subprocess_grpo(cfg: Config, out: Path, **overrides) -> dict:
 
 
 def run(cfg: Config) -> dict:
-    torch.set_num_threads(cfg.threads)
+    from reasonloop.train.run import set_threads
+
+    set_threads(cfg.threads)  # the same CPU settings as every recipe (TRL runs in this process too)
     try:
         torch.set_num_interop_threads(cfg.interop_threads)
     except RuntimeError:  # already set in this process
