@@ -4,7 +4,9 @@
   architectures it claims (llama with MHA and GQA, qwen2 with q/k/v biases, qwen3 with q/k norms);
 - the optimised sampler (static cache, dropped finished rows, swap-remove compaction) against the
   generic DynamicCache path and against a no-cache reference loop kept here: same tokens under a seed,
-  log-probs equal within float tolerance.
+  log-probs equal within float tolerance;
+- the compiled decode step (rollout/fused_decode.cpp via fused.FusedDecoder) against StaticDecoder,
+  step by step and through the sampler.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from reasonloop.rollout import kv_cache
+from reasonloop.rollout import fused, kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.forward import TokenBatch, policy_forward
@@ -52,9 +54,9 @@ def reference_generate(model, tokenizer, prompts, n, sampling, generator):
     return torch.stack(out, 1), torch.stack(lps, 1)
 
 
-def small_model(tokenizer, arch="llama", kv_heads=2):
+def small_model(tokenizer, arch="llama", kv_heads=2, hidden=64):
     torch.manual_seed(0)
-    common = {"vocab_size": len(tokenizer), "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    common = {"vocab_size": len(tokenizer), "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": kv_heads, "intermediate_size": 128, "max_position_embeddings": 128,
               "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if arch == "llama":
@@ -290,3 +292,98 @@ def test_reused_cache_storage_changes_nothing(tokenizer):
         again = reused.generate(prompts, n, sampling, torch.Generator().manual_seed(seed))
         assert torch.equal(fresh.completion_ids, again.completion_ids)
         assert torch.equal(fresh.logprobs, again.logprobs)
+
+
+# -- the compiled decode step (rollout/fused.py) ---------------------------------------------------
+# prompts longer than one 16-position chunk and of uneven lengths, so chunk padding is exercised
+LONG_PROMPTS = ["Q: " + "1+" * 9 + "2=?\n", "Q: 3=?\n", "Q: 12*3-4+5-6+7=?\n"]
+
+
+@pytest.mark.parametrize("arch,kv_heads,hidden", [("llama", 4, 64), ("llama", 2, 64), ("qwen2", 2, 64),
+                                                  ("llama", 2, 96)])  # head_dim 16 and 24
+def test_compiled_decode_step_matches_the_static_decoder(tokenizer, arch, kv_heads, hidden):
+    assert fused.available(), "the compiled decode step did not build (needs a C++ compiler and ninja)"
+    model = small_model(tokenizer, arch, kv_heads, hidden)
+    assert fused.supports(model, 64)
+    enc = tokenizer(LONG_PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    (B, P), G, T = ids.shape, 3, 20  # 20 steps: the completion crosses a chunk boundary too
+    assert P > 16
+    ref, new = kv_cache.StaticDecoder(model, B * G, P + T), fused.FusedDecoder(model, B, G, P, T)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        first = ref.prefill(ids, mask, repeat=G)
+        assert torch.equal(first, new.prefill(ids, mask, repeat=G))
+        logits, position = first.repeat_interleave(G, 0), (mask.sum(-1) - 1).repeat_interleave(G)
+        for t in range(T):
+            tokens = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+            if t in (5, 11, 17):  # rows finish: both decoders compact the same way
+                live = torch.rand(len(tokens), generator=gen) > 0.3
+                live[0] = True
+                order = ref.keep(live)
+                assert torch.equal(order, new.keep(live))
+                tokens, position = tokens[order], position[order]
+            position = position + 1
+            logits = ref.step(tokens, position)
+            torch.testing.assert_close(new.step(tokens, position), logits, atol=2e-5, rtol=1e-4)
+    assert len(tokens) < B * G
+
+
+def test_sampler_decodes_with_the_compiled_step_and_agrees_with_the_torch_decoder(nano_model, tokenizer,
+                                                                                  monkeypatch):
+    steps = []
+    step = fused.FusedDecoder.step
+    monkeypatch.setattr(fused.FusedDecoder, "step", lambda self, *a: steps.append(1) or step(self, *a))
+    for sampling in (SamplingConfig(temperature=1.0, max_new_tokens=40),
+                     SamplingConfig(temperature=0.7, top_k=10, max_new_tokens=18, stop=["7"])):
+        new = TorchSampler(nano_model, tokenizer).generate(PROMPTS, 5, sampling, torch.Generator().manual_seed(3))
+        old = TorchSampler(nano_model, tokenizer, fused_decode=False).generate(
+            PROMPTS, 5, sampling, torch.Generator().manual_seed(3))
+        assert torch.equal(new.completion_ids, old.completion_ids)
+        assert torch.equal(new.completion_mask, old.completion_mask) and new.finish_reasons == old.finish_reasons
+        torch.testing.assert_close(new.logprobs, old.logprobs, atol=1e-5, rtol=1e-5)
+    assert steps
+
+
+def test_prepacked_weights_follow_in_place_updates(tokenizer):
+    """The sampler keeps the step's prepacked weights between calls only while the model is unchanged."""
+    model = small_model(tokenizer)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=8)
+    sampler = TorchSampler(model, tokenizer)
+    first = sampler.generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    packed = sampler._packed
+    sampler.generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    assert packed is not None and sampler._packed is packed
+    with torch.no_grad():  # what an optimizer step does: in-place updates
+        for p in model.parameters():
+            p.mul_(1.5)
+    after = sampler.generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    fresh = TorchSampler(model, tokenizer).generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    assert sampler._packed is not packed
+    assert torch.equal(after.completion_ids, fresh.completion_ids) and torch.equal(after.logprobs, fresh.logprobs)
+    assert not torch.equal(after.logprobs, first.logprobs)
+
+
+def test_without_the_compiled_step_the_sampler_keeps_the_torch_decoder(nano_model, tokenizer, monkeypatch, caplog):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(fused, "_state", {})
+    monkeypatch.setattr("torch.utils.cpp_extension.load", no_compiler)
+    with caplog.at_level("WARNING", logger="reasonloop.rollout.fused"):
+        assert not fused.available()
+    assert "no C++ compiler here" in caplog.text
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=12)
+    a = TorchSampler(nano_model, tokenizer).generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(1))
+    b = TorchSampler(nano_model, tokenizer, fused_decode=False).generate(
+        PROMPTS, 3, sampling, torch.Generator().manual_seed(1))
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.logprobs, b.logprobs)
+    monkeypatch.setattr(fused, "_state", {})
+    monkeypatch.setenv("REASONLOOP_FUSED_DECODE", "0")
+    assert not fused.available()
+
+
+def test_the_compiled_step_declines_what_it_does_not_implement(tokenizer):
+    assert not fused.supports(small_model(tokenizer, "qwen3", 2), 64)  # q/k norms
+    model = small_model(tokenizer)
+    assert fused.supports(model, 64) and not fused.supports(model.to(torch.float64), 64)

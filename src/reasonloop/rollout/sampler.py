@@ -13,9 +13,8 @@ import dataclasses
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from reasonloop.algos.logprobs import token_logprobs
 from reasonloop.data.records import RolloutBatch
-from reasonloop.rollout import kv_cache
+from reasonloop.rollout import fused, kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 
 
@@ -58,7 +57,10 @@ def sample_next(
         if rows is not None:
             noise = noise[rows]
         tokens = (probs / noise).argmax(-1)
-    return tokens, token_logprobs(logits, tokens, sampling.temperature)
+    # token_logprobs' maths (log-softmax at the temperature, before filtering) as one fused kernel:
+    # equal within float rounding, and ~10x faster than its logsumexp form on a [rows, V] tensor
+    scaled = logits.float() if sampling.temperature in (0, 1) else logits.float() / sampling.temperature
+    return tokens, scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 _TENSOR_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs")
@@ -74,14 +76,16 @@ class TorchSampler:
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, share_prefill: bool = True,
-                 static_cache: bool = True):
+                 static_cache: bool = True, fused_decode: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.share_prefill = share_prefill
         self.static_cache = static_cache
+        self.fused_decode = fused_decode
         self._token_text: dict[int, str] = {}
         # the previous call's K/V cache memory, reused to avoid page faults (CPU only; see StaticDecoder)
         self._kv_storage: torch.Tensor | None = None
+        self._packed: tuple | None = None  # the compiled decode step's prepacked weights, while unchanged
 
     def update_weights(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -113,7 +117,11 @@ class TorchSampler:
         B, P = prompt_ids.shape
         rows, T = B * n, sampling.max_new_tokens
         device = prompt_ids.device
-        decoder = kv_cache.StaticDecoder(self.model, rows, P + T, storage=self._kv_storage)
+        if self.fused_decode and self.share_prefill and fused.supports(self.model, P + T) and fused.available():
+            decoder = fused.FusedDecoder(self.model, B, n, P, T, storage=self._kv_storage, packed=self._packed)
+            self._packed = decoder.packed
+        else:
+            decoder = kv_cache.StaticDecoder(self.model, rows, P + T, storage=self._kv_storage)
         # on a GPU the caching allocator already recycles memory, and a held cache would be memory the
         # training step cannot use; on a CPU a fresh cache is page-faulted in on every call
         self._kv_storage = decoder.storage if device.type == "cpu" else None

@@ -1,0 +1,206 @@
+"""A compiled one-token decode step for CPU sampling (`fused_decode.cpp`), built on first use.
+
+`FusedDecoder` has `kv_cache.StaticDecoder`'s interface (prefill / step / keep / storage) and its
+prefill, but runs every decode step as one C++ call: the projections stay torch matmuls, the
+RMSNorms, RoPE, attention and SiLU are plain loops, and the G samples of a prompt read that prompt's
+keys/values from one shared copy instead of G repeated ones. Results match `StaticDecoder` within
+float rounding (tests/test_speed_equivalence.py), not bit for bit.
+
+The extension is compiled with torch's C++ extension loader (needs a C++ compiler and `ninja`; ~10 s
+once per machine, then cached under torch's extensions directory). Where it cannot be built, or with
+`REASONLOOP_FUSED_DECODE=0`, `available()` is False and the sampler keeps the pure-torch decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import weakref
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reasonloop.rollout import kv_cache
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("fused_decode.cpp")
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"]
+_state: dict[str, object] = {}
+CHUNK = 16  # `W` in fused_decode.cpp: cache lengths are padded to whole chunks
+
+
+def available() -> bool:
+    """True when the compiled decode step can be used (building it on the first call)."""
+    if "ok" not in _state:
+        _state["ok"] = _build()
+    return bool(_state["ok"])
+
+
+def _build() -> bool:
+    if os.environ.get("REASONLOOP_FUSED_DECODE", "1") == "0":
+        return False
+    try:
+        from torch.utils.cpp_extension import load
+
+        if shutil.which("ninja") is None:  # pip's ninja, in a virtualenv that is not activated
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        log.info("loading the compiled decode step (built once per machine and torch version, ~10 s)")
+        load(name=f"reasonloop_decode_{_machine_tag()}", sources=[str(_SOURCE)], extra_cflags=_FLAGS,
+             is_python_module=False, verbose=False)
+        return hasattr(torch.ops.reasonloop_decode, "decode_step")
+    except Exception as exc:  # no compiler, no ninja, read-only cache...: keep the torch decoder
+        log.warning("compiled decode step unavailable (%s: %s); sampling with the torch decoder",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return False
+
+
+def _machine_tag() -> str:
+    """Part of the extension's cache name: `-march=native` code must not be reused by another CPU
+    (a home directory shared between machines) or another torch build."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = platform.processor()
+    return hashlib.sha1(f"{platform.machine()} {flags} {torch.__version__}".encode()).hexdigest()[:10]
+
+
+def supports(model: nn.Module, max_len: int) -> bool:
+    """`kv_cache.supports` plus what the C++ step assumes: fp32 on CPU, fused projections, one eps,
+    no lm_head bias, plain llama/mistral/qwen2 layers (qwen3's q/k norms are not implemented)."""
+    if not kv_cache.supports(model, max_len):
+        return False
+    p = next(model.parameters())
+    if p.device.type != "cpu" or p.dtype != torch.float32:
+        return False
+    if model not in _structure_ok:  # the layer structure does not change: check it once per model
+        _structure_ok[model] = _structure_supported(model)
+    return _structure_ok[model]
+
+
+_structure_ok: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _structure_supported(model: nn.Module) -> bool:
+    if getattr(model.lm_head, "bias", None) is not None:
+        return False
+    inner = kv_cache._backbone(model)
+    norms = [inner.norm] + [m for layer in inner.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+    eps = {getattr(m, "variance_epsilon", None) for m in norms}
+    if len(eps) != 1 or None in eps:
+        return False
+    return all(kv_cache.StaticDecoder._lean(kv_cache.StaticDecoder._fuse(layer)) is not None for layer in inner.layers)
+
+
+class FusedDecoder:
+    """Prefill B prompts once, then decode `group` samples of each with the compiled step.
+
+    Prompt keys/values live in a [B, kv_heads, P, head_dim] cache (not repeated per sample);
+    completion keys/values in [B * group, kv_heads, max_new, head_dim], one row per live sample.
+    """
+
+    def __init__(self, model: nn.Module, prompts: int, group: int, prompt_len: int, max_new: int,
+                 storage: torch.Tensor | None = None, packed: tuple | None = None):
+        """`storage`: as `StaticDecoder`'s. `packed`: a previous decoder's `packed`, reused when the
+        model's weights have not changed since (same tensors, same in-place version counters)."""
+        self.prompt = kv_cache.StaticDecoder(model, prompts, prompt_len)  # prefill into the shared prompt cache
+        inner, cfg = self.prompt.inner, model.config
+        self.rows, self.max_new, self.t = prompts * group, max_new, 0
+        kv, d = self.prompt.kv_heads, self.prompt.head_dim
+        width = -(-max_new // CHUNK) * CHUNK  # the step's loops run over whole chunks of positions
+        per, n_layers = self.rows * kv * width * d, len(inner.layers)
+        if storage is None or storage.numel() < 2 * n_layers * per:
+            storage = torch.empty(2 * n_layers * per)
+        self.storage = storage
+        chunks = [storage[i * per : (i + 1) * per] for i in range(2 * n_layers)]
+        # keys in [head_dim, CHUNK] blocks of CHUNK positions, so the step's q.k loops run along positions
+        self.kc = [c.view(self.rows, kv, width // CHUNK, d, CHUNK) for c in chunks[:n_layers]]
+        self.vc = [c.view(self.rows, kv, width, d) for c in chunks[n_layers:]]
+        key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        if packed is None or packed[0] != key:
+            packed = (key, self._weights())
+        self.packed = packed  # hand it to the next decoder
+        self.weights = packed[1]
+        positions = torch.arange(prompt_len + max_new).unsqueeze(0)
+        cos, sin = inner.rotary_emb(inner.embed_tokens.weight[:1].unsqueeze(0), positions)
+        half = self.prompt.head_dim // 2
+        self.cos = cos[0].contiguous()
+        self.sin_signed = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).contiguous()
+        self.eps = inner.norm.variance_epsilon
+        self.embed, self.lm_head = inner.embed_tokens.weight, model.lm_head.weight
+        self.heads = cfg.num_attention_heads
+        self.op = torch.ops.reasonloop_decode.decode_step
+
+    def _weights(self) -> list[torch.Tensor]:
+        """The step's 8 tensors per layer; projection weights prepacked for oneDNN where it is there
+        (packing costs ~5% of a sampler call on the embedded model, hence `packed`)."""
+        empty = torch.empty(0)
+        pack = _packer(self.rows)
+        weights = []
+        for norm_in, w_qkv, b_qkv, w_o, b_o, norm_post, w_gu, w_down, _ in self.prompt.lean:
+            weights += [norm_in.weight, pack(w_qkv), empty if b_qkv is None else b_qkv, pack(w_o),
+                        empty if b_o is None else b_o, norm_post.weight, pack(w_gu), pack(w_down)]
+        return weights
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, repeat: int) -> torch.Tensor:
+        """Left-padded prompts [B, P]; returns the last position's logits [B, V] (not repeated)."""
+        B, P = ids.shape
+        lengths = mask.sum(-1)
+        if not torch.equal(mask.bool(), torch.arange(P) >= (P - lengths)[:, None]):
+            raise ValueError("FusedDecoder needs left-padded prompts")
+        logits = self.prompt.prefill(ids, mask)
+        pad = -P % CHUNK  # more left padding, to whole chunks of positions (never attended to)
+        self.kp = [_blocks(F.pad(k, (0, 0, pad, 0))) for k in self.prompt.k]
+        self.vp = [F.pad(v, (0, 0, pad, 0)).contiguous() for v in self.prompt.v]
+        self.pstart = (P + pad - lengths).long()
+        self.grp = torch.arange(B).repeat_interleave(repeat)
+        self.t = 0
+        return logits
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """One token per live row (rows 0..n-1); position [n]: its RoPE position. Returns logits [n, V]."""
+        if self.t >= self.max_new:
+            raise ValueError("the cache is full")
+        logits = self.op(tokens, self.embed, self.weights, self.kp, self.vp, self.kc, self.vc,
+                         self.pstart, self.grp, position, self.cos, self.sin_signed, self.prompt.inner.norm.weight,
+                         self.lm_head, self.heads, self.t, self.eps, self.prompt.scaling)
+        self.t += 1
+        return logits
+
+    def keep(self, live: torch.Tensor) -> torch.Tensor:
+        """Drop the rows where `live` [n] is False (swap-remove, as `StaticDecoder.keep`); returns `order`."""
+        n, m = live.shape[0], int(live.sum())
+        holes = (~live[:m]).nonzero().flatten()
+        movers = live[m:].nonzero().flatten() + m
+        order = torch.arange(n)
+        if len(holes):
+            for kc, vc in zip(self.kc, self.vc):
+                kc[holes, :, : -(-self.t // CHUNK)] = kc[movers, :, : -(-self.t // CHUNK)]
+                vc[holes, :, : self.t] = vc[movers, :, : self.t]
+            self.grp[holes] = self.grp[movers]
+            order[holes] = movers
+        self.grp = self.grp[:m]
+        return order[:m]
+
+
+def _blocks(k: torch.Tensor) -> torch.Tensor:
+    """[B, KV, P, D] keys -> [B, KV, P / CHUNK, D, CHUNK]: blocks of CHUNK positions, transposed."""
+    B, KV, P, D = k.shape
+    return k.view(B, KV, P // CHUNK, CHUNK, D).transpose(-1, -2).contiguous()
+
+
+def _packer(rows: int):
+    """Weights prepacked for oneDNN's linear (the step then skips re-packing them at every matmul:
+    15-20% faster projections at 32-64 rows here), or left as they are without oneDNN."""
+    if not torch.backends.mkldnn.is_available() or os.environ.get("REASONLOOP_FUSED_DECODE_ONEDNN", "1") == "0":
+        return lambda w: w
+    return lambda w: torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)

@@ -1,0 +1,263 @@
+// One decode step of a Llama-family model for CPU, as a single call: the maths of
+// kv_cache.StaticDecoder._decode_layer with the elementwise work and the attention in plain loops.
+//
+// Why: on a CPU a small model's one-token decode step is mostly per-op overhead (~110 small torch
+// ops through Python) and K/V reads; its projections take less than half of the step. Here the
+// projections stay MKL/oneDNN matmuls (at::mm / addmm) and everything between them is one loop over
+// rows each, and attention reads each prompt's keys/values once per group instead of once per sample
+// (the G samples of a prompt share the prompt part of the cache; only completion tokens are per row).
+//
+// Layout (all float32, contiguous):
+//   h        [n, C]                   hidden states of the n live rows (updated in place)
+//   kp, vp   [B, KV, P/W, D, W], [B, KV, P, D] per layer: the prompts' keys (in [D, W] blocks of
+//            W positions, so q.k runs along positions) and values, left-padded: prompt b is
+//            valid from position pstart[b]
+//   kc, vc   [R, KV, T/W, D, W], [R, KV, T, D] per layer: completion keys and values; live row i
+//            owns cache row i
+//   grp      [n] int64                the prompt of each live row
+//   pos      [n] int64                RoPE position of the token fed to each row
+//   cos, sin [max_pos, D]             RoPE tables; sin has the first half negated (rotate-half folded in)
+// The token fed at step t is written at completion column t and attends to prompt columns
+// pstart[b]..P-1 and completion columns 0..t.
+//
+// Exponentials use a Cephes-style polynomial (within ~2 ulp of expf) so that the loops vectorise;
+// results match the torch path within float rounding, not bit for bit.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t W = 16;  // positions per chunk in the attention loops (one AVX-512 register)
+
+// exp(x), 0 below -87.3 (so exp(-inf) == 0), within ~2 ulp of expf elsewhere
+inline float exp_poly(float x) {
+  const bool under = x < -87.3f;
+  x = under ? -87.3f : (x > 88.7f ? 88.7f : x);
+  float k = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return under ? 0.f : p * scale;
+}
+
+void rms_norm(const float* x, const float* w, float* y, int64_t n, int64_t C, float eps) {
+  at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const float* xi = x + i * C;
+      float* yi = y + i * C;
+      float ss = 0.f;
+      for (int64_t c = 0; c < C; ++c) ss += xi[c] * xi[c];
+      const float r = 1.f / std::sqrt(ss / static_cast<float>(C) + eps);
+      for (int64_t c = 0; c < C; ++c) yi[c] = (xi[c] * r) * w[c];
+    }
+  });
+}
+
+// W floats in one vector register (GCC/Clang vector extension: AVX-512 where the CPU has it, split
+// into narrower registers elsewhere)
+typedef float vecf __attribute__((vector_size(W * sizeof(float))));
+inline vecf load(const float* p) {
+  vecf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, vecf v) { std::memcpy(p, &v, sizeof(v)); }
+
+// out[c * W + l] = scale * sum_e q[e] * k[c, e, l] for the first `chunks` [D, W] blocks of k: each
+// block is contiguous, and two accumulators halve the FMA dependency chain (D is even)
+inline void dot_chunks(const float* q, const float* k, int64_t chunks, int64_t D, float scale, float* out) {
+  for (int64_t c = 0; c < chunks; ++c) {
+    const float* block = k + c * D * W;
+    vecf acc0 = {}, acc1 = {};
+    for (int64_t e = 0; e < D; e += 2) {
+      acc0 += q[e] * load(block + e * W);
+      acc1 += q[e + 1] * load(block + (e + 1) * W);
+    }
+    store(out + c * W, (acc0 + acc1) * scale);
+  }
+}
+
+// out[e] = sum_u w1[u] * v1[u, e] + sum_u w2[u] * v2[u, e], W lanes of e at a time
+inline void weighted_sum(const float* w1, const float* v1, int64_t n1, const float* w2, const float* v2,
+                         int64_t n2, int64_t D, float* out) {
+  int64_t e = 0;
+  for (; e + W <= D; e += W) {
+    vecf acc = {};
+    for (int64_t u = 0; u < n1; ++u) acc += w1[u] * load(v1 + u * D + e);
+    for (int64_t u = 0; u < n2; ++u) acc += w2[u] * load(v2 + u * D + e);
+    store(out + e, acc);
+  }
+  for (; e < D; ++e) {
+    float acc = 0.f;
+    for (int64_t u = 0; u < n1; ++u) acc += w1[u] * v1[u * D + e];
+    for (int64_t u = 0; u < n2; ++u) acc += w2[u] * v2[u * D + e];
+    out[e] = acc;
+  }
+}
+
+struct Dims {
+  int64_t n, H, KV, D, P, T, t;
+  float scaling;
+};
+
+// RoPE on q and k (in place in qkv), K/V of the new token into the completion cache, then attention
+// over the group's prompt and the row's completion; writes o [n, H*D].
+void attend(float* qkv, const float* cos, const float* sin, const int64_t* pos, const int64_t* grp,
+            const int64_t* pstart, const float* kp, const float* vp, float* kc, float* vc, float* o,
+            const Dims& d) {
+  const int64_t H = d.H, KV = d.KV, D = d.D, P = d.P, T = d.T, t = d.t, g = H / KV, half = D / 2;
+  const int64_t width = (H + 2 * KV) * D;
+  at::parallel_for(0, d.n, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> rot(D), scores(P + T + W);
+    for (int64_t i = lo; i < hi; ++i) {
+      float* row = qkv + i * width;
+      const float* cs = cos + pos[i] * D;
+      const float* sn = sin + pos[i] * D;
+      for (int64_t h = 0; h < H + KV; ++h) {  // q heads then k heads
+        float* x = row + h * D;
+        for (int64_t j = 0; j < half; ++j) {
+          rot[j] = x[j] * cs[j] + x[j + half] * sn[j];
+          rot[j + half] = x[j + half] * cs[j + half] + x[j] * sn[j + half];
+        }
+        std::memcpy(x, rot.data(), D * sizeof(float));
+      }
+      const int64_t b = grp[i], p0 = pstart[b], tw = (t + W) / W * W;
+      for (int64_t kh = 0; kh < KV; ++kh) {
+        float* kt = kc + (i * KV + kh) * T * D;  // this row's keys: [T / W, D, W]
+        float* vr = vc + (i * KV + kh) * T * D;  // its values: [T, D]
+        const float* knew = row + (H + kh) * D;
+        float* kslot = kt + (t / W) * D * W + t % W;
+        for (int64_t e = 0; e < D; ++e) kslot[e * W] = knew[e];
+        std::memcpy(vr + t * D, row + (H + KV + kh) * D, D * sizeof(float));
+        const float* kpt = kp + (b * KV + kh) * P * D;  // the prompt's keys: [P / W, D, W]
+        const float* vpb = vp + (b * KV + kh) * P * D;
+        for (int64_t j = 0; j < g; ++j) {
+          const int64_t qh = kh * g + j;
+          const float* q = row + qh * D;
+          float* sp = scores.data();  // lanes 0..P-1: prompt positions; P..P+tw-1: completion 0..tw-1
+          float* sc = sp + P;
+          // whole W-lane chunks of positions, accumulated in registers: no reductions, no tails; lanes
+          // past the valid range (padding, stale columns) are masked below
+          dot_chunks(q, kpt, P / W, D, d.scaling, sp);
+          dot_chunks(q, kt, tw / W, D, d.scaling, sc);
+          for (int64_t u = 0; u < p0; ++u) sp[u] = -INFINITY;
+          for (int64_t u = t + 1; u < tw; ++u) sc[u] = -INFINITY;
+          const int64_t len = P + tw;
+          float m = -INFINITY;
+          for (int64_t u = 0; u < len; ++u) m = sp[u] > m ? sp[u] : m;
+          float sum = 0.f;
+          for (int64_t u = 0; u < len; ++u) {
+            sp[u] = exp_poly(sp[u] - m);
+            sum += sp[u];
+          }
+          const float inv = 1.f / sum;
+          for (int64_t u = 0; u < len; ++u) sp[u] *= inv;
+          float* out = o + i * H * D + qh * D;
+          weighted_sum(sp + p0, vpb + p0 * D, P - p0, sc, vr, t + 1, D, out);
+        }
+      }
+    }
+  });
+}
+
+void silu_mul(const float* gu, float* a, int64_t n, int64_t I) {
+  at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const float* gate = gu + i * 2 * I;
+      const float* up = gate + I;
+      float* ai = a + i * I;
+      for (int64_t c = 0; c < I; ++c) ai[c] = gate[c] / (1.f + exp_poly(-gate[c])) * up[c];
+    }
+  });
+}
+
+// x @ w^T (+ b) (+ residual, in place when w is plain). A weight in MKLDNN layout (prepacked by
+// mkldnn::_reorder_linear_weight) runs through oneDNN's linear, which skips re-packing the weight at
+// every call; a plain [N, K] weight through at::mm (MKL/BLAS).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* residual = nullptr) {
+  const std::optional<at::Tensor> bias = b.numel() ? std::optional<at::Tensor>(b) : std::nullopt;
+  if (w.is_mkldnn()) {
+    if (residual != nullptr) {
+      static auto add = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("mkldnn::_linear_pointwise", "binary")
+                            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const std::optional<at::Tensor>&, c10::string_view)>();
+      return add.call(x, *residual, w, bias, "add");
+    }
+    static auto plain = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+                            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                              c10::string_view, c10::List<std::optional<at::Scalar>>,
+                                              std::optional<c10::string_view>)>();
+    return plain.call(x, w, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+  }
+  if (residual == nullptr) return bias ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+  residual->addmm_(x, w.t());
+  if (bias) residual->add_(*bias);
+  return *residual;
+}
+
+// layers: per layer 8 tensors: norm_in, w_qkv, b_qkv (or empty), w_o, b_o (or empty), norm_post,
+// w_gu, w_down. kp/vp/kc/vc: one per layer. Returns logits [n, V].
+at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::TensorList layers,
+                       at::TensorList kp, at::TensorList vp, at::TensorList kc, at::TensorList vc,
+                       const at::Tensor& pstart, const at::Tensor& grp, const at::Tensor& pos,
+                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& norm_out,
+                       const at::Tensor& lm_head, int64_t heads, int64_t t, double eps, double scaling) {
+  TORCH_CHECK(embed.scalar_type() == at::kFloat && embed.is_cpu(), "decode_step: float32 CPU only");
+  const int64_t n = tokens.size(0), C = embed.size(1), L = static_cast<int64_t>(kp.size());
+  TORCH_CHECK(static_cast<int64_t>(layers.size()) == 8 * L, "decode_step: 8 tensors per layer");
+  Dims d{n, heads, vp[0].size(1), vp[0].size(3), vp[0].size(2), vc[0].size(2), t,
+         static_cast<float>(scaling)};
+  TORCH_CHECK(t < d.T, "decode_step: the completion cache is full");
+  TORCH_CHECK(d.P % W == 0 && d.T % W == 0, "decode_step: cache lengths must be multiples of ", W);
+  at::Tensor h = at::index_select(embed, 0, tokens);
+  at::Tensor x = at::empty_like(h);
+  at::Tensor o = at::empty({n, d.H * d.D}, h.options());
+  const at::Tensor none = at::empty({0}, h.options());
+  const int64_t* grp_p = grp.data_ptr<int64_t>();
+  const int64_t* pos_p = pos.data_ptr<int64_t>();
+  const int64_t* pstart_p = pstart.data_ptr<int64_t>();
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor* w = &layers[8 * l];
+    rms_norm(h.data_ptr<float>(), w[0].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
+    at::Tensor qkv = linear(x, w[1], w[2]);
+    attend(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), pos_p, grp_p, pstart_p,
+           kp[l].data_ptr<float>(), vp[l].data_ptr<float>(), kc[l].data_ptr<float>(), vc[l].data_ptr<float>(),
+           o.data_ptr<float>(), d);
+    h = linear(o, w[3], w[4], &h);
+    rms_norm(h.data_ptr<float>(), w[5].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
+    at::Tensor gu = linear(x, w[6], none);
+    const int64_t I = gu.size(1) / 2;
+    at::Tensor a = at::empty({n, I}, h.options());
+    silu_mul(gu.data_ptr<float>(), a.data_ptr<float>(), n, I);
+    h = linear(a, w[7], none, &h);
+  }
+  rms_norm(h.data_ptr<float>(), norm_out.data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
+  return at::mm(x, lm_head.t());
+}
+
+}  // namespace
+
+TORCH_LIBRARY(reasonloop_decode, m) {
+  m.def("decode_step(Tensor tokens, Tensor embed, Tensor[] layers, Tensor[] kp, Tensor[] vp, Tensor[] kc, "
+        "Tensor[] vc, Tensor pstart, Tensor grp, Tensor pos, Tensor cos, Tensor sin, Tensor norm_out, "
+        "Tensor lm_head, int heads, int t, float eps, float scaling) -> Tensor",
+        &decode_step);  // one kernel for every dispatch key: the weights may be MKLDNN tensors
+}
