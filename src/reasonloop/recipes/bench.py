@@ -94,6 +94,9 @@ class Config:
     """Save torch.profiler tables of one GRPO step and one training step to the output directory."""
     static_cache: bool = True
     """Ablation switch: false makes the sampler use transformers' forward with a DynamicCache."""
+    fused_decode: bool = True
+    """Ablation switch: false makes the static-cache sampler decode with torch ops instead of the
+    compiled CPU decode step (rollout/fused_decode.cpp)."""
     share_prompts: bool = True
     """Ablation switch: false makes training forwards re-encode each group's prompt G times."""
     bucket_lengths: bool = True
@@ -221,7 +224,7 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path, ceiling: bool = True) -> 
     rl.policy_forward = functools.partial(policy_forward, share_prompts=cfg.share_prompts,  # ablation switches
                                           bucket_lengths=cfg.bucket_lengths)
     trainer = Trainer(rl_config(cfg, model_dir, out / "reasonloop-run"))
-    trainer.engine.static_cache = cfg.static_cache
+    trainer.engine.static_cache, trainer.engine.fused_decode = cfg.static_cache, cfg.fused_decode
     timed = _Timed(trainer.engine)
     trainer.engine = timed
     rows: list[dict] = []
@@ -260,10 +263,12 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path, ceiling: bool = True) -> 
 
 
 ABLATIONS = {  # cumulative: each row adds one optimisation to the one above
-    "baseline (DynamicCache sampler, plain forward)": {"static_cache": False, "share_prompts": False, "bucket_lengths": False},
-    "+ static KV cache sampler": {"static_cache": True, "share_prompts": False, "bucket_lengths": False},
-    "+ shared-prompt training forward": {"static_cache": True, "share_prompts": True, "bucket_lengths": False},
-    "+ length buckets": {"static_cache": True, "share_prompts": True, "bucket_lengths": True},
+    "baseline (DynamicCache sampler, plain forward)":
+        {"static_cache": False, "fused_decode": False, "share_prompts": False, "bucket_lengths": False},
+    "+ static KV cache sampler": {"static_cache": True, "fused_decode": False, "share_prompts": False, "bucket_lengths": False},
+    "+ shared-prompt training forward": {"static_cache": True, "fused_decode": False, "share_prompts": True, "bucket_lengths": False},
+    "+ length buckets": {"static_cache": True, "fused_decode": False, "share_prompts": True, "bucket_lengths": True},
+    "+ compiled decode step": {"static_cache": True, "fused_decode": True, "share_prompts": True, "bucket_lengths": True},
 }
 
 
@@ -277,7 +282,7 @@ def bench_ablation(cfg: Config, model_dir: str, out: Path) -> dict:
     trainers = {}
     for i, (name, opts) in enumerate(ABLATIONS.items()):
         trainer = rl.Trainer(rl_config(cfg, model_dir, out / f"ablation-{i}"))
-        trainer.engine.static_cache = opts["static_cache"]
+        trainer.engine.static_cache, trainer.engine.fused_decode = opts["static_cache"], opts["fused_decode"]
         trainer.engine = _Timed(trainer.engine)
         trainers[name] = (trainer, functools.partial(policy_forward, share_prompts=opts["share_prompts"],
                                                      bucket_lengths=opts["bucket_lengths"]))
@@ -315,7 +320,7 @@ def bench_generate(cfg: Config, model_dir: str) -> dict:
     exs = make_task("arithmetic").examples("train", cfg.prompts, seed=cfg.seed + 1)
     prompts = [render_prompt(tok, e.prompt) for e in exs]
     sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-    sampler = TorchSampler(model, tok, static_cache=cfg.static_cache)
+    sampler = TorchSampler(model, tok, static_cache=cfg.static_cache, fused_decode=cfg.fused_decode)
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left").to(model.device)
     reps = max(5, cfg.steps)
 
@@ -353,6 +358,7 @@ def bench_generate(cfg: Config, model_dir: str) -> dict:
 
 
 GEMM_OPS = {"aten::mm": torch.mm, "aten::bmm": torch.bmm, "aten::addmm": torch.addmm}
+ONEDNN_LINEAR = "mkldnn::_linear_pointwise"  # the compiled decode step's projections (prepacked weights)
 
 
 def recorded_gemms(fn) -> list[tuple[str, list[list[int]]]]:
@@ -361,21 +367,35 @@ def recorded_gemms(fn) -> list[tuple[str, list[list[int]]]]:
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         fn()
-    return [(e.name, [list(shape) for shape in e.input_shapes if shape]) for e in prof.events() if e.name in GEMM_OPS]
+    return [(e.name, [list(shape) for shape in e.input_shapes if shape]) for e in prof.events()
+            if e.name in GEMM_OPS or e.name == ONEDNN_LINEAR]
+
+
+def _replay(name: str, shapes: list[list[int]], device: torch.device):
+    """A call of op `name` on random tensors of `shapes`; oneDNN linears get a weight prepacked as the
+    decode step's are, so the replay costs what the original call did."""
+    if name != ONEDNN_LINEAR:
+        op, args = GEMM_OPS[name], [torch.randn(*shape, device=device) for shape in shapes]
+        return lambda: op(*args)
+    mats = [torch.randn(*shape) for shape in shapes if len(shape) == 2]  # X, [residual,] W; a bias is 1-D
+    bias = next((torch.randn(*shape) for shape in shapes if len(shape) == 1), None)
+    x, w = mats[0], torch.ops.mkldnn._reorder_linear_weight(mats[-1], mats[0].shape[0])
+    if len(mats) == 3:
+        return lambda: torch.ops.mkldnn._linear_pointwise.binary(x, mats[1], w, bias, "add")
+    return lambda: torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
 
 
 def gemm_replay_seconds(fn, reps: int, device: torch.device) -> float:
     """Median time of `fn`'s matrix multiplies alone, replayed back to back on random tensors of the
     recorded shapes. Time outside them is all a faster implementation could still remove, so
     `call time / this` bounds its speed-up."""
-    calls = [(GEMM_OPS[name], [torch.randn(*shape, device=device) for shape in shapes])
-             for name, shapes in recorded_gemms(fn)]
+    calls = [_replay(name, shapes, device) for name, shapes in recorded_gemms(fn)]
     times = []
     for _ in range(reps + 1):
         _sync()
         t = time.perf_counter()
-        for op, args in calls:
-            op(*args)
+        for call in calls:
+            call()
         _sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
@@ -442,7 +462,7 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
     ours = Trainer(rl_config(cfg, model_dir, out / "reasonloop-paired"))
     examples = ours.next_prompts((cfg.warmup + cfg.steps) * cfg.prompts)
     ours.state["position"] = 0  # it replays the same prompts, one step after each TRL step
-    ours.engine.static_cache = cfg.static_cache
+    ours.engine.static_cache, ours.engine.fused_decode = cfg.static_cache, cfg.fused_decode
     specs = ours.task.rewards()
     tok = load_tokenizer(model_dir)
     rows = [{"prompt": render_prompt(tok, e.prompt), "answer": e.answer, **e.meta} for e in examples]
@@ -519,7 +539,7 @@ def _subprocess_grpo(cfg: Config, out: Path, **overrides) -> dict:
     keys = {"model": cfg.model, "prompts": cfg.prompts, "group_size": cfg.group_size,
             "max_new_tokens": cfg.max_new_tokens, "steps": cfg.steps, "warmup": cfg.warmup,
             "micro_batch_size": cfg.micro_batch_size, "threads": cfg.threads, "seed": cfg.seed,
-            "static_cache": cfg.static_cache, "share_prompts": cfg.share_prompts,
+            "static_cache": cfg.static_cache, "fused_decode": cfg.fused_decode, "share_prompts": cfg.share_prompts,
             "bucket_lengths": cfg.bucket_lengths, **overrides}
     name = "-".join(f"{k}{v}" for k, v in overrides.items())
     argv = [f"{k}={v}" for k, v in keys.items()] + ["only=grpo", f"output_dir={out / ('sub-' + name)}"]

@@ -79,29 +79,68 @@ inline vecf load(const float* p) {
 }
 inline void store(float* p, vecf v) { std::memcpy(p, &v, sizeof(v)); }
 
-// out[c * W + l] = scale * sum_e q[e] * k[c, e, l] for the first `chunks` [D, W] blocks of k: each
-// block is contiguous, and two accumulators halve the FMA dependency chain (D is even)
+// out[c * W + l] = scale * sum_e q[e] * k[c, e, l] for the first `chunks` [D, W] blocks of k. Each
+// block is contiguous; two blocks at a time and even/odd e apart give four independent FMA chains
+// (one chain would wait on the FMA latency at every step). D is even.
 inline void dot_chunks(const float* q, const float* k, int64_t chunks, int64_t D, float scale, float* out) {
-  for (int64_t c = 0; c < chunks; ++c) {
-    const float* block = k + c * D * W;
-    vecf acc0 = {}, acc1 = {};
+  int64_t c = 0;
+  for (; c + 2 <= chunks; c += 2) {
+    const float* k0 = k + c * D * W;
+    const float* k1 = k0 + D * W;
+    vecf a0 = {}, a1 = {}, b0 = {}, b1 = {};
     for (int64_t e = 0; e < D; e += 2) {
-      acc0 += q[e] * load(block + e * W);
-      acc1 += q[e + 1] * load(block + (e + 1) * W);
+      a0 += q[e] * load(k0 + e * W);
+      a1 += q[e + 1] * load(k0 + (e + 1) * W);
+      b0 += q[e] * load(k1 + e * W);
+      b1 += q[e + 1] * load(k1 + (e + 1) * W);
     }
-    store(out + c * W, (acc0 + acc1) * scale);
+    store(out + c * W, (a0 + a1) * scale);
+    store(out + (c + 1) * W, (b0 + b1) * scale);
+  }
+  if (c < chunks) {
+    const float* k0 = k + c * D * W;
+    vecf a0 = {}, a1 = {};
+    for (int64_t e = 0; e < D; e += 2) {
+      a0 += q[e] * load(k0 + e * W);
+      a1 += q[e + 1] * load(k0 + (e + 1) * W);
+    }
+    store(out + c * W, (a0 + a1) * scale);
   }
 }
 
-// out[e] = sum_u w1[u] * v1[u, e] + sum_u w2[u] * v2[u, e], W lanes of e at a time
+// acc[j] += sum_u w[u] * v[u, e + j * W .. e + (j + 1) * W) for j < J, positions two at a time into
+// separate accumulators (2 * J independent FMA chains)
+template <int J>
+inline void accumulate(const float* w, const float* v, int64_t n, int64_t D, int64_t e, vecf* even, vecf* odd) {
+  int64_t u = 0;
+  for (; u + 2 <= n; u += 2) {
+    const float* r0 = v + u * D + e;
+    const float* r1 = r0 + D;
+    for (int j = 0; j < J; ++j) {
+      even[j] += w[u] * load(r0 + j * W);
+      odd[j] += w[u + 1] * load(r1 + j * W);
+    }
+  }
+  if (u < n)
+    for (int j = 0; j < J; ++j) even[j] += w[u] * load(v + u * D + e + j * W);
+}
+
+// out[e] = sum_u w1[u] * v1[u, e] + sum_u w2[u] * v2[u, e]
 inline void weighted_sum(const float* w1, const float* v1, int64_t n1, const float* w2, const float* v2,
                          int64_t n2, int64_t D, float* out) {
   int64_t e = 0;
+  for (; e + 2 * W <= D; e += 2 * W) {
+    vecf even[2] = {}, odd[2] = {};
+    accumulate<2>(w1, v1, n1, D, e, even, odd);
+    accumulate<2>(w2, v2, n2, D, e, even, odd);
+    store(out + e, even[0] + odd[0]);
+    store(out + e + W, even[1] + odd[1]);
+  }
   for (; e + W <= D; e += W) {
-    vecf acc = {};
-    for (int64_t u = 0; u < n1; ++u) acc += w1[u] * load(v1 + u * D + e);
-    for (int64_t u = 0; u < n2; ++u) acc += w2[u] * load(v2 + u * D + e);
-    store(out + e, acc);
+    vecf even[1] = {}, odd[1] = {};
+    accumulate<1>(w1, v1, n1, D, e, even, odd);
+    accumulate<1>(w2, v2, n2, D, e, even, odd);
+    store(out + e, even[0] + odd[0]);
   }
   for (; e < D; ++e) {
     float acc = 0.f;
