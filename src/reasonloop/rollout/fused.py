@@ -52,7 +52,7 @@ def _build() -> bool:
             import ninja
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        log.info("loading the compiled decode step (built once per machine and torch version, ~10 s)")
+        log.info("loading the compiled decode step (compiled on first use, ~10 s once per machine and torch version)")
         load(name=f"reasonloop_decode_{_machine_tag()}", sources=[str(_SOURCE)], extra_cflags=_FLAGS,
              is_python_module=False, verbose=False)
         return hasattr(torch.ops.reasonloop_decode, "decode_step")
@@ -119,10 +119,11 @@ class FusedDecoder:
         if storage is None or storage.numel() < 2 * n_layers * per:
             storage = torch.empty(2 * n_layers * per)
         self.storage = storage
-        chunks = [storage[i * per : (i + 1) * per] for i in range(2 * n_layers)]
-        # keys in [head_dim, CHUNK] blocks of CHUNK positions, so the step's q.k loops run along positions
-        self.kc = [c.view(self.rows, kv, width // CHUNK, d, CHUNK) for c in chunks[:n_layers]]
-        self.vc = [c.view(self.rows, kv, width, d) for c in chunks[n_layers:]]
+        # keys in [head_dim, CHUNK] blocks of CHUNK positions, so the step's q.k loops run along positions;
+        # all layers' keys (values) in one tensor, so `keep` moves rows with one indexing op for each
+        self.k_all = storage[: n_layers * per].view(n_layers, self.rows, kv, width // CHUNK, d, CHUNK)
+        self.v_all = storage[n_layers * per : 2 * n_layers * per].view(n_layers, self.rows, kv, width, d)
+        self.kc, self.vc = list(self.k_all.unbind(0)), list(self.v_all.unbind(0))
         key = tuple((p.data_ptr(), p._version) for p in model.parameters())
         if packed is None or packed[0] != key:
             packed = (key, self._weights())
@@ -183,9 +184,9 @@ class FusedDecoder:
         movers = live[m:].nonzero().flatten() + m
         order = torch.arange(n)
         if len(holes):
-            for kc, vc in zip(self.kc, self.vc):
-                kc[holes, :, : -(-self.t // CHUNK)] = kc[movers, :, : -(-self.t // CHUNK)]
-                vc[holes, :, : self.t] = vc[movers, :, : self.t]
+            chunks = -(-self.t // CHUNK)
+            self.k_all[:, holes, :, :chunks] = self.k_all[:, movers, :, :chunks]
+            self.v_all[:, holes, :, : self.t] = self.v_all[:, movers, :, : self.t]
             self.grp[holes] = self.grp[movers]
             order[holes] = movers
         self.grp = self.grp[:m]

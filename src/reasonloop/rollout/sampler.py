@@ -251,8 +251,8 @@ class TorchSampler:
         return hit
 
     def _decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-        texts = []
+        texts, eos = [], self.tokenizer.eos_token_id  # read once: a tokenizer attribute lookup is slow
         for row, m in zip(ids.tolist(), mask.tolist()):
-            kept = [t for t, keep in zip(row, m) if keep and t != self.tokenizer.eos_token_id]
+            kept = [t for t, keep in zip(row, m) if keep and t != eos]
             texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
         return texts
