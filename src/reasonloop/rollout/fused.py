@@ -1,10 +1,11 @@
 """A compiled one-token decode step for CPU sampling (`fused_decode.cpp`), built on first use.
 
 `FusedDecoder` has `kv_cache.StaticDecoder`'s interface (prefill / step / keep / storage) and its
-prefill, but runs every decode step as one C++ call: the projections stay torch matmuls, the
-RMSNorms, RoPE, attention and SiLU are plain loops, and the G samples of a prompt read that prompt's
-keys/values from one shared copy instead of G repeated ones. Results match `StaticDecoder` within
-float rounding (tests/test_speed_equivalence.py), not bit for bit.
+prefill, but runs every decode step as one C++ call: the projections are oneDNN linears on weights
+prepacked once (torch matmuls without oneDNN), the RMSNorms, RoPE, attention and SiLU are plain
+loops, and the G samples of a prompt read that prompt's keys/values from one shared copy instead of
+G repeated ones. Results match `StaticDecoder` within float rounding (tests/test_speed_equivalence.py),
+not bit for bit. Design and measurements: docs/speed.md, "The compiled decode step".
 
 The extension is compiled with torch's C++ extension loader (needs a C++ compiler and `ninja`; ~10 s
 once per machine, then cached under torch's extensions directory). Where it cannot be built, or with

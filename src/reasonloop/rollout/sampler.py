@@ -70,9 +70,11 @@ class TorchSampler:
     """`RolloutEngine` running the policy model in-process; `update_weights` is a no-op (shared weights).
 
     Llama-family models (see `kv_cache.supports`) decode through `kv_cache.StaticDecoder`: a
-    preallocated cache, fused projections and finished rows dropped from the batch. Other models use
-    transformers' forward with a `DynamicCache`. Both paths draw the same random numbers, so under one
-    seed they produce the same samples (`static_cache=False` forces the generic path).
+    preallocated cache, fused projections and finished rows dropped from the batch; in float32 on a
+    CPU, through its compiled decode step (`fused.FusedDecoder`, `fused_decode=False` to opt out) when
+    it builds. Other models use transformers' forward with a `DynamicCache`. All paths draw the same
+    random numbers, so under one seed they produce the same samples (`static_cache=False` forces the
+    generic path).
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, share_prefill: bool = True,
