@@ -86,3 +86,38 @@ def test_every_recipe_config_documents_every_field():
             continue  # a command whose module has not landed yet
         undocumented = [key for key, _, _, doc in describe(getattr(module, cmd.config)) if not doc]
         assert not undocumented, f"{name}: fields without a docstring: {undocumented}"
+
+
+def test_the_reference_shows_the_defaults_a_run_gets():
+    """Nested blocks take their defaults from the parent's field (e.g. each recipe's own optimizer lr),
+    not from the block class: help and docs/config.md must show those."""
+    import functools
+    import importlib
+
+    from reasonloop.cli import COMMANDS
+
+    checked = 0
+    for cmd in COMMANDS.values():
+        if not cmd.config:
+            continue
+        config = getattr(importlib.import_module(cmd.module), cmd.config)
+        rows = describe(config)
+        if any(shown == "(required)" for _, _, shown, _ in rows):
+            continue
+        cfg = config()
+        for key, _, shown, _ in rows:
+            assert shown == repr(functools.reduce(getattr, key.split("."), cfg)), f"{cmd.module}: {key}"
+            checked += 1
+    assert checked > 100
+
+    @dataclass
+    class Opt:
+        lr: float = 1.0
+        """lr"""
+
+    @dataclass
+    class Recipe:
+        optim: Opt = field(default_factory=lambda: Opt(lr=0.5))
+        """optim"""
+
+    assert ("optim.lr", "float", "0.5", "lr") in describe(Recipe)

@@ -121,23 +121,32 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, doc) rows for help and the generated config reference."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) rows for help and the generated config reference.
+
+    `defaults`: the instance whose values are the defaults. A nested block takes its defaults from its
+    parent's field (e.g. `default_factory=lambda: OptimConfig(lr=1e-4, min_lr_ratio=1.0)`), which may
+    differ from the block class's own.
+    """
     rows = []
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, prefix=f"{prefix}{f.name}."))
-            continue
-        if f.default is not dataclasses.MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         else:
-            default = "(required)"
-        rows.append((prefix + f.name, _type_name(tp), repr(default), docs.get(f.name, "")))
+            default = dataclasses.MISSING
+        if dataclasses.is_dataclass(tp):
+            nested = None if default is dataclasses.MISSING else default
+            rows.extend(describe(tp, prefix=f"{prefix}{f.name}.", defaults=nested))
+            continue
+        shown = "(required)" if default is dataclasses.MISSING else repr(default)
+        rows.append((prefix + f.name, _type_name(tp), shown, docs.get(f.name, "")))
     return rows
 
 
