@@ -208,3 +208,59 @@ def test_dynamic_sampling_keeps_only_informative_groups(nano_model_dir, tmp_path
     groups = data.rewards.view(-1, 8)
     assert stats["dynamic_sampling/kept_groups"] == groups.shape[0]
     assert all(not bool((g == g[0]).all()) for g in groups)
+
+
+def test_reward_funcs_from_a_module_drive_training(nano_model_dir, tmp_path, toy_task, monkeypatch):
+    """A TRL-signature function named in the config replaces the task's reward and the policy learns it."""
+    (tmp_path / "my_rewards.py").write_text(
+        "from toy_tasks import LETTERS\n"
+        "def letter_first(prompts, completions, level, **_):\n"
+        "    assert len(prompts) == len(level) == len(completions)\n"
+        "    return [float(c[:1] in LETTERS) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "task_rewards=false",
+                                  "reward_funcs=[my_rewards:letter_first]", "reward_weights=[2.0]"))
+    assert [s.name for s in trainer.reward_specs] == ["letter_first"]
+    before = letter_first_prob(trainer)
+    metrics, data = trainer.step()
+    assert set(data.components) == {"letter_first"}
+    torch.testing.assert_close(data.rewards, 2.0 * data.components["letter_first"])
+    assert 0 < float(data.components["letter_first"].mean()) < 1
+    assert letter_first_prob(trainer) > before * 1.05
+
+
+def test_a_reward_model_checkpoint_is_one_more_reward_component(nano_model_dir, tmp_path, toy_task, tokenizer):
+    from transformers import LlamaForSequenceClassification
+
+    from reasonloop.models.tiny import build_config
+    from reasonloop.rewards.reward_model import RewardModel
+
+    torch.manual_seed(0)
+    config = build_config(tokenizer, "nano")
+    config.num_labels = 1
+    rm_dir = tmp_path / "rm"
+    LlamaForSequenceClassification(config).save_pretrained(str(rm_dir))
+    tokenizer.save_pretrained(str(rm_dir))
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, f"reward_model={rm_dir}", "reward_model_weight=0.5"))
+    assert [s.name for s in trainer.reward_specs] == ["accuracy", "reward_model"]
+    metrics, data = trainer.step()
+    scores = RewardModel.from_pretrained(str(rm_dir)).score([e.prompt for e in data.examples], data.batch.completions)
+    torch.testing.assert_close(data.components["reward_model"], torch.tensor(scores))
+    assert data.components["reward_model"].std() > 0
+    torch.testing.assert_close(data.rewards, data.components["accuracy"] + 0.5 * data.components["reward_model"])
+    assert metrics["reward/reward_model"] == pytest.approx(float(data.components["reward_model"].mean()))
+
+
+def test_reward_hooks_that_do_not_resolve_are_config_errors(nano_model_dir, tmp_path, toy_task):
+    from reasonloop.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no_such_module"):
+        rl.Trainer(make_cfg(nano_model_dir, tmp_path, "reward_funcs=[no_such_module:score]"))
+    with pytest.raises(ConfigError, match="'module:function'"):
+        rl.Trainer(make_cfg(nano_model_dir, tmp_path, "reward_funcs=[no_colon]"))
+    with pytest.raises(ConfigError, match="reward_weights has 2 entries for 1"):
+        make_cfg(nano_model_dir, tmp_path, "reward_funcs=[math:sqrt]", "reward_weights=[1.0,2.0]")
+    with pytest.raises(ConfigError, match="task_rewards=false needs"):
+        make_cfg(nano_model_dir, tmp_path, "task_rewards=false")
+    with pytest.raises(ConfigError, match="sequence classifier"):
+        rl.Trainer(make_cfg(nano_model_dir, tmp_path, f"reward_model={tmp_path / 'missing'}"))

@@ -49,13 +49,14 @@ from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, masked_me
 from reasonloop.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from reasonloop.algos.policy_loss import PPOPenaltyController, ppo_clip_loss, ppo_penalty_loss, tis_weights
 from reasonloop.algos.value import clipped_value_loss
-from reasonloop.config import require, require_choice
+from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example, RolloutBatch
 from reasonloop.data.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
-from reasonloop.rewards.core import compute_rewards
+from reasonloop.rewards.core import RewardSpec, compute_rewards, load_reward_fn
+from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -192,6 +193,20 @@ class Config:
     """Seed for prompts, sampling and initialisation."""
     threads: int = 0
     """torch threads; 0 keeps torch's default."""
+    reward_funcs: list[str] = field(default_factory=list)
+    """Extra reward functions as 'module:function' with TRL's signature (fn(prompts, completions, **columns)
+    -> list of floats, columns = the example's answer and metadata); each is one more reward component."""
+    reward_weights: list[float] = field(default_factory=list)
+    """Weights of reward_funcs, in order; empty means 1.0 each."""
+    reward_model: str = ""
+    """A local sequence-classification checkpoint (AutoModelForSequenceClassification: a Bradley-Terry RM's
+    logit, or a classifier's last-label probability) scored on (prompt, completion) as one more reward
+    component; empty disables."""
+    reward_model_weight: float = 1.0
+    """Weight of the reward_model component."""
+    task_rewards: bool = True
+    """Keep the task's own reward components; false trains on reward_funcs / reward_model alone (held-out
+    evaluation still uses the task's verifier)."""
 
     def __post_init__(self):
         require_choice("advantage", self.advantage, list(ADVANTAGES))
@@ -213,6 +228,10 @@ class Config:
         require(self.dual_clip == 0 or self.dual_clip > 1, "dual_clip must be 0 (off) or > 1")
         require((self.advantage == "gae") == (self.critic != "none"),
                 "advantage=gae needs a critic (critic=head|separate), and a critic is only used by gae")
+        require(not self.reward_weights or len(self.reward_weights) == len(self.reward_funcs),
+                f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_funcs)} reward_funcs")
+        require(self.task_rewards or self.reward_funcs or self.reward_model,
+                "task_rewards=false needs reward_funcs or a reward_model to train on")
         require(not self.adaptive_group or (self.advantage in ("grpo", "rloo") and self.std_mode != "batch"
                                             and self.weighting == "none"),
                 "adaptive_group works with advantage=grpo|rloo, per-group std and weighting=none")
@@ -258,6 +277,7 @@ class Trainer:
         self.run = Run(self.out_dir, cfg)
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
+        self.reward_specs = self._reward_specs()
         self.use_lora = cfg.model.lora.r > 0
         self.ref = None
         if cfg.kl_coef > 0 and not self.use_lora:  # with LoRA the reference is the adapter-free model
@@ -282,6 +302,29 @@ class Trainer:
         if cfg.resume == "auto" and (ckpt := latest_checkpoint(self.out_dir)) is not None:
             self._restore(ckpt)
             print(f"train: resumed from {ckpt} at step {self.state['step']}")
+
+    def _reward_specs(self) -> list[RewardSpec]:
+        """The task's reward components (unless task_rewards=false) plus the configured functions and
+        reward model; a name that does not resolve is a config error, reported before any step runs."""
+        cfg = self.cfg
+        specs = list(self.task.rewards()) if cfg.task_rewards else []
+        weights = cfg.reward_weights or [1.0] * len(cfg.reward_funcs)
+        for spec, weight in zip(cfg.reward_funcs, weights):
+            try:
+                fn = load_reward_fn(spec)
+            except ValueError as exc:
+                raise ConfigError(f"reward_funcs: {exc}") from exc
+            specs.append(RewardSpec(spec.partition(":")[2], fn, weight))
+        if cfg.reward_model:
+            try:
+                rm = RewardModel.from_pretrained(cfg.reward_model, device=str(next(self.model.parameters()).device))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"reward_model={cfg.reward_model!r} does not load as a sequence classifier: {exc}") from exc
+            specs.append(RewardSpec("reward_model", rm.as_reward_fn(), cfg.reward_model_weight))
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"reward component names must differ, got {names}")
+        return specs
 
     # -- data --------------------------------------------------------------------------------------
     def _shuffled(self, epoch: int) -> list[int]:
@@ -325,7 +368,7 @@ class Trainer:
             t0 = time.time()
             batch = self.engine.generate([self.render(e.prompt) for e in exs], g, self.cfg.sampling, self.generator)
             t1 = time.time()
-            scored = compute_rewards(self.task.rewards(), batch.completions, [e for e in exs for _ in range(g)])
+            scored = compute_rewards(self.reward_specs, batch.completions, [e for e in exs for _ in range(g)])
             timing["time/generation"] = timing.get("time/generation", 0.0) + t1 - t0
             timing["time/reward"] = timing.get("time/reward", 0.0) + time.time() - t1
             for name, count in scored.errors.items():

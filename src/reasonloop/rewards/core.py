@@ -12,6 +12,7 @@ the affected rows score 0 for that component and the failure is counted in `Rewa
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -49,6 +50,24 @@ def example_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
     for k in keys:
         cols[k] = [ex.meta.get(k) for ex in examples]
     return cols
+
+
+def load_reward_fn(spec: str) -> RewardFn:
+    """'package.module:function' -> the function (for reward functions named in a config).
+
+    Raises ValueError with what went wrong: a malformed spec, a module that does not import, a missing
+    attribute, or one that is not callable.
+    """
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"a reward function is 'module:function', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"reward function {spec!r}: {type(exc).__name__}: {exc}") from exc
+    if not callable(fn):
+        raise ValueError(f"reward function {spec!r} is not callable")
+    return fn
 
 
 def compute_rewards(
