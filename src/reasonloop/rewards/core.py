@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -53,7 +55,8 @@ def example_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
 
 
 def load_reward_fn(spec: str) -> RewardFn:
-    """'package.module:function' -> the function (for reward functions named in a config).
+    """'package.module:function' -> the function (for reward functions named in a config); modules
+    in the working directory import too, after installed ones.
 
     Raises ValueError with what went wrong: a malformed spec, a module that does not import, a missing
     attribute, or one that is not callable.
@@ -61,6 +64,8 @@ def load_reward_fn(spec: str) -> RewardFn:
     module, _, attr = spec.partition(":")
     if not module or not attr:
         raise ValueError(f"a reward function is 'module:function', got {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:  # the `reasonloop` script does not put it there
+        sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
