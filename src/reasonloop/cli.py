@@ -38,6 +38,8 @@ COMMANDS: dict[str, Command] = {
     },
     "self_train": Command("reasonloop.recipes.self_train",
                           "generate -> verify -> select -> SFT loops (rejection sampling, RAFT, ReST, STaR, ...)"),
+    "reward_model": Command("reasonloop.recipes.reward_modeling",
+                            "train a Bradley-Terry reward model (pairs from data= or the verifier-labelled samples)"),
     "dpo": Command("reasonloop.recipes.dpo", "preference optimisation: offline, online/iterative, self-rewarding"),
     "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
     "bench": Command("reasonloop.recipes.bench", "time a fixed GRPO workload; --vs trl compares with TRL's GRPOTrainer",

@@ -30,6 +30,9 @@ class RewardModel:
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.truncation_side = "left"
+        # the score is read at each row's last real token; right padding keeps every row's positions
+        # the same as unpadded (left padding would shift them for models called without position ids)
+        tokenizer.padding_side = "right"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device).eval()

@@ -1,0 +1,219 @@
+"""Train a Bradley-Terry reward model: a scalar head on a causal LM's trunk, scored on (prompt, completion).
+
+Pairs come from `data=` (prompt / chosen / rejected columns, as for offline DPO) or, when `data` is
+empty, from the base model's own samples on the task's train prompts, labelled by the task's
+verifier: each prompt with both a correct and a wrong sample gives up to `pairs_per_prompt`
+(correct, wrong) pairs. The loss is -log sigmoid(r_chosen - r_rejected) (Ouyang et al. 2022), plus
+`center_rewards` * mean(r^2), which keeps scores near zero (Eisenstein et al. 2023; TRL's
+`center_rewards_coefficient`). Pair accuracy on held-out pairs, built the same way from the test
+split, is reported before and after.
+
+The result is an `AutoModelForSequenceClassification` directory: `reasonloop train
+reward_model=<run>/model` uses it as a reward (`rewards.reward_model.RewardModel` scores it the same way).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from reasonloop.config import ConfigError, require, require_choice
+from reasonloop.data.io import load_rows, select_text_fields
+from reasonloop.data.tasks import make_task
+from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, resolve_model_path
+from reasonloop.rewards.reward_model import RewardModel
+from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
+from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
+
+Pair = tuple[str, str, str]  # (prompt, chosen, rejected)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The causal LM whose trunk the reward model starts from (a new scalar head is added); with `data`
+    empty it also samples the pairs."""
+    task: str = "arithmetic"
+    """Task whose verifier labels the sampled pairs (train split) and the held-out pairs (test split)."""
+    data_dir: str = ""
+    """Data location for file-backed tasks."""
+    data: str = ""
+    """Training pairs: .jsonl/.parquet file, save_to_disk directory or hub id; empty samples them (above)."""
+    prompt_field: str = "prompt"
+    """Column holding the prompt."""
+    chosen_field: str = "chosen"
+    """Column holding the preferred completion."""
+    rejected_field: str = "rejected"
+    """Column holding the other completion."""
+    prompts: int = 512
+    """Train prompts sampled for pairs when `data` is empty."""
+    eval_prompts: int = 200
+    """Held-out (test split) prompts sampled for the held-out pairs."""
+    samples_per_prompt: int = 4
+    """Completions sampled per prompt."""
+    pairs_per_prompt: int = 2
+    """Most (correct, wrong) pairs kept per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature for the pairs."""
+    max_new_tokens: int = 64
+    """Completion length limit when sampling pairs."""
+    steps: int = 150
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Pairs per optimizer step."""
+    micro_batch_size: int = 32
+    """Pairs per forward/backward; gradients accumulate up to batch_size."""
+    center_rewards: float = 0.01
+    """Coefficient of mean(r^2) added to the loss; 0 disables."""
+    max_length: int = 512
+    """Truncate prompt+completion to this many tokens (from the left: the verdict is at the end)."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10))
+    """Optimiser and schedule."""
+    save_every: int = 50
+    """Checkpoint every N steps; 0 disables intermediate checkpoints."""
+    resume: str = "auto"
+    """'auto' continues from the run directory's latest checkpoint if any; 'never' starts fresh."""
+    output_dir: str = ""
+    """Run directory; empty means runs/reward_model-<timestamp>."""
+    seed: int = 0
+    """Seed for prompts, sampling, pair order and the head's initialisation."""
+    threads: int = 0
+    """torch threads; 0 keeps torch's default."""
+
+    def __post_init__(self):
+        require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
+        require(self.samples_per_prompt >= 2 and self.pairs_per_prompt >= 1,
+                "need samples_per_prompt >= 2 and pairs_per_prompt >= 1")
+        require(self.center_rewards >= 0, "center_rewards must be >= 0")
+        require_choice("resume", self.resume, ["auto", "never"])
+
+
+def sampled_pairs(sampler: TorchSampler, task, examples, render, cfg: Config, seed: int) -> list[Pair]:
+    """(prompt, correct sample, wrong sample) pairs from `samples_per_prompt` samples of each example."""
+    sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    generator = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    pairs: list[Pair] = []
+    for start in range(0, len(examples), 32):
+        chunk = examples[start : start + 32]
+        batch = sampler.generate([render(e.prompt) for e in chunk], cfg.samples_per_prompt, sampling, generator)
+        for i, ex in enumerate(chunk):
+            samples = batch.completions[i * cfg.samples_per_prompt : (i + 1) * cfg.samples_per_prompt]
+            good = sorted({c for c in samples if task.is_correct(c, ex)})
+            bad = sorted({c for c in samples if not task.is_correct(c, ex)})
+            combos = [(g, b) for g in good for b in bad]
+            rng.shuffle(combos)
+            pairs += [(ex.prompt, g, b) for g, b in combos[: cfg.pairs_per_prompt]]
+    return pairs
+
+
+def file_pairs(cfg: Config) -> list[Pair]:
+    fields = {"prompt": cfg.prompt_field, "chosen": cfg.chosen_field, "rejected": cfg.rejected_field}
+    rows = select_text_fields(load_rows(cfg.data), fields, cfg.data)
+    return [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+
+
+def scores(rm: RewardModel, prompts: list[str], completions: list[str]) -> torch.Tensor:
+    """The reward model's scalar for each (prompt, completion), with gradients: [n]."""
+    texts = [rm.format(p, c) for p, c in zip(prompts, completions, strict=True)]
+    batch = rm.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=rm.max_length)
+    return rm.model(**batch.to(rm.model.device)).logits[:, 0].float()
+
+
+@torch.no_grad()
+def pair_accuracy(rm: RewardModel, pairs: list[Pair]) -> float:
+    """Fraction of pairs whose chosen completion scores above the rejected one."""
+    if not pairs:
+        return float("nan")
+    chosen = rm.score([p for p, _, _ in pairs], [c for _, c, _ in pairs])
+    rejected = rm.score([p for p, _, _ in pairs], [r for _, _, r in pairs])
+    return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
+
+
+def bradley_terry_step(rm: RewardModel, pairs: list[Pair], cfg: Config, optimizer, scheduler) -> dict[str, float]:
+    """One optimizer step over `pairs`, in micro-batches whose losses sum to the batch mean."""
+    rm.model.train()
+    totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+    for start in range(0, len(pairs), cfg.micro_batch_size):
+        micro = pairs[start : start + cfg.micro_batch_size]
+        prompts = [p for p, _, _ in micro] * 2
+        r = scores(rm, prompts, [c for _, c, _ in micro] + [rej for _, _, rej in micro])
+        r_chosen, r_rejected = r[: len(micro)], r[len(micro) :]
+        per_pair = -F.logsigmoid(r_chosen - r_rejected) + cfg.center_rewards * (r_chosen**2 + r_rejected**2) / 2
+        (per_pair.sum() / len(pairs)).backward()
+        totals["loss"] += float(per_pair.detach().sum())
+        totals["accuracy"] += float((r_chosen > r_rejected).sum())
+        totals["margin"] += float((r_chosen - r_rejected).detach().sum())
+    grad_norm, stepped = clip_and_step(rm.model, optimizer, scheduler, cfg.optim.max_grad_norm)
+    rm.model.eval()
+    return {**{k: v / len(pairs) for k, v in totals.items()}, "grad_norm": grad_norm, "skipped": float(not stepped)}
+
+
+def load_reward_model(cfg: Config, task, tokenizer) -> RewardModel:
+    """The base model's trunk with a fresh 1-output head (seeded), as a `RewardModel`."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name, task), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"  # sequence classification reads the last real token; positions stay aligned
+    tokenizer.truncation_side = "left"
+    return RewardModel(model=model.eval(), tokenizer=tokenizer, max_length=cfg.max_length)
+
+
+def run(cfg: Config) -> dict:
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    out_dir = cfg.output_dir or default_output_dir("reward_model")
+    run_ = Run(out_dir, cfg)
+    task = make_task(cfg.task, cfg.data_dir or None)
+    tokenizer, policy = load_policy(cfg.model, task)
+    render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
+    sampler = TorchSampler(policy, tokenizer)
+    train = file_pairs(cfg) if cfg.data else sampled_pairs(
+        sampler, task, task.examples("train", cfg.prompts, seed=cfg.seed), render, cfg, cfg.seed)
+    held_out = sampled_pairs(sampler, task, task.examples("test", cfg.eval_prompts, seed=cfg.seed), render, cfg,
+                             cfg.seed + 1)
+    if not train:
+        raise ConfigError("no training pairs: no prompt had both a correct and a wrong sample "
+                          "(raise samples_per_prompt or temperature, or pass data=)")
+    del sampler, policy
+    rm = load_reward_model(cfg, task, tokenizer)
+    optimizer, scheduler = build_optimizer(rm.model.parameters(), cfg.optim, cfg.steps)
+    state = {"step": 0, "accuracy_before": None}
+    if cfg.resume == "auto" and (ckpt := latest_checkpoint(out_dir)) is not None:
+        state = load_checkpoint(ckpt, rm.model, optimizer, scheduler)
+        print(f"reward_model: resumed from {ckpt} at step {state['step']}")
+    if state["step"] == 0:
+        state["accuracy_before"] = pair_accuracy(rm, held_out)
+    print(f"reward_model: {len(train)} training pairs, {len(held_out)} held-out pairs; "
+          f"held-out pair accuracy before training {state['accuracy_before']:.3f}")
+    metrics: dict = {}
+    with progress("reward_model", cfg.steps) as bar:
+        bar.advance(state["step"])
+        for step in range(state["step"] + 1, cfg.steps + 1):
+            picked = random.Random(f"{cfg.seed}:{step}").sample(train, min(cfg.batch_size, len(train)))
+            metrics = bradley_terry_step(rm, picked, cfg, optimizer, scheduler)
+            run_.log(step, metrics)
+            bar.advance()
+            bar.set(f"loss {metrics['loss']:.3f}")
+            if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
+                save_checkpoint(out_dir, step, rm.model, optimizer, scheduler,
+                                {"accuracy_before": state["accuracy_before"]})
+    after = pair_accuracy(rm, held_out)
+    run_.log(cfg.steps, {"eval/pair_accuracy": after})
+    model_dir = run_.dir / "model"
+    rm.model.save_pretrained(str(model_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(model_dir))
+    print(f"reward_model: held-out pair accuracy {state['accuracy_before']:.3f} -> {after:.3f}; saved to {model_dir}")
+    result = {"train_pairs": len(train), "held_out_pairs": len(held_out), "accuracy_before": state["accuracy_before"],
+              "accuracy_after": after, "final_loss": metrics.get("loss"), "model_dir": str(model_dir)}
+    run_.write_json("summary.json", result)
+    run_.close()
+    return result
