@@ -103,8 +103,10 @@ def _structure_supported(model: nn.Module) -> bool:
 class FusedDecoder:
     """Prefill B prompts once, then decode `group` samples of each with the compiled step.
 
-    Prompt keys/values live in a [B, kv_heads, P, head_dim] cache (not repeated per sample);
-    completion keys/values in [B * group, kv_heads, max_new, head_dim], one row per live sample.
+    The prompts' keys/values are kept once per prompt ([B, kv_heads, ...], not repeated per sample);
+    completion keys/values have one row per live sample ([B * group, kv_heads, ...]). Keys are stored
+    in [head_dim, CHUNK] blocks of CHUNK positions and lengths padded to whole blocks (layouts in
+    fused_decode.cpp's header).
     """
 
     def __init__(self, model: nn.Module, prompts: int, group: int, prompt_len: int, max_new: int,
