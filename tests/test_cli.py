@@ -56,3 +56,18 @@ def test_a_config_names_the_preset_it_carries():
     assert preset_of(load_config(rl.Config, [*RL_PRESETS["dapo"], "clip_high=0.3"])) == "custom"
     assert preset_of(load_config(rl.Config, ["steps=3", "optim.lr=1e-5"])) == "grpo"  # not an algorithm key
     assert preset_of(load_config(rl.Config, ["advantage=rloo"])) == "custom"
+
+
+def test_help_piped_into_a_reader_that_stops_early_is_not_a_traceback(monkeypatch):
+    """`reasonloop train --help | head -1`: the reader has gone, so writes fail with a broken pipe."""
+    import io
+    import os
+
+    from reasonloop.cli import main
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    stdout = io.TextIOWrapper(io.FileIO(write_end, "w"), write_through=True)
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert main(["train", "--help"]) == 1  # no exception escapes
+    stdout.close()
