@@ -223,8 +223,10 @@ def test_reward_funcs_from_a_module_drive_training(nano_model_dir, tmp_path, toy
     assert [s.name for s in trainer.reward_specs] == ["letter_first"]
     before = letter_first_prob(trainer)
     metrics, data = trainer.step()
-    assert set(data.components) == {"letter_first"}
+    # the task's own verdicts are computed and logged (reward/task/...) but not trained on
+    assert set(data.components) == {"letter_first", "task/accuracy"}
     torch.testing.assert_close(data.rewards, 2.0 * data.components["letter_first"])
+    assert metrics["accuracy"] == pytest.approx(float(data.components["task/accuracy"].mean()))
     assert 0 < float(data.components["letter_first"].mean()) < 1
     assert letter_first_prob(trainer) > before * 1.05
 

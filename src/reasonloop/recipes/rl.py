@@ -205,8 +205,9 @@ class Config:
     reward_model_weight: float = 1.0
     """Weight of the reward_model component."""
     task_rewards: bool = True
-    """Keep the task's own reward components; false trains on reward_funcs / reward_model alone (held-out
-    evaluation still uses the task's verifier)."""
+    """Keep the task's own reward components; false trains on reward_funcs / reward_model alone (the task's
+    components are still computed and logged as reward/task/<name>, and held-out evaluation still uses its
+    verifier, so `monitor.accuracy_drop` can flag a hacked reward)."""
 
     def __post_init__(self):
         require_choice("advantage", self.advantage, list(ADVANTAGES))
@@ -368,7 +369,11 @@ class Trainer:
             t0 = time.time()
             batch = self.engine.generate([self.render(e.prompt) for e in exs], g, self.cfg.sampling, self.generator)
             t1 = time.time()
-            scored = compute_rewards(self.reward_specs, batch.completions, [e for e in exs for _ in range(g)])
+            rows_exs = [e for e in exs for _ in range(g)]
+            scored = compute_rewards(self.reward_specs, batch.completions, rows_exs)
+            if not self.cfg.task_rewards:  # the task's verdicts, logged but not trained on: a hacking check
+                shadow = compute_rewards(self.task.rewards(), batch.completions, rows_exs)
+                scored.components.update({f"task/{k}": v for k, v in shadow.components.items()})
             timing["time/generation"] = timing.get("time/generation", 0.0) + t1 - t0
             timing["time/reward"] = timing.get("time/reward", 0.0) + time.time() - t1
             for name, count in scored.errors.items():
@@ -568,8 +573,9 @@ class Trainer:
             "tokens_per_s": n_tokens / elapsed, "time/rollout": t_rollout, "time/logprobs": t_score,
             "time/train": t_train, "time/step": elapsed,
         }
-        if "accuracy" in data.components:
-            metrics["accuracy"] = float(data.components["accuracy"].mean())
+        accuracy = data.components.get("accuracy", data.components.get("task/accuracy"))
+        if accuracy is not None:  # the verifier's verdict on the training samples, trained on or not
+            metrics["accuracy"] = float(accuracy.mean())
         return metrics, data
 
     def _update(self, data, scored, adv, extras, loss_mask, weights, normalizer) -> dict[str, float]:

@@ -32,6 +32,9 @@ class MonitorConfig:
     """Flag a mean completion length above this multiple of the first step's."""
     grad_explosion_ratio: float = 10.0
     """Flag a gradient norm above this multiple of the recent median."""
+    accuracy_drop: float = 0.15
+    """Flag reward hacking: the verifier's accuracy on the training samples, averaged over the window, has
+    fallen this far below its best window while the reward being optimised is no lower than it was then."""
 
     def __post_init__(self):
         require(self.window >= 2, "monitor.window must be >= 2")
@@ -42,6 +45,7 @@ class Monitors:
     cfg: MonitorConfig
     history: dict[str, deque] = field(default_factory=dict)
     first_length: float | None = None
+    best_accuracy: tuple[float, float] | None = None  # (best window-mean accuracy, window-mean reward then)
 
     def _recent(self, key: str) -> deque:
         return self.history.setdefault(key, deque(maxlen=self.cfg.window))
@@ -72,14 +76,31 @@ class Monitors:
         grads = self._recent("grad_norm")
         if grad is not None and len(grads) >= 5 and grad > c.grad_explosion_ratio * statistics.median(grads):
             alerts.append("grad_explosion")
-        for key, value in (("reward", reward), ("grad_norm", grad)):
+        for key, value in (("reward", reward), ("grad_norm", grad), ("accuracy", m.get("accuracy"))):
             if value is not None and math.isfinite(value):
                 self._recent(key).append(value)
+        if self._hacked():
+            alerts.append("reward_hacking")
         return alerts
 
+    def _hacked(self) -> bool:
+        """Accuracy (the verifier) down by `accuracy_drop` from its best window, reward not down: the
+        optimised reward has stopped tracking correctness (e.g. a learned reward model being gamed)."""
+        accs, rewards = self.history.get("accuracy"), self.history.get("reward")
+        if not accs or not rewards or len(accs) < self.cfg.window or len(rewards) < self.cfg.window:
+            return False
+        accuracy, reward = statistics.fmean(accs), statistics.fmean(rewards)
+        if self.best_accuracy is None or accuracy > self.best_accuracy[0]:
+            self.best_accuracy = (accuracy, reward)
+        best, reward_then = self.best_accuracy
+        return accuracy < best - self.cfg.accuracy_drop and reward >= reward_then
+
     def state_dict(self) -> dict:
-        return {"history": {k: list(v) for k, v in self.history.items()}, "first_length": self.first_length}
+        return {"history": {k: list(v) for k, v in self.history.items()}, "first_length": self.first_length,
+                "best_accuracy": self.best_accuracy}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = {k: deque(v, maxlen=self.cfg.window) for k, v in state["history"].items()}
         self.first_length = state["first_length"]
+        best = state.get("best_accuracy")  # absent in checkpoints written before this monitor
+        self.best_accuracy = tuple(best) if best is not None else None
