@@ -85,3 +85,5 @@ def test_no_pairs_is_a_config_error(nano_model_dir, tmp_path, toy_task):
         reward_modeling.run(make_cfg(nano_model_dir, tmp_path / "run", "temperature=0", "samples_per_prompt=2"))
     with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
         make_cfg(nano_model_dir, tmp_path / "run", "samples_per_prompt=1")
+    with pytest.raises(ConfigError, match="LoRA"):
+        make_cfg(nano_model_dir, tmp_path / "run", "model.lora.r=8")

@@ -91,6 +91,7 @@ class Config:
         require(self.samples_per_prompt >= 2 and self.pairs_per_prompt >= 1,
                 "need samples_per_prompt >= 2 and pairs_per_prompt >= 1")
         require(self.center_rewards >= 0, "center_rewards must be >= 0")
+        require(self.model.lora.r == 0, "reward_model trains all weights: LoRA (model.lora.r > 0) is not supported here")
         require_choice("resume", self.resume, ["auto", "never"])
 
 
@@ -155,12 +156,15 @@ def bradley_terry_step(rm: RewardModel, pairs: list[Pair], cfg: Config, optimize
     return {**{k: v / len(pairs) for k, v in totals.items()}, "grad_norm": grad_norm, "skipped": float(not stepped)}
 
 
-def load_reward_model(cfg: Config, task, tokenizer) -> RewardModel:
-    """The base model's trunk with a fresh 1-output head (seeded), as a `RewardModel`."""
+def load_reward_model(cfg: Config, task, tokenizer, like: torch.nn.Module) -> RewardModel:
+    """The base model's trunk with a fresh 1-output head (seeded), as a `RewardModel` on `like`'s device
+    and dtype (the policy as `model.*` loaded it)."""
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(cfg.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name, task), num_labels=1)
+    p = next(like.parameters())
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(cfg.model.name, task), num_labels=1, dtype=p.dtype).to(p.device)
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"  # sequence classification reads the last real token; positions stay aligned
     tokenizer.truncation_side = "left"
@@ -183,8 +187,8 @@ def run(cfg: Config) -> dict:
     if not train:
         raise ConfigError("no training pairs: no prompt had both a correct and a wrong sample "
                           "(raise samples_per_prompt or temperature, or pass data=)")
+    rm = load_reward_model(cfg, task, tokenizer, like=policy)
     del sampler, policy
-    rm = load_reward_model(cfg, task, tokenizer)
     optimizer, scheduler = build_optimizer(rm.model.parameters(), cfg.optim, cfg.steps)
     state = {"step": 0, "accuracy_before": None}
     if cfg.resume == "auto" and (ckpt := latest_checkpoint(out_dir)) is not None:
