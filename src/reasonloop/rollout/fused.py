@@ -53,13 +53,24 @@ def _build() -> bool:
             import ninja
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        log.info("loading the compiled decode step (compiled on first use, ~10 s once per machine and torch version)")
-        load(name=f"reasonloop_decode_{_machine_tag()}", sources=[str(_SOURCE)], extra_cflags=_FLAGS,
-             is_python_module=False, verbose=False)
+        name = f"reasonloop_decode_{_machine_tag()}"
+        if not _built(name):
+            log.info("compiling the CPU decode step (rollout/fused_decode.cpp; ~10 s, once per machine and torch version)")
+        load(name=name, sources=[str(_SOURCE)], extra_cflags=_FLAGS, is_python_module=False, verbose=False)
         return hasattr(torch.ops.reasonloop_decode, "decode_step")
     except Exception as exc:  # no compiler, no ninja, read-only cache...: keep the torch decoder
         log.warning("compiled decode step unavailable (%s: %s); sampling with the torch decoder",
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return False
+
+
+def _built(name: str) -> bool:
+    """Whether torch's extension cache already holds a build of `name` (then loading is quick)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private, hence the fallback
+
+        return any(Path(_get_build_directory(name, verbose=False)).glob("*.so"))
+    except Exception:
         return False
 
 
