@@ -120,13 +120,6 @@ def file_pairs(cfg: Config) -> list[Pair]:
     return [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
 
 
-def scores(rm: RewardModel, prompts: list[str], completions: list[str]) -> torch.Tensor:
-    """The reward model's scalar for each (prompt, completion), with gradients: [n]."""
-    texts = [rm.format(p, c) for p, c in zip(prompts, completions, strict=True)]
-    batch = rm.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=rm.max_length)
-    return rm.model(**batch.to(rm.model.device)).logits[:, 0].float()
-
-
 @torch.no_grad()
 def pair_accuracy(rm: RewardModel, pairs: list[Pair]) -> float:
     """Fraction of pairs whose chosen completion scores above the rejected one."""
@@ -144,7 +137,7 @@ def bradley_terry_step(rm: RewardModel, pairs: list[Pair], cfg: Config, optimize
     for start in range(0, len(pairs), cfg.micro_batch_size):
         micro = pairs[start : start + cfg.micro_batch_size]
         prompts = [p for p, _, _ in micro] * 2
-        r = scores(rm, prompts, [c for _, c, _ in micro] + [rej for _, _, rej in micro])
+        r = rm.scores(prompts, [c for _, c, _ in micro] + [rej for _, _, rej in micro])
         r_chosen, r_rejected = r[: len(micro)], r[len(micro) :]
         per_pair = -F.logsigmoid(r_chosen - r_rejected) + cfg.center_rewards * (r_chosen**2 + r_rejected**2) / 2
         (per_pair.sum() / len(pairs)).backward()

@@ -46,19 +46,21 @@ class RewardModel:
             return self.tokenizer.apply_chat_template(chat, tokenize=False)
         return prompt + completion
 
+    def scores(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        """[n] scores of one batch, with gradients (training a reward model); `score` is the batched,
+        gradient-free reading of the same numbers."""
+        texts = [self.format(p, c) for p, c in zip(prompts, completions, strict=True)]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+        logits = self.model(**batch.to(self.model.device)).logits.float()  # [n, num_labels]
+        return logits[:, 0] if logits.shape[-1] == 1 else logits.softmax(-1)[:, self.positive_label]
+
     @torch.no_grad()
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        texts = [self.format(p, c) for p, c in zip(prompts, completions, strict=True)]
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         out: list[float] = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[i : i + self.batch_size], return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
-            ).to(self.model.device)
-            logits = self.model(**batch).logits.float()  # [b, num_labels]
-            if logits.shape[-1] == 1:
-                out.extend(logits[:, 0].tolist())
-            else:
-                out.extend(logits.softmax(-1)[:, self.positive_label].tolist())
+        for i in range(0, len(prompts), self.batch_size):
+            out.extend(self.scores(prompts[i : i + self.batch_size], completions[i : i + self.batch_size]).tolist())
         return out
 
     def as_reward_fn(self):
