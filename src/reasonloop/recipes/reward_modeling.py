@@ -27,6 +27,7 @@ from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, r
 from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.selfimprove.selection import Sample, correct_incorrect_pairs
 from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
@@ -96,22 +97,17 @@ class Config:
 
 
 def sampled_pairs(sampler: TorchSampler, task, examples, render, cfg: Config, seed: int) -> list[Pair]:
-    """(prompt, correct sample, wrong sample) pairs from `samples_per_prompt` samples of each example."""
+    """(prompt, correct sample, wrong sample) pairs from `samples_per_prompt` samples of each example,
+    chosen as V-STaR chooses its verifier's pairs (`selection.correct_incorrect_pairs`)."""
     sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    pairs: list[Pair] = []
+    samples: list[Sample] = []
     for start in range(0, len(examples), 32):
         chunk = examples[start : start + 32]
         batch = sampler.generate([render(e.prompt) for e in chunk], cfg.samples_per_prompt, sampling, generator)
-        for i, ex in enumerate(chunk):
-            samples = batch.completions[i * cfg.samples_per_prompt : (i + 1) * cfg.samples_per_prompt]
-            good = sorted({c for c in samples if task.is_correct(c, ex)})
-            bad = sorted({c for c in samples if not task.is_correct(c, ex)})
-            combos = [(g, b) for g in good for b in bad]
-            rng.shuffle(combos)
-            pairs += [(ex.prompt, g, b) for g, b in combos[: cfg.pairs_per_prompt]]
-    return pairs
+        rows = [ex for ex in chunk for _ in range(cfg.samples_per_prompt)]
+        samples += [Sample(ex.prompt, c, 0.0, task.is_correct(c, ex), ex.id) for ex, c in zip(rows, batch.completions)]
+    return [(g.prompt, g.completion, b.completion) for g, b in correct_incorrect_pairs(samples, cfg.pairs_per_prompt)]
 
 
 def file_pairs(cfg: Config) -> list[Pair]:
