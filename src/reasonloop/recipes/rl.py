@@ -55,7 +55,7 @@ from reasonloop.data.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
-from reasonloop.rewards.core import RewardSpec, compute_rewards, load_reward_fn
+from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
 from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
@@ -312,7 +312,7 @@ class Trainer:
         weights = cfg.reward_weights or [1.0] * len(cfg.reward_funcs)
         for spec, weight in zip(cfg.reward_funcs, weights):
             try:
-                fn = load_reward_fn(spec)
+                fn = load_function(spec)
             except ValueError as exc:
                 raise ConfigError(f"reward_funcs: {exc}") from exc
             specs.append(RewardSpec(spec.partition(":")[2], fn, weight))

@@ -54,24 +54,24 @@ def example_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
     return cols
 
 
-def load_reward_fn(spec: str) -> RewardFn:
-    """'package.module:function' -> the function (for reward functions named in a config); modules
-    in the working directory import too, after installed ones.
+def load_function(spec: str, what: str = "reward function") -> Callable[..., Any]:
+    """'package.module:function' -> the function, for functions named in a config (reward functions,
+    judge hooks); modules in the working directory import too, after installed ones.
 
-    Raises ValueError with what went wrong: a malformed spec, a module that does not import, a missing
-    attribute, or one that is not callable.
+    Raises ValueError naming `what` went wrong: a malformed spec, a module that does not import, a
+    missing attribute, or one that is not callable.
     """
     module, _, attr = spec.partition(":")
     if not module or not attr:
-        raise ValueError(f"a reward function is 'module:function', got {spec!r}")
+        raise ValueError(f"a {what} is 'module:function', got {spec!r}")
     if "" not in sys.path and os.getcwd() not in sys.path:  # the `reasonloop` script does not put it there
         sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"reward function {spec!r}: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"{what} {spec!r}: {type(exc).__name__}: {exc}") from exc
     if not callable(fn):
-        raise ValueError(f"reward function {spec!r} is not callable")
+        raise ValueError(f"{what} {spec!r} is not callable")
     return fn
 
 

@@ -11,11 +11,11 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 
 import torch
 
+from reasonloop.rewards.core import load_function
 from reasonloop.train.forward import encode_pairs
 
 DEFAULT_JUDGE_TEMPLATE = "{prompt}{completion}\nScore 0-9: "
@@ -53,8 +53,5 @@ def self_judge_scores(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
 
 
 def load_judge_hook(spec: str) -> JudgeFn:
-    """'package.module:function' -> the function."""
-    module, _, attr = spec.partition(":")
-    if not module or not attr:
-        raise ValueError(f"a judge hook is 'module:function', got {spec!r}")
-    return getattr(importlib.import_module(module), attr)
+    """'package.module:function' -> the function (`rewards.core.load_function`)."""
+    return load_function(spec, "judge hook")
