@@ -278,6 +278,7 @@ class Trainer:
         self.run = Run(self.out_dir, cfg)
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
+        self.task_specs = list(self.task.rewards())  # trained on, or (task_rewards=false) only logged
         self.reward_specs = self._reward_specs()
         self.use_lora = cfg.model.lora.r > 0
         self.ref = None
@@ -308,7 +309,7 @@ class Trainer:
         """The task's reward components (unless task_rewards=false) plus the configured functions and
         reward model; a name that does not resolve is a config error, reported before any step runs."""
         cfg = self.cfg
-        specs = list(self.task.rewards()) if cfg.task_rewards else []
+        specs = list(self.task_specs) if cfg.task_rewards else []
         weights = cfg.reward_weights or [1.0] * len(cfg.reward_funcs)
         for spec, weight in zip(cfg.reward_funcs, weights):
             try:
@@ -372,7 +373,7 @@ class Trainer:
             rows_exs = [e for e in exs for _ in range(g)]
             scored = compute_rewards(self.reward_specs, batch.completions, rows_exs)
             if not self.cfg.task_rewards:  # the task's verdicts, logged but not trained on: a hacking check
-                shadow = compute_rewards(self.task.rewards(), batch.completions, rows_exs)
+                shadow = compute_rewards(self.task_specs, batch.completions, rows_exs)
                 scored.components.update({f"task/{k}": v for k, v in shadow.components.items()})
             timing["time/generation"] = timing.get("time/generation", 0.0) + t1 - t0
             timing["time/reward"] = timing.get("time/reward", 0.0) + time.time() - t1
