@@ -1,8 +1,8 @@
 import pytest
 
 from reasonloop.data.records import Example
-from reasonloop.data.tasks import TaskError, make_task
-from reasonloop.data.tasks.arithmetic import (
+from reasonloop.tasks import TaskError, make_task
+from reasonloop.tasks.arithmetic import (
     LEVELS,
     ArithmeticTask,
     Problem,

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from reasonloop.data.tasks.code import CodeArithTask, make_humaneval, make_mbpp
+from reasonloop.tasks.code import CodeArithTask, make_humaneval, make_mbpp
 from reasonloop.rewards.code import extract_code, outputs_match
 from reasonloop.sandbox import NAMESPACES, isolation_level
 
@@ -87,7 +87,7 @@ def test_humaneval_accepts_body_continuation_and_full_function(tmp_path):
 
 
 def test_code_arith_pool_larger_than_a_level_returns_what_exists_and_has_sft_records():
-    from reasonloop.data.tasks.code import CodeArithTask
+    from reasonloop.tasks.code import CodeArithTask
 
     task = CodeArithTask()
     pool = task.examples("train", 5000)
@@ -97,7 +97,7 @@ def test_code_arith_pool_larger_than_a_level_returns_what_exists_and_has_sft_rec
 
 
 def test_code_arith_prompts_use_maths_notation():
-    from reasonloop.data.tasks.code import maths_notation, signed
+    from reasonloop.tasks.code import maths_notation, signed
 
     assert maths_notation("3*a*b-c*7+2") == "3ab-c*7+2"
     assert signed([4, -7, 3]) == "+4-7+3"
@@ -185,7 +185,7 @@ def _write_stdio_fixtures(tmp_path):
 
 
 def test_apps_and_codecontests_rows_become_stdio_problems_and_bad_rows_are_counted(tmp_path, caplog):
-    from reasonloop.data.tasks import make_task
+    from reasonloop.tasks import make_task
 
     _write_stdio_fixtures(tmp_path)
     apps = make_task("apps", str(tmp_path / "apps")).examples("test", 0)
@@ -206,7 +206,7 @@ def test_apps_and_codecontests_rows_become_stdio_problems_and_bad_rows_are_count
 
 @needs_sandbox
 def test_stdio_verdicts(tmp_path):
-    from reasonloop.data.tasks import make_task
+    from reasonloop.tasks import make_task
 
     _write_stdio_fixtures(tmp_path)
     task = make_task("apps", str(tmp_path / "apps"))

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from reasonloop.config import ConfigError, load_config
-from reasonloop.data.tasks import make_task
+from reasonloop.tasks import make_task
 from reasonloop.models.loading import ASSETS, ModelConfig, load_policy, model_label, resolve_model_path
 from reasonloop.recipes import pretrain
 from reasonloop.sandbox import NAMESPACES, isolation_level

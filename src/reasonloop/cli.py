@@ -51,7 +51,7 @@ COMMANDS: dict[str, Command] = {
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from reasonloop.data.io import DataError
-    from reasonloop.data.tasks import TaskError
+    from reasonloop.tasks import TaskError
     from reasonloop.sandbox.runner import IsolationError
 
     return ConfigError, TaskError, DataError, IsolationError

@@ -17,7 +17,7 @@ from importlib import resources
 import pytest
 import torch
 
-from reasonloop.data.tasks.arithmetic import ArithmeticTask
+from reasonloop.tasks.arithmetic import ArithmeticTask
 from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer
 from reasonloop.selfimprove.preference import sequence_logps
 from reasonloop.train.optim import OptimConfig

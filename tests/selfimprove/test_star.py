@@ -2,7 +2,7 @@
 
 
 from reasonloop.data.records import Example
-from reasonloop.data.tasks.arithmetic import ArithmeticTask
+from reasonloop.tasks.arithmetic import ArithmeticTask
 from reasonloop.recipes.self_train import Config, star_step
 from reasonloop.selfimprove.selection import Sample
 from reasonloop.selfimprove.star import (

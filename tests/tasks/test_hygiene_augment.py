@@ -5,7 +5,7 @@ import random
 import pytest
 
 from reasonloop.data.records import Example
-from reasonloop.data.tasks.augment import (
+from reasonloop.tasks.augment import (
     augment,
     counterfactual,
     eval_arithmetic,
@@ -13,7 +13,7 @@ from reasonloop.data.tasks.augment import (
     substitute_numbers,
     templatize,
 )
-from reasonloop.data.tasks.hygiene import decontaminate, dedup, in_test_split, length_filter, overlap
+from reasonloop.tasks.hygiene import decontaminate, dedup, in_test_split, length_filter, overlap
 from reasonloop.rewards.math_grader import grade
 
 LONG = "A train leaves the station at noon travelling at sixty miles per hour towards a city that is three hundred miles away"

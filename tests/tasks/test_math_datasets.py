@@ -5,9 +5,9 @@ import json
 import datasets
 import pytest
 
-from reasonloop.data.tasks.base import Task
-from reasonloop.data.tasks.math_datasets import make_aime, make_gsm8k, make_math, make_math500
-from reasonloop.data.tasks.tabular import DatasetLoadError, make_task, parse_spec
+from reasonloop.tasks.base import Task
+from reasonloop.tasks.math_datasets import make_aime, make_gsm8k, make_math, make_math500
+from reasonloop.tasks.tabular import DatasetLoadError, make_task, parse_spec
 from reasonloop.rewards.core import compute_rewards
 
 

@@ -6,8 +6,8 @@ pytest.importorskip("reasoning_gym")
 
 from reasoning_gym.factory import DATASETS  # noqa: E402
 
-from reasonloop.data.tasks.base import Task  # noqa: E402
-from reasonloop.data.tasks.reasoning_gym import ReasoningGymError, _build_dataset, audit_scorer, make_task, parse_gym_spec  # noqa: E402
+from reasonloop.tasks.base import Task  # noqa: E402
+from reasonloop.tasks.reasoning_gym import ReasoningGymError, _build_dataset, audit_scorer, make_task, parse_gym_spec  # noqa: E402
 from reasonloop.rewards.core import compute_rewards  # noqa: E402
 
 

@@ -305,7 +305,7 @@ def bench_ablation(cfg: Config, model_dir: str, out: Path) -> dict:
 
 def bench_generate(cfg: Config, model_dir: str) -> dict:
     """The sampler alone vs `model.generate` on the same prompts, G and sampling settings."""
-    from reasonloop.data.tasks import make_task
+    from reasonloop.tasks import make_task
     from reasonloop.models.loading import (
         ModelConfig,
         load_model,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reasonloop.config import require
-from reasonloop.data.tasks import make_task
+from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, model_label, render_prompt
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
@@ -23,7 +23,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model to evaluate."""
     task: str = "arithmetic"
-    """Task name (see data/tasks); NAME:ARG passes an argument, e.g. arithmetic:2-3 for levels 2 and 3."""
+    """Task name (see reasonloop/tasks); NAME:ARG passes an argument, e.g. arithmetic:2-3 for levels 2 and 3."""
     data_dir: str = ""
     """Directory or file with the task's data, for file-backed tasks."""
     split: str = "test"

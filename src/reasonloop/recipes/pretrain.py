@@ -2,7 +2,7 @@
 
 `corpus=arithmetic` (the default) builds the char-level tokenizer and a tiny Llama config
 (`models/tiny.py`) and trains it with a next-token loss on `ArithmeticTask.pretraining_records`
-(careful and lazy worked solutions, see `data/tasks/arithmetic.py`; the questions are random draws,
+(careful and lazy worked solutions, see `tasks/arithmetic.py`; the questions are random draws,
 so only the solutions carry loss). `corpus=code` continues from the tiny-arith asset on the
 code_arith task's programs (`CodeArithTask.pretraining_records`: careful ones that copy the formula,
 lazy ones that fold its constants). Either way the run evaluates on the held-out split per level and
@@ -22,8 +22,8 @@ from importlib import resources
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from reasonloop.config import require, require_choice
-from reasonloop.data.tasks.arithmetic import ArithmeticTask
-from reasonloop.data.tasks.code import CodeArithTask
+from reasonloop.tasks.arithmetic import ArithmeticTask
+from reasonloop.tasks.code import CodeArithTask
 from reasonloop.models.loading import resolve_model_path
 from reasonloop.models.tiny import SIZES, build_config, build_tokenizer
 from reasonloop.rollout.engine import SamplingConfig

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.io import load_rows, select_text_fields
-from reasonloop.data.tasks import make_task
+from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, resolve_model_path
 from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import SamplingConfig

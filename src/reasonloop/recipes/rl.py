@@ -51,17 +51,16 @@ from reasonloop.algos.policy_loss import PPOPenaltyController, ppo_clip_loss, pp
 from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example, RolloutBatch
-from reasonloop.data.tasks import make_task
+from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
 from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
 from reasonloop.rewards.reward_model import RewardModel
-from reasonloop.rollout.engine import SamplingConfig
-from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.rollout.engine import RolloutConfig, RolloutEngine, SamplingConfig, build_engine
 from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
-from reasonloop.train.forward import TokenBatch, policy_forward
+from reasonloop.train.forward import ForwardConfig, TokenBatch, policy_forward
 from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
@@ -89,6 +88,10 @@ class Config:
     """G: samples per prompt."""
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=64))
     """Rollout sampling; the trainer scores tokens at the same temperature."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """The engine that generates rollouts."""
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    """Switches of the training forward pass (speed only; same maths)."""
     # -- advantage ------------------------------------------------------------------------------
     advantage: str = "grpo"
     """Estimator: grpo | rloo | reinforce | reinforce_pp | gae (PPO with a critic)."""
@@ -270,7 +273,8 @@ class Trainer:
     samples, checkpoints and rollback around it.
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, engine: RolloutEngine | None = None):
+        """`engine`: generate rollouts with this engine instead of the one `cfg.rollout` names."""
         self.cfg = cfg
         set_threads(cfg.threads)
         set_seed(cfg.seed)
@@ -288,7 +292,7 @@ class Trainer:
         params = list(self.model.parameters()) + (list(self.critic.parameters()) if self.critic else [])
         total_updates = cfg.steps * cfg.epochs
         self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
-        self.engine = TorchSampler(self.model, self.tokenizer)
+        self.engine = engine or build_engine(cfg.rollout, self.model, self.tokenizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.pool = self.task.examples("train", cfg.train_pool, seed=cfg.seed)
         self.held_out = self.task.examples("test", cfg.eval_n, seed=cfg.seed)
@@ -449,7 +453,7 @@ class Trainer:
         for rows in self._micro_batches(len(data.tokens)):
             mb = data.tokens.select(rows)
             if not self._old_is_current():
-                fwd = policy_forward(self.model, mb, temp, with_hidden=self.critic is not None)
+                fwd = self._forward(self.model, mb, temp, with_hidden=self.critic is not None)
                 out["old"].append(_pad_right(fwd.logprobs, data.tokens.completion_ids.shape[1], 0.0))
             if self.critic is not None:
                 out["values"].append(_pad_right(self.critic(mb, fwd.hidden), data.tokens.completion_ids.shape[1], 0.0))
@@ -469,8 +473,12 @@ class Trainer:
     def _ref_logprobs(self, mb: TokenBatch, temp: float) -> torch.Tensor:
         if self.use_lora:
             with self.model.disable_adapter():
-                return policy_forward(self.model, mb, temp).logprobs
-        return policy_forward(self.ref, mb, temp).logprobs
+                return self._forward(self.model, mb, temp).logprobs
+        return self._forward(self.ref, mb, temp).logprobs
+
+    def _forward(self, model, mb: TokenBatch, temp: float, **outputs):
+        return policy_forward(model, mb, temp, share_prompts=self.cfg.forward.share_prompts,
+                              bucket_lengths=self.cfg.forward.bucket_lengths, **outputs)
 
     def _micro_batches(self, n: int) -> list[slice]:
         step = self.cfg.micro_batch_size
@@ -611,7 +619,7 @@ class Trainer:
             mb = data.tokens.select(rows)
             T = mb.completion_ids.shape[1]
             m = loss_mask[rows, :T]
-            fwd = policy_forward(self.model, mb, temp, with_entropy=True, with_hidden=self.critic is not None)
+            fwd = self._forward(self.model, mb, temp, with_entropy=True, with_hidden=self.critic is not None)
             old = scored["old"][rows, :T] if "old" in scored else fwd.logprobs.detach()
             w = weights[rows, :T] if weights is not None else None
             if cfg.loss == "clip":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.io import load_rows, select_text_fields
-from reasonloop.data.tasks import make_task
+from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler

@@ -34,6 +34,32 @@ class SamplingConfig:
         require(self.max_new_tokens > 0, "sampling.max_new_tokens must be > 0")
 
 
+@dataclass
+class RolloutConfig:
+    """Which engine generates the rollouts, and its switches (the trainer never sees which one it has)."""
+
+    engine: str = "torch"
+    """torch: the in-process sampler (shares the policy's weights)."""
+    static_cache: bool = True
+    """torch engine: preallocated K/V cache and fused projections for Llama-family models (false: transformers'
+    DynamicCache path; same samples)."""
+    fused_decode: bool = True
+    """torch engine: the compiled CPU decode step where it builds (false, or REASONLOOP_FUSED_DECODE=0: torch ops)."""
+
+    def __post_init__(self):
+        require(self.engine in ENGINES, f"rollout.engine={self.engine!r} is not one of {list(ENGINES)}")
+
+
+ENGINES = ("torch",)
+
+
+def build_engine(cfg: RolloutConfig, model: torch.nn.Module, tokenizer) -> "RolloutEngine":
+    """The engine `cfg` names, sampling from `model`."""
+    from reasonloop.rollout.sampler import TorchSampler
+
+    return TorchSampler(model, tokenizer, static_cache=cfg.static_cache, fused_decode=cfg.fused_decode)
+
+
 class RolloutEngine(Protocol):
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingConfig, generator: torch.Generator | None = None

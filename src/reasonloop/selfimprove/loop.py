@@ -37,7 +37,7 @@ import torch
 
 from reasonloop.config import require, require_choice
 from reasonloop.data.records import Example
-from reasonloop.data.tasks import make_task
+from reasonloop.tasks import make_task
 from reasonloop.models.loading import (
     ModelConfig,
     load_policy,

@@ -10,7 +10,7 @@ import torch
 
 from reasonloop.algos.passk import majority_correct, pass_at_k
 from reasonloop.data.records import Example
-from reasonloop.data.tasks.base import Task
+from reasonloop.tasks.base import Task
 from reasonloop.rollout.engine import RolloutEngine, SamplingConfig
 
 

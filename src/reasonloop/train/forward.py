@@ -13,6 +13,16 @@ from reasonloop.algos.logprobs import token_logprobs
 
 
 @dataclass
+class ForwardConfig:
+    """Switches of the training forward (`policy_forward`); both are the same maths, only faster."""
+
+    share_prompts: bool = True
+    """Encode the identical prompt of a group once and repeat its keys/values for the G completions."""
+    bucket_lengths: bool = True
+    """Split rows into a few buckets of similar completion length so padding is not computed."""
+
+
+@dataclass
 class TokenBatch:
     """Prompts left-padded, completions right-padded: the layout the sampler produces."""
 

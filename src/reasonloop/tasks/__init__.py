@@ -9,24 +9,24 @@ from __future__ import annotations
 import difflib
 import importlib
 
-from reasonloop.data.tasks.base import Task
+from reasonloop.tasks.base import Task
 
 TASKS: dict[str, str] = {
-    "arithmetic": "reasonloop.data.tasks.arithmetic:make_task",
-    "gsm8k": "reasonloop.data.tasks.math_datasets:make_gsm8k",
-    "math": "reasonloop.data.tasks.math_datasets:make_math",
-    "math500": "reasonloop.data.tasks.math_datasets:make_math500",
-    "aime": "reasonloop.data.tasks.math_datasets:make_aime",
-    "amc": "reasonloop.data.tasks.math_datasets:make_amc",
-    "jsonl": "reasonloop.data.tasks.tabular:make_task",
-    "parquet": "reasonloop.data.tasks.tabular:make_task",
-    "dataset": "reasonloop.data.tasks.tabular:make_task",
-    "reasoning_gym": "reasonloop.data.tasks.reasoning_gym:make_task",
-    "mbpp": "reasonloop.data.tasks.code:make_mbpp",
-    "humaneval": "reasonloop.data.tasks.code:make_humaneval",
-    "apps": "reasonloop.data.tasks.code:make_apps",
-    "codecontests": "reasonloop.data.tasks.code:make_codecontests",
-    "code_arith": "reasonloop.data.tasks.code:make_code_arith",
+    "arithmetic": "reasonloop.tasks.arithmetic:make_task",
+    "gsm8k": "reasonloop.tasks.math_datasets:make_gsm8k",
+    "math": "reasonloop.tasks.math_datasets:make_math",
+    "math500": "reasonloop.tasks.math_datasets:make_math500",
+    "aime": "reasonloop.tasks.math_datasets:make_aime",
+    "amc": "reasonloop.tasks.math_datasets:make_amc",
+    "jsonl": "reasonloop.tasks.tabular:make_task",
+    "parquet": "reasonloop.tasks.tabular:make_task",
+    "dataset": "reasonloop.tasks.tabular:make_task",
+    "reasoning_gym": "reasonloop.tasks.reasoning_gym:make_task",
+    "mbpp": "reasonloop.tasks.code:make_mbpp",
+    "humaneval": "reasonloop.tasks.code:make_humaneval",
+    "apps": "reasonloop.tasks.code:make_apps",
+    "codecontests": "reasonloop.tasks.code:make_codecontests",
+    "code_arith": "reasonloop.tasks.code:make_code_arith",
 }
 
 

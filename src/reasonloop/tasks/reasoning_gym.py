@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reasonloop.data.records import Example
-from reasonloop.data.tasks import TaskError
-from reasonloop.data.tasks.hygiene import in_test_split, normalize_text
-from reasonloop.data.tasks.tabular import TEMPLATES
+from reasonloop.tasks import TaskError
+from reasonloop.tasks.hygiene import in_test_split, normalize_text
+from reasonloop.tasks.tabular import TEMPLATES
 from reasonloop.rewards.core import RewardSpec
 from reasonloop.rewards.math_grader import GradePolicy, detect_hack, extract_answer, format_reward, parse_number
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reasonloop.data.tasks.tabular import ColumnMap, DatasetLoadError, DatasetTask, parse_spec, policy_for
+from reasonloop.tasks.tabular import ColumnMap, DatasetLoadError, DatasetTask, parse_spec, policy_for
 
 GSM8K = ColumnMap(prompt=("question",), answer=("answer",), gold="gsm8k")
 MATH = ColumnMap(

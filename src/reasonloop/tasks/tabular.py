@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from reasonloop.data.records import Example
-from reasonloop.data.tasks import TaskError
-from reasonloop.data.tasks.hygiene import dedup, in_test_split
+from reasonloop.tasks import TaskError
+from reasonloop.tasks.hygiene import dedup, in_test_split
 from reasonloop.rewards.core import RewardSpec
 from reasonloop.rewards.math_grader import LENIENT, GradePolicy, format_reward, gold_from_solution, grade, last_boxed, make_accuracy_reward
 

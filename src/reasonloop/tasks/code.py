@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonloop.data.records import Example
-from reasonloop.data.tasks.hygiene import in_test_split
+from reasonloop.tasks.hygiene import in_test_split
 from reasonloop.rewards.code import CodeVerifier, correct_reward, unroll_check
 from reasonloop.rewards.core import RewardSpec, example_columns
 
