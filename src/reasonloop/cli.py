@@ -53,8 +53,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from reasonloop.data.io import DataError
     from reasonloop.tasks import TaskError
     from reasonloop.sandbox.runner import IsolationError
+    from reasonloop.errors import UserError
 
-    return ConfigError, TaskError, DataError, IsolationError
+    return ConfigError, TaskError, DataError, IsolationError, UserError
 
 
 def _usage() -> str:

@@ -15,11 +15,12 @@ from reasonloop.models.loading import ModelConfig, load_policy, model_label, ren
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.evaluation import evaluate, format_table
-from reasonloop.train.run import Run, default_output_dir, set_seed, set_threads
+from reasonloop.train.run import Run, set_seed, set_threads
+from reasonloop.train.runconfig import RunConfig
 
 
 @dataclass
-class Config:
+class Config(RunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model to evaluate."""
     task: str = "arithmetic"
@@ -38,14 +39,9 @@ class Config:
     """Sampling parameters for the k samples."""
     batch_prompts: int = 64
     """Prompts per generation call."""
-    seed: int = 0
-    """Seed for problem selection and sampling."""
-    output_dir: str = ""
-    """Run directory; empty means runs/eval-<timestamp>."""
-    threads: int = 0
-    """torch threads; 0 keeps torch's default."""
 
     def __post_init__(self):
+        super().__post_init__()
         require(self.n > 0, "n must be > 0")
         require(self.k >= 0, "k must be >= 0")
         require(self.greedy or self.k > 0, "nothing to do: greedy=false and k=0")
@@ -54,9 +50,10 @@ class Config:
 def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
-    run_ = Run(cfg.output_dir or default_output_dir("eval"), cfg)
+    run_ = Run(cfg, "eval")  # checks output_dir; writes nothing yet
     task = make_task(cfg.task, cfg.data_dir or None)
     tokenizer, model = load_policy(cfg.model, task)
+    run_.start()
     examples = task.examples(cfg.split, cfg.n, seed=cfg.seed)
     engine = TorchSampler(model, tokenizer)
     summary, rows = evaluate(

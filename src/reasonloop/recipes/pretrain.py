@@ -17,6 +17,7 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from importlib import resources
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
@@ -31,14 +32,13 @@ from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.train.forward import encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
-from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
+from reasonloop.train.run import Run, progress, set_seed, set_threads
+from reasonloop.train.runconfig import RunConfig
 from reasonloop.train.supervised import supervised_step
 
 
 @dataclass
-class Config:
-    output_dir: str = ""
-    """Run directory; empty means runs/pretrain-<timestamp>."""
+class Config(RunConfig):
     corpus: str = "arithmetic"
     """'arithmetic': a new model from scratch (the tiny-arith asset); 'code': continue the tiny-arith asset on
     careful and lazy code_arith programs (the tiny-code asset)."""
@@ -61,14 +61,13 @@ class Config:
     """Evaluate on held-out problems every N steps (and at the end)."""
     eval_per_level: int = 40
     """Held-out problems per level at each evaluation."""
-    seed: int = 0
-    """Seed for data order and initialisation."""
-    threads: int = 0
-    """torch threads; 0 keeps torch's default."""
     export: bool = False
     """Copy the final model over the shipped asset of its corpus (tiny-arith or tiny-code)."""
 
+    RESUME_FREE: ClassVar[frozenset[str]] = RunConfig.RESUME_FREE | {"export"}
+
     def __post_init__(self):
+        super().__post_init__()
         require_choice("corpus", self.corpus, list(CORPORA))
         require_choice("size", self.size, list(SIZES))
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
@@ -81,7 +80,7 @@ CORPORA = {"arithmetic": "tiny-arith", "code": "tiny-code"}  # corpus -> the ass
 def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
-    run_ = Run(cfg.output_dir or default_output_dir("pretrain"), cfg)
+    run_ = Run(cfg, "pretrain")  # checks output_dir; writes nothing yet
     if cfg.corpus == "arithmetic":
         tokenizer = build_tokenizer()
         model = LlamaForCausalLM(build_config(tokenizer, cfg.size))
@@ -90,6 +89,7 @@ def run(cfg: Config) -> dict:
         base = resolve_model_path(CORPORA["arithmetic"])
         tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
         task = CodeArithTask()
+    run_.start()
     corpus = task.pretraining_records(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"pretrain ({cfg.corpus}): {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} sequences")

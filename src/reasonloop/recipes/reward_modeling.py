@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from reasonloop.config import ConfigError, require, require_choice
+from reasonloop.config import ConfigError, require
 from reasonloop.data.io import load_rows, select_text_fields
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, resolve_model_path
@@ -28,15 +28,16 @@ from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.selfimprove.selection import Sample, correct_incorrect_pairs
-from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from reasonloop.train.checkpoint import load_checkpoint, save_checkpoint
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
-from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
+from reasonloop.train.run import Run, progress, set_seed, set_threads
+from reasonloop.train.runconfig import CheckpointedRunConfig
 
 Pair = tuple[str, str, str]  # (prompt, chosen, rejected)
 
 
 @dataclass
-class Config:
+class Config(CheckpointedRunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     """The causal LM whose trunk the reward model starts from (a new scalar head is added); with `data`
     empty it also samples the pairs."""
@@ -76,24 +77,14 @@ class Config:
     """Truncate prompt+completion to this many tokens (from the left: the verdict is at the end)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10))
     """Optimiser and schedule."""
-    save_every: int = 50
-    """Checkpoint every N steps; 0 disables intermediate checkpoints."""
-    resume: str = "auto"
-    """'auto' continues from the run directory's latest checkpoint if any; 'never' starts fresh."""
-    output_dir: str = ""
-    """Run directory; empty means runs/reward_model-<timestamp>."""
-    seed: int = 0
-    """Seed for prompts, sampling, pair order and the head's initialisation."""
-    threads: int = 0
-    """torch threads; 0 keeps torch's default."""
 
     def __post_init__(self):
+        super().__post_init__()
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
         require(self.samples_per_prompt >= 2 and self.pairs_per_prompt >= 1,
                 "need samples_per_prompt >= 2 and pairs_per_prompt >= 1")
         require(self.center_rewards >= 0, "center_rewards must be >= 0")
         require(self.model.lora.r == 0, "reward_model trains all weights: LoRA (model.lora.r > 0) is not supported here")
-        require_choice("resume", self.resume, ["auto", "never"])
 
 
 def sampled_pairs(sampler: TorchSampler, task, examples, render, cfg: Config, seed: int) -> list[Pair]:
@@ -163,8 +154,7 @@ def load_reward_model(cfg: Config, task, tokenizer, like: torch.nn.Module) -> Re
 def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
-    out_dir = cfg.output_dir or default_output_dir("reward_model")
-    run_ = Run(out_dir, cfg)
+    run_ = Run(cfg, "reward_model")  # checks output_dir and picks the checkpoint; writes nothing yet
     task = make_task(cfg.task, cfg.data_dir or None)
     tokenizer, policy = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
@@ -180,9 +170,10 @@ def run(cfg: Config) -> dict:
     del sampler, policy
     optimizer, scheduler = build_optimizer(rm.model.parameters(), cfg.optim, cfg.steps)
     state = {"step": 0, "accuracy_before": None}
-    if cfg.resume == "auto" and (ckpt := latest_checkpoint(out_dir)) is not None:
+    if (ckpt := run_.resume_from) is not None:
         state = load_checkpoint(ckpt, rm.model, optimizer, scheduler)
         print(f"reward_model: resumed from {ckpt} at step {state['step']}")
+    out_dir = run_.start()
     if state["step"] == 0:
         state["accuracy_before"] = pair_accuracy(rm, held_out)
     print(f"reward_model: {len(train)} training pairs, {len(held_out)} held-out pairs; "

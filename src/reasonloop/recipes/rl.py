@@ -40,7 +40,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -63,7 +63,8 @@ from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.train.forward import ForwardConfig, TokenBatch, policy_forward
 from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
-from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
+from reasonloop.train.run import Run, progress, set_seed, set_threads
+from reasonloop.train.runconfig import CheckpointedRunConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ ADVANTAGES = ("grpo", "rloo", "reinforce", "reinforce_pp", "gae")
 
 
 @dataclass
-class Config:
+class Config(CheckpointedRunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy (and, frozen, the reference)."""
     task: str = "arithmetic"
@@ -186,16 +187,6 @@ class Config:
     """Samples per held-out problem (pass@1 sampled, pass@k, maj@k); 0 for greedy only."""
     samples_every: int = 10
     """Write completions with their rewards to samples.jsonl every N steps; 0 disables."""
-    save_every: int = 50
-    """Checkpoint every N steps; 0 disables."""
-    resume: str = "auto"
-    """'auto' continues from the run directory's latest checkpoint if any; 'never' starts fresh."""
-    output_dir: str = ""
-    """Run directory; empty means runs/train-<timestamp>."""
-    seed: int = 0
-    """Seed for prompts, sampling and initialisation."""
-    threads: int = 0
-    """torch threads; 0 keeps torch's default."""
     reward_funcs: list[str] = field(default_factory=list)
     """Extra reward functions as 'module:function' with TRL's signature (fn(prompts, completions, **columns)
     -> list of floats, columns = the example's answer and metadata); each is one more reward component."""
@@ -212,7 +203,10 @@ class Config:
     components are still computed and logged as reward/task/<name>, and held-out evaluation still uses its
     verifier, so `monitor.accuracy_drop` can flag a hacked reward)."""
 
+    RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {"eval_every", "samples_every"}
+
     def __post_init__(self):
+        super().__post_init__()
         require_choice("advantage", self.advantage, list(ADVANTAGES))
         require_choice("std_mode", self.std_mode, ["group", "batch", "none"])
         require_choice("weighting", self.weighting, ["none", "difficulty", "hierarchical"])
@@ -224,7 +218,6 @@ class Config:
         require_choice("kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
         require_choice("kl_in", self.kl_in, ["loss", "reward"])
         require_choice("critic", self.critic, ["none", "head", "separate"])
-        require_choice("resume", self.resume, ["auto", "never"])
         require(self.steps > 0 and self.prompts_per_step > 0, "steps and prompts_per_step must be > 0")
         require(self.group_size >= 2 or self.advantage in ("reinforce", "gae", "reinforce_pp"),
                 f"group_size must be >= 2 for advantage={self.advantage}")
@@ -278,8 +271,7 @@ class Trainer:
         self.cfg = cfg
         set_threads(cfg.threads)
         set_seed(cfg.seed)
-        self.out_dir = cfg.output_dir or default_output_dir("train")
-        self.run = Run(self.out_dir, cfg)
+        self.run = Run(cfg, "train")  # checks output_dir and picks the checkpoint; writes nothing yet
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
         self.task_specs = list(self.task.rewards())  # trained on, or (task_rewards=false) only logged
@@ -305,9 +297,10 @@ class Trainer:
             "baseline": None, "level_pass": {}, "lr_scale": 1.0, "bad_steps": 0, "rollbacks": 0, "alerts": {},
         }
         self.order = self._shuffled(0)
-        if cfg.resume == "auto" and (ckpt := latest_checkpoint(self.out_dir)) is not None:
+        if (ckpt := self.run.resume_from) is not None:
             self._restore(ckpt)
             print(f"train: resumed from {ckpt} at step {self.state['step']}")
+        self.out_dir = self.run.start()
 
     def _reward_specs(self) -> list[RewardSpec]:
         """The task's reward components (unless task_rewards=false) plus the configured functions and
@@ -703,8 +696,9 @@ class Trainer:
 
     def train(self) -> dict:
         cfg = self.cfg
-        before = self.evaluate() if self.state["step"] == 0 else None
-        if before is not None:
+        before = self.evaluate() if self.state["step"] == 0 else self.run.read_json("before.json")
+        if self.state["step"] == 0:
+            self.run.write_json("before.json", before)  # summary.json keeps it across a resume
             print(f"before training (held-out, {len(self.held_out)} problems):\n{format_table(before)}")
         with progress(f"train ({cfg.advantage})", cfg.steps) as bar:
             bar.advance(self.state["step"])

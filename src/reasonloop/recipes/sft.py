@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from reasonloop.config import ConfigError, require, require_choice
+from reasonloop.config import ConfigError, require
 from reasonloop.data.io import load_rows, select_text_fields
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
-from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from reasonloop.train.checkpoint import load_checkpoint, save_checkpoint
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.train.forward import encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
-from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
+from reasonloop.train.run import Run, progress, set_seed, set_threads
+from reasonloop.train.runconfig import CheckpointedRunConfig
 from reasonloop.train.supervised import supervised_step
 
 
 @dataclass
-class Config:
+class Config(CheckpointedRunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model to fine-tune."""
     data: str = ""
@@ -58,20 +60,13 @@ class Config:
     """Held-out problems per evaluation."""
     eval_k: int = 0
     """Samples per problem at evaluation (pass@k, maj@k); 0 evaluates greedy pass@1 only."""
-    save_every: int = 100
-    """Checkpoint every N steps; 0 disables intermediate checkpoints."""
-    resume: str = "auto"
-    """'auto' continues from the run directory's latest checkpoint if any; 'never' starts fresh."""
-    output_dir: str = ""
-    """Run directory; empty means runs/sft-<timestamp>."""
-    seed: int = 0
-    """Seed for data order."""
-    threads: int = 0
-    """torch threads; 0 keeps torch's default."""
+    save_every: int = 100  # the run field of CheckpointedRunConfig, with SFT's default
+
+    RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {"eval_every"}
 
     def __post_init__(self):
+        super().__post_init__()
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
-        require_choice("resume", self.resume, ["auto", "never"])
 
 
 def load_records(cfg: Config, task) -> list[dict[str, str]]:
@@ -86,8 +81,7 @@ def load_records(cfg: Config, task) -> list[dict[str, str]]:
 def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
-    out_dir = cfg.output_dir or default_output_dir("sft")
-    run_ = Run(out_dir, cfg)
+    run_ = Run(cfg, "sft")  # checks output_dir and picks the checkpoint; writes nothing yet
     task = make_task(cfg.task, cfg.data_dir or None)
     tokenizer, model = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
@@ -97,10 +91,10 @@ def run(cfg: Config) -> dict:
     sampler = TorchSampler(model, tokenizer)
     order = list(range(len(records)))
     state = {"step": 0, "epoch": 0, "position": 0}
-    ckpt = latest_checkpoint(out_dir) if cfg.resume == "auto" else None
-    if ckpt is not None:
+    if (ckpt := run_.resume_from) is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler)
         print(f"sft: resumed from {ckpt} at step {state['step']}")
+    out_dir = run_.start()
     random.Random(cfg.seed + state["epoch"]).shuffle(order)
 
     def run_eval(step: int) -> dict:
@@ -109,7 +103,9 @@ def run(cfg: Config) -> dict:
         run_.log(step, flat_metrics(summary))
         return summary
 
-    before = run_eval(state["step"]) if state["step"] == 0 else None
+    before = run_eval(state["step"]) if state["step"] == 0 else run_.read_json("before.json")
+    if state["step"] == 0:
+        run_.write_json("before.json", before)  # summary.json keeps it across a resume
     metrics: dict = {}
     with progress("sft", cfg.steps) as bar:
         bar.advance(state["step"])

@@ -31,11 +31,11 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from reasonloop.config import require, require_choice
+from reasonloop.config import require
 from reasonloop.data.records import Example
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import (
@@ -48,16 +48,17 @@ from reasonloop.rewards.core import compute_rewards
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.selfimprove.selection import Sample
-from reasonloop.train.checkpoint import latest_checkpoint, load_model_weights, write_checkpoint_dir
+from reasonloop.train.checkpoint import load_model_weights, reading, write_checkpoint_dir
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.train.forward import encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
-from reasonloop.train.run import Run, default_output_dir, set_seed, set_threads
+from reasonloop.train.run import Run, set_seed, set_threads
+from reasonloop.train.runconfig import RunConfig
 from reasonloop.train.supervised import supervised_step
 
 
 @dataclass
-class LoopConfig:
+class LoopConfig(RunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy to improve (model.name=embedded is the shipped tiny model)."""
     task: str = "arithmetic"
@@ -90,23 +91,17 @@ class LoopConfig:
     """Held-out test problems evaluated before the first and after every iteration."""
     eval_k: int = 0
     """Sampled completions per held-out problem (adds pass@1 sampled, pass@k, maj@k); 0 = greedy only."""
-    output_dir: str = ""
-    """Run directory; empty means runs/<command>-<timestamp>."""
-    seed: int = 0
-    """Seed for prompt order, sampling and initialisation."""
-    threads: int = 0
-    """torch threads; 0 keeps torch's default (use 1 on a CPU shared with other jobs)."""
-    resume: str = "auto"
-    """'auto' continues after the last finished iteration checkpointed in output_dir; 'never' starts fresh."""
+
+    PROGRESS_KEY: ClassVar[str] = "iterations"  # checkpoints are iter-NNN, one per finished iteration
 
     def __post_init__(self):
+        super().__post_init__()
         require(self.iterations > 0, "iterations must be > 0")
         require(self.prompts_per_iteration > 0 and self.samples_per_prompt > 0, "prompts and samples per prompt must be > 0")
         require(self.temperature >= 0, "temperature must be >= 0")
         require(self.batch_size > 0 and self.micro_batch_size > 0, "batch sizes must be > 0")
         require(self.sft_max_steps >= 0 and self.sft_epochs >= 0, "sft_max_steps and sft_epochs must be >= 0")
         require(self.eval_n > 0, "eval_n must be > 0")
-        require_choice("resume", self.resume, ["auto", "never"])
 
 
 class Loop:
@@ -116,7 +111,7 @@ class Loop:
         set_threads(cfg.threads)
         set_seed(cfg.seed)
         self.cfg = cfg
-        self.run = Run(cfg.output_dir or default_output_dir(command), cfg)
+        self.run = Run(cfg, command)  # checks output_dir and picks the checkpoint; writes nothing yet
         self.command = command
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
@@ -133,6 +128,7 @@ class Loop:
         self.last_eval: dict | None = None
         self.start_iteration = 1
         self.extra_state: dict[str, Any] = {}  # recipe state that must survive a resume (JSON-serialisable)
+        self.run.start()
 
     # -- generate and score ---------------------------------------------------------------------
     def render(self, prompt: str) -> str:
@@ -216,7 +212,7 @@ class Loop:
 
     def begin(self) -> dict:
         """Evaluate the base model (iteration 0), or restore the last finished iteration's checkpoint."""
-        if self.cfg.resume == "auto" and self._restore():
+        if self._restore():
             print(f"{self.command}: resumed after iteration {self.start_iteration - 1}")
             return self.before
         self.before = self.evaluate()
@@ -240,17 +236,18 @@ class Loop:
         write_checkpoint_dir(self.run.dir, f"iter-{iteration:03d}", fill)
 
     def _restore(self) -> bool:
-        path = latest_checkpoint(self.run.dir)
+        path = self.run.resume_from
         if path is None:
             return False
         load_model_weights(self.model, path / "model")
-        state = json.loads((path / "state.json").read_text())
-        self.history, self.before, self.last_eval = state["history"], state["before"], state["last_eval"]
-        self._order = state["order"]
-        self._rng.setstate(rng_from_json(state["rng"]))
-        self.generator.set_state(torch.load(path / "generator.pt"))
-        self.extra_state = state["extra"]
-        self.start_iteration = state["iteration"] + 1
+        with reading(path):
+            state = json.loads((path / "state.json").read_text())
+            self.history, self.before, self.last_eval = state["history"], state["before"], state["last_eval"]
+            self._order = state["order"]
+            self._rng.setstate(rng_from_json(state["rng"]))
+            self.generator.set_state(torch.load(path / "generator.pt"))
+            self.extra_state = state["extra"]
+            self.start_iteration = state["iteration"] + 1
         return True
 
     def end_iteration(self, iteration: int, metrics: dict[str, Any], evaluate_now: bool = True) -> dict:

@@ -1,7 +1,19 @@
-"""A run directory: resolved config, metrics.jsonl, summary.json, TensorBoard events, progress bars."""
+"""A run directory: resolved config, metrics.jsonl, summary.json, TensorBoard events, progress bars.
+
+Run directories are owned (docs/run-directories.md). `Run(cfg, command)` only looks: it refuses an
+output_dir that is a file, a non-empty directory that is not a reasonloop run, a run of another
+command, any existing run under `resume=never`, and a run whose recorded config differs from this one
+in a key that changes results (unless `resume=force`); it picks the checkpoint to continue from
+(`resume_from`) and checks that `steps` (or `iterations`) has not fallen below it. Nothing is written
+until `start()`, which a recipe calls once its model, task and data have loaded: it creates the
+directory (a default one atomically, with a suffix when the name is taken), writes `config.yaml` and
+the marker `reasonloop-run.json` atomically, drops the metric and sample rows of the steps the resumed
+run will redo, and opens the logs.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -9,15 +21,27 @@ import os
 import random
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from reasonloop import __version__
 from reasonloop.config import save_config
+from reasonloop.errors import UserError, note_run_dir
+from reasonloop.train.checkpoint import checkpoint_step, find_resume_checkpoint
 
 log = logging.getLogger(__name__)
+
+MARKER = "reasonloop-run.json"
+ROW_FILES = ("metrics.jsonl", "samples.jsonl")  # step-keyed rows trimmed to the checkpoint on resume
+
+
+class RunDirError(UserError):
+    """output_dir cannot be used for this run: not ours, another command's, or a run under another config."""
 
 
 def default_output_dir(command: str) -> str:
@@ -41,24 +65,212 @@ def set_threads(threads: int) -> None:
     torch.set_flush_denormal(True)
 
 
-class Run:
-    """Owns the output directory of one command invocation."""
+# -- config comparison ---------------------------------------------------------------------------------
 
-    def __init__(self, output_dir: str, cfg: Any, tensorboard: bool = True):
-        self.dir = Path(output_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.dir / "config.yaml")
-        self._metrics = open(self.dir / "metrics.jsonl", "a")
+
+def config_values(cfg: Any) -> dict[str, Any]:
+    """The config as dotted leaf keys -> values, read back through YAML as config.yaml records it."""
+    return _flatten(OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(OmegaConf.structured(cfg)))))
+
+
+def recorded_values(path: Path) -> dict[str, Any]:
+    """A recorded config.yaml as dotted leaf keys -> values."""
+    return _flatten(OmegaConf.to_container(OmegaConf.load(path)))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_hash(values: dict[str, Any], free: frozenset[str] | set[str]) -> str:
+    """sha256 (16 hex digits) of the keys that change results."""
+    kept = {k: v for k, v in sorted(values.items()) if k not in free}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_differences(recorded: dict[str, Any], current: dict[str, Any], free: frozenset[str] | set[str]) -> list[str]:
+    """'key: old -> new' for every key both configs have that changes results and differs. Keys only one side
+    has (added or removed by a reasonloop upgrade) are not compared."""
+    if config_hash({k: recorded[k] for k in recorded if k in current}, free) == \
+            config_hash({k: current[k] for k in current if k in recorded}, free):
+        return []
+    return [f"{k}: {recorded[k]!r} -> {current[k]!r}" for k in sorted(current)
+            if k in recorded and k not in free and recorded[k] != current[k]]
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+class Run:
+    """Owns the output directory of one command invocation (see the module docstring)."""
+
+    def __init__(self, cfg: Any, command: str, tensorboard: bool = True):
+        self.cfg, self.command, self._tensorboard = cfg, command, tensorboard
+        self._explicit = bool(cfg.output_dir)
+        self.dir = Path(cfg.output_dir) if self._explicit else Path(default_output_dir(command))
+        self.resume_from: Path | None = None
+        """The checkpoint to continue from (verified), or None for a run from step 0."""
+        self.resume_step: int | None = None
+        """Its step (or iteration) number."""
+        self.existing = False
+        """output_dir holds this command's run, which this invocation continues (or reruns)."""
+        self._created: str | None = None
+        self._metrics = None
         self._tb = None
-        if tensorboard:
+        self.started = False
+        if self._explicit:
+            self._inspect()
+
+    # -- the checks, before anything is written ----------------------------------------------------------
+    def _inspect(self) -> None:
+        d, cfg = self.dir, self.cfg
+        if not d.exists():
+            if d.is_symlink():
+                raise RunDirError(f"output_dir={d} is a dangling symbolic link; choose another output_dir")
+            return
+        if not d.is_dir():
+            raise RunDirError(f"output_dir={d} is a file, not a directory; choose another output_dir")
+        try:
+            entries = list(d.iterdir())
+        except OSError as exc:
+            raise RunDirError(f"output_dir={d} cannot be read ({exc.strerror}); choose another output_dir") from exc
+        if not entries:
+            return
+        marker = d / MARKER
+        legacy = not marker.exists() and (d / "config.yaml").is_file() and (d / "checkpoints" / "latest").is_file()
+        if not marker.exists() and not legacy:
+            raise RunDirError(f"output_dir={d} is not empty and is not a reasonloop run (it has no {MARKER}); "
+                              "reasonloop writes only into new or empty directories and its own runs: choose another "
+                              "output_dir")
+        if marker.exists():
+            try:
+                info = json.loads(marker.read_text())
+                command = info["command"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise RunDirError(f"{marker} is unreadable, so output_dir={d} is not a run reasonloop can continue: "
+                                  "choose another output_dir") from exc
+            if command != self.command:
+                raise RunDirError(f"output_dir={d} holds a `{command}` run; `{self.command}` will not write into it: "
+                                  "choose another output_dir")
+            self._created = info.get("created")
+        resume = getattr(cfg, "resume", "auto")
+        self.resume_from, warnings = find_resume_checkpoint(d)
+        where = f" (latest checkpoint {self.resume_from.name})" if self.resume_from is not None else ""
+        if resume == "never":
+            raise RunDirError(f"output_dir={d} already holds a `{self.command}` run{where}; resume=never never "
+                              "overwrites a run: choose a new output_dir, or resume=auto to continue this one")
+        for w in warnings:
+            log.warning(w)
+        progress_key = getattr(type(cfg), "PROGRESS_KEY", "")
+        free = set(getattr(type(cfg), "RESUME_FREE", ()))
+        if self.resume_from is not None:
+            self.resume_step = checkpoint_step(self.resume_from)
+            free.add(progress_key)
+        recorded_file = self.resume_from / "config.yaml" if self.resume_from is not None else d / "config.yaml"
+        if not recorded_file.is_file():
+            recorded_file = d / "config.yaml"
+        if recorded_file.is_file():
+            try:
+                recorded = recorded_values(recorded_file)
+            except Exception as exc:  # a damaged YAML file: OmegaConf/yaml raise many kinds
+                raise RunDirError(f"{recorded_file} is unreadable ({type(exc).__name__}), so the run's config cannot "
+                                  "be compared: choose another output_dir") from exc
+            diffs = config_differences(recorded, config_values(cfg), free)
+            if diffs:
+                what = (f"its checkpoint {self.resume_from.name}" if self.resume_from is not None else "it")
+                listed = "; ".join(diffs)
+                if resume != "force":
+                    raise RunDirError(f"output_dir={d} holds a `{self.command}` run, but {what} was made under a "
+                                      f"different config ({listed}); choose a new output_dir, or resume=force to "
+                                      "continue it under the new config")
+                log.warning("resume=force: continuing %s under a different config (%s)", d, listed)
+        if self.resume_from is not None and progress_key:
+            wanted = getattr(cfg, progress_key)
+            if wanted < self.resume_step:
+                raise RunDirError(f"{progress_key}={wanted} is below the {self.resume_step} its checkpoint "
+                                  f"{self.resume_from} has already reached; set {progress_key} >= {self.resume_step} "
+                                  f"to continue it, or choose a new output_dir for a {wanted}-{progress_key} run")
+        self.existing = True
+
+    # -- start: the first write ---------------------------------------------------------------------------
+    def start(self) -> Path:
+        """Create (or take over) the directory, record the config and the marker, trim the rows the resumed
+        run redoes, open the logs. Returns the directory."""
+        if self.started:
+            return self.dir
+        try:
+            if not self._explicit:
+                self.dir = _new_directory(self.dir)
+            elif not self.existing:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                if any(self.dir.iterdir()):
+                    raise RunDirError(f"output_dir={self.dir} was filled by someone else while this run was starting; "
+                                      "choose another output_dir")
+        except FileExistsError as exc:  # a parent is a file
+            raise RunDirError(f"cannot create output_dir={self.dir}: {exc.filename} is a file") from exc
+        except OSError as exc:
+            raise RunDirError(f"cannot create output_dir={self.dir}: {(exc.strerror or str(exc)).lower()}; "
+                              "choose another output_dir") from exc
+        values = config_values(self.cfg)
+        marker = {"reasonloop": __version__, "command": self.command,
+                  "created": self._created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "config_hash": config_hash(values, set(getattr(type(self.cfg), "RESUME_FREE", ())))}
+        tmp = self.dir / "config.yaml.tmp"
+        save_config(self.cfg, tmp)
+        os.replace(tmp, self.dir / "config.yaml")
+        self._write_atomic(MARKER, json.dumps(marker, indent=2))
+        if self.existing:
+            for name in ROW_FILES:
+                self._trim_rows(name, self.resume_step)
+        self._metrics = open(self.dir / "metrics.jsonl", "a")
+        if self._tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.dir / "tb"))
+                purge = None if not self.existing else (self.resume_step + 1 if self.resume_step is not None else 0)
+                self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=purge)
             except ImportError:
                 log.info("tensorboard not installed; metrics go to metrics.jsonl only")
+        note_run_dir(self.dir)
+        self.started = True
+        return self.dir
 
+    def _write_atomic(self, name: str, text: str) -> None:
+        tmp = self.dir / f"{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.dir / name)
+
+    def _trim_rows(self, name: str, keep_through: int | None) -> None:
+        """Keep the rows of steps <= keep_through (none when rerunning from step 0); drop torn lines."""
+        path = self.dir / name
+        if not path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                step = row["step"]
+            except (ValueError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if keep_through is not None and isinstance(step, (int, float)) and step <= keep_through:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            log.info("%s: dropped %d rows past step %s (the resumed run writes them again)", path, dropped,
+                     keep_through if keep_through is not None else 0)
+            self._write_atomic(name, "".join(line + "\n" for line in kept))
+
+    # -- writing -------------------------------------------------------------------------------------------
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        assert self._metrics is not None, "Run.start() first"
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
@@ -74,6 +286,11 @@ class Run:
         os.replace(tmp, path)
         return path
 
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the run written by `write_json`, or None if there is none."""
+        path = self.dir / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def write_jsonl(self, name: str, rows: list[dict], append: bool = False) -> Path:
         path = self.dir / name
         with open(path, "a" if append else "w") as f:
@@ -82,9 +299,23 @@ class Run:
         return path
 
     def close(self) -> None:
-        self._metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _new_directory(base: Path) -> Path:
+    """Create `base`, or `base-2`, `base-3`, ... : mkdir is atomic, so two runs never get the same one."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirError(f"could not find a free directory name next to {base}; set output_dir")
 
 
 def _plain(v: Any) -> Any:
