@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = re.compile(r"^(step|iter)-(\d+)$")
 MANIFEST = "manifest.json"
+ROW_FILES = ("metrics.jsonl", "samples.jsonl")  # the run's row logs; a resume trims them to the checkpoint
 
 
 class CheckpointError(UserError):
@@ -105,7 +106,7 @@ def write_checkpoint_dir(run_dir: str | Path, name: str, fill: Callable[[Path], 
         config = Path(run_dir) / "config.yaml"
         if config.is_file():
             shutil.copyfile(config, tmp / "config.yaml")
-        write_manifest(tmp)
+        write_manifest(tmp, rows={f: _count_lines(Path(run_dir) / f) for f in ROW_FILES})
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if not _is_write_failure(exc):
@@ -145,11 +146,28 @@ def _previous(root: Path) -> str:
     return "no earlier checkpoint exists"
 
 
-def write_manifest(ckpt: Path) -> None:
-    """Record the size and sha256 of every file under `ckpt` in `ckpt/manifest.json` (written last)."""
+def write_manifest(ckpt: Path, rows: dict[str, int] | None = None) -> None:
+    """Record the size and sha256 of every file under `ckpt` in `ckpt/manifest.json` (written last), and
+    `rows`: how many lines each of the run's row logs held when the checkpoint was taken."""
     files = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": _sha256(p)}
              for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    (ckpt / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+    (ckpt / MANIFEST).write_text(json.dumps({"files": files, "rows": rows or {}}, indent=1))
+
+
+def checkpoint_rows(ckpt: Path) -> dict[str, int] | None:
+    """Lines of each row log (metrics.jsonl, samples.jsonl) at the checkpoint; None for older checkpoints."""
+    try:
+        rows = json.loads((ckpt / MANIFEST).read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rows if isinstance(rows, dict) else None
+
+
+def _count_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
 
 
 def _sha256(path: Path) -> str:

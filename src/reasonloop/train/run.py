@@ -32,12 +32,11 @@ from omegaconf import OmegaConf
 from reasonloop import __version__
 from reasonloop.config import save_config
 from reasonloop.errors import UserError, note_run_dir
-from reasonloop.train.checkpoint import checkpoint_step, find_resume_checkpoint
+from reasonloop.train.checkpoint import ROW_FILES, checkpoint_rows, checkpoint_step, find_resume_checkpoint
 
 log = logging.getLogger(__name__)
 
 MARKER = "reasonloop-run.json"
-ROW_FILES = ("metrics.jsonl", "samples.jsonl")  # step-keyed rows trimmed to the checkpoint on resume
 
 
 class RunDirError(UserError):
@@ -133,6 +132,9 @@ class Run:
         if not d.exists():
             if d.is_symlink():
                 raise RunDirError(f"output_dir={d} is a dangling symbolic link; choose another output_dir")
+            ancestor = next(p for p in d.absolute().parents if p.exists())
+            if not ancestor.is_dir():
+                raise RunDirError(f"cannot create output_dir={d}: {ancestor} is a file; choose another output_dir")
             return
         if not d.is_dir():
             raise RunDirError(f"output_dir={d} is a file, not a directory; choose another output_dir")
@@ -195,7 +197,8 @@ class Run:
             if wanted < self.resume_step:
                 raise RunDirError(f"{progress_key}={wanted} is below the {self.resume_step} its checkpoint "
                                   f"{self.resume_from} has already reached; set {progress_key} >= {self.resume_step} "
-                                  f"to continue it, or choose a new output_dir for a {wanted}-{progress_key} run")
+                                  f"to continue it, or choose a new output_dir to run {progress_key}={wanted} "
+                                  "from the start")
         self.existing = True
 
     # -- start: the first write ---------------------------------------------------------------------------
@@ -221,13 +224,15 @@ class Run:
         marker = {"reasonloop": __version__, "command": self.command,
                   "created": self._created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "config_hash": config_hash(values, set(getattr(type(self.cfg), "RESUME_FREE", ())))}
+        # the marker first: a run killed right here is still recognised as ours (and has nothing to compare)
+        self._write_atomic(MARKER, json.dumps(marker, indent=2))
         tmp = self.dir / "config.yaml.tmp"
         save_config(self.cfg, tmp)
         os.replace(tmp, self.dir / "config.yaml")
-        self._write_atomic(MARKER, json.dumps(marker, indent=2))
         if self.existing:
+            counts = checkpoint_rows(self.resume_from) if self.resume_from is not None else None
             for name in ROW_FILES:
-                self._trim_rows(name, self.resume_step)
+                self._trim_rows(name, None if counts is None else counts.get(name, 0), self.resume_step)
         self._metrics = open(self.dir / "metrics.jsonl", "a")
         if self._tensorboard:
             try:
@@ -246,26 +251,28 @@ class Run:
         tmp.write_text(text)
         os.replace(tmp, self.dir / name)
 
-    def _trim_rows(self, name: str, keep_through: int | None) -> None:
-        """Keep the rows of steps <= keep_through (none when rerunning from step 0); drop torn lines."""
+    def _trim_rows(self, name: str, count: int | None, step: int | None) -> None:
+        """Keep the rows the checkpoint had seen: its first `count` lines, or (a checkpoint from before row
+        counts were recorded) the rows of steps <= `step`; none when the run restarts from step 0. The
+        resumed run writes the rest again, so no step appears twice. Torn lines are dropped too."""
         path = self.dir / name
         if not path.is_file():
             return
-        kept, dropped = [], 0
-        for line in path.read_text(errors="replace").splitlines():
+        lines = path.read_bytes().decode(errors="replace").splitlines()
+        kept = []
+        for i, line in enumerate(lines):
             try:
-                row = json.loads(line)
-                step = row["step"]
+                row_step = json.loads(line)["step"]
             except (ValueError, KeyError, TypeError):
-                dropped += 1
                 continue
-            if keep_through is not None and isinstance(step, (int, float)) and step <= keep_through:
-                kept.append(line)
+            if count is not None:
+                keep = i < count
             else:
-                dropped += 1
-        if dropped:
-            log.info("%s: dropped %d rows past step %s (the resumed run writes them again)", path, dropped,
-                     keep_through if keep_through is not None else 0)
+                keep = step is not None and isinstance(row_step, (int, float)) and row_step <= step
+            if keep:
+                kept.append(line)
+        if len(kept) != len(lines):
+            log.info("%s: dropped %d rows the resumed run writes again", path, len(lines) - len(kept))
             self._write_atomic(name, "".join(line + "\n" for line in kept))
 
     # -- writing -------------------------------------------------------------------------------------------
