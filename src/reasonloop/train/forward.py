@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from reasonloop.algos.entropy import entropy_from_logits
 from reasonloop.algos.logprobs import token_logprobs
 
 
@@ -166,10 +167,7 @@ def _policy_forward(model, batch: TokenBatch, temperature: float, with_entropy: 
     logits, hidden = shared if shared is not None else _plain_forward(model, batch, with_hidden)
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
-    entropy = None
-    if with_entropy:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        entropy = -(logp.exp() * logp).sum(-1)
+    entropy = entropy_from_logits(logits) if with_entropy else None
     return ForwardOut(token_logprobs(logits, batch.completion_ids), entropy, hidden)
 
 
