@@ -41,8 +41,9 @@ class RunConfig:
 
     def __post_init__(self):
         require(isinstance(self.seed, int) and 0 <= self.seed < SEED_LIMIT,
-                f"seed={self.seed} is out of range: it must be in [0, 2**32)")
-        require(self.threads >= 0, f"threads={self.threads} must be >= 0 (0 keeps torch's default)")
+                f"seed={self.seed}: must be in [0, {SEED_LIMIT - 1}]")
+        require(self.threads >= 0, f"threads={self.threads}: must be >= 0 (0 keeps torch's default)")
+        require("\0" not in self.output_dir, "output_dir contains a NUL character")
         require_choice("resume", self.resume, list(RESUME_MODES))
 
 
@@ -56,4 +57,4 @@ class CheckpointedRunConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.save_every >= 0, f"save_every={self.save_every} must be >= 0 (0 disables checkpoints)")
+        require(self.save_every >= 0, f"save_every={self.save_every}: must be >= 0 (0 disables checkpoints)")
