@@ -103,12 +103,12 @@ _structure_ok: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _structure_supported(model: nn.Module) -> bool:
     if getattr(model.lm_head, "bias", None) is not None:
         return False
-    inner = kv_cache._backbone(model)
+    inner = kv_cache.backbone(model)
     norms = [inner.norm] + [m for layer in inner.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
     eps = {getattr(m, "variance_epsilon", None) for m in norms}
     if len(eps) != 1 or None in eps:
         return False
-    return all(kv_cache.StaticDecoder._lean(kv_cache.StaticDecoder._fuse(layer)) is not None for layer in inner.layers)
+    return all(kv_cache.lean_weights(kv_cache.fuse_projections(layer)) is not None for layer in inner.layers)
 
 
 class FusedDecoder:
