@@ -218,7 +218,8 @@ def bench_train(cfg: Config, gflops: float, out: Path) -> dict:
     from transformers import LlamaForCausalLM
 
     from reasonloop.models.tiny import build_config, build_tokenizer
-    from reasonloop.train.forward import TokenBatch, policy_forward
+    from reasonloop.data.records import TokenBatch
+    from reasonloop.train.forward import policy_forward
 
     tok = build_tokenizer()
     torch.manual_seed(cfg.seed)
