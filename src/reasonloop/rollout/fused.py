@@ -4,7 +4,7 @@
 prefill, but runs every decode step as one C++ call: the projections are oneDNN linears on weights
 prepacked once (torch matmuls without oneDNN), the RMSNorms, RoPE, attention and SiLU are plain
 loops, and the G samples of a prompt read that prompt's keys/values from one shared copy instead of
-G repeated ones. Results match `StaticDecoder` within float rounding (tests/test_speed_equivalence.py),
+G repeated ones. Results match `StaticDecoder` within float rounding (tests/rollout/test_speed_equivalence.py),
 not bit for bit. Design and measurements: docs/speed.md, "The compiled decode step".
 
 The extension is compiled with torch's C++ extension loader (needs a C++ compiler and `ninja`; ~10 s

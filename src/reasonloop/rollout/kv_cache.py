@@ -14,7 +14,7 @@ copying) and dispatches through several wrappers per layer. `StaticDecoder` runs
   fewer ops (per-op overhead dominates a small model's decode step on a CPU);
 - can reuse the previous call's cache memory (`storage`), avoiding page faults on a CPU.
 
-Numerics match the HF forward up to float rounding (tests/test_speed_equivalence.py checks log-probs
+Numerics match the HF forward up to float rounding (tests/rollout/test_speed_equivalence.py checks log-probs
 and samples against transformers' own forward). Unsupported models (other architectures, sliding
 windows, dynamic RoPE, PEFT-wrapped models) fall back to the generic path in `sampler.py`.
 """
@@ -192,7 +192,7 @@ class StaticDecoder:
     def _decode_layer(self, lean, h, cos, sin_signed, n: int, col: int, masked_out: torch.Tensor):
         """`_layer` for one token per row (h: [n, hidden]), op for op the same arithmetic, fewer ops.
 
-        Bit-identical to `_layer` (tests/test_speed_equivalence.py): the same matmuls and elementwise
+        Bit-identical to `_layer` (tests/rollout/test_speed_equivalence.py): the same matmuls and elementwise
         ops in the same order; only views, module dispatch and the rotate-half negation are gone.
         """
         norm_in, w_qkv, b_qkv, w_o, b_o, norm_post, w_gu, w_down, idx = lean
