@@ -18,7 +18,7 @@ Modes
   takes `steps` optimizer steps on random batches of those pairs. KTO uses reward >= threshold as
   desirable, the rest as undesirable (unpaired).
 - self_rewarding (Yuan et al. 2024): online, but the policy judges its own samples through a judge
-  prompt (`selfimprove.judge.self_judge_scores`). On the tiny char model the judge is near noise;
+  prompt (`rewards.judge.self_judge`, how=digits). On the tiny char model the judge is near noise;
   `judge_pair_accuracy` (how often the judge's chosen is really better by the verifier) says so.
 - spin (Chen et al. 2024, self-play fine-tuning): each iteration, chosen = the task's worked
   solution of a train problem, rejected = the current policy's own sample for it (pairs where the
@@ -40,11 +40,8 @@ import torch
 from reasonloop.algos import PREFERENCE_LOSSES
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.io import load_rows
-from reasonloop.selfimprove.judge import (
-    DEFAULT_JUDGE_TEMPLATE,
-    load_judge_hook,
-    self_judge_scores,
-)
+from reasonloop.rewards.core import load_function
+from reasonloop.rewards.judge import DIGIT_TEMPLATE, self_judge
 from reasonloop.selfimprove.loop import Loop, LoopConfig, rng_from_json, rng_to_json
 from reasonloop.selfimprove.preference import (
     PreferenceData,
@@ -88,7 +85,7 @@ class Config(LoopConfig):
     """online: who scores samples: verifier (the task's reward), self (the policy's expected 0-9 digit after
     judge_template), self_generative (the policy writes a verdict to rewards.judge's additive 5-point prompt,
     Yuan et al. 2024; unparseable = 0) or module:function."""
-    judge_template: str = DEFAULT_JUDGE_TEMPLATE
+    judge_template: str = DIGIT_TEMPLATE
     """self judge: the judge prompt, with {prompt} and {completion}."""
     pairs_per_prompt: int = 1
     """online: best/worst pairs per prompt (next-best vs next-worst after the first)."""
@@ -179,14 +176,13 @@ def judge_samples(cfg: Config, loop: Loop, samples: list[Sample]) -> list[Sample
         return samples
     prompts, comps = [s.prompt for s in samples], [s.completion for s in samples]
     if kind == "self":
-        scores = self_judge_scores(loop.model, loop.tokenizer, [loop.render(p) for p in prompts], comps, cfg.judge_template)
+        judge = self_judge(loop.model, loop.tokenizer, cfg.judge_template, how="digits")
+        scores = judge.score([loop.render(p) for p in prompts], comps)
     elif kind == "self_generative":  # Yuan et al.'s additive 5-point prompt, the policy writes its verdict
-        from reasonloop.rewards.judge import self_judge
-
         raw = self_judge(loop.model, loop.tokenizer, max_new_tokens=cfg.max_new_tokens).score(prompts, comps)
         scores = [0.0 if v is None else v for v in raw]  # an unparseable verdict scores 0
     else:
-        scores = load_judge_hook(kind)(prompts, comps)
+        scores = load_function(kind, "judge hook")(prompts, comps)
     return with_reward(samples, scores)
 
 

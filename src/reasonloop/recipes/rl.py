@@ -39,7 +39,6 @@ import copy
 import dataclasses
 import logging
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -62,6 +61,7 @@ from reasonloop.algos.policy_loss import PPOPenaltyController, ppo_clip_loss, pp
 from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example, RolloutBatch, TokenBatch, pad_right
+from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
@@ -310,8 +310,7 @@ class TrainerState:
     """Everything of a run that is not a tensor and must survive a checkpoint."""
 
     step: int = 0
-    epoch: int = 0  # passes over the train pool
-    position: int = 0  # next index into this pass's order
+    prompts: dict = field(default_factory=dict)  # the prompt sampler's state (pass and position), at checkpoints
     reward_norm: adv_lib.RewardNormState = field(default_factory=adv_lib.RewardNormState)
     baseline: Any = None  # the advantage estimator's carried state (REINFORCE's running mean)
     level_pass: dict[str, float] = field(default_factory=dict)  # running training pass rate per level
@@ -390,7 +389,7 @@ class Trainer:
                             else FixedKLController(cfg.kl_coef))
         self.penalty_ctl = PPOPenaltyController(cfg.penalty_coef, cfg.penalty_target)
         self.state = TrainerState()
-        self.order = self._shuffled(0)
+        self.prompts = ShuffledPasses(len(self.pool), SeededShuffle(lambda epoch: f"{cfg.seed}:{epoch}"))
         if cfg.resume == "auto" and (ckpt := latest_checkpoint(self.out_dir)) is not None:
             self._restore(ckpt)
             print(f"train: resumed from {ckpt} at step {self.state.step}")
@@ -419,21 +418,9 @@ class Trainer:
         return specs
 
     # -- data --------------------------------------------------------------------------------------
-    def _shuffled(self, epoch: int) -> list[int]:
-        order = list(range(len(self.pool)))
-        random.Random(f"{self.cfg.seed}:{epoch}").shuffle(order)
-        return order
-
     def next_prompts(self, n: int) -> list[Example]:
-        out = []
-        for _ in range(n):
-            if self.state.position >= len(self.order):
-                self.state.epoch += 1
-                self.state.position = 0
-                self.order = self._shuffled(self.state.epoch)
-            out.append(self.pool[self.order[self.state.position]])
-            self.state.position += 1
-        return out
+        """The next `n` train prompts of a reshuffled pass over the pool."""
+        return [self.pool[i] for i in self.prompts.next(n)]
 
     def render(self, prompt: str) -> str:
         return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template)
@@ -691,6 +678,7 @@ class Trainer:
         self.state.kl_ctl = self.kl_ctl.state_dict()
         self.state.penalty_ctl = self.penalty_ctl.state_dict()
         self.state.monitors = self.monitors.state_dict()
+        self.state.prompts = self.prompts.state_dict()
         extra = {"critic": self.critic} if self.critic is not None else {}
         state = {k: v for k, v in self.state.to_dict().items() if k != "step"}
         save_checkpoint(self.out_dir, self.state.step, self.model, self.optimizer, self.scheduler, state,
@@ -700,7 +688,7 @@ class Trainer:
         modules = {"critic": self.critic} if self.critic is not None else {}
         self.state = TrainerState.from_dict(load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler,
                                                             generators={"sampler": self.generator}, modules=modules))
-        self.order = self._shuffled(self.state.epoch)
+        self.prompts.load_state_dict(self.state.prompts)
         self.kl_ctl = self.kl_ctl.load_state_dict(self.state.kl_ctl)
         self.penalty_ctl = self.penalty_ctl.load_state_dict(self.state.penalty_ctl)
         self.monitors.load_state_dict(self.state.monitors)

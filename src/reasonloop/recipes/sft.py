@@ -9,11 +9,11 @@ evaluation, atomic checkpoints and `resume=auto`.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.io import load_rows, select_text_fields
+from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
 from reasonloop.rollout.engine import SamplingConfig
@@ -95,13 +95,14 @@ def run(cfg: Config) -> dict:
     held_out = task.examples("test", cfg.eval_n, seed=cfg.seed)
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
     sampler = TorchSampler(model, tokenizer)
-    order = list(range(len(records)))
-    state = {"step": 0, "epoch": 0, "position": 0}
+    batches = ShuffledPasses(len(records), SeededShuffle(lambda epoch: cfg.seed + epoch))
+    start = 0
     ckpt = latest_checkpoint(out_dir) if cfg.resume == "auto" else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        print(f"sft: resumed from {ckpt} at step {state['step']}")
-    random.Random(cfg.seed + state["epoch"]).shuffle(order)
+        batches.load_state_dict(state)
+        start = state["step"]
+        print(f"sft: resumed from {ckpt} at step {start}")
 
     def run_eval(step: int) -> dict:
         summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=128), k=cfg.eval_k,
@@ -109,20 +110,12 @@ def run(cfg: Config) -> dict:
         run_.log(step, flat_metrics(summary))
         return summary
 
-    before = run_eval(state["step"]) if state["step"] == 0 else None
+    before = run_eval(start) if start == 0 else None
     metrics: dict = {}
     with progress("sft", cfg.steps) as bar:
-        bar.advance(state["step"])
-        for step in range(state["step"] + 1, cfg.steps + 1):
-            picked = []
-            while len(picked) < cfg.batch_size:
-                if state["position"] >= len(order):
-                    state["epoch"] += 1
-                    state["position"] = 0
-                    order = list(range(len(records)))
-                    random.Random(cfg.seed + state["epoch"]).shuffle(order)
-                picked.append(records[order[state["position"]]])
-                state["position"] += 1
+        bar.advance(start)
+        for step in range(start + 1, cfg.steps + 1):
+            picked = [records[i] for i in batches.next(cfg.batch_size)]
             batch = encode_pairs(tokenizer, [render(r["prompt"]) for r in picked], [r["completion"] for r in picked],
                                  cfg.max_len)
             metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm)
@@ -132,7 +125,7 @@ def run(cfg: Config) -> dict:
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 run_eval(step)
             if cfg.save_every and step % cfg.save_every == 0:
-                save_checkpoint(out_dir, step, model, optimizer, scheduler, {k: v for k, v in state.items() if k != "step"})
+                save_checkpoint(out_dir, step, model, optimizer, scheduler, batches.state_dict())
     after = run_eval(cfg.steps)
     save_model(model, tokenizer, run_.dir / "model")
     if before is not None:

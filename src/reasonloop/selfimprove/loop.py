@@ -16,7 +16,7 @@ the held-out set and the run directory. Recipes call its parts in the order they
     return loop.finish()                           # summary.json, model saved
 
 Every finished iteration is checkpointed (`checkpoints/iter-NNN`: the model in safetensors and the
-loop's state — prompt order, RNG states, history, and whatever the recipe keeps in
+loop's state — the prompt pass in progress, RNG states, history, and whatever the recipe keeps in
 `loop.extra_state`). With `resume=auto` a crashed run continues after its last finished iteration.
 
 Held-out pass@1 is greedy decoding on the task's test split (`pass@1_greedy`); `eval_k` > 0 adds
@@ -37,6 +37,7 @@ import torch
 
 from reasonloop.config import require, require_choice
 from reasonloop.data.records import Example
+from reasonloop.data.sampling import ShuffledPasses, StreamShuffle
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import (
     ModelConfig,
@@ -126,8 +127,8 @@ class Loop:
         self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.train_pool = self.task.examples("train", cfg.train_pool, seed=cfg.seed)
         self.held_out = self.task.examples("test", cfg.eval_n, seed=cfg.seed)
-        self._rng = random.Random(cfg.seed)
-        self._order: list[int] = []
+        self._rng = random.Random(cfg.seed)  # shuffles the prompt passes and every fine-tune's batches
+        self.prompts = ShuffledPasses(len(self.train_pool), StreamShuffle(self._rng))
         self.history: list[dict[str, Any]] = []
         self.before: dict | None = None
         self.last_eval: dict | None = None
@@ -140,13 +141,7 @@ class Loop:
 
     def next_prompts(self, n: int | None = None) -> list[Example]:
         """`n` train examples, a reshuffled pass over the pool."""
-        out = []
-        for _ in range(n or self.cfg.prompts_per_iteration):
-            if not self._order:
-                self._order = list(range(len(self.train_pool)))
-                self._rng.shuffle(self._order)
-            out.append(self.train_pool[self._order.pop()])
-        return out
+        return [self.train_pool[i] for i in self.prompts.next(n or self.cfg.prompts_per_iteration)]
 
     def generate(self, examples: Sequence[Example], n: int, prompts: Sequence[str] | None = None,
                  chunk: int = 64) -> list[str]:
@@ -191,16 +186,11 @@ class Loop:
         if not records or steps == 0:
             return {"sft_steps": 0.0}
         optimizer, scheduler = build_optimizer(self.model.parameters(), self.cfg.optim, steps)
-        order: list[int] = []
+        batches = ShuffledPasses(len(records), StreamShuffle(self._rng))
         metrics: dict[str, float] = {}
         losses = []
         for _ in range(steps):
-            picked = []
-            while len(picked) < self.cfg.batch_size:
-                if not order:
-                    order = list(range(len(records)))
-                    self._rng.shuffle(order)
-                picked.append(records[order.pop()])
+            picked = [records[i] for i in batches.next(self.cfg.batch_size)]
             batch = encode_pairs(self.tokenizer, [self.render(p) for p, _ in picked], [c for _, c in picked])
             metrics = supervised_step(self.model, batch, self.cfg.micro_batch_size, optimizer, scheduler,
                                       self.cfg.optim.max_grad_norm)
@@ -232,7 +222,7 @@ class Loop:
         def fill(tmp):
             self.model.save_pretrained(str(tmp / "model"), safe_serialization=True)
             state = {"iteration": iteration, "history": self.history, "before": self.before,
-                     "last_eval": self.last_eval, "order": self._order, "rng": rng_to_json(self._rng.getstate()),
+                     "last_eval": self.last_eval, "prompts": self.prompts.state_dict(), "rng": rng_to_json(self._rng.getstate()),
                      "extra": self.extra_state}
             (tmp / "state.json").write_text(json.dumps(state))
             torch.save(self.generator.get_state(), tmp / "generator.pt")
@@ -246,7 +236,7 @@ class Loop:
         load_model_weights(self.model, path / "model")
         state = json.loads((path / "state.json").read_text())
         self.history, self.before, self.last_eval = state["history"], state["before"], state["last_eval"]
-        self._order = state["order"]
+        self.prompts.load_state_dict(state["prompts"])
         self._rng.setstate(rng_from_json(state["rng"]))
         self.generator.set_state(torch.load(path / "generator.pt"))
         self.extra_state = state["extra"]

@@ -15,7 +15,7 @@ from reasonloop.recipes.presets import RL_PRESETS
 from reasonloop.rewards.core import RewardSpec
 from toy_tasks import LETTERS, LetterFirstTask
 
-GOLDEN = Path(__file__).parent / "golden" / "rl_nano.json"
+GOLDEN = Path(__file__).parents[1] / "golden" / "rl_nano.json"
 @pytest.fixture
 def toy_task(monkeypatch):
     monkeypatch.setattr(rl, "make_task", lambda spec, data_dir=None: LetterFirstTask())
