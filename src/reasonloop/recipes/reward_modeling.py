@@ -164,7 +164,6 @@ def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     out_dir = cfg.output_dir or default_output_dir("reward_model")
-    run_ = Run(out_dir, cfg)
     task = make_task(cfg.task, cfg.data_dir or None)
     tokenizer, policy = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
@@ -176,6 +175,7 @@ def run(cfg: Config) -> dict:
     if not train:
         raise ConfigError("no training pairs: no prompt had both a correct and a wrong sample "
                           "(raise samples_per_prompt or temperature, or pass data=)")
+    run_ = Run(out_dir, cfg)  # only once the task, model and data have loaded: bad input writes nothing
     rm = load_reward_model(cfg, task, tokenizer, like=policy)
     del sampler, policy
     optimizer, scheduler = build_optimizer(rm.model.parameters(), cfg.optim, cfg.steps)

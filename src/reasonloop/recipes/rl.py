@@ -52,7 +52,7 @@ from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example, RolloutBatch
 from reasonloop.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
+from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
 from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
@@ -279,7 +279,6 @@ class Trainer:
         set_threads(cfg.threads)
         set_seed(cfg.seed)
         self.out_dir = cfg.output_dir or default_output_dir("train")
-        self.run = Run(self.out_dir, cfg)
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
         self.task_specs = list(self.task.rewards())  # trained on, or (task_rewards=false) only logged
@@ -294,8 +293,11 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
         self.engine = engine or build_engine(cfg.rollout, self.model, self.tokenizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.pool = self.task.examples("train", cfg.train_pool, seed=cfg.seed)
-        self.held_out = self.task.examples("test", cfg.eval_n, seed=cfg.seed)
+        fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
+                                                     cfg.sampling.max_new_tokens, f"{cfg.task}/{split}")
+        self.pool = fits(self.task.examples("train", cfg.train_pool, seed=cfg.seed), "train")
+        self.held_out = fits(self.task.examples("test", cfg.eval_n, seed=cfg.seed), "test")
+        self.run = Run(self.out_dir, cfg)  # only once the task, model and data have loaded: bad input writes nothing
         self.monitors = Monitors(cfg.monitor)
         self.kl_ctl: Any = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
                             else FixedKLController(cfg.kl_coef))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.io import load_rows, select_text_fields
 from reasonloop.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
+from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt, save_model
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -24,6 +24,9 @@ from reasonloop.train.forward import encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
 from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
 from reasonloop.train.supervised import supervised_step
+
+
+SFT_EVAL_TOKENS = 128  # completion length of the held-out evaluation
 
 
 @dataclass
@@ -87,12 +90,13 @@ def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     out_dir = cfg.output_dir or default_output_dir("sft")
-    run_ = Run(out_dir, cfg)
     task = make_task(cfg.task, cfg.data_dir or None)
     tokenizer, model = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
     records = load_records(cfg, task)
-    held_out = task.examples("test", cfg.eval_n, seed=cfg.seed)
+    held_out = drop_long_prompts(task.examples("test", cfg.eval_n, seed=cfg.seed), tokenizer, render, model,
+                                 SFT_EVAL_TOKENS, f"{cfg.task}/test")
+    run_ = Run(out_dir, cfg)  # only once the task, model and data have loaded: bad input writes nothing
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
     sampler = TorchSampler(model, tokenizer)
     order = list(range(len(records)))
@@ -104,7 +108,7 @@ def run(cfg: Config) -> dict:
     random.Random(cfg.seed + state["epoch"]).shuffle(order)
 
     def run_eval(step: int) -> dict:
-        summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=128), k=cfg.eval_k,
+        summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=SFT_EVAL_TOKENS), k=cfg.eval_k,
                               seed=cfg.seed)
         run_.log(step, flat_metrics(summary))
         return summary
