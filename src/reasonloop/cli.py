@@ -73,7 +73,7 @@ USER_ERRNOS = {
     errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
     errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
     errno.ENOTDIR: "a path component is a file, not a directory", errno.EISDIR: "is a directory, not a file",
-    errno.EEXIST: "already exists", errno.ENOENT: "no such file or directory",
+    errno.EEXIST: "already exists (as a file)", errno.ENOENT: "no such file or directory",
     errno.ENAMETOOLONG: "file name too long", errno.ELOOP: "too many levels of symbolic links",
 }
 EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
@@ -95,6 +95,7 @@ def filesystem_message(exc: OSError) -> str:
         errno.EROFS: "choose a writable output_dir=",
         errno.ENOTDIR: "a file stands where a directory is needed: choose another path",
         errno.EISDIR: "give a file, not a directory",
+        errno.EEXIST: "a file stands where a directory is needed: choose another path",
     }.get(exc.errno or 0, "check the path")
     return f"{path}: {reason}; {advice}"
 
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         code = _main(argv)
         sys.stdout.flush()  # inside the try: a closed pipe (`reasonloop --help | head`) surfaces here
         return code
+    except SystemExit as exc:  # argparse (`sandbox run` arguments) has printed its usage message
+        return exc.code if isinstance(exc.code, int) else EXIT_USER
     except BrokenPipeError:  # the reader went away: stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1

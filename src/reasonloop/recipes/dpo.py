@@ -118,6 +118,11 @@ class Config(LoopConfig):
         require_choice("ref_update", self.ref_update, ["initial", "iteration"])
         require(self.steps > 0, "steps must be > 0")
         require(self.pairs_per_prompt > 0, "pairs_per_prompt must be > 0")
+        require(self.beta > 0, "beta must be > 0 (the preference loss's inverse temperature)")
+        require(0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
+        for key in ("orpo_lambda", "simpo_gamma", "nll_weight", "min_gap", "kto_kl_ref"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(self.offline_pairs > 0, "offline_pairs must be > 0")
         require(self.judge in ("verifier", "self", "self_generative") or ":" in self.judge,
                 "judge must be verifier, self, self_generative or module:function")
         require(not (self.mode == "self_rewarding" and ":" in self.judge),

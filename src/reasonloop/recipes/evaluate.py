@@ -18,6 +18,9 @@ from reasonloop.train.evaluation import evaluate, format_table
 from reasonloop.train.run import Run, default_output_dir, set_seed, set_threads
 
 
+SPLITS = ("train", "test", "validation", "valid", "dev", "prompt")  # the split names tasks know
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -49,6 +52,11 @@ class Config:
         require(self.n > 0, "n must be > 0")
         require(self.k >= 0, "k must be >= 0")
         require(self.greedy or self.k > 0, "nothing to do: greedy=false and k=0")
+        require(self.batch_prompts > 0, "batch_prompts must be > 0")
+        require(self.split in SPLITS, f"split={self.split!r} is not a split name; use one of {list(SPLITS)}")
+        require(self.k == 0 or self.sampling.temperature > 0 or self.k == 1,
+                f"k={self.k} samples at sampling.temperature=0 are {self.k} copies of the greedy answer; "
+                "use a temperature > 0 or k=0")
 
 
 def run(cfg: Config) -> dict:

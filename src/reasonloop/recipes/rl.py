@@ -243,6 +243,21 @@ class Config:
                 "need 2 <= group_size_min <= group_size_max")
         require(0 <= self.overlong_buffer <= self.sampling.max_new_tokens, "overlong_buffer must be in [0, max_new_tokens]")
         require(self.rollback_lr_factor > 0, "rollback_lr_factor must be > 0")
+        require(self.train_pool > 0, "train_pool must be > 0")
+        require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
+        for key in ("eval_k", "eval_every", "samples_every", "save_every", "max_refills"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(0 <= self.clip_low < 1, "clip_low must be in [0, 1): the ratio is clipped at 1 - clip_low")
+        for key in ("clip_high", "kl_coef", "kl_target", "entropy_coef", "vf_coef", "penalty_coef", "tis_cap",
+                    "overlong_penalty"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0 (a negative value would reverse the term)")
+        require(self.value_clip > 0 and self.penalty_target > 0 and self.kl_horizon > 0,
+                "value_clip, penalty_target and kl_horizon must be > 0")
+        require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]")
+        require(self.sampling.temperature > 0 or self.advantage not in ("grpo", "rloo"),
+                f"sampling.temperature=0 (greedy) makes the {self.group_size} samples of a prompt identical, so "
+                f"advantage={self.advantage}'s group-relative advantages are all 0 and nothing is learned; "
+                "use a temperature > 0 (1.0 is the default)")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -75,6 +75,12 @@ class Config:
     def __post_init__(self):
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
         require_choice("resume", self.resume, ["auto", "never"])
+        require(self.max_len >= 2, "max_len must be >= 2 (a prompt token and a completion token)")
+        require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
+        require(self.task_records > 0, "task_records must be > 0")
+        for key in ("eval_k", "eval_every", "save_every"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(bool(self.prompt_field) and bool(self.completion_field), "prompt_field and completion_field must name columns")
 
 
 def load_records(cfg: Config, task) -> list[dict[str, str]]:

@@ -108,6 +108,8 @@ class LoopConfig:
         require(self.sft_max_steps >= 0 and self.sft_epochs >= 0, "sft_max_steps and sft_epochs must be >= 0")
         require(self.eval_n > 0, "eval_n must be > 0")
         require_choice("resume", self.resume, ["auto", "never"])
+        require(self.train_pool > 0 and self.max_new_tokens > 0, "train_pool and max_new_tokens must be > 0")
+        require(self.eval_k >= 0, "eval_k must be >= 0")
 
 
 class Loop:
