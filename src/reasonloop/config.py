@@ -117,7 +117,7 @@ def read_yaml(path: Path, types: dict[str, Any] | None = None) -> dict:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        if node is None:
+        if node is None or node.tag == "tag:yaml.org,2002:null":  # an empty file, or only '---'
             return {}
         if not isinstance(node, yaml.MappingNode):
             raise ConfigError(f"{path}:{node.start_mark.line + 1}: the top level must be a mapping of keys "

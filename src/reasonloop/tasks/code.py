@@ -366,10 +366,11 @@ def make_code_arith(arg: str | None, data_dir: str | None) -> CodeArithTask:
     if not arg:
         return CodeArithTask()
     try:
-        return CodeArithTask(tuple(int(x) for x in arg.split(",")))
+        levels = tuple(int(x) for x in arg.split(","))
     except ValueError:
         raise TaskError(f"task=code_arith:{arg}: levels are comma-separated integers in "
                         f"{sorted(CODE_ARITH_LEVELS)}, e.g. code_arith:1,2") from None
+    return CodeArithTask(levels)
 
 
 def make_mbpp(arg: str | None, data_dir: str | None) -> MBPPTask:
