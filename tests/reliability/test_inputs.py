@@ -80,8 +80,8 @@ def test_bad_input_gives_one_clear_line_and_touches_nothing(case, workdir, nano_
     assert_untouched(workdir, before, strict=not case.writes)
 
 
-def test_the_corpus_is_large_enough():
-    assert len(CASES) >= 150 - len(ODD_VALID_COUNT)
+def test_the_corpus_is_large_enough_and_ids_are_unique():
+    assert len(CASES) >= 150 and len({c.id for c in CASES}) == len(CASES)
 
 
 # -- odd but valid: string values keep their text ------------------------------------------------------
@@ -445,5 +445,3 @@ def test_a_real_ctrl_c_exits_130_with_one_line(tmp_path, nano_model_dir):
     assert proc.returncode == 130, err[-2000:]
     assert "reasonloop eval: interrupted" in err and "KeyboardInterrupt" not in err and "Traceback" not in err
 
-
-ODD_VALID_COUNT = STRING_VALUES  # the parametrised odd-but-valid cases above add to the table's count
