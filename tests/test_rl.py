@@ -66,17 +66,18 @@ def test_one_step_raises_the_probability_of_rewarded_completions(preset, nano_mo
 def test_gradients_do_not_depend_on_micro_batch_size(extra, nano_model_dir, tmp_path, toy_task):
     trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, *extra))
     data, _ = trainer.collect()
-    scored = trainer.score_tokens(data)
+    scores = trainer.score_tokens(data)
     mask = data.tokens.completion_mask.float()
-    adv, extras = trainer.advantages(data, scored, mask)
+    estimated = trainer.advantages(data, scores, mask)
     from reasonloop.algos.aggregation import step_normalizer
 
     normalizer = step_normalizer(mask, trainer.cfg.agg_mode, max_len=trainer.cfg.sampling.max_new_tokens)
+    update = rl.UpdateBatch(data, scores, estimated.advantages, estimated.returns, mask, None, normalizer)
     grads = []
     for mbs in (64, 5):
         trainer.cfg.micro_batch_size = mbs
         trainer.optimizer.zero_grad(set_to_none=True)
-        out = trainer.accumulate_gradients(data, scored, adv, extras, mask, None, normalizer)
+        out = trainer.accumulate_gradients(update)
         grads.append(([p.grad.clone() for p in trainer.model.parameters() if p.grad is not None], out["loss"]))
     (g_whole, loss_whole), (g_micro, loss_micro) = grads
     assert loss_whole == pytest.approx(loss_micro, rel=1e-5, abs=1e-7)
@@ -111,7 +112,7 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(algo, nano_model_d
         victim.train()
     monkeypatch.setattr(rl.Trainer, "step", real_step)
     resumed = rl.Trainer(cfg)
-    assert resumed.state["step"] == 2
+    assert resumed.state.step == 2
     resumed.train()
     a, b = final_params(straight), final_params(resumed)
     if straight.critic is not None:
@@ -158,7 +159,7 @@ def test_non_finite_loss_skips_the_step_and_rollback_restores(nano_model_dir, tm
     monkeypatch.setattr(rl.Trainer, "accumulate_gradients", poisoned)
     result = trainer.train()
     assert result["bad_steps"] >= 1 and result["rollbacks"] == 1 and result["alerts"]["nan"] == 1
-    assert trainer.state["lr_scale"] == 0.5
+    assert trainer.state.lr_scale == 0.5
     assert trainer.scheduler.base_lrs[0] == pytest.approx(0.5 * trainer.cfg.optim.lr)
 
 
@@ -179,8 +180,8 @@ def test_golden_per_step_losses(nano_model_dir, tmp_path, toy_task):
 
 @pytest.mark.parametrize("extra", [
     ["adaptive_group=true", "group_size_min=2", "group_size_max=6"],
-    ["weighting=difficulty"],
-    ["weighting=hierarchical"],
+    ["advantage=grpo_difficulty"],
+    ["advantage=grpo_hierarchical"],
     ["reward_norm=running"],
     ["reward_norm=rank"],
     ["loss=penalty", "epochs=2"],
@@ -202,7 +203,7 @@ def test_variants_run_a_finite_step(extra, nano_model_dir, tmp_path, toy_task):
 def test_adaptive_groups_grow_with_difficulty(nano_model_dir, tmp_path, toy_task):
     trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "adaptive_group=true", "group_size_min=2",
                                   "group_size_max=10"))
-    trainer.state["level_pass"] = {"1": 0.9, "2": 0.1}
+    trainer.state.level_pass = {"1": 0.9, "2": 0.1}
     easy, hard = (trainer.group_size_for(ex) for ex in trainer.pool[:2])  # levels 1 and 2
     assert easy < hard and 2 <= easy and hard <= 10
 

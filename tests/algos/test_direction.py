@@ -92,7 +92,7 @@ def test_ppo_clip_several_epochs_keep_raising_then_clip_stops_the_update():
     probs = [toy.prob(theta)]
     clip_high = []
     for _ in range(6):
-        loss, m = ppo_clip_loss(toy.token_logprobs(theta, tokens), old, adv, mask, 0.2, 0.2)
+        loss, m = ppo_clip_loss(toy.token_logprobs(theta, tokens), old, adv, mask, clip_low=0.2, clip_high=0.2)
         theta = toy.sgd_step(theta, loss, lr=0.3)
         probs.append(toy.prob(theta))
         clip_high.append(float(m["clip_frac_high"]))

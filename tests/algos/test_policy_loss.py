@@ -61,7 +61,7 @@ def test_ppo_clip_sequence_level_ratio_hand_values():
     logp = torch.tensor([[0.1, 0.3, 0.0], [0.3, 0.5, 9.0]], dtype=D, requires_grad=True)
     mask = torch.tensor([[1, 1, 0], [1, 1, 0]], dtype=D)
     adv = torch.tensor([1.0, 1.0], dtype=D)
-    loss, _ = ppo_clip_loss(logp, torch.zeros_like(logp), adv, mask, 0.2, 0.28, ratio_level="sequence", agg_mode="seq_mean_token_mean")
+    loss, _ = ppo_clip_loss(logp, torch.zeros_like(logp), adv, mask, clip_low=0.2, clip_high=0.28, ratio_level="sequence", agg_mode="seq_mean_token_mean")
     s = math.exp(0.2)
     assert_close(loss, torch.tensor((-s - 1.28) / 2, dtype=D))
     (grad,) = torch.autograd.grad(loss, logp)
@@ -82,7 +82,7 @@ def _ragged_batch(seed=0, N=7, T=5):
 
 def test_ppo_clip_matches_loop():
     logp, old, adv, mask = _ragged_batch()
-    loss, _ = ppo_clip_loss(logp, old, adv, mask, 0.2, 0.3, dual_clip=2.0, agg_mode="token_mean")
+    loss, _ = ppo_clip_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.3, dual_clip=2.0, agg_mode="token_mean")
     total, count = 0.0, 0
     for i in range(mask.shape[0]):
         for t in range(mask.shape[1]):

@@ -45,7 +45,7 @@ def test_matches_loop():
     g = torch.Generator().manual_seed(0)
     v, vo, r = torch.randn(3, 4, 5, generator=g, dtype=D)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=D)
-    loss, _ = clipped_value_loss(v, vo, r, mask, 0.1, agg_mode="seq_mean_token_mean")
+    loss, _ = clipped_value_loss(v, vo, r, mask, clip_range=0.1, agg_mode="seq_mean_token_mean")
     per_seq = []
     for i in range(4):
         toks = []
@@ -63,10 +63,10 @@ def test_micro_batched_equals_whole(mode):
     v, vo, r = torch.randn(3, 5, 4, generator=g, dtype=D)
     v.requires_grad_(True)
     mask = (torch.arange(4).unsqueeze(0) < torch.tensor([4, 1, 3, 2, 4]).unsqueeze(-1)).to(D)
-    whole, _ = clipped_value_loss(v, vo, r, mask, 0.2, agg_mode=mode)
+    whole, _ = clipped_value_loss(v, vo, r, mask, clip_range=0.2, agg_mode=mode)
     (gw,) = torch.autograd.grad(whole, v)
     norm = step_normalizer(mask, mode)
-    parts = [clipped_value_loss(v[s], vo[s], r[s], mask[s], 0.2, agg_mode=mode, normalizer=norm)[0] for s in (slice(0, 2), slice(2, 5))]
+    parts = [clipped_value_loss(v[s], vo[s], r[s], mask[s], clip_range=0.2, agg_mode=mode, normalizer=norm)[0] for s in (slice(0, 2), slice(2, 5))]
     assert_close(sum(p.detach() for p in parts), whole.detach())
     assert_close(sum(torch.autograd.grad(p, v)[0] for p in parts), gw)
 

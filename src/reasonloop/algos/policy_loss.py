@@ -49,6 +49,7 @@ def ppo_clip_loss(
     old_logprobs: torch.Tensor,  # [N, T]
     advantages: torch.Tensor,  # [N] or [N, T]
     mask: torch.Tensor,  # [N, T] 0/1
+    *,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
@@ -115,6 +116,7 @@ def ppo_penalty_loss(
     old_logprobs: torch.Tensor,  # [N, T]
     advantages: torch.Tensor,  # [N] or [N, T]
     mask: torch.Tensor,  # [N, T] 0/1
+    *,
     kl_coef: float,
     kl_estimator: str = "k3",
     agg_mode: str = "token_mean",

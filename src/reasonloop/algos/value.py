@@ -31,6 +31,7 @@ def clipped_value_loss(
     old_values: torch.Tensor,  # [N, T]
     returns: torch.Tensor,  # [N, T]
     mask: torch.Tensor,  # [N, T] 0/1
+    *,
     clip_range: float | None = 0.2,
     agg_mode: str = "token_mean",
     normalizer: float | None = None,

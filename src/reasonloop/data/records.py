@@ -26,6 +26,45 @@ class Example:
 
 
 @dataclass
+class TokenBatch:
+    """Prompts left-padded, completions right-padded: the layout the sampler produces and the forward reads."""
+
+    prompt_ids: torch.Tensor  # [N, P]
+    prompt_mask: torch.Tensor  # [N, P]
+    completion_ids: torch.Tensor  # [N, T]
+    completion_mask: torch.Tensor  # [N, T] 1 for tokens that are trained on / scored
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def select(self, idx: torch.Tensor | slice) -> TokenBatch:
+        """Rows `idx`, trimmed to the longest prompt/completion among them (less padding to compute)."""
+        pm, cm = self.prompt_mask[idx], self.completion_mask[idx]
+        p_keep = int(pm.sum(-1).max()) if len(pm) else 0
+        c_keep = max(int(_last_true(cm)), 1)
+        return TokenBatch(self.prompt_ids[idx][:, pm.shape[1] - p_keep:], pm[:, pm.shape[1] - p_keep:],
+                          self.completion_ids[idx][:, :c_keep], cm[:, :c_keep])
+
+    def to(self, device: torch.device) -> TokenBatch:
+        return TokenBatch(*(t.to(device) for t in (self.prompt_ids, self.prompt_mask, self.completion_ids,
+                                                   self.completion_mask)))
+
+
+def _last_true(mask: torch.Tensor) -> int:
+    """1 + the last column index where any row is true (0 if none)."""
+    cols = mask.any(0).nonzero()
+    return int(cols[-1]) + 1 if len(cols) else 0
+
+
+def pad_left(x: torch.Tensor, width: int, value) -> torch.Tensor:  # [N, w] -> [N, width]
+    return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+
+def pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:  # [N, w] -> [N, width]
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+@dataclass
 class RolloutBatch:
     """The output of `RolloutEngine.generate` for B prompts x G samples (N = B*G rows, prompt-major).
 
@@ -48,3 +87,30 @@ class RolloutBatch:
     @property
     def truncated(self) -> torch.Tensor:  # [N] bool
         return torch.tensor([r == "length" for r in self.finish_reasons])
+
+    @property
+    def tokens(self) -> TokenBatch:
+        return TokenBatch(self.prompt_ids, self.prompt_mask, self.completion_ids, self.completion_mask)
+
+    def rows(self, idx: slice) -> RolloutBatch:
+        """The rows `idx` (e.g. one prompt's group), same padding."""
+        return RolloutBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
+                            self.completion_mask[idx], self.logprobs[idx], self.finish_reasons[idx],
+                            self.completions[idx], group_size=self.group_size)
+
+    @staticmethod
+    def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+        """Rows of all `batches` in order; prompts re-padded on the left and completions on the right to the
+        widest (pad_id for ids, 0 for masks and log-probs). `group_size` is the first batch's."""
+        P = max(b.prompt_ids.shape[1] for b in batches)
+        T = max(b.completion_ids.shape[1] for b in batches)
+        return RolloutBatch(
+            torch.cat([pad_left(b.prompt_ids, P, pad_id) for b in batches]),
+            torch.cat([pad_left(b.prompt_mask, P, 0) for b in batches]),
+            torch.cat([pad_right(b.completion_ids, T, pad_id) for b in batches]),
+            torch.cat([pad_right(b.completion_mask, T, 0) for b in batches]),
+            torch.cat([pad_right(b.logprobs, T, 0.0) for b in batches]),
+            [r for b in batches for r in b.finish_reasons],
+            [c for b in batches for c in b.completions],
+            group_size=batches[0].group_size,
+        )

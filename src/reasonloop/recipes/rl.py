@@ -6,7 +6,8 @@ One step reads top to bottom in `Trainer.step`:
 2. rollout     `engine.generate(prompts, G)`: token ids, masks, sampler log-probs, finish reasons
 3. reward      the task's reward components, weighted and summed ([B, G]); DAPO overlong shaping;
                dynamic sampling refills the batch with prompts whose groups are not all equal
-4. advantage   the named estimator (`advantage=`): grpo | rloo | reinforce | reinforce_pp | gae
+4. advantage   the estimator `advantage=` names, from the registry in `algos/estimators.py`: one typed
+               input (rewards, group sizes, masks, log-probs, values, levels) -> [N, T] advantages
 5. log-probs   old (no grad, trainer numerics) and reference (frozen initial model, or the LoRA
                model with adapters disabled) in micro-batches
 6. update      `epochs` optimizer steps over the same batch: clipped surrogate (or KL-penalty PPO),
@@ -35,6 +36,7 @@ keys applied first; your own keys override them), named honestly in `recipes/pre
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -45,12 +47,21 @@ from typing import Any
 import torch
 
 from reasonloop.algos import advantages as adv_lib
-from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, masked_mean, masked_whiten, step_normalizer
+from reasonloop.algos.advantages import dynamic_sampling_keep
+from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, masked_mean, step_normalizer
+from reasonloop.algos.estimators import (
+    ADVANTAGE_ESTIMATORS,
+    TOKEN_LEVEL,
+    AdvantageInput,
+    AdvantageOutput,
+    estimate,
+    register_advantage,
+)
 from reasonloop.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from reasonloop.algos.policy_loss import PPOPenaltyController, ppo_clip_loss, ppo_penalty_loss, tis_weights
 from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import ConfigError, require, require_choice
-from reasonloop.data.records import Example, RolloutBatch
+from reasonloop.data.records import Example, RolloutBatch, TokenBatch, pad_right
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
@@ -60,14 +71,12 @@ from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import RolloutConfig, RolloutEngine, SamplingConfig, build_engine
 from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
-from reasonloop.train.forward import ForwardConfig, TokenBatch, policy_forward
+from reasonloop.train.forward import ForwardConfig, policy_forward
 from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
 
 log = logging.getLogger(__name__)
-
-ADVANTAGES = ("grpo", "rloo", "reinforce", "reinforce_pp", "gae")
 
 
 @dataclass
@@ -94,11 +103,11 @@ class Config:
     """Switches of the training forward pass (speed only; same maths)."""
     # -- advantage ------------------------------------------------------------------------------
     advantage: str = "grpo"
-    """Estimator: grpo | rloo | reinforce | reinforce_pp | gae (PPO with a critic)."""
+    """Estimator, by its registered name (`algos/estimators.py`): grpo | dr_grpo | grpo_difficulty (harder levels
+    weigh more) | grpo_hierarchical (std per level) | rloo | reinforce | reinforce_pp | gae (PPO with a critic);
+    or 'module:function' for your own (docs/algorithms.md)."""
     std_mode: str = "group"
     """GRPO std scaling: group | batch | none (none = Dr.GRPO)."""
-    weighting: str = "none"
-    """GRPO variants: none | difficulty (weighted: harder levels weigh more) | hierarchical (scale per level)."""
     reinforce_baseline: str = "batch_mean"
     """REINFORCE baseline: batch_mean | moving_average."""
     reward_norm: str = "none"
@@ -213,9 +222,9 @@ class Config:
     verifier, so `monitor.accuracy_drop` can flag a hacked reward)."""
 
     def __post_init__(self):
-        require_choice("advantage", self.advantage, list(ADVANTAGES))
+        if ":" not in self.advantage:  # 'module:function' is resolved (and checked) when the trainer starts
+            require_choice("advantage", self.advantage, sorted(ADVANTAGE_ESTIMATORS))
         require_choice("std_mode", self.std_mode, ["group", "batch", "none"])
-        require_choice("weighting", self.weighting, ["none", "difficulty", "hierarchical"])
         require_choice("reinforce_baseline", self.reinforce_baseline, ["batch_mean", "moving_average"])
         require_choice("reward_norm", self.reward_norm, ["none", "running", "rank"])
         require_choice("loss", self.loss, ["clip", "penalty"])
@@ -236,9 +245,8 @@ class Config:
                 f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_funcs)} reward_funcs")
         require(self.task_rewards or self.reward_funcs or self.reward_model,
                 "task_rewards=false needs reward_funcs or a reward_model to train on")
-        require(not self.adaptive_group or (self.advantage in ("grpo", "rloo") and self.std_mode != "batch"
-                                            and self.weighting == "none"),
-                "adaptive_group works with advantage=grpo|rloo, per-group std and weighting=none")
+        require(not self.adaptive_group or (self.advantage in ("grpo", "dr_grpo", "rloo") and self.std_mode != "batch"),
+                "adaptive_group works with advantage=grpo|dr_grpo|rloo and per-group std")
         require(self.group_size_min >= 2 and self.group_size_max >= self.group_size_min,
                 "need 2 <= group_size_min <= group_size_max")
         require(0 <= self.overlong_buffer <= self.sampling.max_new_tokens, "overlong_buffer must be in [0, max_new_tokens]")
@@ -264,6 +272,21 @@ class Config:
 
 
 @dataclass
+class ScoredGroup:
+    """One prompt's G samples with their rewards, as rollout leaves them."""
+
+    example: Example
+    batch: RolloutBatch  # G rows
+    rewards: torch.Tensor  # [G] total reward after shaping
+    components: dict[str, torch.Tensor]  # name -> [G]
+
+    @property
+    def informative(self) -> bool:
+        """Not all rewards equal: the group gives a group-relative estimator something to learn from."""
+        return bool(dynamic_sampling_keep(self.rewards.view(1, -1))[0])
+
+
+@dataclass
 class StepData:
     """Everything the update needs about one batch, in rollout order (rows prompt-major)."""
 
@@ -275,10 +298,75 @@ class StepData:
     group_sizes: list[int]  # per prompt
 
 
+@dataclass
+class TokenScores:
+    """No-grad per-token scores of a batch, [N, T] each; None where the step does not need them."""
+
+    old: torch.Tensor | None = None  # log-probs of the policy before the update (trainer numerics)
+    ref: torch.Tensor | None = None  # log-probs of the reference policy
+    values: torch.Tensor | None = None  # the critic's values before the update
+
+
+@dataclass
+class UpdateBatch:
+    """What the optimizer steps of one RL step read, computed once per step."""
+
+    data: StepData
+    scores: TokenScores
+    advantages: torch.Tensor  # [N, T]
+    returns: torch.Tensor | None  # [N, T] value targets (GAE)
+    loss_mask: torch.Tensor  # [N, T] completion tokens that are trained on
+    tis_weights: torch.Tensor | None  # [N, T] truncated importance weights (sampler/trainer mismatch)
+    normalizer: float  # the whole step's aggregation denominator (micro-batch invariance)
+
+
+@dataclass
+class TrainerState:
+    """Everything of a run that is not a tensor and must survive a checkpoint."""
+
+    step: int = 0
+    epoch: int = 0  # passes over the train pool
+    position: int = 0  # next index into this pass's order
+    reward_norm: adv_lib.RewardNormState = field(default_factory=adv_lib.RewardNormState)
+    baseline: Any = None  # the advantage estimator's carried state (REINFORCE's running mean)
+    level_pass: dict[str, float] = field(default_factory=dict)  # running training pass rate per level
+    lr_scale: float = 1.0  # shrunk by each rollback
+    bad_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    rollbacks: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)  # monitor alerts and reward errors, counted
+    kl_ctl: dict | None = None  # controller states, refreshed at each checkpoint
+    penalty_ctl: dict | None = None
+    monitors: dict | None = None
+
+    def count(self, alert: str, n: int = 1) -> None:
+        self.alerts[alert] = self.alerts.get(alert, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainerState:
+        return cls(**{**d, "reward_norm": adv_lib.RewardNormState(**d["reward_norm"])})
+
+
 def repetition_rate(text: str, n: int = 4) -> float:
     """1 - distinct n-grams / n-grams: 0 for text without repeats, towards 1 for loops."""
     grams = [text[i : i + n] for i in range(max(0, len(text) - n + 1))]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def resolve_estimator(name: str) -> str:
+    """The registry name for `advantage=`: a registered name as is, or 'module:function' imported and
+    registered under that string (the function takes an AdvantageInput and returns an AdvantageOutput)."""
+    if name in ADVANTAGE_ESTIMATORS:
+        return name
+    try:
+        fn = load_function(name)
+    except ValueError as exc:
+        raise ConfigError(f"advantage={name!r}: not a registered estimator ({sorted(ADVANTAGE_ESTIMATORS)}) "
+                          f"and {exc}") from exc
+    register_advantage(name)(fn)
+    return name
 
 
 class Trainer:
@@ -291,6 +379,7 @@ class Trainer:
     def __init__(self, cfg: Config, engine: RolloutEngine | None = None):
         """`engine`: generate rollouts with this engine instead of the one `cfg.rollout` names."""
         self.cfg = cfg
+        self.estimator = resolve_estimator(cfg.advantage)
         set_threads(cfg.threads)
         set_seed(cfg.seed)
         self.out_dir = cfg.output_dir or default_output_dir("train")
@@ -317,14 +406,11 @@ class Trainer:
         self.kl_ctl: Any = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
                             else FixedKLController(cfg.kl_coef))
         self.penalty_ctl = PPOPenaltyController(cfg.penalty_coef, cfg.penalty_target)
-        self.state: dict[str, Any] = {
-            "step": 0, "epoch": 0, "position": 0, "reward_norm": asdict(adv_lib.RewardNormState()),
-            "baseline": None, "level_pass": {}, "lr_scale": 1.0, "bad_steps": 0, "rollbacks": 0, "alerts": {},
-        }
+        self.state = TrainerState()
         self.order = self._shuffled(0)
         if cfg.resume == "auto" and (ckpt := latest_checkpoint(self.out_dir)) is not None:
             self._restore(ckpt)
-            print(f"train: resumed from {ckpt} at step {self.state['step']}")
+            print(f"train: resumed from {ckpt} at step {self.state.step}")
 
     def _reward_specs(self) -> list[RewardSpec]:
         """The task's reward components (unless task_rewards=false) plus the configured functions and
@@ -358,12 +444,12 @@ class Trainer:
     def next_prompts(self, n: int) -> list[Example]:
         out = []
         for _ in range(n):
-            if self.state["position"] >= len(self.order):
-                self.state["epoch"] += 1
-                self.state["position"] = 0
-                self.order = self._shuffled(self.state["epoch"])
-            out.append(self.pool[self.order[self.state["position"]]])
-            self.state["position"] += 1
+            if self.state.position >= len(self.order):
+                self.state.epoch += 1
+                self.state.position = 0
+                self.order = self._shuffled(self.state.epoch)
+            out.append(self.pool[self.order[self.state.position]])
+            self.state.position += 1
         return out
 
     def render(self, prompt: str) -> str:
@@ -374,15 +460,12 @@ class Trainer:
         cfg = self.cfg
         if not cfg.adaptive_group:
             return cfg.group_size
-        rate = self.state["level_pass"].get(str(ex.meta.get("level", "all")), 0.5)
+        rate = self.state.level_pass.get(str(ex.meta.get("level", "all")), 0.5)
         return int(adv_lib.adaptive_group_size(torch.tensor([rate]), cfg.group_size_min, cfg.group_size_max)[0])
 
-    def rollout(self, prompts: list[Example], timing: dict[str, float]
-                ) -> list[tuple[Example, RolloutBatch, torch.Tensor, dict]]:
-        """Generate and score; returns one (example, rows, total rewards [G], components) per prompt.
-
-        Adds the seconds spent generating and rewarding to `timing["time/generation"]` and
-        `timing["time/reward"]`."""
+    def rollout(self, prompts: list[Example], timing: dict[str, float]) -> list[ScoredGroup]:
+        """Generate and score, one `ScoredGroup` per prompt. Adds the seconds spent generating and rewarding
+        to `timing["time/generation"]` and `timing["time/reward"]`."""
         by_size: dict[int, list[Example]] = {}
         for ex in prompts:
             by_size.setdefault(self.group_size_for(ex), []).append(ex)
@@ -399,11 +482,12 @@ class Trainer:
             timing["time/generation"] = timing.get("time/generation", 0.0) + t1 - t0
             timing["time/reward"] = timing.get("time/reward", 0.0) + time.time() - t1
             for name, count in scored.errors.items():
-                self.state["alerts"][f"reward_error/{name}"] = self.state["alerts"].get(f"reward_error/{name}", 0) + count
+                self.state.count(f"reward_error/{name}", count)
             total = scored.total + self._overlong(batch)
             for i, ex in enumerate(exs):
                 rows = slice(i * g, (i + 1) * g)
-                groups.append((ex, _slice_batch(batch, rows), total[rows], {k: v[rows] for k, v in scored.components.items()}))
+                groups.append(ScoredGroup(ex, batch.rows(rows), total[rows],
+                                          {k: v[rows] for k, v in scored.components.items()}))
         return groups
 
     def _overlong(self, batch: RolloutBatch) -> torch.Tensor:
@@ -417,67 +501,53 @@ class Trainer:
         cfg = self.cfg
         timing: dict[str, float] = {}
         groups = self.rollout(self.next_prompts(cfg.prompts_per_step), timing)
-        stats = {"zero_variance_frac": sum(bool((r == r[0]).all()) for _, _, r, _ in groups) / len(groups)}
+        stats = {"zero_variance_frac": sum(not grp.informative for grp in groups) / len(groups)}
         self._update_level_pass(groups)
         if cfg.dynamic_sampling:
-            kept = [grp for grp in groups if not bool((grp[2] == grp[2][0]).all())]
+            kept = [grp for grp in groups if grp.informative]
             refills = 0
             while len(kept) < cfg.prompts_per_step and refills < cfg.max_refills:
                 refills += 1
                 extra = self.rollout(self.next_prompts(cfg.prompts_per_step - len(kept)), timing)
-                kept += [grp for grp in extra if not bool((grp[2] == grp[2][0]).all())]
+                kept += [grp for grp in extra if grp.informative]
             stats["dynamic_sampling/refills"] = refills
             stats["dynamic_sampling/kept_groups"] = min(len(kept), cfg.prompts_per_step)
             groups = kept[: cfg.prompts_per_step] or groups  # nothing informative: train on the originals
         return self._assemble(groups), {**stats, **timing}
 
-    def _update_level_pass(self, groups) -> None:
-        if "accuracy" not in groups[0][3]:
+    def _update_level_pass(self, groups: list[ScoredGroup]) -> None:
+        if "accuracy" not in groups[0].components:
             return
-        for ex, _, _, comp in groups:
-            key = str(ex.meta.get("level", "all"))
-            old = self.state["level_pass"].get(key, 0.5)
-            self.state["level_pass"][key] = 0.9 * old + 0.1 * float(comp["accuracy"].mean())
+        for grp in groups:
+            key = str(grp.example.meta.get("level", "all"))
+            old = self.state.level_pass.get(key, 0.5)
+            self.state.level_pass[key] = 0.9 * old + 0.1 * float(grp.components["accuracy"].mean())
 
-    def _assemble(self, groups) -> StepData:
-        pad = self.tokenizer.pad_token_id
-        batches = [b for _, b, _, _ in groups]
-        P = max(b.prompt_ids.shape[1] for b in batches)
-        T = max(b.completion_ids.shape[1] for b in batches)
-        tokens = TokenBatch(
-            torch.cat([_pad_left(b.prompt_ids, P, pad) for b in batches]),
-            torch.cat([_pad_left(b.prompt_mask, P, 0) for b in batches]),
-            torch.cat([_pad_right(b.completion_ids, T, pad) for b in batches]),
-            torch.cat([_pad_right(b.completion_mask, T, 0) for b in batches]),
-        )
-        sampler_lp = torch.cat([_pad_right(b.logprobs, T, 0.0) for b in batches])
-        merged = RolloutBatch(tokens.prompt_ids, tokens.prompt_mask, tokens.completion_ids, tokens.completion_mask,
-                              sampler_lp, [r for b in batches for r in b.finish_reasons],
-                              [c for b in batches for c in b.completions], group_size=batches[0].group_size)
-        examples = [ex for ex, b, _, _ in groups for _ in range(b.num_rows)]
-        names = groups[0][3].keys()
-        return StepData(tokens, examples, merged, torch.cat([r for _, _, r, _ in groups]),
-                        {k: torch.cat([c[k] for _, _, _, c in groups]) for k in names},
-                        [b.num_rows for b in batches])
+    def _assemble(self, groups: list[ScoredGroup]) -> StepData:
+        batch = RolloutBatch.concat([grp.batch for grp in groups], self.tokenizer.pad_token_id)
+        return StepData(batch.tokens, [grp.example for grp in groups for _ in range(grp.batch.num_rows)], batch,
+                        torch.cat([grp.rewards for grp in groups]),
+                        {k: torch.cat([grp.components[k] for grp in groups]) for k in groups[0].components},
+                        [grp.batch.num_rows for grp in groups])
 
     # -- no-grad passes ------------------------------------------------------------------------------
     @torch.no_grad()
-    def score_tokens(self, data: StepData) -> dict[str, torch.Tensor]:
+    def score_tokens(self, data: StepData) -> TokenScores:
         """Old log-probs (+ old values) from the policy and reference log-probs, micro-batched."""
         cfg, temp = self.cfg, self.cfg.sampling.temperature or 1.0
+        T = data.tokens.completion_ids.shape[1]
         out: dict[str, list] = {"old": [], "ref": [], "values": []}
         self.model.eval()
         for rows in self._micro_batches(len(data.tokens)):
             mb = data.tokens.select(rows)
             if not self._old_is_current():
                 fwd = self._forward(self.model, mb, temp, with_hidden=self.critic is not None)
-                out["old"].append(_pad_right(fwd.logprobs, data.tokens.completion_ids.shape[1], 0.0))
+                out["old"].append(pad_right(fwd.logprobs, T, 0.0))
             if self.critic is not None:
-                out["values"].append(_pad_right(self.critic(mb, fwd.hidden), data.tokens.completion_ids.shape[1], 0.0))
+                out["values"].append(pad_right(self.critic(mb, fwd.hidden), T, 0.0))
             if cfg.kl_coef > 0:
-                ref_lp = self._ref_logprobs(mb, temp)
-                out["ref"].append(_pad_right(ref_lp, data.tokens.completion_ids.shape[1], 0.0))
-        return {k: torch.cat(v) for k, v in out.items() if v}
+                out["ref"].append(pad_right(self._ref_logprobs(mb, temp), T, 0.0))
+        return TokenScores(**{k: torch.cat(v) for k, v in out.items() if v})
 
     def _old_is_current(self) -> bool:
         """True when the old log-probs equal the update's own: one epoch, and nothing reads them before
@@ -485,7 +555,7 @@ class Trainer:
         its forward's log-probs, detached, instead of a second pass (the ratio is exactly 1 either way)."""
         cfg = self.cfg
         return (cfg.epochs == 1 and self.critic is None and cfg.tis_cap == 0
-                and cfg.advantage not in ("reinforce_pp", "gae") and not (cfg.kl_coef > 0 and cfg.kl_in == "reward"))
+                and self.estimator not in TOKEN_LEVEL and not (cfg.kl_coef > 0 and cfg.kl_in == "reward"))
 
     def _ref_logprobs(self, mb: TokenBatch, temp: float) -> torch.Tensor:
         if self.use_lora:
@@ -502,65 +572,22 @@ class Trainer:
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     # -- advantages -----------------------------------------------------------------------------------
-    def advantages(self, data: StepData, scored: dict[str, torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """[N, T] token advantages (sequence estimators broadcast over tokens) and GAE returns."""
+    def advantages(self, data: StepData, scores: TokenScores, mask: torch.Tensor) -> AdvantageOutput:
+        """[N, T] token advantages (sequence estimators broadcast over tokens) and GAE returns, by the
+        estimator `advantage=` names; the estimator's state and the reward-normalisation state carry over."""
         cfg = self.cfg
-        rewards = data.rewards.clone()
-        extras: dict[str, Any] = {}
-        beta = self.kl_ctl.value
-        if cfg.kl_coef > 0 and cfg.kl_in == "reward" and cfg.advantage not in ("reinforce_pp", "gae"):
-            seq_kl = (kl_estimate(scored["old"], scored["ref"], cfg.kl_estimator) * mask).sum(-1)
-            rewards = rewards - beta * seq_kl
-        if cfg.advantage == "reinforce_pp":
-            ref = scored.get("ref", scored["old"])
-            adv = adv_lib.reinforce_pp_advantages(rewards, scored["old"], ref, mask, beta if cfg.kl_coef > 0 else 0.0,
-                                                  cfg.gamma, cfg.kl_estimator)
-            return adv, extras
-        if cfg.advantage == "gae":
-            token_rewards = torch.zeros_like(scored["old"])
-            last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask.bool()
-            token_rewards[last] = rewards[last.any(-1)]
-            if cfg.kl_coef > 0:
-                token_rewards = token_rewards - beta * kl_estimate(scored["old"], scored["ref"], cfg.kl_estimator) * mask
-            adv, returns = adv_lib.gae_advantages(token_rewards, scored["values"], mask, cfg.gamma, cfg.lam)
-            if cfg.whiten_advantages:
-                adv = masked_whiten(adv, mask)
-            extras["returns"] = returns
-            return adv * mask, extras
-        seq_adv = self._sequence_advantages(rewards, data)
-        return seq_adv.unsqueeze(-1) * mask, extras
-
-    def _sequence_advantages(self, rewards: torch.Tensor, data: StepData) -> torch.Tensor:
-        if len(set(data.group_sizes)) > 1:  # adaptive groups: estimate group by group
-            out, start = [], 0
-            for g in data.group_sizes:
-                out.append(self._grouped(rewards[start : start + g].view(1, g), data.examples[start : start + g]).view(-1))
-                start += g
-            return torch.cat(out)
-        g = data.group_sizes[0]
-        return self._grouped(rewards.view(-1, g), data.examples).reshape(-1)
-
-    def _grouped(self, rewards: torch.Tensor, examples: list[Example]) -> torch.Tensor:  # [B, G] -> [B, G]
-        cfg = self.cfg
-        norm_state = adv_lib.RewardNormState(**self.state["reward_norm"])
-        rewards, norm_state = adv_lib.normalize_rewards(rewards, cfg.reward_norm, norm_state)
-        self.state["reward_norm"] = asdict(norm_state)
-        G = rewards.shape[1]
-        levels = torch.tensor([float(examples[b * G].meta.get("level", 0)) for b in range(rewards.shape[0])])
-        if cfg.advantage == "rloo":
-            return adv_lib.rloo_advantages(rewards)
-        if cfg.advantage == "reinforce":
-            adv, self.state["baseline"] = adv_lib.reinforce_advantages(rewards, cfg.reinforce_baseline,
-                                                                       self.state["baseline"])
-            return adv
-        if cfg.weighting == "hierarchical":
-            return adv_lib.hierarchical_grpo_advantages(rewards, levels.long())
-        if cfg.weighting == "difficulty":  # harder levels (lower running pass rate) weigh more
-            rate = torch.tensor([self.state["level_pass"].get(str(int(lv)), 0.5) for lv in levels])
-            weights = (1.5 - rate).unsqueeze(-1).expand_as(rewards)
-            adv = adv_lib.weighted_grpo_advantages(rewards, weights, cfg.std_mode)
-            return adv * weights
-        return adv_lib.grpo_advantages(rewards, cfg.std_mode)
+        starts = [sum(data.group_sizes[:b]) for b in range(len(data.group_sizes))]
+        levels = torch.tensor([float(data.examples[s].meta.get("level", 0)) for s in starts])
+        out = estimate(self.estimator, AdvantageInput(
+            rewards=data.rewards, group_sizes=tuple(data.group_sizes), mask=mask, logprobs=scores.old,
+            ref_logprobs=scores.ref, values=scores.values, levels=levels,
+            pass_rates=torch.tensor([self.state.level_pass.get(str(int(lv)), 0.5) for lv in levels]),
+            kl_coef=self.kl_ctl.value if cfg.kl_coef > 0 else 0.0, kl_estimator=cfg.kl_estimator,
+            kl_in_reward=cfg.kl_in == "reward", std_mode=cfg.std_mode, baseline=cfg.reinforce_baseline,
+            reward_norm=cfg.reward_norm, reward_norm_state=self.state.reward_norm, gamma=cfg.gamma, lam=cfg.lam,
+            whiten=cfg.whiten_advantages, state=self.state.baseline))
+        self.state.baseline, self.state.reward_norm = out.state, out.reward_norm_state
+        return out
 
     # -- the step ---------------------------------------------------------------------------------------
     def step(self) -> tuple[dict[str, float], StepData]:
@@ -569,17 +596,19 @@ class Trainer:
         data, stats = self.collect()
         t_rollout = time.time() - t0
         t1 = time.time()
-        scored = self.score_tokens(data)
+        scores = self.score_tokens(data)
         mask = data.tokens.completion_mask.float()
         loss_mask = adv_lib.mask_truncated(mask, data.batch.truncated) if cfg.mask_truncated else mask
-        adv, extras = self.advantages(data, scored, mask)
-        weights = tis_weights(scored["old"], data.batch.logprobs, mask, cfg.tis_cap) if cfg.tis_cap > 0 else None
+        estimated = self.advantages(data, scores, mask)
+        update = UpdateBatch(
+            data, scores, estimated.advantages, estimated.returns, loss_mask,
+            tis_weights(scores.old, data.batch.logprobs, mask, cfg.tis_cap) if cfg.tis_cap > 0 else None,
+            step_normalizer(loss_mask, cfg.agg_mode, max_len=cfg.sampling.max_new_tokens))
         t_score = time.time() - t1
         t2 = time.time()
-        normalizer = step_normalizer(loss_mask, cfg.agg_mode, max_len=cfg.sampling.max_new_tokens)
         update_metrics: dict[str, float] = {}
         for _ in range(cfg.epochs):
-            update_metrics = self._update(data, scored, adv, extras, loss_mask, weights, normalizer)
+            update_metrics = self._update(update)
         t_train = time.time() - t2
         self.engine.update_weights(self.model)
         kl = update_metrics.get("kl", 0.0)
@@ -604,23 +633,23 @@ class Trainer:
             metrics["accuracy"] = float(accuracy.mean())
         return metrics, data
 
-    def _update(self, data, scored, adv, extras, loss_mask, weights, normalizer) -> dict[str, float]:
+    def _update(self, update: UpdateBatch) -> dict[str, float]:
         """One optimizer step over the whole batch; a non-finite loss or gradient skips it (counted)."""
-        out = self.accumulate_gradients(data, scored, adv, extras, loss_mask, weights, normalizer)
+        out = self.accumulate_gradients(update)
         if not math.isfinite(out["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
-            self.state["bad_steps"] += 1
-            out["bad_steps"] = self.state["bad_steps"]
+            self.state.bad_steps += 1
+            out["bad_steps"] = self.state.bad_steps
             return out
         grad_norm, stepped = clip_and_step(self.model, self.optimizer, self.scheduler, self.cfg.optim.max_grad_norm)
         if not stepped:
-            self.state["bad_steps"] += 1
+            self.state.bad_steps += 1
         if self.cfg.loss == "penalty":
             self.penalty_ctl = self.penalty_ctl.update(out.get("policy/kl", 0.0))
-        out.update({"grad_norm": grad_norm, "bad_steps": self.state["bad_steps"]})
+        out.update({"grad_norm": grad_norm, "bad_steps": self.state.bad_steps})
         return out
 
-    def accumulate_gradients(self, data, scored, adv, extras, loss_mask, weights, normalizer) -> dict[str, float]:
+    def accumulate_gradients(self, update: UpdateBatch) -> dict[str, float]:
         """Backward every micro-batch's share of the step loss; returns token-weighted metrics.
 
         Each micro-batch loss is already divided by the whole step's `normalizer`, so the summed
@@ -628,36 +657,39 @@ class Trainer:
         """
         cfg = self.cfg
         temp = cfg.sampling.temperature or 1.0
-        max_len = cfg.sampling.max_new_tokens
+        mode, norm, max_len = cfg.agg_mode, update.normalizer, cfg.sampling.max_new_tokens
+        agg = {"agg_mode": mode, "normalizer": norm, "max_len": max_len}  # the losses' aggregation keywords
+        scores, tokens = update.scores, update.data.tokens
         self.model.train()
         sums: dict[str, float] = {}
         total_loss = 0.0
-        for rows in self._micro_batches(len(data.tokens)):
-            mb = data.tokens.select(rows)
+        for rows in self._micro_batches(len(tokens)):
+            mb = tokens.select(rows)
             T = mb.completion_ids.shape[1]
-            m = loss_mask[rows, :T]
+            m = update.loss_mask[rows, :T]
+            adv = update.advantages[rows, :T]
             fwd = self._forward(self.model, mb, temp, with_entropy=True, with_hidden=self.critic is not None)
-            old = scored["old"][rows, :T] if "old" in scored else fwd.logprobs.detach()
-            w = weights[rows, :T] if weights is not None else None
+            old = scores.old[rows, :T] if scores.old is not None else fwd.logprobs.detach()
+            w = update.tis_weights[rows, :T] if update.tis_weights is not None else None
             if cfg.loss == "clip":
-                loss, pm = ppo_clip_loss(fwd.logprobs, old, adv[rows, :T], m, cfg.clip_low, cfg.clip_high,
-                                         cfg.dual_clip or None, cfg.ratio_level, cfg.agg_mode, normalizer, max_len, w)
+                loss, pm = ppo_clip_loss(fwd.logprobs, old, adv, m, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                                         dual_clip=cfg.dual_clip or None, ratio_level=cfg.ratio_level, weights=w, **agg)
             else:
-                loss, pm = ppo_penalty_loss(fwd.logprobs, old, adv[rows, :T], m, self.penalty_ctl.value, "k3",
-                                            cfg.agg_mode, normalizer, max_len, w)
+                loss, pm = ppo_penalty_loss(fwd.logprobs, old, adv, m, kl_coef=self.penalty_ctl.value,
+                                            kl_estimator="k3", weights=w, **agg)
             metrics = {f"policy/{k}": float(v) for k, v in pm.items()}
             if cfg.kl_coef > 0:
-                kl_tok = kl_estimate(fwd.logprobs, scored["ref"][rows, :T], cfg.kl_estimator)
+                kl_tok = kl_estimate(fwd.logprobs, scores.ref[rows, :T], cfg.kl_estimator)
                 metrics["kl"] = float(masked_mean(kl_tok.detach(), m))
                 if cfg.kl_in == "loss":
-                    loss = loss + self.kl_ctl.value * aggregate(kl_tok, m, cfg.agg_mode, normalizer, max_len)
+                    loss = loss + self.kl_ctl.value * aggregate(kl_tok, m, mode, norm, max_len)
             metrics["entropy"] = float(masked_mean(fwd.entropy.detach(), m))
             if cfg.entropy_coef:
-                loss = loss - cfg.entropy_coef * aggregate(fwd.entropy, m, cfg.agg_mode, normalizer, max_len)
+                loss = loss - cfg.entropy_coef * aggregate(fwd.entropy, m, mode, norm, max_len)
             if self.critic is not None:
                 values = self.critic(mb, fwd.hidden)
-                vloss, vm = clipped_value_loss(values, scored["values"][rows, :T], extras["returns"][rows, :T], m,
-                                               cfg.value_clip, cfg.agg_mode, normalizer, max_len)
+                vloss, vm = clipped_value_loss(values, scores.values[rows, :T], update.returns[rows, :T], m,
+                                               clip_range=cfg.value_clip, **agg)
                 loss = loss + cfg.vf_coef * vloss
                 metrics.update({f"value/{k}": float(v) for k, v in vm.items()})
             if not torch.isfinite(loss):
@@ -668,32 +700,32 @@ class Trainer:
             weight = float(m.sum())
             for k, v in metrics.items():  # token-weighted means across micro-batches
                 sums[k] = sums.get(k, 0.0) + v * weight
-        total_tokens = max(float(loss_mask.sum()), 1.0)
+        total_tokens = max(float(update.loss_mask.sum()), 1.0)
         return {"loss": total_loss, **{k: v / total_tokens for k, v in sums.items()}}
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
-        self.state["kl_ctl"] = self.kl_ctl.state_dict()
-        self.state["penalty_ctl"] = self.penalty_ctl.state_dict()
-        self.state["monitors"] = self.monitors.state_dict()
+        self.state.kl_ctl = self.kl_ctl.state_dict()
+        self.state.penalty_ctl = self.penalty_ctl.state_dict()
+        self.state.monitors = self.monitors.state_dict()
         extra = {"critic": self.critic} if self.critic is not None else {}
-        state = {k: v for k, v in self.state.items() if k != "step"}
-        save_checkpoint(self.out_dir, self.state["step"], self.model, self.optimizer, self.scheduler, state,
+        state = {k: v for k, v in self.state.to_dict().items() if k != "step"}
+        save_checkpoint(self.out_dir, self.state.step, self.model, self.optimizer, self.scheduler, state,
                         generators={"sampler": self.generator}, modules=extra)
 
     def _restore(self, ckpt) -> None:
         modules = {"critic": self.critic} if self.critic is not None else {}
-        self.state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler,
-                                     generators={"sampler": self.generator}, modules=modules)
-        self.order = self._shuffled(self.state["epoch"])
-        self.kl_ctl = self.kl_ctl.load_state_dict(self.state["kl_ctl"])
-        self.penalty_ctl = self.penalty_ctl.load_state_dict(self.state["penalty_ctl"])
-        self.monitors.load_state_dict(self.state["monitors"])
+        self.state = TrainerState.from_dict(load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler,
+                                                            generators={"sampler": self.generator}, modules=modules))
+        self.order = self._shuffled(self.state.epoch)
+        self.kl_ctl = self.kl_ctl.load_state_dict(self.state.kl_ctl)
+        self.penalty_ctl = self.penalty_ctl.load_state_dict(self.state.penalty_ctl)
+        self.monitors.load_state_dict(self.state.monitors)
         self._apply_lr_scale()
 
     def _apply_lr_scale(self) -> None:
         """The scheduler multiplies base_lrs; rollbacks shrink them by `lr_scale`."""
-        self.scheduler.base_lrs = [self.cfg.optim.lr * self.state["lr_scale"] for _ in self.scheduler.base_lrs]
+        self.scheduler.base_lrs = [self.cfg.optim.lr * self.state.lr_scale for _ in self.scheduler.base_lrs]
 
     def _rollback(self, alerts: list[str]) -> bool:
         ckpt = latest_checkpoint(self.out_dir)
@@ -701,13 +733,14 @@ class Trainer:
             log.warning("rollback wanted after %s but there is no checkpoint yet", alerts)
             return False
         # the run's history of trouble survives the rollback; everything else is the checkpoint's
-        kept = {k: self.state[k] for k in ("bad_steps", "alerts", "rollbacks")}
-        lr_scale = self.state["lr_scale"] * self.cfg.rollback_lr_factor
+        kept = {k: getattr(self.state, k) for k in ("bad_steps", "alerts", "rollbacks")}
+        kept["rollbacks"] += 1
+        lr_scale = self.state.lr_scale * self.cfg.rollback_lr_factor
         self._restore(ckpt)
-        self.state.update(kept, rollbacks=kept["rollbacks"] + 1, lr_scale=lr_scale)
+        self.state = dataclasses.replace(self.state, **kept, lr_scale=lr_scale)
         self._apply_lr_scale()
-        rollbacks = self.state["rollbacks"]
-        log.warning("rollback %d after %s: restored %s, lr scaled to %.3g", rollbacks, alerts, ckpt, lr_scale)
+        log.warning("rollback %d after %s: restored %s, lr scaled to %.3g", self.state.rollbacks, alerts, ckpt,
+                    lr_scale)
         return True
 
     # -- evaluation ------------------------------------------------------------------------------------
@@ -715,25 +748,25 @@ class Trainer:
         sampling = SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.sampling.max_new_tokens)
         summary, _ = evaluate(self.engine, self.task, self.held_out, self.render, sampling, k=self.cfg.eval_k,
                               seed=self.cfg.seed)
-        self.run.log(self.state["step"], flat_metrics(summary))
+        self.run.log(self.state.step, flat_metrics(summary))
         return summary
 
     def train(self) -> dict:
         cfg = self.cfg
-        before = self.evaluate() if self.state["step"] == 0 else None
+        before = self.evaluate() if self.state.step == 0 else None
         if before is not None:
             print(f"before training (held-out, {len(self.held_out)} problems):\n{format_table(before)}")
         with progress(f"train ({cfg.advantage})", cfg.steps) as bar:
-            bar.advance(self.state["step"])
-            while self.state["step"] < cfg.steps:
-                self.state["step"] += 1
-                step = self.state["step"]
+            bar.advance(self.state.step)
+            while self.state.step < cfg.steps:
+                self.state.step += 1
+                step = self.state.step
                 metrics, data = self.step()
                 alerts = self.monitors.check(metrics)
                 for a in alerts:
-                    self.state["alerts"][a] = self.state["alerts"].get(a, 0) + 1
+                    self.state.count(a)
                     log.warning("step %d: monitor alert %s", step, a)
-                metrics.update({f"alerts/{k}": v for k, v in self.state["alerts"].items()})
+                metrics.update({f"alerts/{k}": v for k, v in self.state.alerts.items()})
                 self.run.log(step, metrics)
                 if cfg.rollback and CRITICAL.intersection(alerts) and self._rollback(alerts):
                     continue
@@ -754,25 +787,12 @@ class Trainer:
         if before is not None:
             print(f"before training:\n{format_table(before)}")
         print(f"after {cfg.steps} steps ({preset_of(cfg)}):\n{format_table(after)}")
-        result = {"preset": preset_of(cfg), "before": before, "after": after, "alerts": self.state["alerts"],
-                  "bad_steps": self.state["bad_steps"], "rollbacks": self.state["rollbacks"],
+        result = {"preset": preset_of(cfg), "before": before, "after": after, "alerts": self.state.alerts,
+                  "bad_steps": self.state.bad_steps, "rollbacks": self.state.rollbacks,
                   "model_dir": str(self.run.dir / "model")}
         self.run.write_json("summary.json", result)
         self.run.close()
         return result
-
-
-def _slice_batch(b: RolloutBatch, rows: slice) -> RolloutBatch:
-    return RolloutBatch(b.prompt_ids[rows], b.prompt_mask[rows], b.completion_ids[rows], b.completion_mask[rows],
-                        b.logprobs[rows], b.finish_reasons[rows], b.completions[rows], group_size=b.group_size)
-
-
-def _pad_left(x: torch.Tensor, width: int, value) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
-
-
-def _pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
 
 
 def run(cfg: Config) -> dict:

@@ -63,6 +63,27 @@ def sample_next(
     return tokens, scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
+class _StopStrings:
+    """Stop-string detection: the last few characters each row produced, checked after every token."""
+
+    def __init__(self, stop: list[str], rows: int, text_of):
+        self.stop = list(stop)
+        self.tail_len = max((len(s) for s in self.stop), default=0) + 8
+        self.tails = [""] * rows
+        self.text_of = text_of  # token id -> its text
+
+    def __bool__(self) -> bool:
+        return bool(self.stop)
+
+    def hits(self, rows: list[int], tokens: list[int]) -> list[bool]:
+        """Append each row's new token to its tail; True where the tail now ends with a stop string."""
+        out = []
+        for row, token in zip(rows, tokens):
+            self.tails[row] = (self.tails[row] + self.text_of(token))[-self.tail_len:]
+            out.append(any(self.tails[row].endswith(s) for s in self.stop))
+        return out
+
+
 _TENSOR_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs")
 
 
@@ -134,9 +155,7 @@ class TorchSampler:
         if not self.share_prefill:
             logits = decoder.prefill(prompt_ids, prompt_mask)
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        stop_strings = list(sampling.stop)
-        tail_len = max((len(s) for s in stop_strings), default=0) + 8
-        tails = [""] * rows
+        stops = _StopStrings(sampling.stop, rows, self._text_of)
         reasons = ["length"] * rows
         out_ids = torch.full((rows, T), pad, dtype=torch.long, device=device)
         out_lp = torch.zeros((rows, T), device=device)
@@ -150,8 +169,8 @@ class TorchSampler:
             out_lp[active, t] = lps
             out_mask[active, t] = 1
             done = tokens == eos
-            if stop_strings:
-                done |= self._stop_hits(tokens, active, tails, stop_strings, tail_len)
+            if stops:
+                done |= torch.tensor(stops.hits(active.tolist(), tokens.tolist()), dtype=torch.bool, device=device)
             if bool(done.any()):
                 for i in active[done].tolist():
                     reasons[i] = "stop"
@@ -167,15 +186,11 @@ class TorchSampler:
         return self._batch(prompt_ids, prompt_mask, out_ids[:, :used], out_mask[:, :used], out_lp[:, :used],
                            reasons, n)
 
-    def _stop_hits(self, tokens, active, tails, stop_strings, tail_len) -> torch.Tensor:
-        hits = []
-        for row, t in zip(active.tolist(), tokens.tolist()):
-            text = self._token_text.get(t)
-            if text is None:
-                text = self._token_text[t] = self.tokenizer.decode([t])
-            tails[row] = (tails[row] + text)[-tail_len:]
-            hits.append(any(tails[row].endswith(s) for s in stop_strings))
-        return torch.tensor(hits, dtype=torch.bool, device=tokens.device)
+    def _text_of(self, token: int) -> str:
+        text = self._token_text.get(token)
+        if text is None:
+            text = self._token_text[token] = self.tokenizer.decode([token])
+        return text
 
     def _batch(self, prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs, reasons, n) -> RolloutBatch:
         return RolloutBatch(
@@ -201,14 +216,12 @@ class TorchSampler:
         rows = prompt_ids.shape[0]
         eos = tok.eos_token_id
         pad = tok.pad_token_id
-        stop_strings = list(sampling.stop)
-        tail_len = max((len(s) for s in stop_strings), default=0) + 8
+        stops = _StopStrings(sampling.stop, rows, self._text_of)
         attn = prompt_mask
         position = prompt_mask.sum(-1, keepdim=True) - 1  # [rows, 1] position of the last prompt token
         finished = torch.zeros(rows, dtype=torch.bool, device=device)
         reasons = ["length"] * rows
         out_ids, out_lp, out_mask = [], [], []
-        texts_tail = [""] * rows
 
         for _ in range(sampling.max_new_tokens):
             tokens, lps = sample_next(logits, sampling, generator)
@@ -218,8 +231,10 @@ class TorchSampler:
             out_lp.append(lps)
             out_mask.append((~finished).long())  # this token counts if the row was still running
             now_done = (tokens == eos) & ~finished
-            if stop_strings:
-                now_done |= self._hit_stop(tokens, finished, texts_tail, stop_strings, tail_len)
+            if stops:
+                live = (~finished).nonzero().flatten()
+                now_done[live] |= torch.tensor(stops.hits(live.tolist(), tokens[live].tolist()), dtype=torch.bool,
+                                               device=device)
             for i in now_done.nonzero().flatten().tolist():
                 reasons[i] = "stop"
             finished |= now_done
@@ -242,15 +257,6 @@ class TorchSampler:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
                          use_cache=True)
         return out.logits[:, -1, :], out.past_key_values
-
-    def _hit_stop(self, tokens, finished, tails, stop_strings, tail_len) -> torch.Tensor:
-        hit = torch.zeros_like(finished)
-        for i, t in enumerate(tokens.tolist()):
-            if finished[i]:
-                continue
-            tails[i] = (tails[i] + self.tokenizer.decode([t]))[-tail_len:]
-            hit[i] = any(tails[i].endswith(s) for s in stop_strings)
-        return hit
 
     def _decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         texts, eos = [], self.tokenizer.eos_token_id  # read once: a tokenizer attribute lookup is slow

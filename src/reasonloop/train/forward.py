@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from reasonloop.algos.entropy import entropy_from_logits
 from reasonloop.algos.logprobs import token_logprobs
+from reasonloop.data.records import TokenBatch
 
 
 @dataclass
@@ -20,36 +22,6 @@ class ForwardConfig:
     """Encode the identical prompt of a group once and repeat its keys/values for the G completions."""
     bucket_lengths: bool = True
     """Split rows into a few buckets of similar completion length so padding is not computed."""
-
-
-@dataclass
-class TokenBatch:
-    """Prompts left-padded, completions right-padded: the layout the sampler produces."""
-
-    prompt_ids: torch.Tensor  # [N, P]
-    prompt_mask: torch.Tensor  # [N, P]
-    completion_ids: torch.Tensor  # [N, T]
-    completion_mask: torch.Tensor  # [N, T] 1 for tokens that are trained on / scored
-
-    def __len__(self) -> int:
-        return self.completion_ids.shape[0]
-
-    def select(self, idx: torch.Tensor | slice) -> TokenBatch:
-        """Rows `idx`, trimmed to the longest prompt/completion among them (less padding to compute)."""
-        pm, cm = self.prompt_mask[idx], self.completion_mask[idx]
-        p_keep = int(pm.sum(-1).max()) if len(pm) else 0
-        c_keep = max(int(_last_true(cm)), 1)
-        return TokenBatch(self.prompt_ids[idx][:, pm.shape[1] - p_keep:], pm[:, pm.shape[1] - p_keep:],
-                          self.completion_ids[idx][:, :c_keep], cm[:, :c_keep])
-
-    def to(self, device: torch.device) -> TokenBatch:
-        return TokenBatch(*(t.to(device) for t in (self.prompt_ids, self.prompt_mask, self.completion_ids,
-                                                   self.completion_mask)))
-
-
-def _last_true(mask: torch.Tensor) -> int:
-    cols = mask.any(0).nonzero()
-    return int(cols[-1]) + 1 if len(cols) else 0
 
 
 def encode_pairs(
@@ -171,10 +143,7 @@ def _policy_forward(model, batch: TokenBatch, temperature: float, with_entropy: 
     logits, hidden = shared if shared is not None else _plain_forward(model, batch, with_hidden)
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
-    entropy = None
-    if with_entropy:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        entropy = -(logp.exp() * logp).sum(-1)
+    entropy = entropy_from_logits(logits) if with_entropy else None
     return ForwardOut(token_logprobs(logits, batch.completion_ids), entropy, hidden)
 
 

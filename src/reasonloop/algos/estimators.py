@@ -1,0 +1,214 @@
+"""Advantage estimators by name: one typed input, one typed output, one registry.
+
+Every online-RL recipe calls ``estimate(name, AdvantageInput(...)) -> AdvantageOutput``; which maths
+runs is the name, not a branch in the recipe. A user adds an estimator without editing any recipe:
+
+    from reasonloop.algos.estimators import register_advantage, sequence_estimator
+
+    @register_advantage("median_baseline")
+    @sequence_estimator
+    def median_baseline(rewards, inp, levels, pass_rates, state):   # rewards [B, G]
+        return rewards - rewards.median(dim=-1, keepdim=True).values, state
+
+and then `reasonloop train advantage=median_baseline` (after importing the module that registers it), or
+`advantage=my_module:median_baseline` to have reasonloop import it (docs/algorithms.md).
+
+Two kinds of estimator:
+- **sequence** estimators (`sequence_estimator`): a function of the ``[B, G]`` group rewards giving
+  ``[B, G]`` advantages, broadcast over each completion's tokens. The wrapper does what all of them share:
+  the KL penalty folded into the reward (`kl_in_reward`), the reward normalisation (`reward_norm`), and
+  ragged groups (adaptive group sizes: each group is estimated on its own, in order).
+- **token** estimators (REINFORCE++, GAE): read the ``[N, T]`` masks, log-probs and values directly.
+
+All are pure: tensors and explicit scalars in, tensors and the next state out; nothing here sees a
+config, a model or a file. The raw formulas (and their references) are in `algos.advantages`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from reasonloop.algos import advantages as adv
+from reasonloop.algos.aggregation import check_shape, masked_whiten
+from reasonloop.algos.kl import kl_estimate, kl_penalty_in_reward
+
+
+@dataclass(frozen=True)
+class AdvantageInput:
+    """Everything an estimator may read about one step. Rows are prompt-major (row b*G + g)."""
+
+    rewards: torch.Tensor  # [N] sequence rewards after shaping
+    group_sizes: tuple[int, ...]  # [B] samples per prompt; they sum to N
+    mask: torch.Tensor  # [N, T] 1 on completion tokens
+    logprobs: torch.Tensor | None = None  # [N, T] old (sampling-policy) log-probs, when computed
+    ref_logprobs: torch.Tensor | None = None  # [N, T] reference log-probs, when a KL term is on
+    values: torch.Tensor | None = None  # [N, T] critic values V(s_t), for GAE
+    levels: torch.Tensor | None = None  # [B] difficulty label of each prompt (0 when unknown)
+    pass_rates: torch.Tensor | None = None  # [B] running pass rate of each prompt's level
+    kl_coef: float = 0.0  # beta of a KL term that enters the reward (0: none)
+    kl_estimator: str = "k3"
+    kl_in_reward: bool = False  # sequence estimators: subtract beta * sum_t KL_t from each reward first
+    std_mode: str = "group"  # GRPO's std scaling: group | batch | none
+    baseline: str = "batch_mean"  # REINFORCE's baseline: batch_mean | moving_average | none
+    reward_norm: str = "none"  # sequence estimators: none | running | rank (before the estimator)
+    reward_norm_state: adv.RewardNormState = field(default_factory=adv.RewardNormState)
+    gamma: float = 1.0  # discount of token-level returns
+    lam: float = 0.95  # GAE lambda
+    whiten: bool = True  # GAE: whiten the advantages over the batch
+    state: Any = None  # the estimator's own state from the previous step (e.g. a running baseline)
+
+    def __post_init__(self):
+        check_shape("rewards", self.rewards, (None,))
+        check_shape("mask", self.mask, (self.rewards.shape[0], None))
+        if sum(self.group_sizes) != self.rewards.shape[0]:
+            raise ValueError(f"group sizes sum to {sum(self.group_sizes)} but there are {self.rewards.shape[0]} rewards")
+
+
+@dataclass(frozen=True)
+class AdvantageOutput:
+    advantages: torch.Tensor  # [N, T], 0 at masked positions
+    returns: torch.Tensor | None = None  # [N, T] value targets (GAE)
+    state: Any = None  # the estimator's state for the next step
+    reward_norm_state: adv.RewardNormState = field(default_factory=adv.RewardNormState)
+
+
+Estimator = Callable[[AdvantageInput], AdvantageOutput]
+ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_advantage(name: str) -> Callable[[Estimator], Estimator]:
+    """Decorator: make `fn(AdvantageInput) -> AdvantageOutput` available as `advantage=name`."""
+
+    def add(fn: Estimator) -> Estimator:
+        if name in ADVANTAGE_ESTIMATORS and ADVANTAGE_ESTIMATORS[name] is not fn:
+            raise ValueError(f"an advantage estimator named {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return add
+
+
+def estimate(name: str, inp: AdvantageInput) -> AdvantageOutput:
+    """Run the estimator registered as `name`."""
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name](inp)
+
+
+# A sequence estimator's core: (rewards [B, G], the input, levels [B], pass rates [B], state)
+# -> (advantages [B, G], new state). `levels`/`pass_rates` are the slices for these B prompts.
+GroupFn = Callable[[torch.Tensor, AdvantageInput, torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
+
+
+def sequence_estimator(fn: GroupFn) -> Estimator:
+    """Lift a ``[B, G]`` group estimator to an `Estimator` (see the module docstring for what it adds)."""
+
+    @functools.wraps(fn)
+    def run(inp: AdvantageInput) -> AdvantageOutput:
+        rewards = inp.rewards
+        if inp.kl_in_reward and inp.kl_coef > 0:
+            _, kl = kl_penalty_in_reward(torch.zeros_like(inp.logprobs), inp.logprobs, inp.ref_logprobs, inp.mask,
+                                         inp.kl_coef, inp.kl_estimator)
+            rewards = rewards - inp.kl_coef * kl.sum(-1)
+        B = len(inp.group_sizes)
+        levels = inp.levels if inp.levels is not None else torch.zeros(B)
+        pass_rates = inp.pass_rates if inp.pass_rates is not None else torch.full((B,), 0.5)
+        norm_state, state = inp.reward_norm_state, inp.state
+        sizes = inp.group_sizes
+        # equal groups are one [B, G] call; ragged ones (adaptive G) one call per group, in order
+        chunks = [(0, B, sizes[0])] if len(set(sizes)) == 1 else [(b, b + 1, g) for b, g in enumerate(sizes)]
+        out, row = [], 0
+        for first, last, g in chunks:
+            n = (last - first) * g
+            grouped = rewards[row : row + n].view(last - first, g)
+            grouped, norm_state = adv.normalize_rewards(grouped, inp.reward_norm, norm_state)
+            a, state = fn(grouped, inp, levels[first:last], pass_rates[first:last], state)
+            out.append(a.reshape(-1))
+            row += n
+        return AdvantageOutput(torch.cat(out).unsqueeze(-1) * inp.mask, state=state, reward_norm_state=norm_state)
+
+    return run
+
+
+@register_advantage("grpo")
+@sequence_estimator
+def grpo(rewards, inp, levels, pass_rates, state):
+    """GRPO: (r - group mean) / std (std per `std_mode`; none = Dr.GRPO)."""
+    return adv.grpo_advantages(rewards, inp.std_mode), state
+
+
+@register_advantage("dr_grpo")
+@sequence_estimator
+def dr_grpo(rewards, inp, levels, pass_rates, state):
+    """Dr.GRPO: r - group mean, no std scaling, whatever `std_mode` says."""
+    return adv.dr_grpo_advantages(rewards), state
+
+
+@register_advantage("grpo_difficulty")
+@sequence_estimator
+def grpo_difficulty(rewards, inp, levels, pass_rates, state):
+    """Weighted GRPO: each sample weighs w = 1.5 - (its level's running pass rate) in the group statistics,
+    and its advantage is scaled by w, so harder levels weigh more."""
+    weights = (1.5 - pass_rates).unsqueeze(-1).expand_as(rewards)
+    return adv.weighted_grpo_advantages(rewards, weights, inp.std_mode) * weights, state
+
+
+@register_advantage("grpo_hierarchical")
+@sequence_estimator
+def grpo_hierarchical(rewards, inp, levels, pass_rates, state):
+    """GRPO with the baseline per group and the std per difficulty level."""
+    return adv.hierarchical_grpo_advantages(rewards, levels.long()), state
+
+
+@register_advantage("rloo")
+@sequence_estimator
+def rloo(rewards, inp, levels, pass_rates, state):
+    """RLOO: r - mean of the other samples of the group."""
+    return adv.rloo_advantages(rewards), state
+
+
+@register_advantage("reinforce")
+@sequence_estimator
+def reinforce(rewards, inp, levels, pass_rates, state):
+    """REINFORCE with a batch-mean or moving-average baseline; the state is the running mean."""
+    return adv.reinforce_advantages(rewards, inp.baseline, state)
+
+
+@register_advantage("reinforce_pp")
+def reinforce_pp(inp: AdvantageInput) -> AdvantageOutput:
+    """REINFORCE++: token rewards -beta*KL_t (+ R on the last token), returns-to-go, global whitening."""
+    ref = inp.ref_logprobs if inp.ref_logprobs is not None else inp.logprobs
+    advantages = adv.reinforce_pp_advantages(inp.rewards, inp.logprobs, ref, inp.mask, inp.kl_coef, inp.gamma,
+                                             inp.kl_estimator)
+    return AdvantageOutput(advantages, state=inp.state, reward_norm_state=inp.reward_norm_state)
+
+
+@register_advantage("gae")
+def gae(inp: AdvantageInput) -> AdvantageOutput:
+    """PPO's GAE: the reward on the last token, -beta*KL_t on every token, a critic's values."""
+    if inp.values is None:
+        raise ValueError("advantage=gae needs critic values")
+    mask = inp.mask
+    token_rewards = torch.zeros_like(inp.values)
+    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask.bool()
+    token_rewards[last] = inp.rewards[last.any(-1)]
+    if inp.kl_coef > 0:
+        token_rewards = token_rewards - inp.kl_coef * kl_estimate(inp.logprobs, inp.ref_logprobs, inp.kl_estimator) * mask
+    advantages, returns = adv.gae_advantages(token_rewards, inp.values, mask, inp.gamma, inp.lam)
+    if inp.whiten:
+        advantages = masked_whiten(advantages, mask)
+    return AdvantageOutput(advantages * mask, returns, inp.state, inp.reward_norm_state)
+
+
+TOKEN_LEVEL = frozenset({"reinforce_pp", "gae"})  # estimators that read log-probs/values per token
+
+
+def replace(inp: AdvantageInput, **changes: Any) -> AdvantageInput:
+    """A copy of `inp` with some fields changed (the record is frozen)."""
+    return dataclasses.replace(inp, **changes)
