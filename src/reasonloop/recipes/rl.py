@@ -79,6 +79,10 @@ from reasonloop.train.run import Run, default_output_dir, progress, set_seed, se
 log = logging.getLogger(__name__)
 
 
+# estimators whose advantage is relative to the other samples of the same prompt: zero when they all agree
+GROUP_RELATIVE = ("grpo", "dr_grpo", "rloo", "grpo_difficulty", "grpo_hierarchical")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -262,7 +266,7 @@ class Config:
         require(self.value_clip > 0 and self.penalty_target > 0 and self.kl_horizon > 0,
                 "value_clip, penalty_target and kl_horizon must be > 0")
         require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]")
-        require(self.sampling.temperature > 0 or self.advantage not in ("grpo", "rloo"),
+        require(self.sampling.temperature > 0 or self.advantage not in GROUP_RELATIVE,
                 f"sampling.temperature=0 (greedy) makes the {self.group_size} samples of a prompt identical, so "
                 f"advantage={self.advantage}'s group-relative advantages are all 0 and nothing is learned; "
                 "use a temperature > 0 (1.0 is the default)")
