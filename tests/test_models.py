@@ -2,7 +2,7 @@ import torch
 
 from reasonloop.config import load_config
 from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer, render_prompt
-from reasonloop.train.forward import encode_pairs, policy_forward
+from reasonloop.models.forward import encode_pairs, policy_forward
 
 
 def test_chat_template_is_applied_when_the_tokenizer_has_one(nano_model_dir):

@@ -4,7 +4,7 @@ import torch
 
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler, filter_logits
-from reasonloop.train.forward import TokenBatch, policy_forward
+from reasonloop.models.forward import TokenBatch, policy_forward
 
 PROMPTS = ["Q: 1+2=?\n", "Q: 13+4-5=?\n", "Q: 9=?\n"]
 

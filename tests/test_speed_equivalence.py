@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from reasonloop.rollout import fused, kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
-from reasonloop.train.forward import TokenBatch, policy_forward
+from reasonloop.models.forward import TokenBatch, policy_forward
 
 PROMPTS = ["Q: 1+2=?\n", "Q: 13+4-5=?\n", "Q: 9=?\n", "Q: 7*8-11+2=?\n"]
 
@@ -177,7 +177,7 @@ def test_shared_prompt_forward_equals_the_plain_forward_with_gradients(nano_mode
 
 
 def test_shared_prompt_forward_handles_uneven_groups_and_unique_prompts(nano_model, tokenizer):
-    from reasonloop.train.forward import encode_pairs
+    from reasonloop.models.forward import encode_pairs
 
     prompts = ["Q: 1+2=?\n"] * 3 + ["Q: 13+4-5=?\n"] + ["Q: 9=?\n"] * 4
     batch = encode_pairs(tokenizer, prompts, ["<think>1+2=3</think>", "ab", "3", "x", "12345", "9", "", "99"])
@@ -222,7 +222,7 @@ def test_gemm_replay_times_only_the_matrix_multiplies():
 
 
 def test_length_buckets_forward_equals_one_padded_forward_with_gradients(nano_model, tokenizer):
-    from reasonloop.train.forward import _length_buckets, encode_pairs
+    from reasonloop.models.forward import _length_buckets, encode_pairs
 
     prompts = [p for p in PROMPTS for _ in range(4)]
     completions = ["1", "<think>1+2=3</think><answer>3</answer>", "22", "333"] * 4

@@ -2,7 +2,8 @@
 
 import pytest
 
-from reasonloop.rewards.math_grader import format_reward, grade, make_accuracy_reward
+from reasonloop.rewards.answer_format import format_reward
+from reasonloop.rewards.math_grader import grade, make_accuracy_reward
 
 PROMPT = "Tom has 12 apples and buys 7 more. How many apples does he have?"
 GOLD = "19"

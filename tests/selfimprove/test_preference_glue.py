@@ -11,7 +11,7 @@ from reasonloop.selfimprove.preference import (
     preference_step,
     sequence_logps,
 )
-from reasonloop.train.forward import completion_logprobs, encode_pairs
+from reasonloop.models.forward import completion_logprobs, encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
 
 PROMPTS = ["Q: 1+2=?\n", "Q: 7-3=?\n", "Q: 5+5=?\n"]

@@ -1,16 +1,11 @@
 """Pure RL / preference maths: advantages, policy losses, KL, aggregation, value, entropy.
 
-Registries (names -> functions). Signatures differ by family; each function's docstring is the
-reference. In short:
+Registries (names -> functions):
 
-ADVANTAGE_ESTIMATORS
-    "grpo", "dr_grpo", "rloo":  f(rewards[B, G], ...) -> advantages[B, G]
-    "reinforce":                f(rewards[B, G], baseline=..., running_mean=..., momentum=...)
-                                -> (advantages[B, G], new_running_mean)
-    "reinforce_pp":             f(rewards[B, G] | [N], logprobs[N, T], ref_logprobs[N, T],
-                                  mask[N, T], beta, gamma=1.0, ...) -> advantages[N, T]
-    "gae":                      f(token_rewards[N, T], values[N, T], mask[N, T], gamma, lam)
-                                -> (advantages[N, T], returns[N, T])
+ADVANTAGE_ESTIMATORS  (`algos/estimators.py`; all one signature)
+    f(AdvantageInput) -> AdvantageOutput: "grpo", "dr_grpo", "grpo_difficulty", "grpo_hierarchical",
+    "rloo", "reinforce", "reinforce_pp", "gae"; add your own with `register_advantage(name)`.
+    The raw formulas they call are the functions of `algos/advantages.py`.
 
 PREFERENCE_LOSSES  (all return (loss, metrics))
     "dpo", "cdpo", "robust_dpo", "ipo", "spin":
@@ -47,6 +42,14 @@ from reasonloop.algos.advantages import (
 )
 from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, step_normalizer
 from reasonloop.algos.entropy import entropy_from_logits
+from reasonloop.algos.estimators import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageInput,
+    AdvantageOutput,
+    estimate,
+    register_advantage,
+    sequence_estimator,
+)
 from reasonloop.algos.kl import (
     AdaptiveKLController,
     FixedKLController,
@@ -69,15 +72,6 @@ from reasonloop.algos.preference import (
 )
 from reasonloop.algos.value import clipped_value_loss, explained_variance
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable] = {
-    "grpo": grpo_advantages,
-    "dr_grpo": dr_grpo_advantages,
-    "rloo": rloo_advantages,
-    "reinforce": reinforce_advantages,
-    "reinforce_pp": reinforce_pp_advantages,
-    "gae": gae_advantages,
-}
-
 PREFERENCE_LOSSES: dict[str, Callable] = {
     "dpo": dpo_loss,
     "cdpo": cdpo_loss,
@@ -94,6 +88,8 @@ __all__ = [
     "AGGREGATION_MODES",
     "PREFERENCE_LOSSES",
     "AdaptiveKLController",
+    "AdvantageInput",
+    "AdvantageOutput",
     "FixedKLController",
     "PPOPenaltyController",
     "RewardNormState",
@@ -106,6 +102,7 @@ __all__ = [
     "dr_grpo_advantages",
     "dynamic_sampling_keep",
     "entropy_from_logits",
+    "estimate",
     "explained_variance",
     "gae_advantages",
     "grpo_advantages",
@@ -124,9 +121,11 @@ __all__ = [
     "ppo_clip_loss",
     "ppo_penalty_loss",
     "rank_normalize",
+    "register_advantage",
     "reinforce_advantages",
     "reinforce_pp_advantages",
     "rloo_advantages",
+    "sequence_estimator",
     "robust_dpo_loss",
     "simpo_loss",
     "spin_loss",

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from reasonloop.train.forward import TokenBatch, policy_forward
+from reasonloop.models.forward import TokenBatch, policy_forward
 
 
 class Critic(nn.Module):

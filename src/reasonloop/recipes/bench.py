@@ -219,7 +219,7 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path, ceiling: bool = True) -> 
 
     from reasonloop.recipes import rl
     from reasonloop.recipes.rl import Trainer
-    from reasonloop.train.forward import policy_forward
+    from reasonloop.models.forward import policy_forward
 
     rl.policy_forward = functools.partial(policy_forward, share_prompts=cfg.share_prompts,  # ablation switches
                                           bucket_lengths=cfg.bucket_lengths)
@@ -277,7 +277,7 @@ def bench_ablation(cfg: Config, model_dir: str, out: Path) -> dict:
     import functools
 
     from reasonloop.recipes import rl
-    from reasonloop.train.forward import policy_forward
+    from reasonloop.models.forward import policy_forward
 
     trainers = {}
     for i, (name, opts) in enumerate(ABLATIONS.items()):
@@ -406,7 +406,7 @@ def bench_train(cfg: Config, gflops: float, out: Path) -> dict:
     from transformers import LlamaForCausalLM
 
     from reasonloop.models.tiny import build_config, build_tokenizer
-    from reasonloop.train.forward import TokenBatch, policy_forward
+    from reasonloop.models.forward import TokenBatch, policy_forward
 
     tok = build_tokenizer()
     torch.manual_seed(cfg.seed)

@@ -36,7 +36,7 @@ from reasonloop.search import SearchConfig, search
 from reasonloop.selfimprove.loop import Loop, LoopConfig
 from reasonloop.selfimprove.selection import correct_only, dedup
 from reasonloop.train.evaluation import answer_key
-from reasonloop.train.forward import completion_logits, encode_pairs
+from reasonloop.models.forward import completion_logits, encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 
 

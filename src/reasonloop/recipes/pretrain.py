@@ -29,7 +29,7 @@ from reasonloop.models.tiny import SIZES, build_config, build_tokenizer
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
-from reasonloop.train.forward import encode_pairs
+from reasonloop.models.forward import encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
 from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
 from reasonloop.train.supervised import supervised_step

@@ -71,7 +71,7 @@ from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import RolloutConfig, RolloutEngine, SamplingConfig, build_engine
 from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
-from reasonloop.train.forward import ForwardConfig, policy_forward
+from reasonloop.models.forward import ForwardConfig, policy_forward
 from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads

@@ -27,10 +27,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from reasonloop.rewards.answer_format import last_answer
 from reasonloop.sandbox import ExecResult, Limits, Sandbox
 from reasonloop.sandbox.pool import Job, SandboxPool
 
-ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 DEFAULT_LIMITS = Limits(wall_time_s=2.0, cpu_time_s=2, memory_mb=512, max_processes=8,
                         max_output_bytes=1 << 16)
@@ -40,8 +40,8 @@ def extract_code(completion: str) -> str:
     """The program in a completion: inside the last <answer>...</answer> if any, then the last
     ```python fence (an unclosed final fence counts: generation may stop at a length limit), else
     the raw text."""
-    answers = ANSWER_TAG.findall(completion)
-    text = answers[-1] if answers else completion
+    answer = last_answer(completion)
+    text = answer if answer is not None else completion
     fences = FENCE.findall(text)
     return (fences[-1] if fences else text).strip("\n")
 

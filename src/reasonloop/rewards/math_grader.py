@@ -34,8 +34,8 @@ from pathlib import Path
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Sequence
 
-ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
-THINK_RE = re.compile(r"<think>(.*?)</think>", re.S)
+from reasonloop.rewards.answer_format import answer_blocks, last_answer, think_blocks
+
 PHRASE_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:)?\s*[:=]?\s*([^\n]+)", re.I)
 NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
@@ -114,9 +114,9 @@ def extract_answer(completion: str, require_tag: bool = True) -> tuple[str | Non
     Inside `<answer>` a `\\boxed{}` is unwrapped. The last tag wins; `detect_hack` has already
     refused completions with several tags when it matters.
     """
-    tags = ANSWER_RE.findall(completion)
-    if tags:
-        inner = tags[-1].strip()
+    tag = last_answer(completion)
+    if tag is not None:
+        inner = tag.strip()
         return (last_boxed(inner) or inner).strip(), "answer_tag"
     if require_tag:
         return None, "none"
@@ -149,7 +149,7 @@ def detect_hack(completion: str, policy: GradePolicy) -> str | None:
     Each check answers one known hack (tests/rewards/test_hacking.py proves each)."""
     if len(completion) > policy.max_completion_chars:
         return "too_long"
-    tags = ANSWER_RE.findall(completion)
+    tags = answer_blocks(completion)
     if policy.require_answer_tag and not tags:
         return "no_answer_tag"
     if len(tags) > 1:
@@ -157,7 +157,7 @@ def detect_hack(completion: str, policy: GradePolicy) -> str | None:
     if tags and len(set(map(str.strip, all_boxed(tags[0])))) > 1:
         return "multiple_answers"
     if policy.require_think:
-        thoughts = THINK_RE.findall(completion)
+        thoughts = think_blocks(completion)
         if not thoughts or len("".join(thoughts[0].split())) < policy.min_think_chars:
             return "empty_think"
     if tags:
@@ -468,10 +468,6 @@ def make_accuracy_reward(policy: GradePolicy = GradePolicy()) -> Callable[..., l
     return accuracy
 
 
-def format_reward(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:
-    """1.0 when the completion is one non-empty `<think>` block then exactly one `<answer>` block."""
-    shape = re.compile(r"^\s*<think>(?=.*\S.*</think>).*?</think>\s*<answer>(?:(?!<answer>).)+?</answer>\s*$", re.S)
-    return [float(bool(shape.match(c))) for c in completions]
 
 
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from reasonloop.rewards.math_grader import THINK_RE
+from reasonloop.rewards.answer_format import THINK_RE
 
 AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {
     "min": min,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from reasonloop.rewards.core import load_function
-from reasonloop.train.forward import encode_pairs
+from reasonloop.models.forward import encode_pairs
 
 DEFAULT_JUDGE_TEMPLATE = "{prompt}{completion}\nScore 0-9: "
 JudgeFn = Callable[[list[str], list[str]], list[float]]

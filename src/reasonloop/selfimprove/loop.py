@@ -51,7 +51,7 @@ from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.selfimprove.selection import Sample
 from reasonloop.train.checkpoint import latest_checkpoint, load_model_weights, write_checkpoint_dir
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
-from reasonloop.train.forward import encode_pairs
+from reasonloop.models.forward import encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
 from reasonloop.train.run import Run, default_output_dir, set_seed, set_threads
 from reasonloop.train.supervised import supervised_step

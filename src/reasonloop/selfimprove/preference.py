@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonloop.algos import PREFERENCE_LOSSES
-from reasonloop.train.forward import encode_pairs, policy_forward
+from reasonloop.models.forward import encode_pairs, policy_forward
 from reasonloop.train.optim import clip_and_step
 
 PAIRWISE_WITH_REF = ("dpo", "cdpo", "robust_dpo", "ipo", "spin")

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 
 from reasonloop.tasks import TaskError
 from reasonloop.data.records import Example
+from reasonloop.rewards.answer_format import parse_strict, single_answer, strict_format_reward
 from reasonloop.rewards.core import RewardSpec
 
 # level -> (number of operations, largest operand)
 LEVELS: dict[int, tuple[int, int]] = {1: (1, 9), 2: (2, 9), 3: (3, 9), 4: (4, 9), 5: (2, 49)}
 TEST_FRACTION_BUCKETS = 5  # one problem in five belongs to the held-out split
 
-ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
-FORMAT_RE = re.compile(r"^<think>(?P<think>.+?)</think><answer>(?P<answer>[^<]+)</answer>$", re.S)
 NUMBER_RE = re.compile(r"^[+-]?\d+(?:\.0+)?$")
 
 
@@ -105,12 +104,6 @@ def parse_number(text: str) -> int | None:
     return int(float(cleaned))
 
 
-def extract_answer(completion: str) -> str | None:
-    """The content of the single `<answer>` block; None when there is none or more than one."""
-    found = ANSWER_RE.findall(completion)
-    return found[0] if len(found) == 1 else None
-
-
 class ArithmeticTask:
     """Procedural arithmetic with difficulty levels; see the module docstring."""
 
@@ -170,23 +163,19 @@ class ArithmeticTask:
 
     # -- verifier and rewards -----------------------------------------------------------------------
     def is_correct(self, completion: str, example: Example) -> bool:
-        match = FORMAT_RE.match(completion.strip())
-        if not match:
+        parsed = parse_strict(completion)
+        if parsed is None:
             return False
-        got = parse_number(match["answer"])
+        got = parse_number(parsed.answer)
         return got is not None and got == parse_number(example.answer)
 
     def answer_key(self, completion: str) -> int | None:
         """The normalised answer for majority voting."""
-        found = extract_answer(completion)
+        found = single_answer(completion)
         return parse_number(found) if found is not None else None
 
     def accuracy_reward(self, prompts, completions, answer, **_) -> list[float]:
         return [float(self.is_correct(c, Example(p, a))) for p, c, a in zip(prompts, completions, answer)]
-
-    @staticmethod
-    def format_reward(prompts, completions, **_) -> list[float]:
-        return [float(FORMAT_RE.match(c.strip()) is not None) for c in completions]
 
     def length_penalty(self, prompts, completions, **_) -> list[float]:
         """0 up to `max_completion_chars`, then -1 per extra `max_completion_chars`, floored at -1."""
@@ -196,7 +185,7 @@ class ArithmeticTask:
     def rewards(self) -> list[RewardSpec]:
         return [
             RewardSpec("accuracy", self.accuracy_reward, 1.0),
-            RewardSpec("format", self.format_reward, 0.1),
+            RewardSpec("format", strict_format_reward, 0.1),
             RewardSpec("length", self.length_penalty, 1.0),
         ]
 

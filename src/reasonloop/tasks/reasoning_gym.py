@@ -25,7 +25,8 @@ from reasonloop.tasks import TaskError
 from reasonloop.tasks.hygiene import in_test_split, normalize_text
 from reasonloop.tasks.tabular import TEMPLATES
 from reasonloop.rewards.core import RewardSpec
-from reasonloop.rewards.math_grader import GradePolicy, detect_hack, extract_answer, format_reward, parse_number
+from reasonloop.rewards.answer_format import format_reward
+from reasonloop.rewards.math_grader import GradePolicy, detect_hack, extract_answer, parse_number
 
 UNTRUSTED_SCORERS = {
     "coin_flip": "score_answer pays 1.0 for the answer '0' whatever the probability",

@@ -32,7 +32,8 @@ from reasonloop.data.records import Example
 from reasonloop.tasks import TaskError
 from reasonloop.tasks.hygiene import dedup, in_test_split
 from reasonloop.rewards.core import RewardSpec
-from reasonloop.rewards.math_grader import LENIENT, GradePolicy, format_reward, gold_from_solution, grade, last_boxed, make_accuracy_reward
+from reasonloop.rewards.answer_format import format_reward
+from reasonloop.rewards.math_grader import LENIENT, GradePolicy, gold_from_solution, grade, last_boxed, make_accuracy_reward
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from reasonloop.algos.sft import sft_loss
-from reasonloop.train.forward import TokenBatch, completion_logprobs
+from reasonloop.models.forward import TokenBatch, completion_logprobs
 from reasonloop.train.optim import clip_and_step
 
 
