@@ -218,7 +218,7 @@ def test_code_tasks_and_table_tasks_read_through_the_one_loader(tmp_path, monkey
 # -- bounds: prompts and completions ------------------------------------------------------------------
 
 def test_sft_max_len_bounds_prompt_plus_completion_by_cutting_the_prompt_from_the_left(tokenizer):
-    from reasonloop.train.forward import encode_pairs
+    from reasonloop.models.forward import encode_pairs
 
     batch = encode_pairs(tokenizer, ["abcdefghij", "xy"], ["12", "34"], max_len=6)
     lengths = (batch.prompt_mask.sum(-1) + batch.completion_mask.sum(-1)).tolist()
