@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "reasonloop"
 
 LAYERS = {  # docs/design.md's table
-    "config": 0, "data": 0,
+    "config": 0, "data": 0, "errors": 0,
     "algos": 1,
     "rewards": 2, "sandbox": 2,
     "tasks": 3,

@@ -115,6 +115,11 @@ class Config(LoopConfig):
         require_choice("ref_update", self.ref_update, ["initial", "iteration"])
         require(self.steps > 0, "steps must be > 0")
         require(self.pairs_per_prompt > 0, "pairs_per_prompt must be > 0")
+        require(self.beta > 0, "beta must be > 0 (the preference loss's inverse temperature)")
+        require(0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
+        for key in ("orpo_lambda", "simpo_gamma", "nll_weight", "min_gap", "kto_kl_ref"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(self.offline_pairs > 0, "offline_pairs must be > 0")
         require(self.judge in ("verifier", "self", "self_generative") or ":" in self.judge,
                 "judge must be verifier, self, self_generative or module:function")
         require(not (self.mode == "self_rewarding" and ":" in self.judge),
@@ -148,7 +153,7 @@ def synthetic_pairs(loop: Loop, n: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def offline_data(cfg: Config, loop: Loop) -> PreferenceData:
+def offline_data(cfg: Config, loop: Loop, rows: list[dict] | None = None) -> PreferenceData:
     render = loop.render
     if not cfg.data:
         triples = synthetic_pairs(loop, cfg.offline_pairs)
@@ -156,7 +161,7 @@ def offline_data(cfg: Config, loop: Loop) -> PreferenceData:
             return PreferenceData([render(p) for p, _, _ in triples], [c for _, c, _ in triples],
                                   [r for _, _, r in triples], [render(p) for p, _, _ in triples])
         return PreferenceData([render(p) for p, _, _ in triples], [c for _, c, _ in triples], [r for _, _, r in triples])
-    rows = load_rows(cfg.data)
+    rows = rows if rows is not None else load_rows(cfg.data)
     if cfg.loss == "kto":
         good = [r for r in rows if bool(r.get(cfg.label_field))]
         bad = [r for r in rows if not bool(r.get(cfg.label_field))]
@@ -251,6 +256,7 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def run(cfg: Config) -> dict:
+    rows = load_rows(cfg.data) if cfg.mode == "offline" and cfg.data else None  # bad data fails before the run dir
     loop = Loop(cfg, "dpo")
     rng = random.Random(cfg.seed)
     ref = frozen_copy(loop.model) if needs_reference(cfg.loss) else None
@@ -258,7 +264,7 @@ def run(cfg: Config) -> dict:
     if "rng" in loop.extra_state:  # resumed: continue the pair-shuffling stream where it stopped
         rng.setstate(rng_from_json(loop.extra_state["rng"]))
     if cfg.mode == "offline":
-        data = offline_data(cfg, loop)
+        data = offline_data(cfg, loop, rows)
         stats = train_on(cfg, loop, ref, data, cfg.steps, rng)
         loop.end_iteration(1, {"pairs": len(data.chosen), **stats})
         return loop.finish({"mode": cfg.mode, "loss": cfg.loss})

@@ -92,6 +92,10 @@ class Config:
         require(self.samples_per_prompt >= 2 and self.pairs_per_prompt >= 1,
                 "need samples_per_prompt >= 2 and pairs_per_prompt >= 1")
         require(self.center_rewards >= 0, "center_rewards must be >= 0")
+        require(self.prompts > 0 and self.eval_prompts > 0, "prompts and eval_prompts must be > 0")
+        require(self.temperature > 0, "temperature must be > 0: greedy samples of one prompt are identical, so no "
+                "prompt would yield a correct/incorrect pair")
+        require(self.max_new_tokens > 0 and self.max_length >= 2, "max_new_tokens must be > 0 and max_length >= 2")
         require(self.model.lora.r == 0, "reward_model trains all weights: LoRA (model.lora.r > 0) is not supported here")
         require_choice("resume", self.resume, ["auto", "never"])
 
@@ -164,7 +168,6 @@ def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     out_dir = cfg.output_dir or default_output_dir("reward_model")
-    run_ = Run(out_dir, cfg)
     task = make_task(cfg.task, cfg.data_dir or None)
     tokenizer, policy = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
@@ -176,6 +179,7 @@ def run(cfg: Config) -> dict:
     if not train:
         raise ConfigError("no training pairs: no prompt had both a correct and a wrong sample "
                           "(raise samples_per_prompt or temperature, or pass data=)")
+    run_ = Run(out_dir, cfg)  # only once the task, model and data have loaded: bad input writes nothing
     rm = load_reward_model(cfg, task, tokenizer, like=policy)
     del sampler, policy
     optimizer, scheduler = build_optimizer(rm.model.parameters(), cfg.optim, cfg.steps)

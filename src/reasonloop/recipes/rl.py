@@ -63,7 +63,7 @@ from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example, RolloutBatch, TokenBatch, pad_right
 from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
 from reasonloop.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
+from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
 from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
@@ -77,6 +77,10 @@ from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
 
 log = logging.getLogger(__name__)
+
+
+# estimators whose advantage is relative to the other samples of the same prompt: zero when they all agree
+GROUP_RELATIVE = ("grpo", "dr_grpo", "rloo", "grpo_difficulty", "grpo_hierarchical")
 
 
 @dataclass
@@ -251,6 +255,21 @@ class Config:
                 "need 2 <= group_size_min <= group_size_max")
         require(0 <= self.overlong_buffer <= self.sampling.max_new_tokens, "overlong_buffer must be in [0, max_new_tokens]")
         require(self.rollback_lr_factor > 0, "rollback_lr_factor must be > 0")
+        require(self.train_pool > 0, "train_pool must be > 0")
+        require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
+        for key in ("eval_k", "eval_every", "samples_every", "save_every", "max_refills"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(0 <= self.clip_low < 1, "clip_low must be in [0, 1): the ratio is clipped at 1 - clip_low")
+        for key in ("clip_high", "kl_coef", "kl_target", "entropy_coef", "vf_coef", "penalty_coef", "tis_cap",
+                    "overlong_penalty"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0 (a negative value would reverse the term)")
+        require(self.value_clip > 0 and self.penalty_target > 0 and self.kl_horizon > 0,
+                "value_clip, penalty_target and kl_horizon must be > 0")
+        require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]")
+        require(self.sampling.temperature > 0 or self.advantage not in GROUP_RELATIVE,
+                f"sampling.temperature=0 (greedy) makes the {self.group_size} samples of a prompt identical, so "
+                f"advantage={self.advantage}'s group-relative advantages are all 0 and nothing is learned; "
+                "use a temperature > 0 (1.0 is the default)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -367,7 +386,6 @@ class Trainer:
         set_threads(cfg.threads)
         set_seed(cfg.seed)
         self.out_dir = cfg.output_dir or default_output_dir("train")
-        self.run = Run(self.out_dir, cfg)
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
         self.task_specs = list(self.task.rewards())  # trained on, or (task_rewards=false) only logged
@@ -382,8 +400,11 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
         self.engine = engine or build_engine(cfg.rollout, self.model, self.tokenizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.pool = self.task.examples("train", cfg.train_pool, seed=cfg.seed)
-        self.held_out = self.task.examples("test", cfg.eval_n, seed=cfg.seed)
+        fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
+                                                     cfg.sampling.max_new_tokens, f"{cfg.task}/{split}")
+        self.pool = fits(self.task.examples("train", cfg.train_pool, seed=cfg.seed), "train")
+        self.held_out = fits(self.task.examples("test", cfg.eval_n, seed=cfg.seed), "test")
+        self.run = Run(self.out_dir, cfg)  # only once the task, model and data have loaded: bad input writes nothing
         self.monitors = Monitors(cfg.monitor)
         self.kl_ctl: Any = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
                             else FixedKLController(cfg.kl_coef))

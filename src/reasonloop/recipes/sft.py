@@ -15,7 +15,7 @@ from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.io import load_rows, select_text_fields
 from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
 from reasonloop.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
+from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt, save_model
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -24,6 +24,9 @@ from reasonloop.models.forward import encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
 from reasonloop.train.run import Run, default_output_dir, progress, set_seed, set_threads
 from reasonloop.train.supervised import supervised_step
+
+
+SFT_EVAL_TOKENS = 128  # completion length of the held-out evaluation
 
 
 @dataclass
@@ -72,6 +75,12 @@ class Config:
     def __post_init__(self):
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
         require_choice("resume", self.resume, ["auto", "never"])
+        require(self.max_len >= 2, "max_len must be >= 2 (a prompt token and a completion token)")
+        require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
+        require(self.task_records > 0, "task_records must be > 0")
+        for key in ("eval_k", "eval_every", "save_every"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(bool(self.prompt_field) and bool(self.completion_field), "prompt_field and completion_field must name columns")
 
 
 def load_records(cfg: Config, task) -> list[dict[str, str]]:
@@ -87,12 +96,13 @@ def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     out_dir = cfg.output_dir or default_output_dir("sft")
-    run_ = Run(out_dir, cfg)
     task = make_task(cfg.task, cfg.data_dir or None)
     tokenizer, model = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
     records = load_records(cfg, task)
-    held_out = task.examples("test", cfg.eval_n, seed=cfg.seed)
+    held_out = drop_long_prompts(task.examples("test", cfg.eval_n, seed=cfg.seed), tokenizer, render, model,
+                                 SFT_EVAL_TOKENS, f"{cfg.task}/test")
+    run_ = Run(out_dir, cfg)  # only once the task, model and data have loaded: bad input writes nothing
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
     sampler = TorchSampler(model, tokenizer)
     batches = ShuffledPasses(len(records), SeededShuffle(lambda epoch: cfg.seed + epoch))
@@ -105,7 +115,7 @@ def run(cfg: Config) -> dict:
         print(f"sft: resumed from {ckpt} at step {start}")
 
     def run_eval(step: int) -> dict:
-        summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=128), k=cfg.eval_k,
+        summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=SFT_EVAL_TOKENS), k=cfg.eval_k,
                               seed=cfg.seed)
         run_.log(step, flat_metrics(summary))
         return summary

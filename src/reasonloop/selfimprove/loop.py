@@ -41,6 +41,7 @@ from reasonloop.data.sampling import ShuffledPasses, StreamShuffle
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import (
     ModelConfig,
+    drop_long_prompts,
     load_policy,
     render_prompt,
     save_model,
@@ -108,6 +109,8 @@ class LoopConfig:
         require(self.sft_max_steps >= 0 and self.sft_epochs >= 0, "sft_max_steps and sft_epochs must be >= 0")
         require(self.eval_n > 0, "eval_n must be > 0")
         require_choice("resume", self.resume, ["auto", "never"])
+        require(self.train_pool > 0 and self.max_new_tokens > 0, "train_pool and max_new_tokens must be > 0")
+        require(self.eval_k >= 0, "eval_k must be >= 0")
 
 
 class Loop:
@@ -117,7 +120,6 @@ class Loop:
         set_threads(cfg.threads)
         set_seed(cfg.seed)
         self.cfg = cfg
-        self.run = Run(cfg.output_dir or default_output_dir(command), cfg)
         self.command = command
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
@@ -125,8 +127,11 @@ class Loop:
         self.sampler = TorchSampler(self.model, self.tokenizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-        self.train_pool = self.task.examples("train", cfg.train_pool, seed=cfg.seed)
-        self.held_out = self.task.examples("test", cfg.eval_n, seed=cfg.seed)
+        fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
+                                                     cfg.max_new_tokens, f"{cfg.task}/{split}")
+        self.train_pool = fits(self.task.examples("train", cfg.train_pool, seed=cfg.seed), "train")
+        self.held_out = fits(self.task.examples("test", cfg.eval_n, seed=cfg.seed), "test")
+        self.run = Run(cfg.output_dir or default_output_dir(command), cfg)  # after loading: bad input writes nothing
         self._rng = random.Random(cfg.seed)  # shuffles the prompt passes and every fine-tune's batches
         self.prompts = ShuffledPasses(len(self.train_pool), StreamShuffle(self._rng))
         self.history: list[dict[str, Any]] = []
