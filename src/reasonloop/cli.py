@@ -1,5 +1,11 @@
 """`reasonloop <command> [config.yaml ...] [key=value ...]`.
 
+One error boundary (docs/reliability.md): a `UserError` (bad config, YAML, data, model, task,
+checkpoint, sandbox argument) or a filesystem failure the user can fix (permission denied, not a
+directory, disk full) prints one line naming the input and exits 2; any other exception is an
+internal error: one line and exit 1, with the traceback under `--debug` or REASONLOOP_DEBUG=1;
+Ctrl-C exits 130 and says where the run can be resumed.
+
 Each command is a recipe module exposing a config dataclass and `run(cfg) -> dict` (the summary).
 Commands that take positional arguments of their own (e.g. `sandbox run FILE`) expose `main(argv)`
 instead. Modules are imported lazily so `reasonloop --help` stays fast.
@@ -7,13 +13,16 @@ instead. Modules are imported lazily so `reasonloop --help` stays fast.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 
 from reasonloop.config import ConfigError, load_config, render_help
+from reasonloop.errors import UserError, current_run_dir, note_run_dir
 from reasonloop.recipes.presets import PRETRAIN_CODE, RL_PRESETS
 
 
@@ -43,19 +52,9 @@ COMMANDS: dict[str, Command] = {
                             "train a Bradley-Terry reward model (pairs from data= or the verifier-labelled samples)"),
     "dpo": Command("reasonloop.recipes.dpo", "preference optimisation: offline, online/iterative, self-rewarding"),
     "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
-    "bench": Command("reasonloop.recipes.bench", "time a fixed GRPO workload; --vs trl compares with TRL's GRPOTrainer",
-                     config=""),
+    "bench": Command("reasonloop.bench", "time the GRPO step (vs=trl: against TRL's GRPOTrainer), the grader or the sandbox"),
     "sandbox": Command("reasonloop.sandbox.cli", "run untrusted code under the sandbox (`sandbox run FILE`)", config=""),
 }
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from reasonloop.data.io import DataError
-    from reasonloop.tasks import TaskError
-    from reasonloop.sandbox.runner import IsolationError
-    from reasonloop.errors import UserError
-
-    return ConfigError, TaskError, DataError, IsolationError, UserError
 
 
 def _usage() -> str:
@@ -68,18 +67,97 @@ def _usage() -> str:
     )
 
 
+# Filesystem failures that are the user's to fix (a path, its permissions, the disk), not bugs.
+USER_ERRNOS = {
+    errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+    errno.ENOTDIR: "a path component is a file, not a directory", errno.EISDIR: "is a directory, not a file",
+    errno.EEXIST: "already exists (as a file)", errno.ENOENT: "no such file or directory",
+    errno.ENAMETOOLONG: "file name too long", errno.ELOOP: "too many levels of symbolic links",
+}
+EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def debug_enabled(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("REASONLOOP_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def filesystem_message(exc: OSError) -> str:
+    """'cannot write runs/x/config.yaml: no space left on the device; free space ...' for a user-fixable OSError."""
+    path = exc.filename if exc.filename is not None else "a file"
+    reason = USER_ERRNOS.get(exc.errno or 0, exc.strerror or str(exc))
+    advice = {
+        errno.ENOSPC: "free some space or point output_dir= at another disk",
+        errno.EDQUOT: "free some space or point output_dir= at another disk",
+        errno.EACCES: "check its permissions or choose another output_dir=",
+        errno.EPERM: "check its permissions or choose another output_dir=",
+        errno.EROFS: "choose a writable output_dir=",
+        errno.ENOTDIR: "a file stands where a directory is needed: choose another path",
+        errno.EISDIR: "give a file, not a directory",
+        errno.EEXIST: "a file stands where a directory is needed: choose another path",
+    }.get(exc.errno or 0, "check the path")
+    return f"{path}: {reason}; {advice}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; never lets an exception escape as a traceback (unless --debug asks for it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(argv)
+    argv = [a for a in argv if a != "--debug"]
+    name = argv[0] if argv else "reasonloop"
+    prefix = f"reasonloop {name}" if name in COMMANDS else "reasonloop"
+    note_run_dir(None)
     try:
         code = _main(argv)
         sys.stdout.flush()  # inside the try: a closed pipe (`reasonloop --help | head`) surfaces here
         return code
+    except SystemExit as exc:  # argparse (`sandbox run` arguments) has printed its usage message
+        return exc.code if isinstance(exc.code, int) else EXIT_USER
     except BrokenPipeError:  # the reader went away: stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
+    except KeyboardInterrupt:
+        run_dir = current_run_dir()
+        where = (f"; resume with the same command and output_dir={run_dir} (resume=auto continues from its "
+                 "latest checkpoint)" if run_dir is not None else "; no run directory was written")
+        print(f"\n{prefix}: interrupted{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UserError as exc:  # bad input the user can fix: a message, not a traceback
+        if debug:
+            traceback.print_exc()
+        kind = "config error" if isinstance(exc, ConfigError) else "error"
+        print(f"{prefix}: {kind}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER
+    except OSError as exc:
+        if exc.errno not in USER_ERRNOS:
+            return _internal(prefix, exc, debug)
+        if debug:
+            traceback.print_exc()
+        print(f"{prefix}: error: {filesystem_message(exc)}", file=sys.stderr)
+        return EXIT_USER
+    except MemoryError as exc:
+        return _internal(prefix, exc, debug, "out of memory; lower batch sizes, max_len or max_new_tokens")
+    except Exception as exc:  # a bug: one line, and the traceback on request
+        return _internal(prefix, exc, debug)
 
 
-def _main(argv: list[str] | None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 2000 else text[:2000] + " ..."
+
+
+def _internal(prefix: str, exc: BaseException, debug: bool, what: str = "") -> int:
+    if debug:
+        traceback.print_exc()
+        print(f"{prefix}: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+    else:
+        print(f"{prefix}: internal error: {type(exc).__name__}: {_one_line(exc)}"
+              + (f" ({what})" if what else "")
+              + "; run again with --debug (or REASONLOOP_DEBUG=1) for the traceback, and report it", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -98,7 +176,6 @@ def _main(argv: list[str] | None) -> int:
     if not cmd.config:
         return int(module.main(rest) or 0)
     cfg_cls = getattr(module, cmd.config)
-    user_errors = _user_errors()
     if any(a in ("-h", "--help") for a in rest):
         doc = (module.__doc__ or "").strip()
         print(f"usage: reasonloop {name} [config.yaml ...] [key=value ...]\n\n{doc}\n")
@@ -107,16 +184,8 @@ def _main(argv: list[str] | None) -> int:
         print("options:")
         print(render_help(cfg_cls))
         return 0
-    try:
-        cfg = load_config(cfg_cls, [*cmd.preset, *rest])
-    except ConfigError as exc:
-        print(f"reasonloop {name}: config error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        module.run(cfg)
-    except user_errors as exc:  # bad input the user can fix: a message, not a traceback
-        print(f"reasonloop {name}: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(cfg_cls, [*cmd.preset, *rest])  # a ConfigError reaches main(): message, exit 2
+    module.run(cfg)
     return 0
 
 

@@ -11,37 +11,55 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import textwrap
+import types as pytypes
 import typing
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from reasonloop.errors import UserError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad config key or value; the message names the key and what would be valid."""
 
 
 def load_config(cls: type[T], args: Sequence[str] = ()) -> T:
-    """Build `cls` from YAML files (`*.yaml`/`*.yml`) and `key=value` overrides, applied in order."""
+    """Build `cls` from YAML files (`*.yaml`/`*.yml`) and `key=value` overrides, applied in order.
+
+    String-typed keys take the text as written (`output_dir=0042` stays "0042", `off` stays "off":
+    YAML 1.1 would read them as 34 and False); every float must be finite; broken YAML (syntax, tabs,
+    duplicate keys, a binary or non-UTF-8 file) is a ConfigError naming the file and line.
+    """
     merged = OmegaConf.structured(cls)
-    valid = sorted(field_paths(cls))
+    types = field_types(cls)
+    valid = sorted(types)
     for arg in args:
         if "=" in arg:
             key, _, value = arg.partition("=")
-            _check_key(key.strip(), valid, source=arg)
-            layer = OmegaConf.from_dotlist([f"{key.strip()}={value}"])
+            key = key.strip()
+            _check_key(key, valid, source=arg)
+            if key not in types and any(v.startswith(key + ".") for v in valid):
+                raise ConfigError(f"{key!r} is a block of settings, not a value (from {arg!r}); set its keys, "
+                                  f"e.g. {next(v for v in valid if v.startswith(key + '.'))}=...")
+            if _is_str(types.get(key)):
+                layer = OmegaConf.create(_nest(key, value))  # the raw text: never YAML-coerced
+            else:
+                try:
+                    layer = OmegaConf.from_dotlist([f"{key}={value}"])
+                except (OmegaConfBaseException, yaml.YAMLError) as exc:
+                    raise ConfigError(f"bad value for {key!r} (from {arg!r}): {_first_line(exc)}") from None
             source = arg
         elif arg.endswith((".yaml", ".yml")):
-            path = Path(arg)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {arg}")
-            layer = OmegaConf.load(path)
+            layer = OmegaConf.create(read_yaml(Path(arg), types))
             for key in _leaf_paths(OmegaConf.to_container(layer)):
                 _check_key(key, valid, source=arg)
             source = arg
@@ -52,10 +70,140 @@ def load_config(cls: type[T], args: Sequence[str] = ()) -> T:
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", None) or "?"
             raise ConfigError(f"bad value for {key!r} (from {source!r}): {_first_line(exc)}") from None
+    _check_finite(OmegaConf.to_container(merged))
     try:
-        return OmegaConf.to_object(merged)  # runs __post_init__ validation
+        cfg = OmegaConf.to_object(merged)  # runs __post_init__ validation
     except OmegaConfBaseException as exc:
         raise ConfigError(_first_line(exc)) from None
+    _check_run_fields(cfg)
+    return cfg
+
+
+MAX_SEED = 2**32 - 1  # numpy's seed range (torch and random take it too)
+
+
+def _check_run_fields(cfg: Any) -> None:
+    """The run fields every command shares (whichever class declares them)."""
+    if isinstance(getattr(cfg, "threads", None), int):
+        require(cfg.threads >= 0, f"threads={cfg.threads}: must be >= 0 (0 keeps torch's default)")
+    if isinstance(getattr(cfg, "seed", None), int):
+        require(0 <= cfg.seed <= MAX_SEED, f"seed={cfg.seed}: must be in [0, {MAX_SEED}]")
+    if isinstance(getattr(cfg, "save_every", None), int):
+        require(cfg.save_every >= 0, f"save_every={cfg.save_every}: must be >= 0 (0 disables checkpoints)")
+    if isinstance(getattr(cfg, "output_dir", None), str) and cfg.output_dir:
+        require("\0" not in cfg.output_dir, "output_dir contains a NUL character")
+
+
+def read_yaml(path: Path, types: dict[str, Any] | None = None) -> dict:
+    """A config file as a dict; string-typed keys (per `types`, dotted key -> type) keep their raw text.
+
+    Raises ConfigError naming the file (and line) for a missing, unreadable, binary or non-UTF-8 file,
+    YAML syntax errors (tabs included), duplicate keys and a top level that is not a mapping.
+    """
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {what}: {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: not a YAML text file (it holds binary data)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte {raw[exc.start]:#04x}); save the file as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None or node.tag == "tag:yaml.org,2002:null":  # an empty file, or only '---'
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: the top level must be a mapping of keys "
+                              f"(key: value lines), not a {node.tag.rsplit(':', 1)[-1]}")
+        _check_duplicates(node, path)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(filter(None, [exc.context, exc.problem]))
+        hint = "; indent with spaces, YAML does not allow tabs there" if "\\t" in problem or "\t" in problem else ""
+        raise ConfigError(f"{where}: YAML syntax error: {problem}{hint}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML error: {_first_line(exc)}") from None
+    finally:
+        loader.dispose()
+    if types:
+        _keep_raw_strings(node, data, types)
+    return data
+
+
+def _check_duplicates(node: Any, path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise ConfigError(f"{path}:{key.start_mark.line + 1}: duplicate key {key.value!r} "
+                                      f"(first set on line {seen[key.value]}); keep one")
+                seen[key.value] = key.start_mark.line + 1
+            _check_duplicates(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicates(item, path)
+
+
+def _keep_raw_strings(node: Any, data: Any, types: dict[str, Any], prefix: str = "") -> None:
+    """Replace YAML-coerced values of string-typed keys with the text written in the file."""
+    if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
+        return
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = key_node.value
+        dotted = prefix + key
+        if isinstance(value_node, yaml.MappingNode):
+            _keep_raw_strings(value_node, data.get(key), types, dotted + ".")
+        elif (isinstance(value_node, yaml.ScalarNode) and value_node.style is None and _is_str(types.get(dotted))
+              and key in data):
+            data[key] = value_node.value
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def _is_str(tp: Any) -> bool:
+    return tp is str or (typing.get_origin(tp) in (typing.Union, pytypes.UnionType) and str in typing.get_args(tp))
+
+
+def _check_finite(tree: Any, prefix: str = "") -> None:
+    """NaN and infinity are never meaningful config values (lr=inf trains every weight to NaN)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            _check_finite(v, f"{prefix}{k}.")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            _check_finite(v, f"{prefix[:-1]}[{i}].")
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise ConfigError(f"{prefix[:-1]}={tree} is not a finite number; give a finite value")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Every leaf key of a (nested) config dataclass, dotted, with its declared type."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update({f"{f.name}.{sub}": st for sub, st in field_types(tp).items()})
+        else:
+            out[f.name] = tp
+    return out
 
 
 def save_config(cfg: Any, path: Path) -> None:
@@ -94,7 +242,8 @@ def _leaf_paths(tree: Any, prefix: str = "") -> list[str]:
 
 
 def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 @lru_cache(maxsize=None)

@@ -51,10 +51,10 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
-def refused(capsys, root: Path, args: list[str], message: str, command: str | None = None) -> None:
+def refused(capsys, root: Path, args: list[str], message: str, kind: str = "error") -> None:
     before = snapshot(root)
     code, last, _ = cli(capsys, args)
-    assert (code, last) == (2, f"reasonloop {command or args[0]}: error: {message}")
+    assert (code, last) == (2, f"reasonloop {args[0]}: {kind}: {message}")
     assert snapshot(root) == before, "a refused command changed files on disk"
 
 
@@ -187,7 +187,7 @@ def test_a_failure_after_the_checks_but_before_the_start_leaves_config_yaml_alon
     with pytest.raises(ValueError) as exc:
         load_function("no_such_module_xyz:fn")
     refused(capsys, tmp_path, argv("train", nano_model_dir, out, "resume=force", "reward_funcs=[no_such_module_xyz:fn]"),
-            f"reward_funcs: {exc.value}")
+            f"reward_funcs: {exc.value}", kind="config error")
 
 
 def test_an_unknown_task_creates_no_directory(nano_model_dir, tmp_path, capsys):

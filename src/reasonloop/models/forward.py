@@ -27,11 +27,16 @@ class ForwardConfig:
 def encode_pairs(
     tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str], max_len: int | None = None
 ) -> TokenBatch:
-    """Tokenise (rendered prompt, completion) pairs; the completion ends with EOS and is what is trained on."""
+    """Tokenise (rendered prompt, completion) pairs; the completion ends with EOS and is what is trained on.
+
+    `max_len` bounds prompt + completion (docs/reliability.md): a prompt keeps at most its last
+    max_len - 1 tokens (truncated from the left, so the question nearest the answer stays), then the
+    completion is cut to the room left (at least one token)."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] + [eos] for c in completions]
     if max_len is not None:
+        p_ids = [p[len(p) - (max_len - 1):] if len(p) > max_len - 1 else p for p in p_ids]
         c_ids = [c[: max(1, max_len - len(p))] for p, c in zip(p_ids, c_ids)]
     P = max(len(p) for p in p_ids)
     T = max(len(c) for c in c_ids)

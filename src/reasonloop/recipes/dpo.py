@@ -18,7 +18,7 @@ Modes
   takes `steps` optimizer steps on random batches of those pairs. KTO uses reward >= threshold as
   desirable, the rest as undesirable (unpaired).
 - self_rewarding (Yuan et al. 2024): online, but the policy judges its own samples through a judge
-  prompt (`selfimprove.judge.self_judge_scores`). On the tiny char model the judge is near noise;
+  prompt (`rewards.judge.self_judge`, how=digits). On the tiny char model the judge is near noise;
   `judge_pair_accuracy` (how often the judge's chosen is really better by the verifier) says so.
 - spin (Chen et al. 2024, self-play fine-tuning): each iteration, chosen = the task's worked
   solution of a train problem, rejected = the current policy's own sample for it (pairs where the
@@ -40,11 +40,8 @@ import torch
 from reasonloop.algos import PREFERENCE_LOSSES
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.io import load_rows
-from reasonloop.selfimprove.judge import (
-    DEFAULT_JUDGE_TEMPLATE,
-    load_judge_hook,
-    self_judge_scores,
-)
+from reasonloop.rewards.core import load_function
+from reasonloop.rewards.judge import DIGIT_TEMPLATE, self_judge
 from reasonloop.selfimprove.loop import Loop, LoopConfig, rng_from_json, rng_to_json
 from reasonloop.selfimprove.preference import (
     PreferenceData,
@@ -88,7 +85,7 @@ class Config(LoopConfig):
     """online: who scores samples: verifier (the task's reward), self (the policy's expected 0-9 digit after
     judge_template), self_generative (the policy writes a verdict to rewards.judge's additive 5-point prompt,
     Yuan et al. 2024; unparseable = 0) or module:function."""
-    judge_template: str = DEFAULT_JUDGE_TEMPLATE
+    judge_template: str = DIGIT_TEMPLATE
     """self judge: the judge prompt, with {prompt} and {completion}."""
     pairs_per_prompt: int = 1
     """online: best/worst pairs per prompt (next-best vs next-worst after the first)."""
@@ -118,6 +115,11 @@ class Config(LoopConfig):
         require_choice("ref_update", self.ref_update, ["initial", "iteration"])
         require(self.steps > 0, "steps must be > 0")
         require(self.pairs_per_prompt > 0, "pairs_per_prompt must be > 0")
+        require(self.beta > 0, "beta must be > 0 (the preference loss's inverse temperature)")
+        require(0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
+        for key in ("orpo_lambda", "simpo_gamma", "nll_weight", "min_gap", "kto_kl_ref"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(self.offline_pairs > 0, "offline_pairs must be > 0")
         require(self.judge in ("verifier", "self", "self_generative") or ":" in self.judge,
                 "judge must be verifier, self, self_generative or module:function")
         require(not (self.mode == "self_rewarding" and ":" in self.judge),
@@ -151,7 +153,7 @@ def synthetic_pairs(loop: Loop, n: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def offline_data(cfg: Config, loop: Loop) -> PreferenceData:
+def offline_data(cfg: Config, loop: Loop, rows: list[dict] | None = None) -> PreferenceData:
     render = loop.render
     if not cfg.data:
         triples = synthetic_pairs(loop, cfg.offline_pairs)
@@ -159,7 +161,7 @@ def offline_data(cfg: Config, loop: Loop) -> PreferenceData:
             return PreferenceData([render(p) for p, _, _ in triples], [c for _, c, _ in triples],
                                   [r for _, _, r in triples], [render(p) for p, _, _ in triples])
         return PreferenceData([render(p) for p, _, _ in triples], [c for _, c, _ in triples], [r for _, _, r in triples])
-    rows = load_rows(cfg.data)
+    rows = rows if rows is not None else load_rows(cfg.data)
     if cfg.loss == "kto":
         good = [r for r in rows if bool(r.get(cfg.label_field))]
         bad = [r for r in rows if not bool(r.get(cfg.label_field))]
@@ -179,14 +181,13 @@ def judge_samples(cfg: Config, loop: Loop, samples: list[Sample]) -> list[Sample
         return samples
     prompts, comps = [s.prompt for s in samples], [s.completion for s in samples]
     if kind == "self":
-        scores = self_judge_scores(loop.model, loop.tokenizer, [loop.render(p) for p in prompts], comps, cfg.judge_template)
+        judge = self_judge(loop.model, loop.tokenizer, cfg.judge_template, how="digits")
+        scores = judge.score([loop.render(p) for p in prompts], comps)
     elif kind == "self_generative":  # Yuan et al.'s additive 5-point prompt, the policy writes its verdict
-        from reasonloop.rewards.judge import self_judge
-
         raw = self_judge(loop.model, loop.tokenizer, max_new_tokens=cfg.max_new_tokens).score(prompts, comps)
         scores = [0.0 if v is None else v for v in raw]  # an unparseable verdict scores 0
     else:
-        scores = load_judge_hook(kind)(prompts, comps)
+        scores = load_function(kind, "judge hook")(prompts, comps)
     return with_reward(samples, scores)
 
 
@@ -255,6 +256,7 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def run(cfg: Config) -> dict:
+    rows = load_rows(cfg.data) if cfg.mode == "offline" and cfg.data else None  # bad data fails before the run dir
     loop = Loop(cfg, "dpo")
     rng = random.Random(cfg.seed)
     ref = frozen_copy(loop.model) if needs_reference(cfg.loss) else None
@@ -262,7 +264,7 @@ def run(cfg: Config) -> dict:
     if "rng" in loop.extra_state:  # resumed: continue the pair-shuffling stream where it stopped
         rng.setstate(rng_from_json(loop.extra_state["rng"]))
     if cfg.mode == "offline":
-        data = offline_data(cfg, loop)
+        data = offline_data(cfg, loop, rows)
         stats = train_on(cfg, loop, ref, data, cfg.steps, rng)
         loop.end_iteration(1, {"pairs": len(data.chosen), **stats})
         return loop.finish({"mode": cfg.mode, "loss": cfg.loss})

@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 
 from reasonloop.config import require
 from reasonloop.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_policy, model_label, render_prompt
+from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, model_label, render_prompt
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.evaluation import evaluate, format_table
 from reasonloop.train.run import Run, set_seed, set_threads
 from reasonloop.train.runconfig import RunConfig
+
+
+SPLITS = ("train", "test", "validation", "valid", "dev", "prompt")  # the split names tasks know
 
 
 @dataclass
@@ -45,19 +48,26 @@ class Config(RunConfig):
         require(self.n > 0, "n must be > 0")
         require(self.k >= 0, "k must be >= 0")
         require(self.greedy or self.k > 0, "nothing to do: greedy=false and k=0")
+        require(self.batch_prompts > 0, "batch_prompts must be > 0")
+        require(self.split in SPLITS, f"split={self.split!r} is not a split name; use one of {list(SPLITS)}")
+        require(self.k == 0 or self.sampling.temperature > 0 or self.k == 1,
+                f"k={self.k} samples at sampling.temperature=0 are {self.k} copies of the greedy answer; "
+                "use a temperature > 0 or k=0")
 
 
 def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
-    run_ = Run(cfg, "eval")  # checks output_dir; writes nothing yet
+    run_ = Run(cfg, "eval")  # checks output_dir; writes nothing until start()
     task = make_task(cfg.task, cfg.data_dir or None)
     tokenizer, model = load_policy(cfg.model, task)
-    run_.start()
-    examples = task.examples(cfg.split, cfg.n, seed=cfg.seed)
+    render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
+    examples = drop_long_prompts(task.examples(cfg.split, cfg.n, seed=cfg.seed), tokenizer, render, model,
+                                 cfg.sampling.max_new_tokens, f"{cfg.task}/{cfg.split}")
+    run_.start()  # after loading: bad input writes nothing
     engine = TorchSampler(model, tokenizer)
     summary, rows = evaluate(
-        engine, task, examples, render=lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template),
+        engine, task, examples, render=render,
         sampling=cfg.sampling, k=cfg.k, greedy=cfg.greedy, batch_prompts=cfg.batch_prompts, seed=cfg.seed,
     )
     run_.write_jsonl("samples.jsonl", rows)

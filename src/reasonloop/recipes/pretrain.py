@@ -72,6 +72,8 @@ class Config(RunConfig):
         require_choice("size", self.size, list(SIZES))
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
         require(0.0 <= self.p_careful <= 1.0, "p_careful must be in [0, 1]")
+        require(self.corpus_size > 0 and self.eval_per_level > 0 and self.eval_every >= 0,
+                "corpus_size and eval_per_level must be > 0, eval_every >= 0")
 
 
 CORPORA = {"arithmetic": "tiny-arith", "code": "tiny-code"}  # corpus -> the asset it rebuilds

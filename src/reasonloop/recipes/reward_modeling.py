@@ -84,6 +84,10 @@ class Config(CheckpointedRunConfig):
         require(self.samples_per_prompt >= 2 and self.pairs_per_prompt >= 1,
                 "need samples_per_prompt >= 2 and pairs_per_prompt >= 1")
         require(self.center_rewards >= 0, "center_rewards must be >= 0")
+        require(self.prompts > 0 and self.eval_prompts > 0, "prompts and eval_prompts must be > 0")
+        require(self.temperature > 0, "temperature must be > 0: greedy samples of one prompt are identical, so no "
+                "prompt would yield a correct/incorrect pair")
+        require(self.max_new_tokens > 0 and self.max_length >= 2, "max_new_tokens must be > 0 and max_length >= 2")
         require(self.model.lora.r == 0, "reward_model trains all weights: LoRA (model.lora.r > 0) is not supported here")
 
 

@@ -39,7 +39,6 @@ import copy
 import dataclasses
 import logging
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -62,8 +61,9 @@ from reasonloop.algos.policy_loss import PPOPenaltyController, ppo_clip_loss, pp
 from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example, RolloutBatch, TokenBatch, pad_right
+from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
 from reasonloop.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
+from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt, save_model
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
 from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
@@ -78,6 +78,10 @@ from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import CheckpointedRunConfig
 
 log = logging.getLogger(__name__)
+
+
+# estimators whose advantage is relative to the other samples of the same prompt: zero when they all agree
+GROUP_RELATIVE = ("grpo", "dr_grpo", "rloo", "grpo_difficulty", "grpo_hierarchical")
 
 
 @dataclass
@@ -244,6 +248,21 @@ class Config(CheckpointedRunConfig):
                 "need 2 <= group_size_min <= group_size_max")
         require(0 <= self.overlong_buffer <= self.sampling.max_new_tokens, "overlong_buffer must be in [0, max_new_tokens]")
         require(self.rollback_lr_factor > 0, "rollback_lr_factor must be > 0")
+        require(self.train_pool > 0, "train_pool must be > 0")
+        require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
+        for key in ("eval_k", "eval_every", "samples_every", "save_every", "max_refills"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(0 <= self.clip_low < 1, "clip_low must be in [0, 1): the ratio is clipped at 1 - clip_low")
+        for key in ("clip_high", "kl_coef", "kl_target", "entropy_coef", "vf_coef", "penalty_coef", "tis_cap",
+                    "overlong_penalty"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0 (a negative value would reverse the term)")
+        require(self.value_clip > 0 and self.penalty_target > 0 and self.kl_horizon > 0,
+                "value_clip, penalty_target and kl_horizon must be > 0")
+        require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]")
+        require(self.sampling.temperature > 0 or self.advantage not in GROUP_RELATIVE,
+                f"sampling.temperature=0 (greedy) makes the {self.group_size} samples of a prompt identical, so "
+                f"advantage={self.advantage}'s group-relative advantages are all 0 and nothing is learned; "
+                "use a temperature > 0 (1.0 is the default)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,8 +322,7 @@ class TrainerState:
     """Everything of a run that is not a tensor and must survive a checkpoint."""
 
     step: int = 0
-    epoch: int = 0  # passes over the train pool
-    position: int = 0  # next index into this pass's order
+    prompts: dict = field(default_factory=dict)  # the prompt sampler's state (pass and position), at checkpoints
     reward_norm: adv_lib.RewardNormState = field(default_factory=adv_lib.RewardNormState)
     baseline: Any = None  # the advantage estimator's carried state (REINFORCE's running mean)
     level_pass: dict[str, float] = field(default_factory=dict)  # running training pass rate per level
@@ -375,18 +393,20 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
         self.engine = engine or build_engine(cfg.rollout, self.model, self.tokenizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.pool = self.task.examples("train", cfg.train_pool, seed=cfg.seed)
-        self.held_out = self.task.examples("test", cfg.eval_n, seed=cfg.seed)
+        fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
+                                                     cfg.sampling.max_new_tokens, f"{cfg.task}/{split}")
+        self.pool = fits(self.task.examples("train", cfg.train_pool, seed=cfg.seed), "train")
+        self.held_out = fits(self.task.examples("test", cfg.eval_n, seed=cfg.seed), "test")
         self.monitors = Monitors(cfg.monitor)
         self.kl_ctl: Any = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
                             else FixedKLController(cfg.kl_coef))
         self.penalty_ctl = PPOPenaltyController(cfg.penalty_coef, cfg.penalty_target)
         self.state = TrainerState()
-        self.order = self._shuffled(0)
+        self.prompts = ShuffledPasses(len(self.pool), SeededShuffle(lambda epoch: f"{cfg.seed}:{epoch}"))
         if (ckpt := self.run.resume_from) is not None:
             self._restore(ckpt)
             print(f"train: resumed from {ckpt} at step {self.state.step}")
-        self.out_dir = self.run.start()
+        self.out_dir = self.run.start()  # only once the task, model and data have loaded: bad input writes nothing
 
     def _reward_specs(self) -> list[RewardSpec]:
         """The task's reward components (unless task_rewards=false) plus the configured functions and
@@ -412,21 +432,9 @@ class Trainer:
         return specs
 
     # -- data --------------------------------------------------------------------------------------
-    def _shuffled(self, epoch: int) -> list[int]:
-        order = list(range(len(self.pool)))
-        random.Random(f"{self.cfg.seed}:{epoch}").shuffle(order)
-        return order
-
     def next_prompts(self, n: int) -> list[Example]:
-        out = []
-        for _ in range(n):
-            if self.state.position >= len(self.order):
-                self.state.epoch += 1
-                self.state.position = 0
-                self.order = self._shuffled(self.state.epoch)
-            out.append(self.pool[self.order[self.state.position]])
-            self.state.position += 1
-        return out
+        """The next `n` train prompts of a reshuffled pass over the pool."""
+        return [self.pool[i] for i in self.prompts.next(n)]
 
     def render(self, prompt: str) -> str:
         return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template)
@@ -684,6 +692,7 @@ class Trainer:
         self.state.kl_ctl = self.kl_ctl.state_dict()
         self.state.penalty_ctl = self.penalty_ctl.state_dict()
         self.state.monitors = self.monitors.state_dict()
+        self.state.prompts = self.prompts.state_dict()
         extra = {"critic": self.critic} if self.critic is not None else {}
         state = {k: v for k, v in self.state.to_dict().items() if k != "step"}
         save_checkpoint(self.out_dir, self.state.step, self.model, self.optimizer, self.scheduler, state,
@@ -693,7 +702,7 @@ class Trainer:
         modules = {"critic": self.critic} if self.critic is not None else {}
         self.state = TrainerState.from_dict(load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler,
                                                             generators={"sampler": self.generator}, modules=modules))
-        self.order = self._shuffled(self.state.epoch)
+        self.prompts.load_state_dict(self.state.prompts)
         self.kl_ctl = self.kl_ctl.load_state_dict(self.state.kl_ctl)
         self.penalty_ctl = self.penalty_ctl.load_state_dict(self.state.penalty_ctl)
         self.monitors.load_state_dict(self.state.monitors)

@@ -101,6 +101,8 @@ class Config(LoopConfig):
         require_choice("restart_from_base", self.restart_from_base, ["auto", "yes", "no"])
         require(self.top_k > 0 and self.verifier_top_k > 0, "top_k and verifier_top_k must be > 0")
         require(self.rest_improve_steps > 0, "rest_improve_steps must be > 0")
+        require(self.verifier_beta > 0 and self.verifier_steps >= 0 and self.verifier_pairs_per_prompt > 0
+                and self.best_of_n > 0, "verifier_beta, verifier_pairs_per_prompt and best_of_n must be > 0")
         require(self.rest_threshold_stop >= self.rest_threshold_start, "ReST thresholds must rise")
         require("{question}" in self.hint_template and "{answer}" in self.hint_template,
                 "hint_template needs {question} and {answer}")

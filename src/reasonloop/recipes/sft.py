@@ -9,14 +9,14 @@ evaluation, atomic checkpoints and `resume=auto`.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from reasonloop.config import ConfigError, require
 from reasonloop.data.io import load_rows, select_text_fields
+from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
 from reasonloop.tasks import make_task
-from reasonloop.models.loading import ModelConfig, load_policy, render_prompt, save_model
+from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt, save_model
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.checkpoint import load_checkpoint, save_checkpoint
@@ -26,6 +26,9 @@ from reasonloop.train.optim import OptimConfig, build_optimizer
 from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import CheckpointedRunConfig
 from reasonloop.train.supervised import supervised_step
+
+
+SFT_EVAL_TOKENS = 128  # completion length of the held-out evaluation
 
 
 @dataclass
@@ -67,6 +70,12 @@ class Config(CheckpointedRunConfig):
     def __post_init__(self):
         super().__post_init__()
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
+        require(self.max_len >= 2, "max_len must be >= 2 (a prompt token and a completion token)")
+        require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
+        require(self.task_records > 0, "task_records must be > 0")
+        for key in ("eval_k", "eval_every", "save_every"):
+            require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(bool(self.prompt_field) and bool(self.completion_field), "prompt_field and completion_field must name columns")
 
 
 def load_records(cfg: Config, task) -> list[dict[str, str]]:
@@ -86,39 +95,33 @@ def run(cfg: Config) -> dict:
     tokenizer, model = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
     records = load_records(cfg, task)
-    held_out = task.examples("test", cfg.eval_n, seed=cfg.seed)
+    held_out = drop_long_prompts(task.examples("test", cfg.eval_n, seed=cfg.seed), tokenizer, render, model,
+                                 SFT_EVAL_TOKENS, f"{cfg.task}/test")
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
     sampler = TorchSampler(model, tokenizer)
-    order = list(range(len(records)))
-    state = {"step": 0, "epoch": 0, "position": 0}
+    batches = ShuffledPasses(len(records), SeededShuffle(lambda epoch: cfg.seed + epoch))
+    start = 0
     if (ckpt := run_.resume_from) is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        print(f"sft: resumed from {ckpt} at step {state['step']}")
-    out_dir = run_.start()
-    random.Random(cfg.seed + state["epoch"]).shuffle(order)
+        batches.load_state_dict(state)
+        start = state["step"]
+        print(f"sft: resumed from {ckpt} at step {start}")
+    out_dir = run_.start()  # only once the task, model and data have loaded: bad input writes nothing
 
     def run_eval(step: int) -> dict:
-        summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=128), k=cfg.eval_k,
+        summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=SFT_EVAL_TOKENS), k=cfg.eval_k,
                               seed=cfg.seed)
         run_.log(step, flat_metrics(summary))
         return summary
 
-    before = run_eval(state["step"]) if state["step"] == 0 else run_.read_json("before.json")
-    if state["step"] == 0:
+    before = run_eval(start) if start == 0 else run_.read_json("before.json")
+    if start == 0:
         run_.write_json("before.json", before)  # summary.json keeps it across a resume
     metrics: dict = {}
     with progress("sft", cfg.steps) as bar:
-        bar.advance(state["step"])
-        for step in range(state["step"] + 1, cfg.steps + 1):
-            picked = []
-            while len(picked) < cfg.batch_size:
-                if state["position"] >= len(order):
-                    state["epoch"] += 1
-                    state["position"] = 0
-                    order = list(range(len(records)))
-                    random.Random(cfg.seed + state["epoch"]).shuffle(order)
-                picked.append(records[order[state["position"]]])
-                state["position"] += 1
+        bar.advance(start)
+        for step in range(start + 1, cfg.steps + 1):
+            picked = [records[i] for i in batches.next(cfg.batch_size)]
             batch = encode_pairs(tokenizer, [render(r["prompt"]) for r in picked], [r["completion"] for r in picked],
                                  cfg.max_len)
             metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm)
@@ -128,7 +131,7 @@ def run(cfg: Config) -> dict:
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 run_eval(step)
             if cfg.save_every and step % cfg.save_every == 0:
-                save_checkpoint(out_dir, step, model, optimizer, scheduler, {k: v for k, v in state.items() if k != "step"})
+                save_checkpoint(out_dir, step, model, optimizer, scheduler, batches.state_dict())
     after = run_eval(cfg.steps)
     save_model(model, tokenizer, run_.dir / "model")
     if before is not None:

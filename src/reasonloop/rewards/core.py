@@ -6,8 +6,11 @@ A reward function is any callable
 
 where `columns` holds the example's answer and metadata as lists aligned with `completions` (TRL users
 can bring their functions unchanged). `None` means "not applicable to this row" and counts as 0 in
-the sum. A function that raises, returns the wrong length, or returns NaN/inf never crashes a run:
-the affected rows score 0 for that component and the failure is counted in `RewardResult.errors`.
+the sum. A function that raises, returns the wrong length, or returns NaN/inf on some rows does not
+crash a run: the affected rows score 0 for that component and the failure is counted in
+`RewardResult.errors`. A function that fails on *every* row of the first batch it sees, or of
+`FAILED_BATCHES_LIMIT` consecutive batches, is broken rather than unlucky: `compute_rewards` raises a
+`RewardError` naming it and its first exception, instead of training on zeros for the whole run.
 """
 
 from __future__ import annotations
@@ -23,10 +26,39 @@ from typing import Any, Callable, Sequence
 import torch
 
 from reasonloop.data.records import Example
+from reasonloop.errors import UserError
 
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[..., Sequence[float | None]]
+
+
+FAILED_BATCHES_LIMIT = 3  # consecutive batches on which a reward fails on every row before the run stops
+
+
+class RewardError(UserError):
+    """A reward function that fails on every row, batch after batch: fix it or remove it."""
+
+
+@dataclass
+class RewardHealth:
+    """A reward function's failure record across the calls of one run (kept on its RewardSpec)."""
+
+    batches: int = 0
+    failed_in_a_row: int = 0
+    first_error: str = ""
+
+    def record(self, name: str, failed_rows: int, rows: int, error: str) -> None:
+        """Count one batch; raise RewardError when the function has failed on every row of the first
+        batch or of FAILED_BATCHES_LIMIT batches in a row."""
+        self.batches += 1
+        self.first_error = self.first_error or error
+        whole = rows > 0 and failed_rows == rows
+        self.failed_in_a_row = self.failed_in_a_row + 1 if whole else 0
+        if whole and (self.batches == 1 or self.failed_in_a_row >= FAILED_BATCHES_LIMIT):
+            span = "the first batch" if self.batches == 1 else f"{self.failed_in_a_row} batches in a row"
+            raise RewardError(f"reward function {name!r} failed on every row of {span} "
+                              f"(first failure: {self.first_error or 'no usable value'}); fix it or remove it")
 
 
 @dataclass(frozen=True)
@@ -34,6 +66,7 @@ class RewardSpec:
     name: str
     fn: RewardFn
     weight: float = 1.0
+    health: RewardHealth = field(default_factory=RewardHealth, compare=False, repr=False)
 
 
 @dataclass
@@ -88,7 +121,8 @@ def compute_rewards(
     components: dict[str, torch.Tensor] = {}
     errors: dict[str, int] = {}
     for spec in specs:
-        values, bad = _call_reward(spec, prompts, list(completions), columns)
+        values, bad, error = _call_reward(spec, prompts, list(completions), columns)
+        spec.health.record(spec.name, bad, n, error)
         if bad:
             errors[spec.name] = bad
         components[spec.name] = values
@@ -96,18 +130,22 @@ def compute_rewards(
     return RewardResult(total=total, components=components, errors=errors)
 
 
-def _call_reward(spec: RewardSpec, prompts, completions, columns) -> tuple[torch.Tensor, int]:
+def _call_reward(spec: RewardSpec, prompts, completions, columns) -> tuple[torch.Tensor, int, str]:
+    """(values [N], failed rows, the first failure as text) of one call of one reward function."""
     n = len(completions)
     try:
         raw = list(spec.fn(prompts=prompts, completions=completions, **columns))
-    except Exception as exc:  # a user's reward fn must not kill the run
+    except RewardError:
+        raise
+    except Exception as exc:  # a user's reward fn must not kill the run on one bad batch
         log.warning("reward %r raised %s: %s; scoring its %d rows 0", spec.name, type(exc).__name__, exc, n)
-        return torch.zeros(n), n
+        return torch.zeros(n), n, f"{type(exc).__name__}: {exc}"
     if len(raw) != n:
         log.warning("reward %r returned %d values for %d rows; scoring them 0", spec.name, len(raw), n)
-        return torch.zeros(n), n
+        return torch.zeros(n), n, f"returned {len(raw)} values for {n} rows"
     out = torch.zeros(n)
     bad = 0
+    first = ""
     for i, v in enumerate(raw):
         if v is None:
             continue
@@ -117,8 +155,9 @@ def _call_reward(spec: RewardSpec, prompts, completions, columns) -> tuple[torch
             f = math.nan
         if not math.isfinite(f):
             bad += 1
+            first = first or f"returned {v!r}"
             continue
         out[i] = f
     if bad:
         log.warning("reward %r returned %d non-finite values; scored 0", spec.name, bad)
-    return out, bad
+    return out, bad, first

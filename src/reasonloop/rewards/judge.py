@@ -1,6 +1,6 @@
 """LLM-as-judge rewards: pointwise scoring, pairwise comparison, ensembles, self-judging.
 
-A judge is a `JudgeBackend` (text in, text out) plus a prompt template and a parser:
+A generative judge is a `JudgeBackend` (text in, text out) plus a prompt template and a parser:
 
 - `HFJudgeBackend`: a local Hugging Face causal LM, greedy decoding. Passing the *policy's own*
   model and tokenizer gives self-judging (Yuan et al. 2024, "Self-Rewarding Language Models").
@@ -12,6 +12,11 @@ rubric, MT-Bench style `[[rating]]`), and `PAIRWISE` (MT-Bench pairwise, `[[A]]`
 Scores are normalised to [0, 1]. A reply that cannot be parsed, or a request that fails, yields
 `None` (reward "not applicable", 0 in the sum) and is counted in `JudgeStats`; it never raises.
 Pairwise judging asks both orders to cancel position bias; disagreeing orders count as a tie.
+
+`self_judge(policy_model, tokenizer)` is the one self-judge (Yuan et al. 2024): the policy scores its
+own samples, either by writing a verdict (`how="generate"`, a `ScoreJudge` over `HFJudgeBackend`) or,
+with no generation at all, by its expected digit after a "Score 0-9" prompt (`how="digits"`, a
+`DigitJudge`: one forward pass, no parse failures, scores in [0, 9]).
 """
 
 from __future__ import annotations
@@ -275,6 +280,80 @@ class EnsembleJudge:
         return judge_ensemble
 
 
-def self_judge(policy_model: Any, tokenizer: Any, template: ScoreTemplate = ADDITIVE_5, **kwargs: Any) -> ScoreJudge:
-    """The policy judging its own samples (self-rewarding); shares weights, restores train mode."""
-    return ScoreJudge(HFJudgeBackend(policy_model, tokenizer, **kwargs), template)
+DIGIT_TEMPLATE = "{prompt}{completion}\nScore 0-9: "
+
+
+def digit_token_ids(tokenizer: Any) -> list[int]:
+    ids = [tokenizer(str(d), add_special_tokens=False)["input_ids"] for d in range(10)]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError("self-judging needs each digit 0-9 to be a single token")
+    return [i[0] for i in ids]
+
+
+def _left_padded(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [N, L] left-padded with the pad token (generation continues from the last column), and the mask."""
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(i) for i in ids)
+    out = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, i in enumerate(ids):
+        if i:
+            out[row, width - len(i):] = torch.tensor(i)
+            mask[row, width - len(i):] = 1
+    return out, mask
+
+
+@dataclass
+class DigitJudge:
+    """Pointwise judge that reads instead of writing: the expected score E[d] under the model's
+    next-token distribution restricted to the digit tokens 0-9, after `template.format(prompt=...,
+    completion=...)`. One forward pass per micro-batch, no sampling, no parse failures; scores are in
+    [0, 9] (not normalised: recipes compare them with gaps set on that scale)."""
+
+    model: Any
+    tokenizer: Any
+    template: str = DIGIT_TEMPLATE
+    micro_batch_size: int = 32
+    stats: JudgeStats = field(default_factory=JudgeStats)
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        digits = torch.tensor(digit_token_ids(self.tokenizer))
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        out: list[float] = []
+        texts = [self.template.format(prompt=p, completion=c) for p, c in zip(prompts, responses, strict=True)]
+        try:
+            for start in range(0, len(texts), self.micro_batch_size):
+                ids, mask = _left_padded(self.tokenizer, texts[start : start + self.micro_batch_size])
+                ids, mask = ids.to(device), mask.to(device)
+                position = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False).logits[:, -1]
+                probs = logits[:, digits.to(device)].float().softmax(-1)  # renormalised over the ten digits
+                out += (probs * torch.arange(10, device=device, dtype=probs.dtype)).sum(-1).tolist()
+        finally:
+            self.model.train(was_training)
+        self.stats.requests += len(texts)
+        return out
+
+    def as_reward_fn(self):
+        def digit_judge(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:
+            return self.score(prompts, completions)
+
+        return digit_judge
+
+
+def self_judge(policy_model: Any, tokenizer: Any, template: ScoreTemplate | str | None = None, how: str = "generate",
+               **kwargs: Any) -> ScoreJudge | DigitJudge:
+    """The policy judging its own samples (self-rewarding); shares its weights, restores train mode.
+
+    how="generate": it writes a verdict to `template` (a `ScoreTemplate`, ADDITIVE_5 by default), read
+    greedily and parsed to [0, 1] or None; `kwargs` go to `HFJudgeBackend` (max_new_tokens, batch_size).
+    how="digits": its expected digit after `template` (a format string with {prompt} and {completion},
+    DIGIT_TEMPLATE by default), in [0, 9]; `kwargs` go to `DigitJudge` (micro_batch_size)."""
+    if how == "generate":
+        return ScoreJudge(HFJudgeBackend(policy_model, tokenizer, **kwargs), template or ADDITIVE_5)
+    if how == "digits":
+        return DigitJudge(policy_model, tokenizer, template or DIGIT_TEMPLATE, **kwargs)
+    raise ValueError(f"self_judge: how must be 'generate' or 'digits', got {how!r}")

@@ -32,6 +32,8 @@ class SamplingConfig:
         require(0 < self.top_p <= 1, "sampling.top_p must be in (0, 1]")
         require(0 <= self.min_p < 1, "sampling.min_p must be in [0, 1)")
         require(self.max_new_tokens > 0, "sampling.max_new_tokens must be > 0")
+        require(all(isinstance(s, str) and s for s in self.stop),
+                "sampling.stop has an empty string, which would end every completion after one token; remove it")
 
 
 @dataclass

@@ -4,7 +4,7 @@
 prefill, but runs every decode step as one C++ call: the projections are oneDNN linears on weights
 prepacked once (torch matmuls without oneDNN), the RMSNorms, RoPE, attention and SiLU are plain
 loops, and the G samples of a prompt read that prompt's keys/values from one shared copy instead of
-G repeated ones. Results match `StaticDecoder` within float rounding (tests/test_speed_equivalence.py),
+G repeated ones. Results match `StaticDecoder` within float rounding (tests/rollout/test_speed_equivalence.py),
 not bit for bit. Design and measurements: docs/speed.md, "The compiled decode step".
 
 The extension is compiled with torch's C++ extension loader (needs a C++ compiler and `ninja`; ~10 s
@@ -103,12 +103,12 @@ _structure_ok: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _structure_supported(model: nn.Module) -> bool:
     if getattr(model.lm_head, "bias", None) is not None:
         return False
-    inner = kv_cache._backbone(model)
+    inner = kv_cache.backbone(model)
     norms = [inner.norm] + [m for layer in inner.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
     eps = {getattr(m, "variance_epsilon", None) for m in norms}
     if len(eps) != 1 or None in eps:
         return False
-    return all(kv_cache.StaticDecoder._lean(kv_cache.StaticDecoder._fuse(layer)) is not None for layer in inner.layers)
+    return all(kv_cache.lean_weights(kv_cache.fuse_projections(layer)) is not None for layer in inner.layers)
 
 
 class FusedDecoder:

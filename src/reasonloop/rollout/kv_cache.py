@@ -14,7 +14,7 @@ copying) and dispatches through several wrappers per layer. `StaticDecoder` runs
   fewer ops (per-op overhead dominates a small model's decode step on a CPU);
 - can reuse the previous call's cache memory (`storage`), avoiding page faults on a CPU.
 
-Numerics match the HF forward up to float rounding (tests/test_speed_equivalence.py checks log-probs
+Numerics match the HF forward up to float rounding (tests/rollout/test_speed_equivalence.py checks log-probs
 and samples against transformers' own forward). Unsupported models (other architectures, sliding
 windows, dynamic RoPE, PEFT-wrapped models) fall back to the generic path in `sampler.py`.
 """
@@ -29,7 +29,9 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 FUSE_MAX_BYTES = 512 * 2**20  # fuse projections only for models up to this size
 
 
-def _backbone(model: nn.Module):
+def backbone(model: nn.Module):
+    """The decoder stack inside a causal LM (`model.model`: embeddings, layers, final norm, rotary
+    embedding), or None when `model` is not shaped like the Llama family."""
     inner = getattr(model, "model", None)
     if inner is None or getattr(model, "lm_head", None) is None:
         return None
@@ -40,7 +42,7 @@ def _backbone(model: nn.Module):
 def supports(model: nn.Module, max_len: int) -> bool:
     """True when `StaticDecoder` reproduces `model`'s forward for sequences up to `max_len` tokens."""
     cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES or _backbone(model) is None:
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES or backbone(model) is None:
         return False
     window = getattr(cfg, "sliding_window", None)
     if window is not None and (getattr(cfg, "use_sliding_window", True) and max_len > window):
@@ -48,8 +50,44 @@ def supports(model: nn.Module, max_len: int) -> bool:
     layer_types = getattr(cfg, "layer_types", None)
     if layer_types and any(t != "full_attention" for t in layer_types) and window is not None and max_len > window:
         return False
-    rope_type = getattr(_backbone(model).rotary_emb, "rope_type", "default")
+    rope_type = getattr(backbone(model).rotary_emb, "rope_type", "default")
     return "dynamic" not in str(rope_type) and max_len <= getattr(cfg, "max_position_embeddings", max_len)
+
+
+def fuse_projections(layer):
+    """(layer, q|k|v weight, q|k|v bias, gate|up weight): the projections concatenated so one matmul
+    does each group; None in a slot whose modules are not plain Linear layers (they are called instead)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+    gu = (getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None))
+    w_qkv = b_qkv = w_gu = None
+    if all(type(m) is nn.Linear for m in qkv):
+        w_qkv = torch.cat([m.weight for m in qkv])
+        if qkv[0].bias is not None:
+            b_qkv = torch.cat([m.bias for m in qkv])
+    if all(type(m) is nn.Linear and m.bias is None for m in gu):
+        w_gu = torch.cat([gu[0].weight, gu[1].weight])
+    return layer, w_qkv, b_qkv, w_gu
+
+
+def lean_weights(fused):
+    """Plain tensors of a `fuse_projections` layer for `StaticDecoder`'s lean decode step (and the
+    compiled one in `rollout/fused.py`), or None where the layer needs the general path.
+
+    One-token decode steps are dominated by per-op overhead on a CPU, so the lean path calls
+    `F.linear`/`F.silu` on the weights directly (no `nn.Module.__call__`) on 2-D activations.
+    It needs fused projections, plain Linear o/down projections, SiLU and no q/k norms (qwen3).
+    """
+    layer, w_qkv, b_qkv, w_gu = fused
+    attn, mlp = layer.self_attn, layer.mlp
+    o, down = attn.o_proj, getattr(mlp, "down_proj", None)
+    silu = type(getattr(mlp, "act_fn", None)).__name__ in ("SiLU", "SiLUActivation")
+    if w_qkv is None or w_gu is None or hasattr(attn, "q_norm") or not silu:
+        return None
+    if type(o) is not nn.Linear or type(down) is not nn.Linear or down.bias is not None:
+        return None
+    return (layer.input_layernorm, w_qkv, b_qkv, o.weight, o.bias, layer.post_attention_layernorm, w_gu,
+            down.weight, attn.layer_idx)
 
 
 class StaticDecoder:
@@ -70,7 +108,7 @@ class StaticDecoder:
         never seen (tested with a NaN-filled buffer).
         """
         self.model = model
-        self.inner = _backbone(model)
+        self.inner = backbone(model)
         cfg = model.config
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -96,46 +134,12 @@ class StaticDecoder:
         # fusing copies the q/k/v and gate/up weights once per generate call: worth it for small models
         # (fewer, larger matmuls), pointless and memory-hungry for big ones, whose matmuls dominate anyway
         fuse = sum(p.numel() * p.element_size() for p in model.parameters()) <= FUSE_MAX_BYTES
-        self.layers = [self._fuse(layer) if fuse else (layer, None, None, None) for layer in self.inner.layers]
+        self.layers = [fuse_projections(layer) if fuse else (layer, None, None, None) for layer in self.inner.layers]
         self.gqa = self.heads != self.kv_heads
         # rotate_half(x) * sin == swap_halves(x) * sin_signed exactly (negation is exact), one op fewer per layer
         half = self.head_dim // 2
         self.sin_signed = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=-1)
-        self.lean = [self._lean(fused) for fused in self.layers]
-
-    @staticmethod
-    def _lean(fused):
-        """Plain tensors for `_decode_layer`, or None where the layer needs the general `_layer` path.
-
-        One-token decode steps are dominated by per-op overhead on a CPU, so the lean path calls
-        `F.linear`/`F.silu` on the weights directly (no `nn.Module.__call__`) on 2-D activations.
-        It needs fused projections, plain Linear o/down projections, SiLU and no q/k norms (qwen3).
-        """
-        layer, w_qkv, b_qkv, w_gu = fused
-        attn, mlp = layer.self_attn, layer.mlp
-        o, down = attn.o_proj, getattr(mlp, "down_proj", None)
-        silu = type(getattr(mlp, "act_fn", None)).__name__ in ("SiLU", "SiLUActivation")
-        if w_qkv is None or w_gu is None or hasattr(attn, "q_norm") or not silu:
-            return None
-        if type(o) is not nn.Linear or type(down) is not nn.Linear or down.bias is not None:
-            return None
-        return (layer.input_layernorm, w_qkv, b_qkv, o.weight, o.bias, layer.post_attention_layernorm, w_gu,
-                down.weight, attn.layer_idx)
-
-    @staticmethod
-    def _fuse(layer):
-        """Concatenated q|k|v and gate|up weights (plain Linear layers only; else call the modules)."""
-        attn, mlp = layer.self_attn, layer.mlp
-        qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
-        gu = (getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None))
-        w_qkv = b_qkv = w_gu = None
-        if all(type(m) is nn.Linear for m in qkv):
-            w_qkv = torch.cat([m.weight for m in qkv])
-            if qkv[0].bias is not None:
-                b_qkv = torch.cat([m.bias for m in qkv])
-        if all(type(m) is nn.Linear and m.bias is None for m in gu):
-            w_gu = torch.cat([gu[0].weight, gu[1].weight])
-        return layer, w_qkv, b_qkv, w_gu
+        self.lean = [lean_weights(fused) for fused in self.layers]
 
     # -- forward --------------------------------------------------------------------------------------
     def _layer(self, fused, h, cos, sin, rows: slice | torch.Tensor, start: int, mask: torch.Tensor):
@@ -188,7 +192,7 @@ class StaticDecoder:
     def _decode_layer(self, lean, h, cos, sin_signed, n: int, col: int, masked_out: torch.Tensor):
         """`_layer` for one token per row (h: [n, hidden]), op for op the same arithmetic, fewer ops.
 
-        Bit-identical to `_layer` (tests/test_speed_equivalence.py): the same matmuls and elementwise
+        Bit-identical to `_layer` (tests/rollout/test_speed_equivalence.py): the same matmuls and elementwise
         ops in the same order; only views, module dispatch and the rotate-half negation are gone.
         """
         norm_in, w_qkv, b_qkv, w_o, b_o, norm_post, w_gu, w_down, idx = lean

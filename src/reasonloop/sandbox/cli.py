@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
+from reasonloop.errors import UserError
 from reasonloop.sandbox.isolation import detect
 from reasonloop.sandbox.records import Limits
 from reasonloop.sandbox.runner import IsolationError, Sandbox
@@ -34,19 +36,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class SandboxArgumentError(UserError):
+    """A `sandbox run` argument that cannot be used: a missing or non-text file, a limit that is not > 0."""
+
+
+def read_text_arg(path: Path, what: str) -> str:
+    """The UTF-8 text of a FILE / --stdin argument, or a SandboxArgumentError saying what is wrong."""
+    if not path.exists():
+        raise SandboxArgumentError(f"{what} {str(path)!r} does not exist")
+    if path.is_dir():
+        raise SandboxArgumentError(f"{what} {str(path)!r} is a directory; give a file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SandboxArgumentError(f"{what} {str(path)!r} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise SandboxArgumentError(f"{what} {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+
+
+def check_limits(args: argparse.Namespace) -> Limits:
+    for flag, value in (("--timeout", args.timeout), ("--cpu", args.cpu), ("--memory-mb", args.memory_mb)):
+        if not (math.isfinite(value) and value > 0):
+            raise SandboxArgumentError(f"{flag} {value}: must be a finite number > 0")
+    return Limits(wall_time_s=args.timeout, cpu_time_s=args.cpu, memory_mb=args.memory_mb)
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.action == "level":
         print(json.dumps({"level": detect().level, "detail": detect().describe()}))
         return 0
-    limits = Limits(wall_time_s=args.timeout, cpu_time_s=args.cpu, memory_mb=args.memory_mb)
+    limits = check_limits(args)
+    source = read_text_arg(args.file, "FILE")
+    stdin = read_text_arg(args.stdin, "--stdin") if args.stdin else ""
     language = args.language or LANGUAGES.get(args.file.suffix, "python")
     try:
         sandbox = Sandbox(limits, allow_unisolated=args.allow_unisolated)
     except IsolationError as exc:
         print(json.dumps({"status": "sandbox_error", "error": str(exc)}))
         return 2
-    stdin = args.stdin.read_text() if args.stdin else ""
-    result = sandbox.run(args.file.read_text(), stdin, language)
+    result = sandbox.run(source, stdin, language)
     print(result.to_json())
     return 0 if result.ok else 1

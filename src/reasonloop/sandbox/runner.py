@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from reasonloop.errors import UserError
 from reasonloop.sandbox.isolation import (
     DEFAULT_UID_BASE, NAMESPACES, NONE, Isolation, detect, privilege_drop, usr_mounts)
 from reasonloop.sandbox.records import ExecResult, Limits
@@ -44,7 +45,7 @@ SYNTAX_MARKS = ("SyntaxError:", "IndentationError:", "TabError:")
 ALLOW_UNISOLATED_ENV = "REASONLOOP_ALLOW_UNISOLATED"  # "1": accept rlimits-only isolation (see Sandbox)
 
 
-class IsolationError(RuntimeError):
+class IsolationError(UserError, RuntimeError):
     """The machine cannot isolate untrusted code well enough for the caller's policy."""
 
 

@@ -16,7 +16,7 @@ the held-out set and the run directory. Recipes call its parts in the order they
     return loop.finish()                           # summary.json, model saved
 
 Every finished iteration is checkpointed (`checkpoints/iter-NNN`: the model in safetensors and the
-loop's state — prompt order, RNG states, history, and whatever the recipe keeps in
+loop's state — the prompt pass in progress, RNG states, history, and whatever the recipe keeps in
 `loop.extra_state`). With `resume=auto` a crashed run continues after its last finished iteration.
 
 Held-out pass@1 is greedy decoding on the task's test split (`pass@1_greedy`); `eval_k` > 0 adds
@@ -37,9 +37,11 @@ import torch
 
 from reasonloop.config import require
 from reasonloop.data.records import Example
+from reasonloop.data.sampling import ShuffledPasses, StreamShuffle
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import (
     ModelConfig,
+    drop_long_prompts,
     load_policy,
     render_prompt,
     save_model,
@@ -102,6 +104,8 @@ class LoopConfig(RunConfig):
         require(self.batch_size > 0 and self.micro_batch_size > 0, "batch sizes must be > 0")
         require(self.sft_max_steps >= 0 and self.sft_epochs >= 0, "sft_max_steps and sft_epochs must be >= 0")
         require(self.eval_n > 0, "eval_n must be > 0")
+        require(self.train_pool > 0 and self.max_new_tokens > 0, "train_pool and max_new_tokens must be > 0")
+        require(self.eval_k >= 0, "eval_k must be >= 0")
 
 
 class Loop:
@@ -119,16 +123,18 @@ class Loop:
         self.sampler = TorchSampler(self.model, self.tokenizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-        self.train_pool = self.task.examples("train", cfg.train_pool, seed=cfg.seed)
-        self.held_out = self.task.examples("test", cfg.eval_n, seed=cfg.seed)
-        self._rng = random.Random(cfg.seed)
-        self._order: list[int] = []
+        fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
+                                                     cfg.max_new_tokens, f"{cfg.task}/{split}")
+        self.train_pool = fits(self.task.examples("train", cfg.train_pool, seed=cfg.seed), "train")
+        self.held_out = fits(self.task.examples("test", cfg.eval_n, seed=cfg.seed), "test")
+        self._rng = random.Random(cfg.seed)  # shuffles the prompt passes and every fine-tune's batches
+        self.prompts = ShuffledPasses(len(self.train_pool), StreamShuffle(self._rng))
         self.history: list[dict[str, Any]] = []
         self.before: dict | None = None
         self.last_eval: dict | None = None
         self.start_iteration = 1
         self.extra_state: dict[str, Any] = {}  # recipe state that must survive a resume (JSON-serialisable)
-        self.run.start()
+        self.run.start()  # after loading: bad input writes nothing
 
     # -- generate and score ---------------------------------------------------------------------
     def render(self, prompt: str) -> str:
@@ -136,13 +142,7 @@ class Loop:
 
     def next_prompts(self, n: int | None = None) -> list[Example]:
         """`n` train examples, a reshuffled pass over the pool."""
-        out = []
-        for _ in range(n or self.cfg.prompts_per_iteration):
-            if not self._order:
-                self._order = list(range(len(self.train_pool)))
-                self._rng.shuffle(self._order)
-            out.append(self.train_pool[self._order.pop()])
-        return out
+        return [self.train_pool[i] for i in self.prompts.next(n or self.cfg.prompts_per_iteration)]
 
     def generate(self, examples: Sequence[Example], n: int, prompts: Sequence[str] | None = None,
                  chunk: int = 64) -> list[str]:
@@ -187,16 +187,11 @@ class Loop:
         if not records or steps == 0:
             return {"sft_steps": 0.0}
         optimizer, scheduler = build_optimizer(self.model.parameters(), self.cfg.optim, steps)
-        order: list[int] = []
+        batches = ShuffledPasses(len(records), StreamShuffle(self._rng))
         metrics: dict[str, float] = {}
         losses = []
         for _ in range(steps):
-            picked = []
-            while len(picked) < self.cfg.batch_size:
-                if not order:
-                    order = list(range(len(records)))
-                    self._rng.shuffle(order)
-                picked.append(records[order.pop()])
+            picked = [records[i] for i in batches.next(self.cfg.batch_size)]
             batch = encode_pairs(self.tokenizer, [self.render(p) for p, _ in picked], [c for _, c in picked])
             metrics = supervised_step(self.model, batch, self.cfg.micro_batch_size, optimizer, scheduler,
                                       self.cfg.optim.max_grad_norm)
@@ -228,7 +223,7 @@ class Loop:
         def fill(tmp):
             self.model.save_pretrained(str(tmp / "model"), safe_serialization=True)
             state = {"iteration": iteration, "history": self.history, "before": self.before,
-                     "last_eval": self.last_eval, "order": self._order, "rng": rng_to_json(self._rng.getstate()),
+                     "last_eval": self.last_eval, "prompts": self.prompts.state_dict(), "rng": rng_to_json(self._rng.getstate()),
                      "extra": self.extra_state}
             (tmp / "state.json").write_text(json.dumps(state))
             torch.save(self.generator.get_state(), tmp / "generator.pt")
@@ -243,7 +238,7 @@ class Loop:
         with reading(path):
             state = json.loads((path / "state.json").read_text())
             self.history, self.before, self.last_eval = state["history"], state["before"], state["last_eval"]
-            self._order = state["order"]
+            self.prompts.load_state_dict(state["prompts"])
             self._rng.setstate(rng_from_json(state["rng"]))
             self.generator.set_state(torch.load(path / "generator.pt"))
             self.extra_state = state["extra"]

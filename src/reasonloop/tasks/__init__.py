@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 
+from reasonloop.errors import UserError
 from reasonloop.tasks.base import Task
 
 TASKS: dict[str, str] = {
@@ -30,7 +31,7 @@ TASKS: dict[str, str] = {
 }
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     """An unknown task name or a task that cannot be built from its arguments."""
 
 

@@ -22,6 +22,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from reasonloop.tasks import TaskError
 from reasonloop.data.records import Example
 from reasonloop.rewards.answer_format import parse_strict, single_answer, strict_format_reward
 from reasonloop.rewards.core import RewardSpec
@@ -111,7 +112,7 @@ class ArithmeticTask:
     def __init__(self, levels: tuple[int, ...] = tuple(LEVELS), max_completion_chars: int = 160):
         unknown = [lv for lv in levels if lv not in LEVELS]
         if unknown:
-            raise ValueError(f"unknown arithmetic levels {unknown}; known: {sorted(LEVELS)}")
+            raise TaskError(f"unknown arithmetic levels {unknown}; known: {sorted(LEVELS)}")
         self.levels = tuple(levels)
         self.max_completion_chars = max_completion_chars
 
@@ -123,7 +124,7 @@ class ArithmeticTask:
         contributing, so fewer than `n` may come back.
         """
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise TaskError(f"split must be 'train' or 'test', got {split!r}")
         rng = random.Random(f"{seed}:{split}")
         seen: set[str] = set()
         live = list(self.levels)
@@ -194,7 +195,13 @@ def parse_levels(arg: str) -> tuple[int, ...]:
     levels: list[int] = []
     for part in arg.split(","):
         lo, _, hi = part.partition("-")
-        levels.extend(range(int(lo), int(hi or lo) + 1))
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise TaskError(f"bad level spec {arg!r}: use N, N-M or N,M (e.g. arithmetic:2-3)") from None
+        if last < first:
+            raise TaskError(f"bad level spec {arg!r}: the range {part!r} is empty (write the lower level first)")
+        levels.extend(range(first, last + 1))
     return tuple(levels)
 
 

@@ -32,7 +32,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from reasonloop.data.io import read_jsonl
 from reasonloop.data.records import Example
+from reasonloop.tasks import TaskError
 from reasonloop.tasks.hygiene import in_test_split
 from reasonloop.rewards.code import CodeVerifier, correct_reward, unroll_check
 from reasonloop.rewards.core import RewardSpec, example_columns
@@ -60,6 +62,14 @@ class _SandboxedTask:
         return [RewardSpec("correct", correct_reward(self.verifier), 1.0)]
 
 
+def _task_number(row: dict[str, Any]) -> int:
+    """MBPP's integer task id; a row without one is skipped when splitting by id ranges."""
+    try:
+        return int(row["task_id"])
+    except (KeyError, TypeError, ValueError):
+        return -1
+
+
 def _pick(rows: list[Example], n: int, seed: int) -> list[Example]:
     """A deterministic sample of `n` rows (all of them, shuffled, when n <= 0 or n >= len)."""
     rows = sorted(rows, key=lambda e: e.id)
@@ -68,30 +78,49 @@ def _pick(rows: list[Example], n: int, seed: int) -> list[Example]:
 
 
 def load_jsonl_rows(data_dir: str | None, split: str) -> tuple[list[dict[str, Any]], bool]:
-    """Rows from `data_dir` with the `datasets` JSON loader; (rows, already_split).
+    """Rows from `data_dir` through the one loader (`data.io.read_jsonl`); (rows, already_split).
 
     A directory with `{split}.jsonl` gives that split; otherwise the single JSONL file (or the only
     one in the directory) gives every row, to be split by the caller.
     """
-    import datasets  # heavy; only code tasks need it
-
-    if data_dir is None:
-        raise ValueError("this task reads local JSONL: pass data_dir=<file.jsonl or directory>")
-    path = Path(data_dir)
+    if not data_dir:
+        raise TaskError("this task reads local JSONL: pass data_dir=<file.jsonl or directory>")
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise TaskError(f"data_dir={data_dir!r} does not exist (give a .jsonl file or a directory of them)")
     if path.is_dir() and (path / f"{split}.jsonl").exists():
         path, already_split = path / f"{split}.jsonl", True
     elif path.is_dir():
         files = sorted(path.glob("*.jsonl"))
         named = [f.name for f in files if f.stem in ("train", "test", "validation", "valid", "dev")]
         if named:  # a split layout without this split: never fall back to splitting another split's rows
-            raise ValueError(f"{data_dir}: has {named} but no {split}.jsonl")
+            raise TaskError(f"{data_dir}: has {named} but no {split}.jsonl")
         if len(files) != 1:
-            raise ValueError(f"{data_dir}: expected {split}.jsonl or exactly one *.jsonl, found {files}")
+            raise TaskError(f"{data_dir}: expected {split}.jsonl or exactly one *.jsonl, found {[f.name for f in files]}")
         path, already_split = files[0], False
     else:
         already_split = False
-    ds = datasets.load_dataset("json", data_files=str(path), split="train")
-    return [dict(r) for r in ds], already_split
+    return read_jsonl(path), already_split
+
+
+def parse_rows(name: str, rows: list[dict[str, Any]], parse: Any) -> tuple[list[Example | None], Counter]:
+    """`parse(row)` for every row; rows it cannot read (missing keys, wrong types) are skipped and counted."""
+    out: list[Example | None] = []
+    skipped: Counter = Counter()
+    for row in rows:
+        try:
+            out.append(parse(row))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # json errors are ValueErrors
+            skipped[f"{type(exc).__name__}: {exc}"[:80]] += 1
+    return out, skipped
+
+
+def _report(name: str, kept: list[Example], skipped: Counter, total: int) -> list[Example]:
+    if skipped:
+        log.warning("%s: skipped %d of %d rows: %s", name, sum(skipped.values()), total, dict(skipped))
+    if total and not kept and skipped:
+        raise TaskError(f"{name}: no usable rows ({sum(skipped.values())} of {total} skipped: {dict(skipped)})")
+    return kept
 
 
 class MBPPTask(_SandboxedTask):
@@ -102,11 +131,12 @@ class MBPPTask(_SandboxedTask):
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         if split not in MBPP_SPLITS:
-            raise ValueError(f"mbpp split must be one of {sorted(MBPP_SPLITS)}, got {split!r}")
+            raise TaskError(f"mbpp split must be one of {sorted(MBPP_SPLITS)}, got {split!r}")
         rows, already_split = load_jsonl_rows(self.data_dir, split)
         if not already_split:
-            rows = [r for r in rows if int(r["task_id"]) in MBPP_SPLITS[split]]
-        return _pick([self._example(r) for r in rows], n, seed)
+            rows = [r for r in rows if _task_number(r) in MBPP_SPLITS[split]]
+        parsed, skipped = parse_rows(self.name, rows, self._example)
+        return _pick(_report(self.name, [e for e in parsed if e is not None], skipped, len(rows)), n, seed)
 
     @staticmethod
     def _example(row: dict[str, Any]) -> Example:
@@ -126,9 +156,10 @@ class HumanEvalTask(_SandboxedTask):
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         if split != "test":
-            raise ValueError(f"humaneval is an evaluation set with only a 'test' split, got {split!r}")
+            raise TaskError(f"humaneval is an evaluation set with only a 'test' split, got {split!r}")
         rows, _ = load_jsonl_rows(self.data_dir, split)
-        return _pick([self._example(r) for r in rows], n, seed)
+        parsed, skipped = parse_rows(self.name, rows, self._example)
+        return _pick(_report(self.name, [e for e in parsed if e is not None], skipped, len(rows)), n, seed)
 
     @staticmethod
     def _example(row: dict[str, Any]) -> Example:
@@ -203,21 +234,15 @@ class StdioTask(_SandboxedTask):
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         rows, already_split = load_jsonl_rows(self.data_dir, split)
         if not already_split and split not in ("train", "test"):
-            raise ValueError(f"{self.name}: a single file splits into 'train' and 'test' only, got {split!r}")
-        out, skipped = [], Counter()
-        for row in rows:
-            try:
-                ex = self.parse(row)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # json errors are ValueErrors
-                skipped[f"{type(exc).__name__}: {exc}"[:80]] += 1
-                continue
+            raise TaskError(f"{self.name}: a single file splits into 'train' and 'test' only, got {split!r}")
+        parsed, skipped = parse_rows(self.name, rows, self.parse)
+        out = []
+        for ex in parsed:
             if ex is None:
                 skipped["call-based (fn_name), not a stdin/stdout problem"] += 1
             elif already_split or in_test_split(ex.prompt, STDIO_TEST_FRACTION) == (split == "test"):
                 out.append(ex)
-        if skipped:
-            log.warning("%s: skipped %d of %d rows: %s", self.name, sum(skipped.values()), len(rows), dict(skipped))
-        return _pick(out, n, seed)
+        return _pick(_report(self.name, out, skipped, len(rows)), n, seed)
 
 
 # -- procedural: code_arith ---------------------------------------------------------------------------
@@ -267,13 +292,13 @@ class CodeArithTask(_SandboxedTask):
 
     def __init__(self, levels: tuple[int, ...] = tuple(CODE_ARITH_LEVELS)):
         unknown = [lv for lv in levels if lv not in CODE_ARITH_LEVELS]
-        if unknown:
-            raise ValueError(f"unknown code_arith levels {unknown}; known: {sorted(CODE_ARITH_LEVELS)}")
+        if unknown or not levels:
+            raise TaskError(f"unknown code_arith levels {unknown}; known: {sorted(CODE_ARITH_LEVELS)}")
         self.levels = levels
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise TaskError(f"split must be 'train' or 'test', got {split!r}")
         # A level that runs out of new expressions stops contributing, so fewer than `n` may come
         # back (as `ArithmeticTask` does); callers ask for large pools.
         rng, seen, out = random.Random(f"code_arith:{seed}:{split}"), set(), []
@@ -338,7 +363,14 @@ class CodeArithTask(_SandboxedTask):
 
 def make_code_arith(arg: str | None, data_dir: str | None) -> CodeArithTask:
     """Registry factory for `code_arith[:LEVELS]`, e.g. `code_arith:1,2`."""
-    return CodeArithTask(tuple(int(x) for x in arg.split(",")) if arg else tuple(CODE_ARITH_LEVELS))
+    if not arg:
+        return CodeArithTask()
+    try:
+        levels = tuple(int(x) for x in arg.split(","))
+    except ValueError:
+        raise TaskError(f"task=code_arith:{arg}: levels are comma-separated integers in "
+                        f"{sorted(CODE_ARITH_LEVELS)}, e.g. code_arith:1,2") from None
+    return CodeArithTask(levels)
 
 
 def make_mbpp(arg: str | None, data_dir: str | None) -> MBPPTask:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reasonloop.data import io
 from reasonloop.data.records import Example
 from reasonloop.tasks import TaskError
 from reasonloop.tasks.hygiene import dedup, in_test_split
@@ -44,8 +45,6 @@ TEMPLATES = {
     "boxed": "{question}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
     "raw": "{question}",
 }
-BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-SPLIT_WORDS = {"train": ("train",), "test": ("test", "validation", "valid", "eval", "dev")}
 
 
 AUTO_RAW_MAX_CHARS = 32
@@ -82,7 +81,12 @@ def parse_spec(arg: str | None, base: ColumnMap = ColumnMap()) -> ColumnMap:
         elif key == "meta":
             updates[key] = tuple(value.split("+"))
         elif key == "test_frac":
-            updates[key] = float(value)
+            try:
+                updates[key] = float(value)
+            except ValueError:
+                raise DatasetLoadError(f"bad column spec {part!r}: test_frac must be a number in [0, 1]") from None
+            if not 0 <= updates[key] <= 1:
+                raise DatasetLoadError(f"bad column spec {part!r}: test_frac must be in [0, 1]")
         elif key in ("gold", "template"):
             updates[key] = value
         else:
@@ -93,38 +97,13 @@ def parse_spec(arg: str | None, base: ColumnMap = ColumnMap()) -> ColumnMap:
     return spec
 
 
-def load_splits(source: str) -> dict[str, Any]:
-    """Named `datasets.Dataset` splits of a source (`data` when it has no split names)."""
-    import datasets
-
-    if source.startswith("hf:"):
-        name, _, config = source[3:].partition(":")
-        return dict(datasets.load_dataset(name, config or None))
-    path = Path(source)
-    if not path.exists():
-        raise DatasetLoadError(f"data source {source!r} does not exist (give a file, a directory or hf:NAME)")
-    if (path / "dataset_dict.json").exists():
-        return dict(datasets.load_from_disk(str(path)))
-    if (path / "state.json").exists():
-        return {"data": datasets.load_from_disk(str(path))}
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in BUILDERS)
-    if not files:
-        raise DatasetLoadError(f"no {sorted(BUILDERS)} files under {source!r}")
-    builders = {BUILDERS.get(f.suffix) for f in files}
-    if None in builders or len(builders) > 1:
-        raise DatasetLoadError(f"mixed or unknown file types under {source!r}: {sorted(f.suffix for f in files)}")
-    grouped: dict[str, list[str]] = {}
-    for f in files:
-        grouped.setdefault(_split_of_filename(f.name), []).append(str(f))
-    return dict(datasets.load_dataset(builders.pop(), data_files=grouped))
-
-
-def _split_of_filename(name: str) -> str:
-    words = set(re.findall(r"[a-z]+", name.lower()))
-    for split, aliases in SPLIT_WORDS.items():
-        if words & set(aliases):
-            return split
-    return "data"
+def load_splits(source: str) -> dict[str, list[dict[str, Any]]]:
+    """Named splits of a source as rows (`data` when it has no split names), via the one loader
+    (`reasonloop.data.io`); a source that cannot be read is a DatasetLoadError."""
+    try:
+        return io.load_splits(source)
+    except io.DataError as exc:
+        raise DatasetLoadError(str(exc)) from None
 
 
 def read_gold(raw: Any, how: str) -> str | None:
@@ -172,9 +151,10 @@ def _read_meta(row: dict[str, Any], spec: ColumnMap) -> dict[str, Any]:
 
 def rows_to_examples(rows: Any, spec: ColumnMap, source_name: str) -> list[Example]:
     """Map dataset rows to Examples; rows without a prompt or a readable gold are dropped (counted)."""
+    columns = io.column_names(rows)
     for wanted in (spec.prompt, spec.answer):
-        if not set(wanted) & set(rows.column_names):
-            raise DatasetLoadError(f"{source_name}: none of the columns {wanted} in {rows.column_names}")
+        if not set(wanted) & set(columns):
+            raise DatasetLoadError(f"{source_name}: none of the columns {wanted} in {columns}")
     template = TEMPLATES[spec.template]
     out, dropped = [], 0
     for i, row in enumerate(rows):
@@ -207,7 +187,7 @@ class DatasetTask:
         """All examples of a split, deduplicated. Native train/test splits are used when both exist;
         otherwise every row is pooled and split by a content hash (`hygiene.in_test_split`)."""
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+            raise DatasetLoadError(f"split must be 'train' or 'test', not {split!r}")
         if split not in self._cache:
             splits = load_splits(self.source)
             if "train" in splits and "test" in splits:

@@ -27,6 +27,9 @@ class OptimConfig:
     def __post_init__(self):
         require(self.lr > 0, "optim.lr must be > 0")
         require(len(self.betas) == 2, "optim.betas must have two values")
+        require(all(0 <= b < 1 for b in self.betas), f"optim.betas={list(self.betas)}: each must be in [0, 1)")
+        require(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        require(self.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0 disables clipping)")
         require(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
         require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]")
 

@@ -192,21 +192,11 @@ def test_shared_prompt_forward_handles_uneven_groups_and_unique_prompts(nano_mod
                                policy_forward(nano_model, sub, share_prompts=False).logprobs[sub.completion_mask.bool()])
 
 
-def test_bench_accepts_flags_and_keys():
-    from reasonloop.config import load_config
-    from reasonloop.recipes.bench import Config, flags_to_keys
-
-    keys = flags_to_keys(["--vs", "trl", "--max-new-tokens=32", "steps=3"])
-    assert keys == ["vs=trl", "max_new_tokens=32", "steps=3"]
-    cfg = load_config(Config, keys)
-    assert (cfg.vs, cfg.max_new_tokens, cfg.steps) == ("trl", 32, 3)
-
-
 def test_gemm_replay_times_only_the_matrix_multiplies():
     """The bench's ceiling replays a call's mm/bmm/addmm alone: time spent elsewhere is left out."""
     import time
 
-    from reasonloop.recipes.bench import gemm_replay_seconds, recorded_gemms
+    from reasonloop.bench.timing import gemm_replay_seconds, recorded_gemms
 
     a, b, bias = torch.randn(64, 64), torch.randn(64, 64), torch.randn(64)
     calls = []

@@ -1,4 +1,4 @@
-"""Grading throughput: `python -m reasonloop.rewards.bench_grader [--n 10000] [--symbolic-frac 0.1]`.
+"""Grading throughput (`reasonloop bench which=grader grader.n=10000 grader.symbolic_frac=0.1`).
 
 Builds `n` distinct (completion, gold) pairs shaped like RL traffic: integer answers (GSM8K/AIME,
 with thousands separators, units and wrong values), fractions and decimals (MATH, decided by exact
@@ -9,11 +9,27 @@ not flatter the figure. Worker start-up is excluded and reported separately.
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
+from dataclasses import dataclass
 
+from reasonloop.config import require
 from reasonloop.rewards.math_grader import VerifierPool, grade_batch
+
+
+@dataclass
+class GraderBenchConfig:
+    n: int = 10_000
+    """(completion, gold) pairs graded."""
+    symbolic_frac: float = 0.1
+    """Share of algebraic answers that need math-verify in the worker pool."""
+    workers: int = 0
+    """Worker processes of the verifier pool; 0 takes the pool's default (cores, at most 4)."""
+
+    def __post_init__(self):
+        require(self.n > 0, "grader.n must be > 0")
+        require(0 <= self.symbolic_frac <= 1, "grader.symbolic_frac must be in [0, 1]")
+        require(self.workers >= 0, "grader.workers must be >= 0")
 
 
 def wrap(answer: str) -> str:
@@ -43,15 +59,11 @@ def make_pairs(n: int, symbolic_frac: float, seed: int = 0) -> list[tuple[str, s
     return pairs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--symbolic-frac", type=float, default=0.1)
-    parser.add_argument("--workers", type=int, default=None)
-    args = parser.parse_args()
-    pairs = make_pairs(args.n, args.symbolic_frac)
+def run(cfg: GraderBenchConfig) -> dict:
+    """Grade `cfg.n` pairs through a ready worker pool; prints and returns the rate and the verdict reasons."""
+    pairs = make_pairs(cfg.n, cfg.symbolic_frac)
     start = time.perf_counter()
-    pool = VerifierPool(args.workers)
+    pool = VerifierPool(cfg.workers or None)
     pool.map(int, ["0"] * pool.num_workers, timeout_s=60)  # wait until every worker is ready
     startup = time.perf_counter() - start
     start = time.perf_counter()
@@ -60,11 +72,10 @@ def main() -> None:
     reasons: dict[str, int] = {}
     for v in verdicts:
         reasons[v.reason] = reasons.get(v.reason, 0) + 1
-    print(f"graded {args.n} answers in {elapsed:.2f}s: {args.n / elapsed:,.0f} answers/s "
-          f"({pool.num_workers} workers, symbolic share {args.symbolic_frac:.0%}, worker start-up {startup:.1f}s)")
-    print("verdict reasons:", dict(sorted(reasons.items(), key=lambda kv: -kv[1])))
+    print(f"graded {cfg.n} answers in {elapsed:.2f}s: {cfg.n / elapsed:,.0f} answers/s "
+          f"({pool.num_workers} workers, symbolic share {cfg.symbolic_frac:.0%}, worker start-up {startup:.1f}s)")
+    reasons = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+    print("verdict reasons:", reasons)
     pool.close()
-
-
-if __name__ == "__main__":
-    main()
+    return {"answers": cfg.n, "seconds": elapsed, "answers_per_s": cfg.n / elapsed, "workers": pool.num_workers,
+            "symbolic_frac": cfg.symbolic_frac, "worker_startup_s": startup, "reasons": reasons}

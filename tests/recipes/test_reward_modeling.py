@@ -82,7 +82,9 @@ def test_pairs_from_a_file_and_a_resumed_run_ends_where_an_uninterrupted_one_doe
 
 def test_no_pairs_is_a_config_error(nano_model_dir, tmp_path, toy_task):
     with pytest.raises(ConfigError, match="no training pairs"):
-        reward_modeling.run(make_cfg(nano_model_dir, tmp_path / "run", "temperature=0", "samples_per_prompt=2"))
+        reward_modeling.run(make_cfg(nano_model_dir, tmp_path / "run", "temperature=1e-6", "samples_per_prompt=2"))
+    with pytest.raises(ConfigError, match="temperature must be > 0"):  # greedy can never give a pair
+        make_cfg(nano_model_dir, tmp_path / "run", "temperature=0")
     with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
         make_cfg(nano_model_dir, tmp_path / "run", "samples_per_prompt=1")
     with pytest.raises(ConfigError, match="LoRA"):

@@ -1,0 +1,142 @@
+"""Benchmarks: the GRPO step (optionally against TRL's GRPOTrainer), the answer grader, the sandbox.
+
+`reasonloop bench [which=grpo|grader|sandbox] [key=value ...]`. Every benchmark builds what it times
+the normal way, from configs (the GRPO trainers from an `rl.Config` whose `rollout.*` and
+`forward.*` keys are the switches under test, with an injected `TimedEngine`); none patches a module.
+
+which=grpo (the default; `bench/grpo.py`) runs, in one process and with `threads` torch threads:
+
+1. matmul     the machine's fp32 matmul rate (a large square matmul, best of several), the yardstick
+              for model FLOP utilisation (MFU);
+2. grpo       `steps` GRPO steps of `recipes/rl.Trainer` (arithmetic task, `prompts` x `group_size`
+              samples, `max_new_tokens`): median seconds per step, the split generation / reward /
+              log-probs / update, generation and training tokens/s, peak RSS, and the time of the
+              step's matrix multiplies alone (`gemm_replay_seconds`): a floor on the step time;
+3. generate   the sampler alone against transformers' `model.generate` on the same batch (same
+              sampling settings, num_return_sequences=G), runs interleaved: tokens/s of each, the
+              median of the paired ratios, and its ceiling (the ratio if everything but the
+              sampler's matrix multiplies cost nothing);
+4. train      forward+backward of the "small" (~20M parameter) model at sequence length `train_seq`:
+              tokens/s and MFU = (6 * params + 12 * layers * hidden * seq) * tokens/s / matmul rate;
+5. trl        (vs=trl) TRL's GRPOTrainer with the same model, prompts (same order), reward functions
+              and weights, G, completion length, batch, lr, beta, temperature, one iteration, no vLLM,
+              CPU; prints the per-step ratio and its ceiling (TRL's step / our matmuls alone);
+6. memory     (memory=true) peak RSS of the GRPO step at `prompts` and 2x`prompts` prompts, each in a
+              fresh subprocess, same micro-batch size: micro-batching keeps it flat;
+7. scaling    (scaling=true) step time for G in {4, 8, 16} and completion lengths {32, 64, 128};
+8. ablation   (ablation=true) trainers stepping in turn in one process: baseline, + static KV cache
+              sampler, + shared-prompt training forward, + length buckets, + compiled decode step.
+
+which=grader (`bench/grader.py`, keys `grader.*`): answers graded per second by the math grader, with
+a share of symbolic answers that need math-verify. which=sandbox (`bench/sandbox.py`, keys
+`sandbox.*`): sandboxed executions per second for trivial, sleeping and busy programs.
+
+Results go to `<output_dir>/bench.json` (+ `profile_*.txt` torch.profiler tables with profile=true).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reasonloop.bench.grader import GraderBenchConfig
+from reasonloop.bench.sandbox import SandboxBenchConfig
+from reasonloop.config import require, require_choice
+from reasonloop.rollout.engine import RolloutConfig
+from reasonloop.models.forward import ForwardConfig
+
+
+@dataclass
+class Config:
+    which: str = "grpo"
+    """Benchmark to run: grpo (the RL step; the keys below up to `only`), grader (`grader.*`), sandbox (`sandbox.*`)."""
+    model: str = "embedded"
+    """'embedded' (the shipped model), nano|tiny|small (random init, built locally) or a model directory."""
+    prompts: int = 8
+    """B: prompts per GRPO step."""
+    group_size: int = 8
+    """G: samples per prompt."""
+    max_new_tokens: int = 64
+    """Completion length limit."""
+    steps: int = 5
+    """Timed GRPO steps (the median is reported)."""
+    warmup: int = 1
+    """Untimed steps first (allocator warm-up, lazy imports)."""
+    micro_batch_size: int = 32
+    """Rows per forward/backward in the update (TRL's per_device_train_batch_size)."""
+    lr: float = 2e-4
+    """Learning rate (constant; both trainers)."""
+    beta: float = 0.04
+    """KL-to-reference coefficient (both trainers)."""
+    temperature: float = 1.0
+    """Sampling temperature (both trainers)."""
+    threads: int = 1
+    """torch intra-op threads (1 is the robust choice on a shared/loaded machine; use the free cores)."""
+    interop_threads: int = 1
+    """torch inter-op threads."""
+    vs: str = ""
+    """'' or 'trl': also run TRL's GRPOTrainer on the same workload and print the ratios."""
+    generate: bool = True
+    """Time the sampler against transformers' model.generate."""
+    train: bool = True
+    """Time forward+backward of the ~20M-parameter 'small' model and report MFU."""
+    train_seq: int = 256
+    """Sequence length of the training benchmark."""
+    train_batch: int = 8
+    """Rows per forward/backward in the training benchmark."""
+    memory: bool = False
+    """Peak RSS at `prompts` and 2x`prompts` prompts per step (fresh subprocesses)."""
+    scaling: bool = False
+    """Step-time table over G in {4, 8, 16} and completion lengths {32, 64, 128} (subprocesses)."""
+    ablation: bool = False
+    """Interleave steps of trainers in one process (baseline, +static cache, +shared prompts, +length
+    buckets, +compiled decode step) so that load changes hit all of them alike; prints what each optimisation buys."""
+    profile: bool = False
+    """Save torch.profiler tables of one GRPO step and one training step to the output directory."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """The rollout engine of the timed trainers and of the sampler benchmark (the same keys as `train`'s)."""
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    """The training forward of the timed trainers (the same keys as `train`'s)."""
+    only: str = ""
+    """Internal: 'grpo' runs just the GRPO timing and prints JSON (used by the memory/scaling subprocesses)."""
+    grader: GraderBenchConfig = field(default_factory=GraderBenchConfig)
+    """which=grader: the grading workload."""
+    sandbox: SandboxBenchConfig = field(default_factory=SandboxBenchConfig)
+    """which=sandbox: the sandbox workload."""
+    output_dir: str = ""
+    """Where bench.json goes; empty means runs/bench-<timestamp>."""
+    seed: int = 0
+    """Seed for prompts, sampling and initialisation."""
+
+    def __post_init__(self):
+        require_choice("which", self.which, ["grpo", "grader", "sandbox"])
+        require_choice("vs", self.vs, ["", "trl"])
+        require_choice("only", self.only, ["", "grpo"])
+        require(self.prompts > 0 and self.group_size >= 2, "need prompts > 0 and group_size >= 2")
+        require(self.steps > 0 and self.warmup >= 0, "need steps > 0 and warmup >= 0")
+        require(self.threads > 0 and self.interop_threads > 0, "threads must be > 0")
+
+
+def run(cfg: Config) -> dict:
+    """Run the benchmark `cfg.which` names; its results, also written to `<output_dir>/bench.json`."""
+    out = Path(cfg.output_dir or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.which == "grader":
+        from reasonloop.bench import grader
+
+        results = grader.run(cfg.grader)
+    elif cfg.which == "sandbox":
+        from reasonloop.bench import sandbox
+
+        results = sandbox.run(cfg.sandbox)
+    else:
+        from reasonloop.bench import grpo
+
+        results = grpo.run(cfg, out)
+        if cfg.only:  # a subprocess row: its caller reads the JSON line it printed
+            return results
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"bench: results in {out / 'bench.json'}")
+    return results

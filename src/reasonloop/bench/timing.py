@@ -1,0 +1,130 @@
+"""Measuring tools shared by the benchmarks: peak memory, the machine's matmul rate, the time of a
+call's matrix multiplies alone (a floor on its time), and a rollout engine that times another."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from reasonloop.data.records import RolloutBatch
+from reasonloop.rollout.engine import RolloutEngine, SamplingConfig
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: VmHWM from /proc (reset by exec; `ru_maxrss` is not: a subprocess would inherit the peak of
+    the parent it was forked from). Elsewhere `ru_maxrss` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def cuda_peak_mb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def sync() -> None:
+    """Wait for queued GPU work (a no-op on CPU), so a timer reads finished work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
+    """Best-of-`reps` fp32 rate of an n x n x n matmul on this device (the MFU denominator)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+GEMM_OPS = {"aten::mm": torch.mm, "aten::bmm": torch.bmm, "aten::addmm": torch.addmm}
+ONEDNN_LINEAR = "mkldnn::_linear_pointwise"  # the compiled decode step's projections (prepacked weights)
+
+
+def recorded_gemms(fn) -> list[tuple[str, list[list[int]]]]:
+    """(op name, input shapes) of every matrix multiply `fn()` makes, in order (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    return [(e.name, [list(shape) for shape in e.input_shapes if shape]) for e in prof.events()
+            if e.name in GEMM_OPS or e.name == ONEDNN_LINEAR]
+
+
+def _replay(name: str, shapes: list[list[int]], device: torch.device):
+    """A call of op `name` on random tensors of `shapes`; oneDNN linears get a weight prepacked as the
+    decode step's are, so the replay costs what the original call did."""
+    if name != ONEDNN_LINEAR:
+        op, args = GEMM_OPS[name], [torch.randn(*shape, device=device) for shape in shapes]
+        return lambda: op(*args)
+    mats = [torch.randn(*shape) for shape in shapes if len(shape) == 2]  # X, [residual,] W; a bias is 1-D
+    bias = next((torch.randn(*shape) for shape in shapes if len(shape) == 1), None)
+    x, w = mats[0], torch.ops.mkldnn._reorder_linear_weight(mats[-1], mats[0].shape[0])
+    if len(mats) == 3:
+        return lambda: torch.ops.mkldnn._linear_pointwise.binary(x, mats[1], w, bias, "add")
+    return lambda: torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
+def gemm_replay_seconds(fn, reps: int, device: torch.device) -> float:
+    """Median time of `fn`'s matrix multiplies alone, replayed back to back on random tensors of the
+    recorded shapes. Time outside them is all a faster implementation could still remove, so
+    `call time / this` bounds its speed-up."""
+    calls = [_replay(name, shapes, device) for name, shapes in recorded_gemms(fn)]
+    times = []
+    for _ in range(reps + 1):
+        sync()
+        t = time.perf_counter()
+        for call in calls:
+            call()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])
+
+
+class TimedEngine:
+    """A `RolloutEngine` that passes every call to `inner` and adds up the seconds spent in `generate`
+    and the completion tokens it produced since the last `reset()`.
+
+    A trainer takes it as its injected engine; `inner` may be set after the trainer is built, since
+    the engine it wraps samples from the trainer's own model (see `bench.grpo.timed_trainer`)."""
+
+    def __init__(self, inner: RolloutEngine | None = None):
+        self.inner = inner
+        self.seconds = 0.0
+        self.tokens = 0
+
+    def reset(self) -> None:
+        self.seconds, self.tokens = 0.0, 0
+
+    def generate(self, prompts: list[str], n: int, sampling: SamplingConfig,
+                 generator: torch.Generator | None = None) -> RolloutBatch:
+        if self.inner is None:
+            raise RuntimeError("TimedEngine has no engine to time yet")
+        t = time.perf_counter()
+        batch = self.inner.generate(prompts, n, sampling, generator)
+        self.seconds += time.perf_counter() - t
+        self.tokens += int(batch.completion_mask.sum())
+        return batch
+
+    def update_weights(self, model: torch.nn.Module) -> None:
+        if self.inner is not None:
+            self.inner.update_weights(model)
