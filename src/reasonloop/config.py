@@ -75,23 +75,7 @@ def load_config(cls: type[T], args: Sequence[str] = ()) -> T:
         cfg = OmegaConf.to_object(merged)  # runs __post_init__ validation
     except OmegaConfBaseException as exc:
         raise ConfigError(_first_line(exc)) from None
-    _check_run_fields(cfg)
     return cfg
-
-
-MAX_SEED = 2**32 - 1  # numpy's seed range (torch and random take it too)
-
-
-def _check_run_fields(cfg: Any) -> None:
-    """The run fields every command shares (whichever class declares them)."""
-    if isinstance(getattr(cfg, "threads", None), int):
-        require(cfg.threads >= 0, f"threads={cfg.threads}: must be >= 0 (0 keeps torch's default)")
-    if isinstance(getattr(cfg, "seed", None), int):
-        require(0 <= cfg.seed <= MAX_SEED, f"seed={cfg.seed}: must be in [0, {MAX_SEED}]")
-    if isinstance(getattr(cfg, "save_every", None), int):
-        require(cfg.save_every >= 0, f"save_every={cfg.save_every}: must be >= 0 (0 disables checkpoints)")
-    if isinstance(getattr(cfg, "output_dir", None), str) and cfg.output_dir:
-        require("\0" not in cfg.output_dir, "output_dir contains a NUL character")
 
 
 def read_yaml(path: Path, types: dict[str, Any] | None = None) -> dict:

@@ -44,8 +44,9 @@ from pathlib import Path
 from reasonloop.bench.grader import GraderBenchConfig
 from reasonloop.bench.sandbox import SandboxBenchConfig
 from reasonloop.config import require, require_choice
-from reasonloop.rollout.engine import RolloutConfig
 from reasonloop.models.forward import ForwardConfig
+from reasonloop.rollout.engine import RolloutConfig
+from reasonloop.train.runconfig import SEED_LIMIT
 
 
 @dataclass
@@ -117,6 +118,7 @@ class Config:
         require(self.prompts > 0 and self.group_size >= 2, "need prompts > 0 and group_size >= 2")
         require(self.steps > 0 and self.warmup >= 0, "need steps > 0 and warmup >= 0")
         require(self.threads > 0 and self.interop_threads > 0, "threads must be > 0")
+        require(0 <= self.seed < SEED_LIMIT, f"seed={self.seed}: must be in [0, {SEED_LIMIT - 1}]")
 
 
 def run(cfg: Config) -> dict:
