@@ -377,3 +377,23 @@ def test_the_compiled_step_declines_what_it_does_not_implement(tokenizer):
     assert not fused.supports(small_model(tokenizer, "qwen3", 2), 64)  # q/k norms
     model = small_model(tokenizer)
     assert fused.supports(model, 64) and not fused.supports(model.to(torch.float64), 64)
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    """A builder killed mid-compile leaves torch's lock file; every later load would wait on it forever."""
+    import os
+    import time
+
+    from reasonloop.rollout import fused
+
+    build = tmp_path / "reasonloop_decode_x"
+    build.mkdir()
+    monkeypatch.setattr("torch.utils.cpp_extension._get_build_directory", lambda name, verbose=False: str(build))
+    lock = build / "lock"
+    lock.write_text("")
+    fused._break_stale_lock("reasonloop_decode_x")
+    assert lock.exists()  # a build may be running right now: wait for it as torch does
+    old = time.time() - fused.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    fused._break_stale_lock("reasonloop_decode_x")
+    assert not lock.exists()

@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 import weakref
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def _build() -> bool:
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         name = f"reasonloop_decode_{_machine_tag()}"
+        _break_stale_lock(name)
         if not _built(name):
             log.info("compiling the CPU decode step (rollout/fused_decode.cpp; ~10 s, once per machine and torch version)")
         load(name=name, sources=[str(_SOURCE)], extra_cflags=_FLAGS, is_python_module=False, verbose=False)
@@ -62,6 +64,23 @@ def _build() -> bool:
         log.warning("compiled decode step unavailable (%s: %s); sampling with the torch decoder",
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return False
+
+
+STALE_LOCK_S = 300  # a build takes ~10 s (a minute on a loaded machine): an older lock is a dead builder's
+
+
+def _break_stale_lock(name: str) -> None:
+    """Remove the extension cache's build lock when the process that took it died mid-build (kill -9):
+    torch's loader would otherwise wait on it forever, in every later process on the machine."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private, hence the fallback
+
+        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            log.warning("removing a stale build lock %s (left by a process killed while compiling)", lock)
+            lock.unlink(missing_ok=True)
+    except Exception:  # best effort: torch's own wait still applies
+        pass
 
 
 def _built(name: str) -> bool:
