@@ -54,6 +54,7 @@ COMMANDS: dict[str, Command] = {
     "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
     "bench": Command("reasonloop.bench", "time the GRPO step (vs=trl: against TRL's GRPOTrainer), the grader or the sandbox"),
     "sandbox": Command("reasonloop.sandbox.cli", "run untrusted code under the sandbox (`sandbox run FILE`)", config=""),
+    "runs": Command("reasonloop.recipes.runs", "list the runs under a directory (`runs [DIR] [--clean]`)", config=""),
 }
 
 
