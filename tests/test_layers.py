@@ -15,7 +15,7 @@ LAYERS = {  # docs/design.md's table
     "search": 6,
     "selfimprove": 7,
     "recipes": 8,
-    "cli": 9, "configdoc": 9, "bench": 9,
+    "cli": 9, "configdoc": 9, "bench": 9, "console": 9,
 }
 
 

@@ -22,6 +22,7 @@ import traceback
 from dataclasses import dataclass
 
 from reasonloop.config import ConfigError, load_config, render_help
+from reasonloop.console import quiet_libraries, verbose_requested
 from reasonloop.errors import UserError, current_run_dir, note_run_dir
 from reasonloop.recipes.presets import PRETRAIN_CODE, RL_PRESETS
 
@@ -104,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; never lets an exception escape as a traceback (unless --debug asks for it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_enabled(argv)
-    argv = [a for a in argv if a != "--debug"]
+    verbose = verbose_requested(argv)
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
+    if not verbose:
+        quiet_libraries()
     name = argv[0] if argv else "reasonloop"
     prefix = f"reasonloop {name}" if name in COMMANDS else "reasonloop"
     note_run_dir(None)
