@@ -23,7 +23,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from reasonloop.errors import UserError
+from reasonloop.errors import UserError, first_line
 
 T = TypeVar("T")
 
@@ -56,11 +56,11 @@ def load_config(cls: type[T], args: Sequence[str] = ()) -> T:
                 try:
                     layer = OmegaConf.from_dotlist([f"{key}={value}"])
                 except (OmegaConfBaseException, yaml.YAMLError) as exc:
-                    raise ConfigError(f"bad value for {key!r} (from {arg!r}): {_first_line(exc)}") from None
+                    raise ConfigError(f"bad value for {key!r} (from {arg!r}): {first_line(exc)}") from None
             source = arg
         elif arg.endswith((".yaml", ".yml")):
             layer = OmegaConf.create(read_yaml(Path(arg), types))
-            for key in _leaf_paths(OmegaConf.to_container(layer)):
+            for key in flatten(OmegaConf.to_container(layer)):
                 _check_key(key, valid, source=arg)
             source = arg
         else:
@@ -69,12 +69,12 @@ def load_config(cls: type[T], args: Sequence[str] = ()) -> T:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", None) or "?"
-            raise ConfigError(f"bad value for {key!r} (from {source!r}): {_first_line(exc)}") from None
+            raise ConfigError(f"bad value for {key!r} (from {source!r}): {first_line(exc)}") from None
     _check_finite(OmegaConf.to_container(merged))
     try:
         cfg = OmegaConf.to_object(merged)  # runs __post_init__ validation
     except OmegaConfBaseException as exc:
-        raise ConfigError(_first_line(exc)) from None
+        raise ConfigError(first_line(exc)) from None
     return cfg
 
 
@@ -115,7 +115,7 @@ def read_yaml(path: Path, types: dict[str, Any] | None = None) -> dict:
         hint = "; indent with spaces, YAML does not allow tabs there" if "\\t" in problem or "\t" in problem else ""
         raise ConfigError(f"{where}: YAML syntax error: {problem}{hint}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML error: {_first_line(exc)}") from None
+        raise ConfigError(f"{path}: YAML error: {first_line(exc)}") from None
     finally:
         loader.dispose()
     if types:
@@ -194,20 +194,6 @@ def save_config(cfg: Any, path: Path) -> None:
     path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
-def field_paths(cls: type) -> dict[str, dataclasses.Field]:
-    """Every leaf key of a (nested) config dataclass, dotted."""
-    out: dict[str, dataclasses.Field] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            for sub, sf in field_paths(tp).items():
-                out[f"{f.name}.{sub}"] = sf
-        else:
-            out[f.name] = f
-    return out
-
-
 def _check_key(key: str, valid: list[str], source: str) -> None:
     if key in valid or any(v.startswith(key + ".") for v in valid):
         return
@@ -216,18 +202,15 @@ def _check_key(key: str, valid: list[str], source: str) -> None:
     raise ConfigError(f"unknown config key {key!r} (from {source!r}){hint}")
 
 
-def _leaf_paths(tree: Any, prefix: str = "") -> list[str]:
-    if not isinstance(tree, dict):
-        return [prefix]
-    out = []
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted leaf keys -> values (`{"a": {"b": 1}}` -> `{"a.b": 1}`)."""
+    out: dict[str, Any] = {}
     for k, v in tree.items():
-        out.extend(_leaf_paths(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"])
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 @lru_cache(maxsize=None)

@@ -18,6 +18,12 @@ class UserError(ValueError):
     """Bad input the user can fix; the message names the input and what to do. Exit code 2."""
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type's name."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 _run_dir: Path | None = None
 
 

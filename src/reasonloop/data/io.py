@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-from reasonloop.errors import UserError
+from reasonloop.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def read_table(path: str | Path, max_record_bytes: int = MAX_RECORD_BYTES) -> li
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for a bad file
-        raise DataError(f"cannot load {str(path)!r}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise DataError(f"cannot load {str(path)!r}: {type(exc).__name__}: {first_line(exc)}") from None
     rows = [dict(r) for r in ds]
     if not rows:
         raise DataError(f"{path} has no rows")
@@ -128,7 +128,7 @@ def _read_json_array(path: Path, max_record_bytes: int) -> list[dict]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path}: not valid JSON: {_first_line(exc)}") from None
+        raise DataError(f"{path}: not valid JSON: {first_line(exc)}") from None
     rows = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
     if len(rows) < (len(data) if isinstance(data, list) else 1):
         log.warning("%s: skipped %d entries that are not JSON objects", path, len(data) - len(rows) if isinstance(data, list) else 1)
@@ -154,7 +154,7 @@ def load_rows(source: str, split: str = "train") -> list[dict]:
         try:
             ds = datasets.load_from_disk(str(path))
         except Exception as exc:
-            raise DataError(f"cannot load dataset directory {source!r}: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise DataError(f"cannot load dataset directory {source!r}: {type(exc).__name__}: {first_line(exc)}") from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise DataError(f"{source!r} has no {split!r} split (it has {sorted(ds)})")
@@ -169,7 +169,7 @@ def load_rows(source: str, split: str = "train") -> list[dict]:
     try:
         return [dict(r) for r in datasets.load_dataset(source, split=split)]
     except Exception as exc:
-        raise DataError(f"cannot load dataset {source!r}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise DataError(f"cannot load dataset {source!r}: {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def load_splits(source: str) -> dict[str, list[dict]]:
@@ -182,7 +182,7 @@ def load_splits(source: str) -> dict[str, list[dict]]:
         try:
             return {k: [dict(r) for r in v] for k, v in datasets.load_dataset(name, config or None).items()}
         except Exception as exc:
-            raise DataError(f"cannot load {source!r}: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise DataError(f"cannot load {source!r}: {type(exc).__name__}: {first_line(exc)}") from None
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data source {source!r} does not exist (give a file, a directory or hf:NAME)")
@@ -190,7 +190,7 @@ def load_splits(source: str) -> dict[str, list[dict]]:
         try:
             ds = datasets.load_from_disk(str(path))
         except Exception as exc:
-            raise DataError(f"cannot load dataset directory {source!r}: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise DataError(f"cannot load dataset directory {source!r}: {type(exc).__name__}: {first_line(exc)}") from None
         splits = dict(ds) if isinstance(ds, datasets.DatasetDict) else {"data": ds}
         return {k: [dict(r) for r in v] for k, v in splits.items()}
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in BUILDERS)
@@ -232,8 +232,3 @@ def select_text_fields(rows: list[dict], fields: dict[str, str], source: str) ->
     if not kept:
         raise DataError(f"{source}: no usable rows (need string columns {list(fields.values())})")
     return kept
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -56,6 +56,19 @@ def _last_true(mask: torch.Tensor) -> int:
     return int(cols[-1]) + 1 if len(cols) else 0
 
 
+def left_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as [N, L] ids left-padded with `pad_id` (L = the longest) and their 0/1 mask [N, L]:
+    the prompt layout, where generation continues from the last column."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if s:
+            ids[row, width - len(s):] = torch.tensor(s)
+            mask[row, width - len(s):] = 1
+    return ids, mask
+
+
 def pad_left(x: torch.Tensor, width: int, value) -> torch.Tensor:  # [N, w] -> [N, width]
     return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
 

@@ -11,7 +11,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from reasonloop.algos.entropy import entropy_from_logits
 from reasonloop.algos.logprobs import token_logprobs
-from reasonloop.data.records import TokenBatch
+from reasonloop.data.records import TokenBatch, left_padded
 
 
 @dataclass
@@ -38,16 +38,11 @@ def encode_pairs(
     if max_len is not None:
         p_ids = [p[len(p) - (max_len - 1):] if len(p) > max_len - 1 else p for p in p_ids]
         c_ids = [c[: max(1, max_len - len(p))] for p, c in zip(p_ids, c_ids)]
-    P = max(len(p) for p in p_ids)
+    prompt_ids, prompt_mask = left_padded(p_ids, pad)
     T = max(len(c) for c in c_ids)
-    prompt_ids = torch.full((len(p_ids), P), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((len(p_ids), P), dtype=torch.long)
     completion_ids = torch.full((len(c_ids), T), pad, dtype=torch.long)
     completion_mask = torch.zeros((len(c_ids), T), dtype=torch.long)
-    for i, (p, c) in enumerate(zip(p_ids, c_ids)):
-        if p:
-            prompt_ids[i, P - len(p):] = torch.tensor(p)
-            prompt_mask[i, P - len(p):] = 1
+    for i, c in enumerate(c_ids):
         completion_ids[i, : len(c)] = torch.tensor(c)
         completion_mask[i, : len(c)] = 1
     return TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)

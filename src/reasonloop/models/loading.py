@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from reasonloop.config import require, require_choice
-from reasonloop.errors import UserError
+from reasonloop.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def load_tokenizer(name: str, task: Any = None) -> PreTrainedTokenizerBase:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError ... for a bad directory
         raise ModelError(f"model.name={name!r}: cannot load its tokenizer: {type(exc).__name__}: "
-                         f"{_first_line(exc)}") from None
+                         f"{first_line(exc, 500)}") from None
     if tok.eos_token is None and tok.pad_token is None:
         raise ModelError(f"model.name={name!r}: the tokenizer has neither an EOS nor a pad token")
     if tok.pad_token is None:
@@ -151,10 +151,10 @@ def load_model(cfg: ModelConfig, task: Any = None) -> PreTrainedModel:
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
             raise ModelError(f"model.name={cfg.name!r} is not a causal language model (AutoModelForCausalLM cannot "
-                             f"load it): {_first_line(exc)}") from None
-        raise ModelError(f"model.name={cfg.name!r} does not load: ValueError: {_first_line(exc)}") from None
+                             f"load it): {first_line(exc, 500)}") from None
+        raise ModelError(f"model.name={cfg.name!r} does not load: ValueError: {first_line(exc, 500)}") from None
     except Exception as exc:  # corrupt or truncated weights, a broken config.json, a hub failure ...
-        raise ModelError(f"model.name={cfg.name!r} does not load ({type(exc).__name__}: {_first_line(exc)}); "
+        raise ModelError(f"model.name={cfg.name!r} does not load ({type(exc).__name__}: {first_line(exc, 500)}); "
                          "check that its files are complete, or save the model again") from None
     model.to(device)
     if cfg.lora.r > 0:
@@ -184,7 +184,7 @@ def add_lora(model: PreTrainedModel, lora: LoraConfig) -> Any:
     try:
         return get_peft_model(model, peft_cfg)
     except ValueError as exc:
-        raise ModelError(f"model.lora: {_first_line(exc)}") from None
+        raise ModelError(f"model.lora: {first_line(exc, 500)}") from None
 
 
 def context_length(model: Any) -> int | None:
@@ -208,19 +208,17 @@ def drop_long_prompts(examples: list, tokenizer: PreTrainedTokenizerBase, render
     if room <= 0:
         raise ModelError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of "
                          f"{limit} tokens; lower max_new_tokens")
-    kept = [ex for ex in examples if len(tokenizer(render(ex.prompt), add_special_tokens=False)["input_ids"]) <= room]
+    if not examples:
+        return examples
+    ids = tokenizer([render(ex.prompt) for ex in examples], add_special_tokens=False)["input_ids"]  # one batched call
+    kept = [ex for ex, prompt in zip(examples, ids) if len(prompt) <= room]
     if len(kept) < len(examples):
         log.warning("%s: dropped %d of %d prompts longer than %d tokens (context %d - max_new_tokens %d)",
                     what, len(examples) - len(kept), len(examples), room, limit, max_new_tokens)
-    if examples and not kept:
+    if not kept:
         raise ModelError(f"{what}: every prompt is longer than {room} tokens (the model's context of {limit} minus "
                          f"max_new_tokens={max_new_tokens}); lower max_new_tokens or use shorter prompts")
     return kept
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:500] if lines else type(exc).__name__
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool = True) -> str:

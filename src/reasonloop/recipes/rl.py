@@ -738,9 +738,8 @@ class Trainer:
 
     def train(self) -> dict:
         cfg = self.cfg
-        before = self.evaluate() if self.state.step == 0 else self.run.read_json("before.json")
+        before = self.run.before_training(self.evaluate, fresh=self.state.step == 0)
         if self.state.step == 0:
-            self.run.write_json("before.json", before)  # summary.json keeps it across a resume
             print(f"before training (held-out, {len(self.held_out)} problems):\n{format_table(before)}")
         with progress(f"train ({cfg.advantage})", cfg.steps) as bar:
             bar.advance(self.state.step)

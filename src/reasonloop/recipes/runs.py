@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from reasonloop.errors import UserError
-from reasonloop.train.run import MARKER
+from reasonloop.train.checkpoint import list_checkpoints
+from reasonloop.train.run import BEFORE, MARKER, recorded_values
 
 DEAD = ("failed", "empty")
 
@@ -55,16 +56,19 @@ def find_runs(root: Path, max_depth: int = 3) -> list[RunInfo]:
 
 
 def describe(run: Path) -> RunInfo:
-    marker = _read_json(run / MARKER) or {}
-    config = _read_config(run / "config.yaml")
+    marker = _read_json(run / MARKER)
+    marker = marker if isinstance(marker, dict) else {}
+    try:
+        config = recorded_values(run / "config.yaml")
+    except Exception:  # missing or unreadable: the listing shows what it can
+        config = {}
     summary = _read_json(run / "summary.json")
-    before = _overall((summary or {}).get("before") or _read_json(run / "before.json"))
+    before = _overall((summary or {}).get("before") or _read_json(run / BEFORE))
     after = _overall((summary or {}).get("after"))
     done = _last_step(run / "metrics.jsonl")
-    has_checkpoint = any((run / "checkpoints").glob("*")) if (run / "checkpoints").is_dir() else False
     if summary is not None:
         state = "finished"
-    elif has_checkpoint:
+    elif list_checkpoints(run):
         state = "resumable"
     else:
         state = "failed" if done else "empty"
@@ -80,16 +84,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _read_config(path: Path) -> dict:
-    from omegaconf import OmegaConf
-
-    try:
-        tree = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception:  # missing or unreadable: the listing shows what it can
-        return {}
-    return tree if isinstance(tree, dict) else {}
 
 
 def _overall(table: Any) -> float | None:

@@ -114,9 +114,7 @@ def run(cfg: Config) -> dict:
         run_.log(step, flat_metrics(summary))
         return summary
 
-    before = run_eval(start) if start == 0 else run_.read_json("before.json")
-    if start == 0:
-        run_.write_json("before.json", before)  # summary.json keeps it across a resume
+    before = run_.before_training(lambda: run_eval(0), fresh=start == 0)
     metrics: dict = {}
     with progress("sft", cfg.steps) as bar:
         bar.advance(start)

@@ -32,6 +32,8 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from reasonloop.data.records import left_padded
+
 
 @dataclass(frozen=True)
 class ScoreTemplate:
@@ -290,19 +292,6 @@ def digit_token_ids(tokenizer: Any) -> list[int]:
     return [i[0] for i in ids]
 
 
-def _left_padded(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids [N, L] left-padded with the pad token (generation continues from the last column), and the mask."""
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(len(i) for i in ids)
-    out = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, i in enumerate(ids):
-        if i:
-            out[row, width - len(i):] = torch.tensor(i)
-            mask[row, width - len(i):] = 1
-    return out, mask
-
-
 @dataclass
 class DigitJudge:
     """Pointwise judge that reads instead of writing: the expected score E[d] under the model's
@@ -326,7 +315,9 @@ class DigitJudge:
         texts = [self.template.format(prompt=p, completion=c) for p, c in zip(prompts, responses, strict=True)]
         try:
             for start in range(0, len(texts), self.micro_batch_size):
-                ids, mask = _left_padded(self.tokenizer, texts[start : start + self.micro_batch_size])
+                chunk = texts[start : start + self.micro_batch_size]
+                ids, mask = left_padded([self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chunk],
+                                        self.tokenizer.pad_token_id)
                 ids, mask = ids.to(device), mask.to(device)
                 position = (mask.cumsum(-1) - 1).clamp(min=0)
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False).logits[:, -1]

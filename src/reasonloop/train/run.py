@@ -23,20 +23,21 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from reasonloop import __version__
-from reasonloop.config import save_config
+from reasonloop.config import flatten, save_config
 from reasonloop.errors import UserError, note_run_dir
 from reasonloop.train.checkpoint import ROW_FILES, checkpoint_rows, checkpoint_step, find_resume_checkpoint
 
 log = logging.getLogger(__name__)
 
 MARKER = "reasonloop-run.json"
+BEFORE = "before.json"  # the held-out table before training, kept across resumes
 
 
 class RunDirError(UserError):
@@ -69,22 +70,12 @@ def set_threads(threads: int) -> None:
 
 def config_values(cfg: Any) -> dict[str, Any]:
     """The config as dotted leaf keys -> values, read back through YAML as config.yaml records it."""
-    return _flatten(OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(OmegaConf.structured(cfg)))))
+    return flatten(OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(OmegaConf.structured(cfg)))))
 
 
 def recorded_values(path: Path) -> dict[str, Any]:
     """A recorded config.yaml as dotted leaf keys -> values."""
-    return _flatten(OmegaConf.to_container(OmegaConf.load(path)))
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    return flatten(OmegaConf.to_container(OmegaConf.load(path)))
 
 
 def config_hash(values: dict[str, Any], free: frozenset[str] | set[str]) -> str:
@@ -96,9 +87,6 @@ def config_hash(values: dict[str, Any], free: frozenset[str] | set[str]) -> str:
 def config_differences(recorded: dict[str, Any], current: dict[str, Any], free: frozenset[str] | set[str]) -> list[str]:
     """'key: old -> new' for every key both configs have that changes results and differs. Keys only one side
     has (added or removed by a reasonloop upgrade) are not compared."""
-    if config_hash({k: recorded[k] for k in recorded if k in current}, free) == \
-            config_hash({k: current[k] for k in current if k in recorded}, free):
-        return []
     return [f"{k}: {recorded[k]!r} -> {current[k]!r}" for k in sorted(current)
             if k in recorded and k not in free and recorded[k] != current[k]]
 
@@ -293,9 +281,14 @@ class Run:
         os.replace(tmp, path)
         return path
 
-    def read_json(self, name: str) -> Any:
-        """A JSON file of the run written by `write_json`, or None if there is none."""
-        path = self.dir / name
+    def before_training(self, evaluate: Callable[[], Any], fresh: bool) -> Any:
+        """The held-out table before training: `evaluate()`d and recorded in `before.json` when the run starts
+        from step 0 (`fresh`), read back from it on a resume, so summary.json keeps it (None if never recorded)."""
+        path = self.dir / BEFORE
+        if fresh:
+            table = evaluate()
+            self.write_json(BEFORE, table)
+            return table
         return json.loads(path.read_text()) if path.is_file() else None
 
     def write_jsonl(self, name: str, rows: list[dict], append: bool = False) -> Path:
