@@ -71,3 +71,13 @@ def test_help_piped_into_a_reader_that_stops_early_is_not_a_traceback(monkeypatc
     monkeypatch.setattr("sys.stdout", stdout)
     assert main(["train", "--help"]) == 1  # no exception escapes
     stdout.close()
+
+
+def test_a_missing_bench_model_and_a_sys_exit_message_are_shown(capsys, tmp_path, monkeypatch):
+    assert main(["bench", f"model={tmp_path / 'nope'}", f"output_dir={tmp_path / 'out'}"]) == 2
+    assert "error: no model at" in capsys.readouterr().err
+    import reasonloop.recipes.runs as runs
+
+    monkeypatch.setattr(runs, "find_runs", lambda root: (_ for _ in ()).throw(SystemExit("gave up")))
+    assert main(["runs", str(tmp_path)]) == 2
+    assert "reasonloop runs: error: gave up" in capsys.readouterr().err

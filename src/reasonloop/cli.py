@@ -117,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a closed pipe (`reasonloop --help | head`) surfaces here
         return code
     except SystemExit as exc:  # argparse (`sandbox run` arguments) has printed its usage message
-        return exc.code if isinstance(exc.code, int) else EXIT_USER
+        if isinstance(exc.code, int):
+            return exc.code
+        if exc.code is not None:  # sys.exit("message"): show the message, as Python would
+            print(f"{prefix}: error: {exc.code}", file=sys.stderr)
+        return EXIT_USER
     except BrokenPipeError:  # the reader went away: stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1

@@ -28,6 +28,7 @@ from reasonloop.bench.timing import (
     sync,
 )
 from reasonloop.config import require
+from reasonloop.errors import UserError
 from reasonloop.rollout.engine import RolloutConfig, build_engine
 from reasonloop.models.forward import ForwardConfig
 
@@ -45,7 +46,7 @@ def prepare_model(name: str, workdir: Path, seed: int) -> str:
     if name not in ("nano", "tiny", "small"):
         path = resolve_model_path(name)
         if not Path(path, "config.json").exists():
-            raise SystemExit(f"bench: no model at {path} (use model=tiny for a random one)")
+            raise UserError(f"no model at {path} (give a model directory, or model=nano|tiny|small for a random one)")
         return path
     from transformers import LlamaForCausalLM
 
@@ -267,7 +268,7 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
         from transformers import AutoModelForCausalLM, TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
     except ImportError as exc:
-        raise SystemExit(f"bench vs=trl needs TRL (pip install trl): {exc}")
+        raise UserError(f"vs=trl needs TRL (pip install -e .[trl]): {exc}") from None
     from reasonloop.models.loading import load_tokenizer, render_prompt
     from reasonloop.recipes.rl import Trainer
 
