@@ -64,3 +64,16 @@ def test_step_scorer_must_return_one_score_per_step():
     with pytest.raises(ValueError, match="1 scores for 3 steps"):
         step_rewards(Broken(), "p", COMPLETION, "think_lines")
     assert aggregate([], "min") is None
+
+
+def test_step_spans_are_contiguous_and_keep_delimiters():
+    from reasonloop.rewards.process import step_spans
+
+    text = "<think>17+4=21;21-9=12</think><answer>12</answer>"
+    steps = step_spans(text)
+    assert [s.text for s in steps] == ["<think>17+4=21;", "21-9=12</think>", "<answer>12</answer>"]
+    assert "".join(s.text for s in steps) == text and [s.start for s in steps] == [0, 15, 30]
+    assert [s.text for s in step_spans("<think>1+2=3;")] == ["<think>1+2=3;"]
+    assert step_spans("") == []
+    with pytest.raises(ValueError):
+        step_spans("x", [""])

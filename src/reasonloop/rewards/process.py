@@ -60,6 +60,27 @@ def split_steps(completion: str, mode: str = "lines") -> list[Step]:
     return steps
 
 
+DEFAULT_DELIMITERS = (";", "</think>")  # the embedded arithmetic task's step ends
+
+
+def step_spans(completion: str, delimiters: Sequence[str] = DEFAULT_DELIMITERS) -> list[Step]:
+    """Contiguous steps of a (possibly partial) completion: each ends just after a delimiter, which it
+    keeps; non-empty text after the last delimiter is the last step. The steps' texts concatenate back to
+    `completion`, so a PRM reading `prompt + completion` once finds each step's verdict at the step's last
+    token (TRL's PRM convention, with the delimiter as the step separator). Search and process rewards share
+    this split: `<think>17+4=21;21-9=12</think><answer>12</answer>` has three steps."""
+    if not delimiters or not all(delimiters):
+        raise ValueError("step delimiters must be non-empty strings")
+    pattern = "|".join(re.escape(d) for d in sorted(delimiters, key=len, reverse=True))
+    steps, pos = [], 0
+    for m in re.finditer(pattern, completion):
+        steps.append(Step(completion[pos : m.end()], pos, m.end()))
+        pos = m.end()
+    if pos < len(completion):
+        steps.append(Step(completion[pos:], pos, len(completion)))
+    return steps
+
+
 def aggregate(scores: Sequence[float], how: str) -> float | None:
     """One number from step scores; None for a completion with no steps (not applicable)."""
     if how not in AGGREGATES:
