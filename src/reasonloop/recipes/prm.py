@@ -101,7 +101,7 @@ class Config(CheckpointedRunConfig):
     """Length limit of sampled solutions and rollouts."""
     rollout_batch: int = 64
     """Prompts (or step prefixes) per engine call; each is sampled samples_per_prompt (or K) times."""
-    steps: int = 300
+    steps: int = 100
     """Optimizer steps."""
     batch_size: int = 32
     """Solutions per optimizer step."""
