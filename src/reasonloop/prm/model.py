@@ -180,7 +180,7 @@ def new_prm(base: str, delimiters: Sequence[str] = DEFAULT_DELIMITERS, step_sepa
 def load_prm(path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32) -> ProcessRewardModel:
     """The PRM saved at `path` (reasonloop's `prm` writes `<run>/model`). A token-classification directory
     without prm.json (e.g. from TRL's PRMTrainer) loads with the default delimiters and TRL's "\\n" separator."""
-    from transformers import AutoModelForTokenClassification
+    from transformers import AutoConfig, AutoModelForTokenClassification
 
     path = str(path)
     check_model_source(path, path)
@@ -194,6 +194,13 @@ def load_prm(path: str | Path, device: str | torch.device = "cpu", batch_size: i
     else:
         log.warning("%s has no %s: scoring with the default delimiters %s and TRL's %r step separator",
                     path, PRM_CONFIG, list(DEFAULT_DELIMITERS), TRL_SEPARATOR)
+    try:
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+    except Exception as exc:
+        raise ModelError(f"{path!r}: cannot read its config ({type(exc).__name__}: {first_line(exc, 300)})") from None
+    if not any(a.endswith("ForTokenClassification") for a in architectures):
+        raise ModelError(f"{path!r} is not a process reward model: its architecture is {architectures or 'unknown'}, "
+                         "not a token-classification head (train one with `reasonloop prm`)")
     try:
         model = AutoModelForTokenClassification.from_pretrained(path)
     except Exception as exc:
