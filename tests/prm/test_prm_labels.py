@@ -133,3 +133,24 @@ def test_custom_columns_and_a_file_with_no_usable_row(tmp_path):
     path.write_text(json.dumps({"prompt": "p", "completions": ["a"]}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl: no usable step rows \(1 'labels' not one bool per step\)"):
         read_step_file(str(path))
+
+
+def test_given_solutions_are_labelled_like_samples_without_sampling():
+    """Example 0 is sampled; example 1 brings its own (a correct and a corrupted trace): only example 0's
+    prompt reaches the sampling call, and the given traces' prefixes are rolled out with the rest."""
+    task = ArithmeticTask()
+    other = Example("Q: 1+1=?\n", "2")
+    script = {PROMPT: ["<think>2+3+4=9</think><answer>9</answer>"],
+              PROMPT + "<think>2+3+4=9</think>": ["<answer>9</answer>"],
+              "Q: 1+1=?\n<think>1+1=2</think>": ["<answer>2</answer>"],
+              "Q: 1+1=?\n<think>1+1=3</think>": ["<answer>3</answer>", "<answer>2</answer>"]}
+    engine = ScriptedEngine(script)
+    given = [None, ["<think>1+1=2</think><answer>2</answer>", "<think>1+1=3</think><answer>3</answer>"]]
+    rows, stats = mc_labels(engine, [EX, other], task.is_correct, solutions_per_prompt=1, mc_rollouts=2, given=given)
+    assert engine.calls[0] == ([PROMPT], 1)
+    assert [(r.prompt, r.values, r.labels) for r in rows] == [
+        (PROMPT, [1.0, 1.0], [True, True]), ("Q: 1+1=?\n", [1.0, 1.0], [True, True]),
+        ("Q: 1+1=?\n", [0.5, 0.0], [True, False])]
+    assert stats.solutions == 3 and stats.prefixes == 3
+    with pytest.raises(ValueError, match="2 examples but 1 given"):
+        mc_labels(engine, [EX, other], task.is_correct, given=[None])

@@ -105,12 +105,14 @@ def test_one_step_separates_steps_labelled_good_from_a_step_labelled_bad(nano_mo
     prm = new_prm(nano_model_dir, seed=0)
     targets = torch.tensor([1.0, 0.0, 1.0])
     loss = lambda: step_cross_entropy(prm.forward_steps([prm.encode(PROMPT, STEPS)])[0], targets).mean()  # noqa: E731
-    before, loss_before = prm.score_steps(PROMPT, STEPS), float(loss())
+    with torch.no_grad():
+        before, loss_before = prm.score_steps(PROMPT, STEPS), float(loss())
     opt = torch.optim.SGD(prm.model.parameters(), lr=0.1)
     loss().backward()
     opt.step()
-    after = prm.score_steps(PROMPT, STEPS)
-    assert float(loss()) < loss_before
+    with torch.no_grad():
+        after, loss_after = prm.score_steps(PROMPT, STEPS), float(loss())
+    assert loss_after < loss_before
     assert after[0] - after[1] > before[0] - before[1] and after[2] - after[1] > before[2] - before[1]
 
 

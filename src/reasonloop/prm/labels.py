@@ -113,14 +113,20 @@ def rollout_successes(engine: RolloutEngine, queries: Sequence[tuple[Example, st
 def mc_labels(engine: RolloutEngine, examples: Sequence[Example], is_correct: Verifier, *,
               render: Callable[[str], str] = lambda p: p, solutions_per_prompt: int = 4, mc_rollouts: int = 4,
               sampling: SamplingConfig | None = None, delimiters: Sequence[str] = DEFAULT_DELIMITERS,
-              generator: torch.Generator | None = None, batch_prompts: int = 64,
-              outcome_only: bool = False) -> tuple[list[StepExample], LabelStats]:
+              generator: torch.Generator | None = None, batch_prompts: int = 64, outcome_only: bool = False,
+              given: Sequence[Sequence[str] | None] | None = None) -> tuple[list[StepExample], LabelStats]:
     """Sampled solutions of `examples` with Math-Shepherd step labels (see the module docstring), or with
-    outcome labels on every step when `outcome_only` (no rollouts)."""
+    outcome labels on every step when `outcome_only` (no rollouts). `given[i]`, when not None, are example
+    i's solutions instead of samples (e.g. traces with planted errors): labelled the same way."""
     sampling = sampling or SamplingConfig()
     stats = LabelStats()
-    solutions = sample_solutions(engine, examples, render, solutions_per_prompt, sampling, generator, batch_prompts,
-                                 stats)
+    given = list(given) if given is not None else [None] * len(examples)
+    if len(given) != len(examples):
+        raise ValueError(f"{len(examples)} examples but {len(given)} given solution lists")
+    to_sample = [i for i, g in enumerate(given) if g is None]
+    sampled = iter(sample_solutions(engine, [examples[i] for i in to_sample], render, solutions_per_prompt, sampling,
+                                    generator, batch_prompts, stats) if to_sample else [])
+    solutions = [list(dict.fromkeys(g)) if g is not None else next(sampled) for g in given]
     split: list[tuple[int, list[str], bool]] = []  # (example index, steps, verdict)
     for i, (ex, completions) in enumerate(zip(examples, solutions)):
         for c in completions:

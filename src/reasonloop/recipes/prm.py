@@ -93,6 +93,9 @@ class Config(CheckpointedRunConfig):
     """Held-out test-split prompts for the MC-labelled held-out solutions."""
     eval_mc_rollouts: int = 8
     """K for the held-out labels (fixed apart from mc_rollouts, so runs with different K are judged alike)."""
+    error_solutions: int = 0
+    """Train problems whose correct and corrupted careful traces (the first-error generator's; arithmetic) join the
+    policy's samples as solutions to MC-label: errors the policy itself rarely makes. 0: policy samples only."""
     error_traces: int = 100
     """Test-split problems for first-error accuracy (a correct and a corrupted trace each; tasks that make them)."""
     temperature: float = 1.0
@@ -130,6 +133,8 @@ class Config(CheckpointedRunConfig):
         require(not (self.data and self.labels == "outcome"),
                 "labels=outcome labels sampled solutions; with data= the file's labels are used (for an ORM from a "
                 "file, label every step with the outcome, or set train_on_last_step_only=true)")
+        require(self.error_solutions >= 0 and not (self.data and self.error_solutions),
+                "error_solutions must be >= 0, and 0 with data= (it adds solutions to label, a file brings its own)")
         require(self.model.lora.r == 0, "prm trains all weights: LoRA (model.lora.r > 0) is not supported here")
 
 
@@ -178,12 +183,19 @@ def run(cfg: Config) -> dict:
     fields = {"prompt_field": cfg.prompt_field, "steps_field": cfg.steps_field, "labels_field": cfg.labels_field,
               "values_field": cfg.values_field}
 
-    def sampled(split: str, n: int, k: int, outcome_only: bool, seed: int):
+    def sampled(split: str, n: int, k: int, outcome_only: bool, seed: int, planted: int = 0):
         examples = task.examples(split, n, seed=cfg.seed)
+        given: list = [None] * len(examples)
+        if planted:
+            if not hasattr(task, "first_error_traces"):
+                raise ConfigError(f"error_solutions={planted}: task {cfg.task!r} makes no traces with planted errors")
+            traces = task.first_error_traces(split, planted, seed=cfg.seed)  # a correct + a corrupted one per problem
+            examples = examples + task.examples(split, planted, seed=cfg.seed)
+            given += [[t.completion for t in traces[i : i + 2]] for i in range(0, len(traces), 2)]
         rows, stats = mc_labels(engine, examples, task.is_correct, render=render,
                                 solutions_per_prompt=cfg.samples_per_prompt, mc_rollouts=k, sampling=sampling,
                                 delimiters=cfg.delimiters, generator=torch.Generator().manual_seed(seed),
-                                batch_prompts=cfg.rollout_batch, outcome_only=outcome_only)
+                                batch_prompts=cfg.rollout_batch, outcome_only=outcome_only, given=given)
         what = "outcome-labelled" if outcome_only else f"MC-labelled (K={k})"
         print(f"prm: {stats.solutions} {what} {split} solutions of {len(examples)} prompts, {stats.steps} steps, "
               f"{stats.rollouts} rollouts, {stats.generated_tokens} generated tokens")
@@ -194,7 +206,7 @@ def run(cfg: Config) -> dict:
         return rows, {"source": source, "rows": len(rows), "skipped": sum(skips.values()), "skips": dict(skips)}
 
     train, train_info = labelled(run_, TRAIN_FILE, lambda: from_file(cfg.data) if cfg.data else sampled(
-        "train", cfg.prompts, cfg.mc_rollouts, cfg.labels == "outcome", cfg.seed))
+        "train", cfg.prompts, cfg.mc_rollouts, cfg.labels == "outcome", cfg.seed, cfg.error_solutions))
     held_out, held_out_info = labelled(run_, HELD_OUT_FILE, lambda: from_file(cfg.eval_data) if cfg.eval_data
                                        else sampled("test", cfg.eval_prompts, cfg.eval_mc_rollouts, False, cfg.seed + 1))
     if not train:
