@@ -4,8 +4,8 @@ the test-time-compute -> distil loop.
 
 Modes
 - teacher:   the teacher (`teacher_model`, default the student's own starting weights) is boosted by
-             test-time search (`search.strategy`: majority_vote, best_of_n with the task verifier, or
-             a step-level beam, from `reasonloop.search`). Its pick per train prompt is kept if the
+             test-time search (`search.strategy`: any strategy of `reasonloop search` — majority,
+             best_of_n, PRM beam, dvts, mcts ...; docs/test_time_compute.md). Its pick per train prompt is kept if the
              task verifier accepts it (`verify=false` keeps every pick: label-free distillation from
              majority vote). The student fine-tunes on the kept traces (SFT, loss on completion
              tokens). Then `on_policy_steps` steps of on-policy distillation: the student samples,
@@ -47,7 +47,7 @@ class Config(LoopConfig):
     teacher_model: str = ""
     """teacher mode: the teacher's model directory; empty uses the student's starting weights."""
     search: SearchConfig = field(default_factory=SearchConfig)
-    """The teacher's test-time search: majority_vote (default), best_of_n (task verifier) or beam."""
+    """The teacher's test-time search (any strategy of `reasonloop search`; majority by default)."""
     verify: bool = True
     """Keep a teacher pick only if the task verifier accepts it; false keeps every pick (label-free)."""
     on_policy_steps: int = 0
