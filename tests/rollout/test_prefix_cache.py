@@ -21,9 +21,16 @@ def two_levels_reused(engine, seed):
     return children, live, grand
 
 
-@pytest.mark.parametrize("static_cache", [True, False])
-def test_expanding_cached_nodes_samples_what_re_prefilling_their_text_samples(nano_model, tokenizer, static_cache):
-    engine = TreeEngine(nano_model, tokenizer, static_cache=static_cache)
+@pytest.mark.parametrize("static_cache,fused_decode,backend", [(True, True, "_Fused"), (True, False, "_Static"),
+                                                               (False, False, "_Dynamic")])
+def test_expanding_cached_nodes_samples_what_re_prefilling_their_text_samples(nano_model, tokenizer, static_cache,
+                                                                             fused_decode, backend):
+    from reasonloop.rollout import fused
+
+    if backend == "_Fused" and not fused.available():
+        pytest.skip("the compiled decode step does not build here")  # the other two backends still run
+    engine = TreeEngine(nano_model, tokenizer, static_cache=static_cache, fused_decode=fused_decode)
+    assert type(engine._decoder(6, 40, nodes=3, group=2, width=20)).__name__ == backend
     children, live, grand = two_levels_reused(engine, seed=3)
     assert 0 < len(live) < len(children) or len(live) == len(children)
     assert any(c.finish_reason == "stop" for c in children) and len(grand) == 2 * len(live)

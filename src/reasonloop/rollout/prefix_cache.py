@@ -23,8 +23,10 @@ a pruned subtree by dropping its nodes (and `TreeNode.release()` drops a finishe
 Each node stores the K/V of all its tokens but its last one (the *pending* token, fed when the
 node is expanded), so a finished child costs nothing more to compute.
 
-Llama-family models decode through `kv_cache.StaticDecoder` (preallocated cache, finished rows
-dropped); other models through transformers' forward with a `DynamicCache`. `generate` (whole
+Llama-family models in float32 on a CPU decode through the compiled step (`fused.FusedDecoder`: each
+node's K/V is stored once and read by all its children, like the sampler's shared prompt); other
+Llama-family set-ups through `kv_cache.StaticDecoder` (preallocated cache, finished rows dropped);
+other models through transformers' forward with a `DynamicCache`. `generate` (whole
 solutions) is the ordinary `TorchSampler`'s, counted, so the engine serves every strategy.
 """
 
@@ -34,7 +36,7 @@ import torch
 from transformers import DynamicCache
 
 from reasonloop.data.records import RolloutBatch
-from reasonloop.rollout import kv_cache
+from reasonloop.rollout import fused, kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler, _StopStrings, sample_next
 
@@ -95,7 +97,9 @@ class TreeEngine:
         self.sampler = TorchSampler(model, tokenizer, static_cache=static_cache, fused_decode=fused_decode)
         self.generated = 0
         self.prefilled = 0
+        self.fused_decode = fused_decode
         self._kv_storage: torch.Tensor | None = None
+        self._packed: tuple | None = None  # the compiled step's prepacked weights, while unchanged
 
     # -- the RolloutEngine seam ------------------------------------------------------------------------
     def update_weights(self, model: torch.nn.Module) -> None:
@@ -146,7 +150,7 @@ class TreeEngine:
         prefixes = [node.path_kv() for node in nodes]
         lengths = [node.length - 1 for node in nodes]  # tokens with K/V; the pending token sits at this position
         width = max(lengths)
-        decoder = self._decoder(rows, width + T)
+        decoder = self._decoder(rows, width + T, nodes=len(nodes), group=n, width=width)
         decoder.load(prefixes, lengths, n, width)
         pending = torch.tensor([node.tokens[-1] for node in nodes], device=device).repeat_interleave(n)
         position = torch.tensor(lengths, device=device).repeat_interleave(n)
@@ -175,7 +179,7 @@ class TreeEngine:
                     if bool(done[slot]):
                         reasons[row] = "stop"
                     if int(tokens[slot]) != eos:  # an EOS-ended child is final: no K/V needed
-                        segments[row] = decoder.segment(slot, width)
+                        segments[row] = decoder.segment(slot)
                 if last or bool(done.all()):
                     break
                 order = decoder.keep(~done)
@@ -183,6 +187,7 @@ class TreeEngine:
             position = position + 1
             logits = decoder.step(tokens, position)
         self._kv_storage = decoder.storage if device.type == "cpu" else None
+        self._packed = getattr(decoder, "packed", self._packed)
         children = []
         ids, lp = out_ids.tolist(), out_lp.sum(-1).tolist()  # sampled-after-end slots hold 0 log-prob
         for row in range(rows):
@@ -196,7 +201,12 @@ class TreeEngine:
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _decoder(self, rows: int, max_len: int):
+    def _decoder(self, rows: int, max_len: int, nodes: int = 0, group: int = 1, width: int = 0):
+        """The fastest decode loop the model allows: the compiled CPU step (each node's K/V read once by all
+        its children, as the sampler's shared prompt), the static cache, or transformers' DynamicCache."""
+        if (nodes and width and self.static_cache and self.fused_decode and fused.supports(self.model, max_len)
+                and fused.available()):
+            return _Fused(self.model, nodes, group, width, max_len - width, self._kv_storage, self._packed)
         if self.static_cache and kv_cache.supports(self.model, max_len):
             return _Static(self.model, rows, max_len, self._kv_storage)
         return _Dynamic(self.model)
@@ -247,7 +257,7 @@ class _Static:
                 kc[rows, :, width - L:width] = k
                 vc[rows, :, width - L:width] = v
             self.d.valid[rows, width - L:width] = True
-        self.d.length = width
+        self.d.length = self.start = width
 
     def step(self, tokens, position):
         return self.d.step(tokens, position)
@@ -255,9 +265,50 @@ class _Static:
     def keep(self, live):
         return self.d.keep(live)
 
-    def segment(self, slot: int, start: int) -> Segment:
-        end = self.d.length
+    def segment(self, slot: int) -> Segment:
+        """The K/V a live row added since `load` (the pending token's and every token fed after it)."""
+        start, end = self.start, self.d.length
         return [(k[slot, :, start:end].clone(), v[slot, :, start:end].clone()) for k, v in zip(self.d.k, self.d.v)]
+
+
+class _Fused:
+    """The same contract on the compiled CPU step (`fused.FusedDecoder`): the nodes' K/V are its shared
+    'prompt' cache (one copy per node, read by all n children), the children's tokens its per-row cache."""
+
+    def __init__(self, model, nodes: int, group: int, width: int, max_new: int, storage, packed):
+        self.d = fused.FusedDecoder(model, nodes, group, width, max_new, storage=storage, packed=packed)
+        self.storage, self.packed = self.d.storage, self.d.packed
+
+    def load(self, prefixes: list[Segment], lengths: list[int], n: int, width: int) -> None:
+        pad = -width % fused.CHUNK  # whole chunks of positions, padded on the left (never attended to)
+        full = width + pad
+        kp, vp = [], []
+        for layer in range(len(prefixes[0])):
+            k0 = prefixes[0][layer][0]
+            K = k0.new_zeros(len(prefixes), k0.shape[0], full, k0.shape[2])
+            V = torch.zeros_like(K)
+            for i, (seg, L) in enumerate(zip(prefixes, lengths)):
+                K[i, :, full - L:] = seg[layer][0]
+                V[i, :, full - L:] = seg[layer][1]
+            kp.append(fused._blocks(K))
+            vp.append(V)
+        self.d.kp, self.d.vp = kp, vp
+        self.d.pstart = torch.tensor([full - L for L in lengths], dtype=torch.long)
+        self.d.grp = torch.arange(len(prefixes)).repeat_interleave(n)
+        self.d.t = 0
+
+    def step(self, tokens, position):
+        return self.d.step(tokens, position)
+
+    def keep(self, live):
+        return self.d.keep(live)
+
+    def segment(self, slot: int) -> Segment:
+        t, out = self.d.t, []
+        for k, v in zip(self.d.k_all, self.d.v_all):  # keys are stored in [head_dim, CHUNK] blocks
+            kv, blocks, d, chunk = k[slot].shape
+            out.append((k[slot].transpose(-1, -2).reshape(kv, blocks * chunk, d)[:, :t].clone(), v[slot, :, :t].clone()))
+        return out
 
 
 class _Dynamic:
@@ -294,7 +345,7 @@ class _Dynamic:
         self.attn = torch.zeros(rows, width, dtype=torch.long, device=k0.device)
         for i, L in enumerate(lengths):
             self.attn[i * n:(i + 1) * n, width - L:] = 1
-        self.length = width
+        self.length = self.start = width
 
     def step(self, tokens, position):
         self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], dim=-1)
@@ -309,6 +360,6 @@ class _Dynamic:
         self.attn = self.attn[order]
         return order
 
-    def segment(self, slot: int, start: int) -> Segment:
-        return [(layer.keys[slot, :, start:self.length].clone(), layer.values[slot, :, start:self.length].clone())
-                for layer in self.cache.layers]
+    def segment(self, slot: int) -> Segment:
+        return [(layer.keys[slot, :, self.start:self.length].clone(),
+                 layer.values[slot, :, self.start:self.length].clone()) for layer in self.cache.layers]
