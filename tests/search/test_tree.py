@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from reasonloop.bench.search import ExactStepPRM
 from reasonloop.data.records import Example, RolloutBatch
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.search import SearchConfig, search
@@ -215,27 +216,21 @@ def arith():
     return task, load_tokenizer("embedded", task), load_model(ModelConfig(device="cpu"), task).eval()
 
 
-class ArithmeticPRM(TablePRM):
-    """Checks each `a+b-c=d;` step exactly (1 right, 0 wrong, 0.5 not an equation)."""
+class ArithmeticPRM(ExactStepPRM):
+    """The task's exact step check, counting its calls."""
 
-    def __init__(self):
-        super().__init__({})
+    calls = 0
 
     def score_many(self, prompts, steps_lists):
         self.calls += 1
-        self.tokens_read += sum(len(p) + sum(map(len, s)) for p, s in zip(prompts, steps_lists))
-        return [[self.check(s) for s in steps] for steps in steps_lists]
+        return super().score_many(prompts, steps_lists)
 
-    @staticmethod
-    def check(step):
-        body = step.replace("<think>", "").rstrip(";").replace("</think>", "")
-        if body.count("=") != 1 or not all(ch in "0123456789+-=" for ch in body) or not body.split("=")[1]:
-            return 0.5
-        lhs, rhs = body.split("=")
-        try:
-            return float(eval(lhs) == int(rhs))  # digits and +/- only (checked above)
-        except SyntaxError:
-            return 0.0
+
+def test_exact_step_prm_checks_each_step_and_the_answer_against_the_last_result():
+    steps = ["<think>3+8=11;", "11-7=5;", "5-1=4</think>", "<answer>4</answer>"]
+    assert ExactStepPRM().score_steps("Q", steps) == [1.0, 0.0, 1.0, 1.0]
+    assert ExactStepPRM().score_steps("Q", ["<think>6-1+2=7;", "hm;", "<answer>8</answer>"]) == [1.0, 0.5, 0.0]
+    assert ExactStepPRM().score_steps("Q", ["<answer>8</answer>", "1+1=02x;"]) == [0.5, 0.5]
 
 
 @pytest.mark.parametrize("strategy,extra", [("beam", {}), ("dvts", {"lookahead": 1}), ("mcts", {"n": 6})])
@@ -260,3 +255,39 @@ def test_prefix_reuse_searches_the_same_tree_as_re_prefilling_and_reads_fewer_to
     assert sum(len(c) for c, _, _ in same_a) >= len(examples)
     prompt_tokens = sum(len(tok(ex.prompt, add_special_tokens=False)["input_ids"]) for ex in examples)
     assert pre_a == prompt_tokens < pre_b  # reuse reads each prompt once; re-prefilling reads every prefix again
+
+
+def test_beam_lets_go_of_the_k_v_of_pruned_and_finished_nodes(arith):
+    import gc
+
+    from reasonloop.rollout.prefix_cache import TreeEngine, TreeNode
+    from reasonloop.search.tree import Policy, beam_step
+
+    task, tok, model = arith
+    examples = task.examples("test", 2, seed=3)
+    cfg = SearchConfig("beam", n=6, beam_width=2, scorer="prm")
+    ctx = SearchContext(TreeEngine(model, tok), lambda p: p, SamplingConfig(max_new_tokens=48), cfg, str,
+                        prm=ExactStepPRM(), generator=torch.Generator().manual_seed(0))
+    policy = Policy(ctx, examples)
+    live = [[r] for r in policy.roots()]
+    for first in (True, False):
+        live, finished = beam_step(ctx, policy, examples, live, first)
+        assert all(nd.handle is None for f in finished for nd in f)
+        gc.collect()
+        holding = {id(o) for o in gc.get_objects() if type(o) is TreeNode and o.kv is not None}
+        needed = {id(t) for beams in live for nd in beams for t in nd.handle.path()}  # kept beams and their ancestors
+        assert holding == needed and 0 < sum(map(len, live)) <= 2 * 3
+
+
+def test_search_bench_times_both_engines_on_the_same_tree(tmp_path):
+    from reasonloop.bench import Config, run as bench
+    from reasonloop.config import ConfigError, load_config
+
+    results = bench(load_config(Config, ["which=search", "search.problems=2", "search.n=2", "search.beam_width=2",
+                                         "search.max_steps=2", "search.repeats=1", "warmup=0", "search.strategies=[mcts]",
+                                         f"output_dir={tmp_path}"]))
+    row = results["strategies"]["mcts"]
+    assert row["same_picks"] and row["reuse"]["generated"] == row["prefill"]["generated"] > 0
+    assert row["reuse"]["prefilled"] < row["prefill"]["prefilled"] and len(row["ratios"]) == 1
+    with pytest.raises(ConfigError, match="search.strategies"):
+        load_config(Config, ["which=search", "search.strategies=[majority]"])

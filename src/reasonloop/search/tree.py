@@ -111,8 +111,13 @@ class Policy:
         handles = self.ctx.engine.roots(self.prompts) if self.reuse else [None] * len(self.prompts)
         return [Node(i, handle=h) for i, h in enumerate(handles)]
 
-    def expand(self, nodes: list[Node], n: int, sampling: SamplingConfig, final: bool = False) -> list[Node]:
-        """n children per node, node-major, in one engine call. `final`: every child counts as finished."""
+    def expand(self, nodes: list[Node], n: int, sampling: SamplingConfig, final: bool = False,
+               again: bool = False) -> list[Node]:
+        """n children per node, node-major, in one engine call. `final`: every child counts as finished.
+
+        Memory: the search lets go of the nodes' K/V handles afterwards (their children's handles keep
+        what they need alive), unless `again` says the nodes will be extended again (lookahead, rollouts);
+        a finished child's K/V is released at once. A pruned node is freed when the strategy drops it."""
         if not nodes:
             return []
         ctx, delims = self.ctx, self.ctx.cfg.step_delimiters
@@ -136,6 +141,9 @@ class Policy:
             if done and handle is not None:
                 handle.release()  # a finished node is never extended: free its K/V now
             out.append(child)
+        if not again:
+            for nd in nodes:
+                nd.handle = None
         return out
 
     def lookahead(self, nodes: list[Node], steps: int) -> list[str]:
@@ -147,7 +155,7 @@ class Policy:
             if not current:
                 break
             idx = list(current)
-            for i, ext in zip(idx, self.expand([current[i] for i in idx], 1, greedy)):
+            for i, ext in zip(idx, self.expand([current[i] for i in idx], 1, greedy, again=True)):
                 texts[i] = ext.text
                 if ext.finished:
                     del current[i]
@@ -310,7 +318,7 @@ def _evaluate(ctx: SearchContext, policy: Policy, examples: list[Example], leave
     if ctx.outcome is None and ctx.cfg.scorer != "likelihood":
         raise ValueError("mcts value=rollout scores rollouts with the outcome scorer: none is loaded")
     open_ = [nd for nd in todo if not nd.finished]
-    ends = dict(zip(map(id, open_), policy.expand(open_, 1, ctx.sampling, final=True)))
+    ends = dict(zip(map(id, open_), policy.expand(open_, 1, ctx.sampling, final=True, again=True)))
     for e in {nd.example for nd in todo}:
         mine = [nd for nd in todo if nd.example == e]
         rollouts = [ends.get(id(nd), nd) for nd in mine]
@@ -351,8 +359,6 @@ def mcts(ctx: SearchContext, examples: list[Example]) -> list[SearchResult]:
         for i, parent in enumerate(parents):
             parent.children = _distinct(kids[i * cfg.beam_width:(i + 1) * cfg.beam_width])
             _priors(parent.children)
-            if parent.handle is not None and all(ch.finished for ch in parent.children):
-                parent.handle = None  # no descendant will be extended: its K/V can go
         for path in paths:
             v = path[-1].value
             for nd in path:
