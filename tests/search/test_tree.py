@@ -244,7 +244,10 @@ def test_prefix_reuse_searches_the_same_tree_as_re_prefilling_and_reads_fewer_to
     cfg = SearchConfig(strategy, **{"n": 4, "beam_width": 2, "max_steps": 4, "scorer": "prm", **extra})
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=48)
     runs = {}
-    for name, engine in [("reuse", TreeEngine(model, tok)), ("prefill", CountingEngine(TorchSampler(model, tok)))]:
+    # the recipe wraps whatever engine it has in a CountingEngine: wrapped, the tree engine's own counts show
+    used = TreeEngine(model, tok)
+    used.generate([examples[0].prompt], 2, sampling)  # counted before wrapping: not this search's
+    for name, engine in [("reuse", CountingEngine(used)), ("prefill", CountingEngine(TorchSampler(model, tok)))]:
         prm = ArithmeticPRM()
         results = search(engine, examples, lambda p: p, sampling, cfg, lambda c: answer_key(task, c),
                          generator=torch.Generator().manual_seed(11), prm=prm)
