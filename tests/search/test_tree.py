@@ -100,6 +100,21 @@ def test_beam_lookahead_scores_each_candidate_after_greedy_steps():
     assert plain.calls[1][0] == ["s3;"]
 
 
+def test_after_max_steps_live_nodes_are_finished_without_step_stops():
+    def fn(partial, g):  # never finishes on its own: every step ends at a delimiter
+        return (f"x{g};", "stop") if partial.count(";") < 9 else ("<answer>9</answer>", "stop")
+
+    engine = ScriptedEngine(fn)
+    (r,) = run("beam", engine, TablePRM({}), n=4, beam_width=2, max_steps=2)
+    assert [(c[1], c[2]) for c in engine.calls] == [(4, [";"]), (2, [";"]), (1, [])]
+    assert len(engine.calls[2][0]) == 2 and len(r.candidates) == 2  # the N/M kept beams, one sample each
+    tree = ScriptedEngine(fn)
+    run("mcts", tree, TablePRM({}), n=3, beam_width=2, max_steps=1)
+    # the root (depth 0) is expanded step-wise; its depth-1 children (max_steps reached), one per simulation,
+    # into finished solutions
+    assert [(c[0], c[1], c[2]) for c in tree.calls] == [([""], 2, [";"]), (["x0;"], 2, []), (["x1;"], 2, [])]
+
+
 def test_dvts_subtrees_stay_independent():
     def fn(partial, g):
         if partial == "":
