@@ -30,6 +30,7 @@ class CDPError(RuntimeError):
 
 class Browser:
     def __init__(self, binary: str, profile: Path, width: int = 1400, height: int = 1000):
+        self.width, self.height = width, height
         r_cmd, w_cmd = os.pipe()  # we write commands -> chromium's fd 3
         r_ev, w_ev = os.pipe()  # chromium's fd 4 -> we read
         args = [binary, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
@@ -103,6 +104,8 @@ class Browser:
                                  session=False)["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.send(f"{domain}.enable")
+        self.send("Emulation.setDeviceMetricsOverride",  # the viewport exactly (the window includes its frame)
+                  {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
         self.send("Page.navigate", {"url": url})
         deadline = time.time() + timeout
         while not any(e.get("method") == "Page.loadEventFired" for e in self.events):

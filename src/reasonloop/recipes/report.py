@@ -181,7 +181,8 @@ class Figures:
         self.plt = plt
         self.png_dir = png_dir
         self.count = 0
-        self.style = {"svg.fonttype": "none", "svg.hashsalt": "reasonloop", "font.size": 8,
+        # path.simplify off: every logged point is a vertex of its line (the browser test counts them)
+        self.style = {"svg.fonttype": "none", "svg.hashsalt": "reasonloop", "path.simplify": False, "font.size": 8,
                       "axes.titlesize": 9, "legend.fontsize": 7, "axes.grid": True, "grid.alpha": 0.3}
 
     def new(self, figsize=(4.6, 2.8)):
@@ -440,8 +441,8 @@ def sample_rows(runs: list[RunData]) -> list[dict]:
 
 
 def build_html(runs: list[RunData], figs: Figures) -> str:
+    search = search_figures(runs, figs)  # first: figures are numbered in page order
     groups = metric_figures(runs, figs)
-    search = search_figures(runs, figs)
     samples = sample_rows(runs)
     title = "reasonloop report: " + ", ".join(r.name for r in runs)
     sections: list[tuple[str, str, str]] = [("runs", "Runs", runs_section(runs)),
