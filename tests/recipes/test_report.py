@@ -196,3 +196,29 @@ def test_the_page_in_headless_chromium(tmp_path):
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(artifacts) / "report.png")
+
+
+def screenshot_report(run_dirs: list[Path], out: Path, width: int = 1280, height: int = 820) -> Path:
+    """The report of real runs, opened and checked as above, its top captured: how docs/img/report.png is made
+    (`python tests/recipes/test_report.py RUN [RUN ...] docs/img/report.png`)."""
+    from cdp_browser import Browser, find_chromium
+
+    with tempfile.TemporaryDirectory() as tmp:
+        page = report.write_report(run_dirs, Path(tmp) / "report.html")
+        browser = Browser(find_chromium() or "chromium", Path(tmp) / "profile", width=width, height=height)
+        try:
+            browser.open(page.resolve().as_uri())
+            plots = browser.evaluate(CHECK_PLOTS)
+            assert plots and all(p["vertices"] == p["expected"] > 0 for p in plots), plots
+            browser.screenshot(out)
+            assert browser.errors == [], browser.errors
+        finally:
+            browser.close()
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    print(screenshot_report([Path(p) for p in sys.argv[1:-1]], Path(sys.argv[-1])))
