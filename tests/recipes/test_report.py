@@ -23,6 +23,7 @@ TABLE_BEFORE = {"level/1": {"n": 2, "pass@1_greedy": 1.0}, "level/2": {"n": 2, "
 TABLE_AFTER = {"level/1": {"n": 2, "pass@1_greedy": 1.0}, "level/2": {"n": 2, "pass@1_greedy": 1.0},
                "overall": {"n": 4, "pass@1_greedy": 1.0}}
 # (step, level, accuracy component) of each sample row: 3 correct of 6 per run; level 2 has 2 correct of 4
+TRAP = "<!--<script></script>"  # model text that would end an inline script early if embedded raw
 SAMPLES = [(2, 1, 1.0), (2, 2, 0.0), (2, 2, 1.0), (4, 1, 0.0), (4, 2, 1.0), (4, 2, 0.0)]
 
 
@@ -45,7 +46,7 @@ def write_run(path: Path, command: str = "train", lr: float = 1e-4, rows: list[d
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "torn')
     if samples:
         (path / "samples.jsonl").write_text("".join(json.dumps(
-            {"step": s, "level": lv, "prompt": f"Q: {s}+{lv}=?\n", "completion": f"<answer>{s + lv}</answer>",
+            {"step": s, "level": lv, "prompt": f"Q: {s}+{lv}=?\n", "completion": f"<answer>{s + lv}</answer>" + TRAP * (s == 2),
              "reward": acc + 0.1, "accuracy": acc, "format": 1.0, "length": 0.0}) + "\n" for s, lv, acc in SAMPLES))
     if summary is None:
         summary = {"preset": "grpo", "before": TABLE_BEFORE, "after": TABLE_AFTER, "alerts": {"reward_spike": 1}}
@@ -88,6 +89,9 @@ def test_samples_get_a_verdict_from_the_verifier_component(tmp_path):
     assert [r["correct"] for r in rows] == [True, False, True, False, True, False]
     assert rows[0]["components"] == {"accuracy": 1.0, "format": 1.0, "length": 0.0}
     assert rows[0]["level"] == 1 and rows[0]["step"] == 2 and rows[0]["run"] == "a"
+    page = report.build_html([run], report.Figures(None))
+    data = page.split('<script type="application/json" id="samples-data">')[1].split("</script>")[0]
+    assert "<" not in data and json.loads(data)[0]["completion"] == "<answer>3</answer>" + TRAP
 
 
 def test_report_command_writes_one_self_contained_page_and_the_pngs(tmp_path, capsys):
@@ -184,6 +188,9 @@ def test_the_page_in_headless_chromium(tmp_path):
         verdicts = browser.evaluate("[...document.querySelectorAll('#samples-body td:nth-child(4)')].map(t => t.textContent)")
         assert verdicts == ["✗ incorrect", "✗ incorrect"]
         assert apply_filters(browser, correct="0", level="2", step="4", run="b") == (1, 1, "1 of 12 samples match")
+        assert apply_filters(browser, correct="", level="", run="", step="2")[:2] == (6, 6)
+        completions = browser.evaluate("[...document.querySelectorAll('#samples-body td:nth-child(6)')].map(t => t.textContent)")
+        assert completions[:2] == ["<answer>3</answer>" + TRAP, "<answer>4</answer>" + TRAP]  # shown as text
         assert apply_filters(browser, correct="", level="", step="", run="", text="4+2") == (4, 4, "4 of 12 samples match")
         apply_filters(browser, text="")
         browser.evaluate("document.getElementById('g-heldout').scrollIntoView()")

@@ -462,7 +462,8 @@ def build_html(runs: list[RunData], figs: Figures) -> str:
                      config if len(runs) > 1 else f"<details><summary>resolved config.yaml</summary>{config}</details>"))
     nav = " ".join(f'<a href="#{sid}">{esc(label)}</a>' for sid, label, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{esc(label)}</h2>{content}</section>' for sid, label, content in sections)
-    data = json.dumps(samples, default=str).replace("</", "<\\/")
+    # no "<" at all inside the script element: model text like "</script>" or "<!--<script" cannot end it early
+    data = json.dumps(samples, default=str).replace("<", "\\u003c")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
             f"<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1><nav>{nav}</nav></header>"
             f"<main>{body}</main><script type=\"application/json\" id=\"samples-data\">{data}</script>"
