@@ -27,6 +27,7 @@ def quiet_libraries() -> None:
     """Silence third-party progress bars, log chatter and deprecation warnings (see the module docstring)."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # mlflow sets its logger's level when imported
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         for package in THIRD_PARTY:
             warnings.filterwarnings("ignore", category=category, module=rf"{package}(\.|$)")
