@@ -28,6 +28,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # mlflow sets its logger's level when imported
+    os.environ.setdefault("WANDB_QUIET", "true")  # W&B: where the run is, not its history tables
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         for package in THIRD_PARTY:
             warnings.filterwarnings("ignore", category=category, module=rf"{package}(\.|$)")
