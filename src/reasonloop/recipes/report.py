@@ -340,9 +340,8 @@ def config_section(runs: list[RunData]) -> str:
         cfg = runs[0].config
         return html_table(["key", "value"], [[k, v] for k, v in cfg.items()], "config") if cfg else "<p>no config.yaml</p>"
     keys = list(dict.fromkeys(k for r in runs for k in r.config))
-    missing = object()
-    differ = [k for k in keys if len({json.dumps(r.config.get(k, missing) if k in r.config else "<absent>",
-                                                 default=str) for r in runs}) > 1]
+    differ = [k for k in keys  # a key only some runs have differs too
+              if len({json.dumps(r.config[k], default=str) if k in r.config else "(absent)" for r in runs}) > 1]
     if not differ:
         return "<p>The runs share every config key.</p>"
     rows = [[k, *[r.config.get(k, "(absent)") for r in runs]] for k in differ]
