@@ -23,6 +23,13 @@ if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-ge
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null 2>&1 \
     || echo "dev.sh: could not install bubblewrap; the sandbox falls back to rlimits only" >&2
 fi
+# The report's browser test (tests/recipes/test_report.py) drives headless Chromium: for `test`, install it
+# where we may (a minute, once; `train` never waits for it).
+if [ "${1:-train}" = test ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "dev.sh: could not install chromium; the report's browser test will be skipped" >&2
+fi
 
 cmd=${1:-train}
 shift || true

@@ -58,6 +58,7 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("reasonloop.bench", "time the GRPO step (vs=trl: against TRL's GRPOTrainer), the grader or the sandbox"),
     "sandbox": Command("reasonloop.sandbox.cli", "run untrusted code under the sandbox (`sandbox run FILE`)", config=""),
     "runs": Command("reasonloop.recipes.runs", "list the runs under a directory (`runs [DIR] [--clean]`)", config=""),
+    "report": Command("reasonloop.recipes.report", "one HTML page of runs: curves, alerts, held-out, samples (`report RUN ...`)", config=""),
 }
 
 

@@ -15,7 +15,8 @@ import logging
 import os
 import warnings
 
-THIRD_PARTY = ("transformers", "torch", "peft", "datasets", "huggingface_hub", "accelerate", "trl", "omegaconf")
+THIRD_PARTY = ("transformers", "torch", "peft", "datasets", "huggingface_hub", "accelerate", "trl", "omegaconf",
+               "wandb", "mlflow", "alembic", "trackio")
 
 
 def verbose_requested(argv: list[str]) -> bool:
@@ -26,6 +27,8 @@ def quiet_libraries() -> None:
     """Silence third-party progress bars, log chatter and deprecation warnings (see the module docstring)."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # mlflow sets its logger's level when imported
+    os.environ.setdefault("WANDB_QUIET", "true")  # W&B: where the run is, not its history tables
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         for package in THIRD_PARTY:
             warnings.filterwarnings("ignore", category=category, module=rf"{package}(\.|$)")

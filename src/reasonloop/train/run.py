@@ -1,4 +1,4 @@
-"""A run directory: resolved config, metrics.jsonl, summary.json, TensorBoard events, progress bars.
+"""A run directory: resolved config, metrics.jsonl, summary.json, the trackers (`logger=`), progress bars.
 
 Run directories are owned (docs/run-directories.md). `Run(cfg, command)` only looks: it refuses an
 output_dir that is a file, a non-empty directory that is not a reasonloop run, a run of another
@@ -33,6 +33,7 @@ from reasonloop import __version__
 from reasonloop.config import flatten, save_config
 from reasonloop.errors import UserError, note_run_dir
 from reasonloop.train.checkpoint import ROW_FILES, checkpoint_rows, checkpoint_step, find_resume_checkpoint
+from reasonloop.train.trackers import Trackers, check_available, parse_logger
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,11 @@ class Run:
     """Owns the output directory of one command invocation (see the module docstring)."""
 
     def __init__(self, cfg: Any, command: str, tensorboard: bool = True):
-        self.cfg, self.command, self._tensorboard = cfg, command, tensorboard
+        self.cfg, self.command = cfg, command
+        names, optional = parse_logger(getattr(cfg, "logger", ""))
+        if not tensorboard:
+            names = [n for n in names if n != "tensorboard"]
+        self._trackers_wanted = check_available(names, optional)  # a missing library fails here, before any write
         self._explicit = bool(cfg.output_dir)
         self.dir = Path(cfg.output_dir) if self._explicit else Path(default_output_dir(command))
         self.resume_from: Path | None = None
@@ -109,7 +114,7 @@ class Run:
         """output_dir holds this command's run, which this invocation continues (or reruns)."""
         self._created: str | None = None
         self._metrics = None
-        self._tb = None
+        self._trackers: Trackers | None = None
         self.started = False
         if self._explicit:
             self._inspect()
@@ -222,14 +227,9 @@ class Run:
             for name in ROW_FILES:
                 self._trim_rows(name, None if counts is None else counts.get(name, 0), self.resume_step)
         self._metrics = open(self.dir / "metrics.jsonl", "a")
-        if self._tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                purge = None if not self.existing else (self.resume_step + 1 if self.resume_step is not None else 0)
-                self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=purge)
-            except ImportError:
-                log.info("tensorboard not installed; metrics go to metrics.jsonl only")
+        if self._trackers_wanted:
+            purge = None if not self.existing else (self.resume_step + 1 if self.resume_step is not None else 0)
+            self._trackers = Trackers(self._trackers_wanted, self.dir, values, marker["created"], purge_step=purge)
         note_run_dir(self.dir)
         self.started = True
         return self.dir
@@ -269,10 +269,9 @@ class Run:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
-        if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(k, v, step)
+        if self._trackers is not None:  # the same names in every tracker: finite numbers only
+            self._trackers.log(step, {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))
+                                      and not isinstance(v, bool) and math.isfinite(v)})
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.dir / name
@@ -301,8 +300,9 @@ class Run:
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
-        if self._tb is not None:
-            self._tb.close()
+        if self._trackers is not None:
+            self._trackers.close()
+            self._trackers = None
 
 
 def _new_directory(base: Path) -> Path:

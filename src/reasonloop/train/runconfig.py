@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from reasonloop.config import require, require_choice
+from reasonloop.train.trackers import parse_logger
 
 RESUME_MODES = ("auto", "never", "force")
 SEED_LIMIT = 2**32  # numpy's seed range is [0, 2**32)
@@ -33,7 +34,13 @@ class RunConfig:
     refuses otherwise, naming them; 'force' continues it under the new config anyway; 'never' refuses any
     existing run (a fresh run needs a new or empty directory)."""
 
-    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"output_dir", "threads", "resume"})
+    logger: str = ""
+    """Experiment trackers that also receive the metrics (metrics.jsonl always does): any of tensorboard,
+    wandb, mlflow, trackio, comma-separated (`logger=tensorboard,wandb`), each needing its library
+    (`pip install 'reasonloop[wandb]'`); 'none' for none; empty means TensorBoard when it is installed.
+    Where each writes and how to run it offline: docs/report.md."""
+
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"output_dir", "threads", "resume", "logger"})
     """Keys a resumed run may change: they do not change what the run computes."""
     PROGRESS_KEY: ClassVar[str] = ""
     """The key counting the run's progress (steps, iterations): a resume may raise it, not lower it below
@@ -45,6 +52,7 @@ class RunConfig:
         require(self.threads >= 0, f"threads={self.threads}: must be >= 0 (0 keeps torch's default)")
         require("\0" not in self.output_dir, "output_dir contains a NUL character")
         require_choice("resume", self.resume, list(RESUME_MODES))
+        parse_logger(self.logger)  # a name that is no tracker is a config error
 
 
 @dataclass
