@@ -15,7 +15,8 @@ import logging
 import os
 import warnings
 
-THIRD_PARTY = ("transformers", "torch", "peft", "datasets", "huggingface_hub", "accelerate", "trl", "omegaconf")
+THIRD_PARTY = ("transformers", "torch", "peft", "datasets", "huggingface_hub", "accelerate", "trl", "omegaconf",
+               "openai", "httpx", "httpx2", "vllm")
 
 
 def verbose_requested(argv: list[str]) -> bool:

@@ -209,10 +209,10 @@ class OpenAIEngine:
         openai = _import_openai()
         cfg, where = self.cfg, f"rollout.base_url={self.base_url}"
         if isinstance(exc, openai.APITimeoutError):
-            return ServerError(f"{where}: no answer within rollout.timeout={cfg.timeout:g}s ({cfg.retries + 1} tries); "
+            return ServerError(f"{where}: no answer within rollout.timeout={cfg.timeout:g}s ({_tries(cfg.retries)}); "
                                "the server is stuck or overloaded (raise rollout.timeout for long generations)")
         if isinstance(exc, openai.APIConnectionError):
-            return ServerError(f"{where}: cannot connect ({cfg.retries + 1} tries: {exc.__cause__ or exc}); is the "
+            return ServerError(f"{where}: cannot connect ({_tries(cfg.retries)}: {exc.__cause__ or exc}); is the "
                                "server running? (`reasonloop serve model.name=...` or `vllm serve ...` starts one)")
         if isinstance(exc, openai.AuthenticationError):
             return ServerError(f"{where}: the server refused the API key (rollout.api_key={cfg.api_key!r})")
@@ -230,6 +230,10 @@ class OpenAIEngine:
                 return
             self._warned.add(key)
         log.warning(message)
+
+
+def _tries(retries: int) -> str:
+    return "1 attempt" if retries == 0 else f"{retries + 1} attempts"
 
 
 def _message(exc: Any) -> str:
