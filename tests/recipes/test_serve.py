@@ -214,3 +214,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_port_in_use_is_a_user_error(nano_model_dir, capsys):
+    from reasonloop.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", f"model.name={nano_model_dir}", f"port={port}", "threads=1"]) == 2
+    err = capsys.readouterr().err
+    assert f"reasonloop serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another " \
+           "port= (port=0 picks a free one) or host=" in err
+
+
+def test_the_service_answers_without_http(nano_model_dir):
+    """The request -> response mapping on its own: token-id prompts, several prompts x n, usage counts."""
+    from reasonloop.recipes.serve import CompletionService, RequestError
+    from reasonloop.rollout.sampler import TorchSampler
+
+    tok, model = load_policy(ModelConfig(name=nano_model_dir), None)
+    service = CompletionService(TorchSampler(model, tok), "nano", max_n=4)
+    ids = tok("1+2=", add_special_tokens=False)["input_ids"]
+    out = service.complete({"prompt": [ids, "3*4="], "n": 2, "max_tokens": 5, "temperature": 0.0, "seed": 1,
+                            "logprobs": 0, "return_tokens_as_token_ids": True})
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2, 3]  # prompt-major: prompt 0 x 2, then prompt 1 x 2
+    lengths = [len(c["logprobs"]["tokens"]) for c in out["choices"]]
+    assert all(1 <= n <= 5 for n in lengths)
+    prompt_tokens = len(ids) + len(tok("3*4=", add_special_tokens=False)["input_ids"])  # once per prompt
+    assert out["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": sum(lengths),
+                            "total_tokens": prompt_tokens + sum(lengths)}
+    assert all(t.startswith("token_id:") for c in out["choices"] for t in c["logprobs"]["tokens"])
+    with pytest.raises(RequestError, match=r"`n` must be in \[1, 4\], got 5"):
+        service.complete({"prompt": "1", "n": 5})
+    with pytest.raises(RequestError, match="`max_tokens` must be an integer, got '3'"):
+        service.complete({"prompt": "1", "max_tokens": "3"})
