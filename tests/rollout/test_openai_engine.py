@@ -135,3 +135,57 @@ def test_update_weights_warns_once(tokenizer, caplog):
     assert [r.getMessage() for r in caplog.records].count(
         "rollout.engine=openai: the served model's weights are not updated; later rollouts still come from the "
         "served weights (off-policy: fine for data and evaluation, drifting for on-policy RL)") == 1
+
+
+class FakeCompletions:
+    """`client.completions` of a server that ignores `n` (as llama.cpp's does): one choice per request."""
+
+    def __init__(self, honour_n: bool):
+        self.honour_n = honour_n
+        self.requests: list[dict] = []
+
+    def create(self, **body):
+        self.requests.append(body)
+        k = body["n"] if self.honour_n else 1
+        last = body["prompt"][-1]
+        choices = [{"index": i, "text": "", "finish_reason": "stop",
+                    "logprobs": {"tokens": [f"token_id:{last + i}", "token_id:2"], "token_logprobs": [-1.0, -0.5]}}
+                   for i in range(k)]
+        return __import__("types").SimpleNamespace(model_dump=lambda: {"choices": choices})
+
+
+def fake_engine(tokenizer, honour_n: bool):
+    from types import SimpleNamespace
+
+    from reasonloop.rollout.openai_engine import OpenAIEngine
+
+    engine = OpenAIEngine.__new__(OpenAIEngine)  # everything __init__ sets, without a server
+    engine.cfg = RolloutConfig(engine="openai", base_url="http://fake/v1", concurrency=2)
+    engine.tokenizer, engine.base_url, engine.model_name = tokenizer, "http://fake/v1", "m"
+    engine._warned, engine._lock = set(), __import__("threading").Lock()
+    engine.client = SimpleNamespace(completions=FakeCompletions(honour_n))
+    return engine
+
+
+@pytest.mark.parametrize("honour_n", [True, False])
+def test_generate_sends_token_ids_and_gets_n_samples_either_way(tokenizer, honour_n, caplog):
+    pytest.importorskip("openai")
+    engine = fake_engine(tokenizer, honour_n)
+    prompts = ["1+2=", "34"]
+    with caplog.at_level(logging.WARNING):
+        batch = engine.generate(prompts, 3, SamplingConfig(max_new_tokens=4), torch.Generator().manual_seed(0))
+    ids = [ids_of(tokenizer, p) for p in prompts]
+    requests = engine.client.completions.requests
+    assert sorted(r["prompt"][-1] for r in requests if r["n"] == 3 or not honour_n) == sorted(
+        [i[-1] for i in ids] * (1 if honour_n else 3))
+    if honour_n:
+        assert len(requests) == 2 and all(r["n"] == 3 for r in requests)
+    else:  # one n=3 request, then two n=1 requests per prompt, seeds shifted by the samples already there
+        assert len(requests) == 6 and sorted(r["n"] for r in requests) == [1, 1, 1, 1, 3, 3]
+        for prompt in ids:
+            seeds = sorted(r["seed"] for r in requests if r["prompt"] == prompt)
+            assert seeds == [seeds[0], seeds[0] + 1, seeds[0] + 2]
+        assert "the server returned 1 of n=3 samples" in caplog.text
+    first = [ids[0][-1] + i for i in range(3)] if honour_n else [ids[0][-1]] * 3
+    assert batch.completion_ids[:3, 0].tolist() == first and batch.completion_ids[:, 1].tolist() == [2] * 6
+    assert batch.num_rows == 6 and batch.group_size == 3 and batch.logprobs[0].tolist() == [-1.0, -0.5]

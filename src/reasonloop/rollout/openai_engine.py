@@ -4,7 +4,8 @@ vLLM's (`vllm serve`), SGLang's, llama.cpp's (`llama-server`) and reasonloop's o
 answer `POST /v1/completions`. The engine sends one request per prompt, asking for `n` samples
 (`n=`), the sampled tokens' log-probs (`logprobs=1`, `echo=false`) and, where the server knows the
 vLLM extensions, the tokens as ids (`return_tokens_as_token_ids`) with the stop string kept in the
-text (`include_stop_str_in_output`, as the torch sampler keeps it). Prompts go out as token ids
+text (`include_stop_str_in_output`, as the torch sampler keeps it); a server that ignores `n` is
+asked again, one sample a request. Prompts go out as token ids
 from the policy's tokenizer, so the server conditions on exactly the tokens the trainer scores (no
 second tokenisation, no BOS added by the server).
 
@@ -167,15 +168,11 @@ class OpenAIEngine:
         bodies = [request_body(ids, n, sampling, seed) for ids, seed in zip(prompt_ids, seeds)]
         pool = ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, max(1, len(bodies))))
         try:
-            responses = list(pool.map(self._complete, bodies))
+            responses = list(pool.map(self._samples, bodies))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # a failed request does not wait for the rest
         rows = []
-        for response in responses:
-            choices = sorted(response["choices"], key=lambda c: c.get("index", 0))
-            if len(choices) != n:
-                raise ServerError(f"rollout.base_url={self.base_url}: asked for n={n} samples, the server returned "
-                                  f"{len(choices)}; does it support the `n` parameter?")
+        for choices in responses:
             rows += [completion_row(c, self.tokenizer, sampling.stop, sampling.max_new_tokens) for c in choices]
         if any(r.ids_from == "text" for r in rows):
             self._warn_once("ids", "rollout.engine=openai: the server returned no token ids; completions are "
@@ -188,6 +185,22 @@ class OpenAIEngine:
         return rollout_batch(prompt_ids, rows, n, pad)
 
     # -- the server ----------------------------------------------------------------------------------------
+    def _samples(self, body: dict[str, Any]) -> list[dict]:
+        """The n choices of one prompt's request, in order. A server that ignores `n` (llama.cpp's returns one
+        choice) is asked again with n=1 for each missing sample (its seed shifted so they differ)."""
+        n = body["n"]
+        choices = sorted(self._complete(body)["choices"], key=lambda c: c.get("index", 0))
+        if len(choices) < n:
+            self._warn_once("n", f"rollout.engine=openai: the server returned {len(choices)} of n={n} samples; the "
+                            "others are asked for one request each")
+        while len(choices) < n:
+            one = {**body, "n": 1, **({"seed": body["seed"] + len(choices)} if "seed" in body else {})}
+            got = self._complete(one)["choices"]
+            if not got:
+                raise ServerError(f"rollout.base_url={self.base_url}: the server returned no completion")
+            choices.append(got[0])
+        return choices[:n]
+
     def _complete(self, body: dict[str, Any]) -> dict:
         openai = _import_openai()
         try:
