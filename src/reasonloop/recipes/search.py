@@ -14,6 +14,7 @@ directory: `scaling.csv` (one row per strategy and budget), `summary.json` and `
 from __future__ import annotations
 
 import csv
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -97,10 +98,22 @@ def load_reward_models(cfg: SearchConfig, needed: set[str]) -> dict[str, Any]:
         if kind in needed and not path:
             raise ConfigError(f"a strategy needs a {kind.upper()}: set search.{kind}=<directory of `reasonloop prm`>")
         if path:
-            from reasonloop.prm import load_prm
-
-            out[kind] = load_prm(path)
+            out[kind] = _load_prm(path)
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _load_prm(path: str):
+    from reasonloop.prm import load_prm
+
+    return load_prm(path)
+
+
+def search_kwargs(cfg: SearchConfig, task) -> dict[str, Any]:
+    """The scorers `search(...)` needs for `cfg` (loading its PRM/ORM once per process): self-training and
+    distillation use any strategy of `reasonloop search` as their expert/teacher through this."""
+    outcome, prm = scorers_for(cfg, task, load_reward_models(cfg, needed_models([cfg])))
+    return {"scorer": outcome, "prm": prm, "verifier": task.is_correct}
 
 
 def scorers_for(cfg: SearchConfig, task, models: dict[str, Any]):
