@@ -16,7 +16,7 @@ import os
 import warnings
 
 THIRD_PARTY = ("transformers", "torch", "peft", "datasets", "huggingface_hub", "accelerate", "trl", "omegaconf",
-               "wandb", "mlflow", "alembic", "trackio")
+               "wandb", "mlflow", "alembic", "trackio", "openai", "httpx", "httpx2", "vllm")
 
 
 def verbose_requested(argv: list[str]) -> bool:
