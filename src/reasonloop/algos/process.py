@@ -61,20 +61,18 @@ def process_grpo_advantages(
     gets 0. Tokens after a completion's last step end get 0 (no step reward lies ahead of them).
     """
     _check(process_rewards, process_mask, mask, group_sizes)
-    pm = process_mask.to(torch.float32) * mask
-    normalised = torch.zeros_like(process_rewards, dtype=torch.float32)
+    dtype = torch.promote_types(process_rewards.dtype, torch.float32)
+    pm = process_mask.to(dtype) * mask
+    normalised = torch.zeros_like(process_rewards, dtype=dtype)
     row = 0
     for g in group_sizes:
         rows = slice(row, row + g)
         row += g
         marked = pm[rows].bool()
-        values = process_rewards[rows][marked].to(torch.float32)
-        if values.numel() < 2:
+        values = process_rewards[rows][marked].to(dtype)
+        if values.numel() < 2 or values.max() == values.min():  # exact 0, not rounding noise over eps
             continue
-        std = values.std()
-        if std <= 0:
-            continue
-        normalised[rows] = torch.where(marked, (process_rewards[rows] - values.mean()) / (std + eps), 0.0)
+        normalised[rows] = torch.where(marked, (process_rewards[rows] - values.mean()) / (values.std() + eps), 0.0)
     return returns_to_go(normalised * pm, mask)
 
 
@@ -109,13 +107,14 @@ def prime_advantages(
     the other samples' sequence-level rewards). A row with no marked token has a process mean of 0.
     """
     check_shape("outcome_rewards", outcome_rewards, (mask.shape[0],))
-    mask = mask.to(torch.float32)
-    last = ((mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask.bool()).to(torch.float32)
-    outcome = outcome_rewards.to(torch.float32)
+    dtype = torch.promote_types(outcome_rewards.dtype, torch.float32)
+    mask = mask.to(dtype)
+    last = ((mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask.bool()).to(dtype)
+    outcome = outcome_rewards.to(dtype)
     token_rewards = (outcome - _leave_one_out(outcome, group_sizes)).unsqueeze(-1) * last
     if process_rewards is not None:
         _check(process_rewards, process_mask, mask, group_sizes)
-        pm = process_mask.to(torch.float32) * mask
+        pm = process_mask.to(dtype) * mask
         means = (process_rewards * pm).sum(-1) / pm.sum(-1).clamp(min=1)
         centred = (process_rewards - _leave_one_out(means, group_sizes).unsqueeze(-1)) * pm
         token_rewards = token_rewards + process_coef * centred
