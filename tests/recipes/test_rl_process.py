@@ -49,7 +49,7 @@ def fake_prm(monkeypatch):
     (["process_reward=explicit"], "process_reward"),
     (["prm=oracle", "advantage=gae", "critic=head"], "needs an estimator that reads process rewards"),
     (["process_reward=prime", "prime_beta=0"], "prime_beta > 0"),
-    (["prm=oracle", "prm_delimiters=[]"], "prm_delimiters must be non-empty strings"),
+    (["prm=oracle", "prm_delimiters=[';', '']"], "prm_delimiters must be non-empty strings"),
 ])
 def test_bad_process_reward_settings_are_config_errors(args, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
@@ -73,10 +73,11 @@ def test_prm_steps_train_the_policy_when_the_outcome_says_nothing(nano_model_dir
     scores alone raise the probability of what it calls a right step (a completion starting with a letter)."""
     monkeypatch.setattr(rl, "make_task", lambda spec, data_dir=None: NoOutcomeTask())
     scorer, seen = fake_prm
-    # the nano model's random completions rarely hold ';': the whole completion is one step, and its score
-    # (on its last token) is the return of every token before it
+    # the nano model never writes '\x00': the whole completion is one step, and its score (on its last token)
+    # is the return of every token before it
+    scorer.delimiters = ["\x00"]  # the PRM's own delimiters (prm.json) are used when prm_delimiters is empty
     trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, f"prm={tmp_path / 'my-prm'}"))
-    assert seen == [str(tmp_path / "my-prm")]
+    assert seen == [str(tmp_path / "my-prm")] and trainer.step_delimiters == ["\x00"]
     before = letter_first_prob(trainer)
     metrics, data = trainer.step()
     assert float(data.rewards.std()) == 0.0, "the outcome reward must carry no signal here"
@@ -91,7 +92,9 @@ def test_without_process_rewards_the_advantages_are_the_outcome_ones(nano_model_
     monkeypatch.setattr(rl, "make_task", lambda spec, data_dir=None: LetterFirstTask())
     scorer, _ = fake_prm
     scorer.score_steps = lambda prompt, steps: [0.5] * len(steps)
-    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "prm=x"))
+    scorer.delimiters = ["\x00"]
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "prm=x", "prm_delimiters=['z','7']"))
+    assert trainer.step_delimiters == ["z", "7"]  # given ones win over the PRM's own
     data, _ = trainer.collect()
     scores = trainer.score_tokens(data)
     mask = data.tokens.completion_mask.float()

@@ -201,8 +201,9 @@ class Config(CheckpointedRunConfig):
     prm: str = ""
     """With process_reward=prm: a trained PRM directory (`reasonloop prm`; loaded by reasonloop.prm.load_prm),
     or 'oracle' for the exact step checker of the arithmetic task (an upper bound, not a learned PRM)."""
-    prm_delimiters: list[str] = field(default_factory=lambda: list(DEFAULT_DELIMITERS))
-    """Strings that end a step (kept in the step; text after the last one is the last step)."""
+    prm_delimiters: list[str] = field(default_factory=list)
+    """Strings that end a step (kept in the step; text after the last one is the last step); empty: the PRM's
+    own (the `delimiters` its prm.json records), else ';' and '</think>'."""
     prm_coef: float = 1.0
     """Weight of the process-reward advantage added to the outcome advantage (prime: of the process returns)."""
     prime_beta: float = 0.05
@@ -296,7 +297,7 @@ class Config(CheckpointedRunConfig):
                 f"estimator (grpo, dr_grpo, rloo, ...) or prime, not advantage={self.advantage}")
         require(self.process_reward != "prime" or self.model.lora.r == 0,
                 "process_reward=prime trains a full copy of the policy as its implicit PRM; it does not run with LoRA")
-        require(bool(self.prm_delimiters) and all(self.prm_delimiters), "prm_delimiters must be non-empty strings")
+        require(all(self.prm_delimiters), "prm_delimiters must be non-empty strings")
         require(self.prm_coef >= 0 and self.prime_beta > 0 and self.prime_lr >= 0,
                 "prm_coef and prime_lr must be >= 0, prime_beta > 0")
         require(self.sampling.temperature > 0 or self.advantage not in GROUP_RELATIVE,
@@ -438,6 +439,7 @@ class Trainer:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.critic = Critic(self.model, shared=cfg.critic == "head") if cfg.critic != "none" else None
         self.step_scorer = self._step_scorer() if cfg.process_reward == "prm" else None
+        self.step_delimiters = list(cfg.prm_delimiters or getattr(self.step_scorer, "delimiters", DEFAULT_DELIMITERS))
         self.implicit_prm = None
         if cfg.process_reward == "prime":  # PRIME: pi_phi starts as the policy; pi_ref is the frozen initial one
             if "accuracy" not in [s.name for s in self.task_specs]:
@@ -644,7 +646,7 @@ class Trainer:
 
     def _explicit_process_rewards(self, data: StepData) -> tuple[ProcessRewards, dict[str, float]]:
         """The PRM's score of each step (a probability the step is right) on the step's last token."""
-        steps = [step_spans(c, self.cfg.prm_delimiters) for c in data.batch.completions]
+        steps = [step_spans(c, self.step_delimiters) for c in data.batch.completions]
         prompts = [ex.prompt for ex in data.examples]
         texts = [[s.text for s in row] for row in steps]
         scorer = self.step_scorer
