@@ -38,7 +38,7 @@ def fake_prm(monkeypatch):
     """`reasonloop.prm.load_prm` returning the letter scorer (whatever the prm branch provides)."""
     scorer, seen = LetterStepScorer(), []
     module = types.ModuleType("reasonloop.prm")
-    module.load_prm = lambda path: seen.append(path) or scorer
+    module.load_prm = lambda path, device="cpu": seen.append((path, device)) or scorer
     monkeypatch.setitem(sys.modules, "reasonloop.prm", module)
     return scorer, seen
 
@@ -77,7 +77,7 @@ def test_prm_steps_train_the_policy_when_the_outcome_says_nothing(nano_model_dir
     # is the return of every token before it
     scorer.delimiters = ["\x00"]  # the PRM's own delimiters (prm.json) are used when prm_delimiters is empty
     trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, f"prm={tmp_path / 'my-prm'}"))
-    assert seen == [str(tmp_path / "my-prm")] and trainer.step_delimiters == ["\x00"]
+    assert seen == [(str(tmp_path / "my-prm"), "cpu")] and trainer.step_delimiters == ["\x00"]
     before = letter_first_prob(trainer)
     metrics, data = trainer.step()
     assert float(data.rewards.std()) == 0.0, "the outcome reward must carry no signal here"
@@ -181,3 +181,19 @@ def test_prime_killed_and_resumed_ends_with_the_same_policy_and_implicit_prm(nan
 
 def final_params_of(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_prm_that_does_not_load_is_a_config_error(nano_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(rl, "make_task", lambda spec, data_dir=None: LetterFirstTask())
+    module = types.ModuleType("reasonloop.prm")
+
+    def load_prm(path, device="cpu"):
+        raise ValueError(f"{path!r} has a 3-label head; a PRM has 2 (wrong, correct)")
+
+    module.load_prm = load_prm
+    monkeypatch.setitem(sys.modules, "reasonloop.prm", module)
+    with pytest.raises(ConfigError, match="prm='/no/prm' does not load as a process reward model: '/no/prm' has a 3-label"):
+        rl.Trainer(make_cfg(nano_model_dir, tmp_path, "prm=/no/prm"))
+    monkeypatch.setitem(sys.modules, "reasonloop.prm", None)  # an install without the prm package
+    with pytest.raises(ConfigError, match="this install has no reasonloop.prm"):
+        rl.Trainer(make_cfg(nano_model_dir, tmp_path, "prm=/no/prm"))

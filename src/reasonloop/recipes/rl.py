@@ -475,7 +475,7 @@ class Trainer:
         """The explicit PRM of process_reward=prm: the exact arithmetic checker for prm=oracle, else the
         directory through reasonloop.prm.load_prm (anything with score_steps(prompt, steps))."""
         if self.cfg.prm == "oracle":
-            if self.task.name != "arithmetic":
+            if getattr(self.task, "name", "") != "arithmetic":
                 raise ConfigError(f"prm=oracle is the exact step checker of the arithmetic task, not of {self.cfg.task!r}")
             return ArithmeticStepOracle()
         try:
@@ -483,7 +483,7 @@ class Trainer:
         except ImportError as exc:
             raise ConfigError(f"prm={self.cfg.prm!r}: this install has no reasonloop.prm to load it ({exc})") from exc
         try:
-            return load_prm(self.cfg.prm)
+            return load_prm(self.cfg.prm, device=str(next(self.model.parameters()).device))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"prm={self.cfg.prm!r} does not load as a process reward model: {exc}") from exc
 
