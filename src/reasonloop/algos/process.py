@@ -10,10 +10,11 @@ every completion token. Rows are prompt-major groups (row b*G + g), as everywher
   (returns-to-go, gamma 1). The sequence estimators add it to their outcome advantage
   (`algos/estimators.py`), so an explicit PRM's verdicts steer credit inside a completion while the
   verified outcome still decides the overall sign.
-- `prime_advantages` (PRIME, Cui et al. 2025, eq. 5, as verl's reference implementation computes it): a
+- `prime_advantages` (PRIME, Cui et al. 2025, eq. 5): a
   leave-one-out (RLOO) baseline for each reward source -- the outcome reward on the last token, the
   process rewards on their tokens, the baseline of a sample being the mean over the *other* samples of
-  their per-token mean process reward -- then returns-to-go and (optionally) whitening over the batch.
+  their per-token mean process reward (as verl's reference code) -- then returns-to-go and (optionally)
+  whitening over the batch.
 - `implicit_process_rewards` and `implicit_prm_loss`: PRIME's implicit PRM, a language model pi_phi whose
   outcome reward is r_phi(y) = beta * sum_t log(pi_phi(y_t) / pi_ref(y_t)), trained with cross-entropy
   on the verified outcome labels; its per-token terms beta * log(pi_phi(y_t) / pi_ref(y_t)) are the
@@ -103,8 +104,8 @@ def prime_advantages(
         p_{i,t}   = r_phi(y_{i,t}) - mean_{j != i} mean_s r_phi(y_{j,s})   on each marked token of y_i
         A_{i,t}   = sum_{s >= t} (o_{i,s} + process_coef * p_{i,s})        (gamma 1), whitened over the batch
 
-    (the per-token mean in the process baseline is verl's `masked_rloo`; the paper writes the baseline with
-    the other samples' sequence-level rewards). A row with no marked token has a process mean of 0.
+    (the per-token mean in the process baseline is what verl's `masked_rloo` uses, without its extra
+    (r_t - m_i)/(G-1) term; the paper writes the baseline with the other samples' sequence-level rewards). A row with no marked token has a process mean of 0.
     """
     check_shape("outcome_rewards", outcome_rewards, (mask.shape[0],))
     dtype = torch.promote_types(outcome_rewards.dtype, torch.float32)
