@@ -53,6 +53,7 @@ COMMANDS: dict[str, Command] = {
                             "train a Bradley-Terry reward model (pairs from data= or the verifier-labelled samples)"),
     "dpo": Command("reasonloop.recipes.dpo", "preference optimisation: offline, online/iterative, self-rewarding"),
     "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
+    "search": Command("reasonloop.recipes.search", "test-time search: accuracy against compute per strategy and budget"),
     "bench": Command("reasonloop.bench", "time the GRPO step (vs=trl: against TRL's GRPOTrainer), the grader or the sandbox"),
     "sandbox": Command("reasonloop.sandbox.cli", "run untrusted code under the sandbox (`sandbox run FILE`)", config=""),
     "runs": Command("reasonloop.recipes.runs", "list the runs under a directory (`runs [DIR] [--clean]`)", config=""),

@@ -5,7 +5,7 @@ import torch
 
 from reasonloop.data.records import Example, RolloutBatch
 from reasonloop.rollout.engine import SamplingConfig
-from reasonloop.search import SearchConfig, best_of_n, majority_vote, search, step_beam
+from reasonloop.search import SearchConfig, best_of_n, majority_vote, search
 
 
 def test_best_of_n_picks_max_first_on_ties():
@@ -54,7 +54,7 @@ def test_search_majority_and_best_of_n():
     ex = [Example("Q: 1+1=?\n", "2", {"id": "a"})]
     outs = ["<answer>2</answer>", "<answer>3</answer>", "<answer>3</answer>", "junk"]
     engine = ScriptedEngine(lambda p, g, s: (outs[g], "stop"))
-    (r,) = search(engine, ex, lambda p: p, SamplingConfig(), SearchConfig("majority_vote", n=4), answer_of)
+    (r,) = search(engine, ex, lambda p: p, SamplingConfig(), SearchConfig("majority", n=4), answer_of)
     assert r.completion == outs[1] and r.confidence == pytest.approx(2 / 3)
     assert r.scores == pytest.approx([1 / 3, 2 / 3, 2 / 3, 0.0])
     verifier = lambda e, cs: [float(answer_of(c) == e.answer) for c in cs]
@@ -64,18 +64,25 @@ def test_search_majority_and_best_of_n():
         search(engine, ex, lambda p: p, SamplingConfig(), SearchConfig("best_of_n", n=4), answer_of)
 
 
-def test_step_beam_expands_steps_and_keeps_the_best():
-    # step 1: "<think>1+1=2;" (good) or "<think>1+1=3;" ; step 2 ends the answer.
+class StepChecker:
+    """A PRM stand-in: a step is right unless it says 1+1=3."""
+
+    tokens_read = 0
+
+    def score_steps(self, prompt, steps):
+        return [0.0 if "1+1=3" in s else 1.0 for s in steps]
+
+
+def test_beam_keeps_the_prm_best_step_and_stops_at_delimiters():
+    # step 1: "<think>1+1=3;" (bad) or "<think>1+1=2;" ; step 2 writes the answer of the kept step
     def fn(prompt, g, sampling):
         partial = prompt.split("\n", 1)[1]
         if partial == "":
-            return (["<think>1+1=2;", "<think>1+1=3;"][g], "stop")
+            return (["<think>1+1=3;", "<think>1+1=2;"][g % 2], "stop")
         return ("</think><answer>" + partial[11] + "</answer>", "stop")
 
     engine = ScriptedEngine(fn)
-    verifier = lambda e, cs: [float("=2" in c) for c in cs]
-    cfg = SearchConfig("beam", n=2, beam_width=1, max_steps=4)
-    r = step_beam(engine, Example("Q: 1+1=?\n", "2"), lambda p: p, SamplingConfig(), cfg, verifier)
-    assert r.completion == "<think>1+1=2;</think><answer>2</answer>"
+    cfg = SearchConfig("beam", n=2, beam_width=2, max_steps=4, scorer="prm")
+    (r,) = search(engine, [Example("Q: 1+1=?\n", "2")], lambda p: p, SamplingConfig(), cfg, answer_of, prm=StepChecker())
+    assert r.candidates == ["<think>1+1=2;</think><answer>2</answer>"]  # N/M = 1 beam kept: the PRM's choice
     assert engine.calls[0][2] == [";", "</think>"]  # steps stop at the step delimiters
-    assert len(engine.calls) == 2  # one expansion per step; the beam finished at step 2

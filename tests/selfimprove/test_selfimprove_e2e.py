@@ -87,7 +87,7 @@ def test_distill_ttc_loop_raises_held_out_solution_likelihood(base_model_dir, tm
     from reasonloop.search import SearchConfig
 
     cfg = distill.Config(model=ModelConfig(name=base_model_dir), mode="ttc_loop", output_dir=str(tmp_path),
-                         search=SearchConfig(strategy="majority_vote", n=4),
+                         search=SearchConfig(strategy="majority", n=4),
                          **small(optim=OptimConfig(lr=3e-4, min_lr_ratio=1.0)))
     result = distill.run(cfg)
     assert all(row["kept_accuracy"] == 1.0 for row in result["iterations"] if row["kept"])

@@ -4,8 +4,8 @@ the test-time-compute -> distil loop.
 
 Modes
 - teacher:   the teacher (`teacher_model`, default the student's own starting weights) is boosted by
-             test-time search (`search.strategy`: majority_vote, best_of_n with the task verifier, or
-             a step-level beam, from `reasonloop.search`). Its pick per train prompt is kept if the
+             test-time search (`search.strategy`: any strategy of `reasonloop search` — majority,
+             best_of_n, PRM beam, dvts, mcts ...; docs/test_time_compute.md). Its pick per train prompt is kept if the
              task verifier accepts it (`verify=false` keeps every pick: label-free distillation from
              majority vote). The student fine-tunes on the kept traces (SFT, loss on completion
              tokens). Then `on_policy_steps` steps of on-policy distillation: the student samples,
@@ -32,6 +32,7 @@ from reasonloop.algos.distill import reverse_kl_tokens
 from reasonloop.config import require, require_choice
 from reasonloop.models.loading import ModelConfig, load_model
 from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.recipes.search import search_kwargs
 from reasonloop.search import SearchConfig, search
 from reasonloop.selfimprove.loop import Loop, LoopConfig
 from reasonloop.selfimprove.selection import correct_only, dedup
@@ -47,7 +48,7 @@ class Config(LoopConfig):
     teacher_model: str = ""
     """teacher mode: the teacher's model directory; empty uses the student's starting weights."""
     search: SearchConfig = field(default_factory=SearchConfig)
-    """The teacher's test-time search: majority_vote (default), best_of_n (task verifier) or beam."""
+    """The teacher's test-time search (any strategy of `reasonloop search`; majority by default)."""
     verify: bool = True
     """Keep a teacher pick only if the task verifier accepts it; false keeps every pick (label-free)."""
     on_policy_steps: int = 0
@@ -68,9 +69,8 @@ class Config(LoopConfig):
 def teacher_traces(loop: Loop, cfg: Config, teacher: torch.nn.Module, examples) -> tuple[list, dict]:
     """Search with the teacher; score its picks with the task; keep verified (or all) picks."""
     engine = TorchSampler(teacher, loop.tokenizer)
-    verifier = lambda ex, comps: [float(loop.task.is_correct(c, ex)) for c in comps]
     results = search(engine, examples, loop.render, loop.sampling, cfg.search, lambda c: answer_key(loop.task, c),
-                     scorer=verifier, generator=loop.generator)
+                     generator=loop.generator, **search_kwargs(cfg.search, loop.task))
     picks = [(r.example, r.completion) for r in results if r.completion is not None]
     samples = loop.score([ex for ex, _ in picks], [c for _, c in picks])
     kept = correct_only(samples) if cfg.verify else samples

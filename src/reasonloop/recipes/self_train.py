@@ -14,7 +14,7 @@ iteration) and differs only in what it keeps and where fine-tuning starts:
               (resample with the answer as a hint, keep correct rationales under the un-hinted prompt);
               fine-tune from the base model each iteration, as the paper does.
 - expert_iteration  (Anthony et al. 2017; Polu et al. 2022): the "expert" is the policy plus test-time
-              search (`search.strategy` = majority_vote | best_of_n | beam, from `reasonloop.search`);
+              search (`search.strategy`: any of `reasonloop.search` — majority, best_of_n, beam with a PRM, mcts ...);
               its pick per prompt is kept (if the verifier accepts it, unless expert_verify=false).
 - v_star      V-STaR (Hosseini et al. 2024): the generator learns from correct samples as in rft; all
               (correct, incorrect) pairs seen so far train a DPO verifier (from the base model), which
@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from reasonloop.config import require, require_choice
+from reasonloop.recipes.search import search_kwargs
 from reasonloop.search import SearchConfig, majority_vote, search
 from reasonloop.selfimprove.loop import Loop, LoopConfig
 from reasonloop.selfimprove.selection import (
@@ -79,7 +80,7 @@ class Config(LoopConfig):
     rationalise: bool = True
     """star: rationalise failed prompts with the answer as a hint."""
     search: SearchConfig = field(default_factory=SearchConfig)
-    """expert_iteration: the expert's search strategy (majority_vote, best_of_n with the task verifier, beam)."""
+    """expert_iteration: the expert's test-time search (any strategy of `reasonloop search`; docs/test_time_compute.md)."""
     expert_verify: bool = True
     """expert_iteration: keep the expert's pick only if the task verifier accepts it (false = label-free)."""
     verifier_beta: float = 0.1
@@ -139,9 +140,8 @@ def star_step(loop: Loop, cfg: Config, examples, samples: list[Sample]) -> tuple
 
 def expert_step(loop: Loop, cfg: Config, examples) -> tuple[list[Sample], list[Sample], dict]:
     """(the expert's scored picks, the kept ones, stats)."""
-    verifier = lambda ex, comps: [float(loop.task.is_correct(c, ex)) for c in comps]
     results = search(loop.sampler, examples, loop.render, loop.sampling, cfg.search,
-                     lambda c: answer_key(loop.task, c), scorer=verifier, generator=loop.generator)
+                     lambda c: answer_key(loop.task, c), generator=loop.generator, **search_kwargs(cfg.search, loop.task))
     picks = [(r.example, r.completion) for r in results if r.completion is not None]
     samples = loop.score([ex for ex, _ in picks], [c for _, c in picks])
     kept = correct_only(samples) if cfg.expert_verify else samples

@@ -1,27 +1,19 @@
-"""Test-time search strategies: best-of-N, majority vote, and a step-level beam.
+"""Pure choosers — best-of-N, (weighted) majority vote — and the strategies that sample whole solutions
+in parallel: best_of_n, weighted_best_of_n, majority, refine and adaptive. Step-level tree search (beam,
+dvts, mcts) is in `search.tree`.
 
-The choosers (`best_of_n`, `majority_vote`) are pure functions of candidate lists, so self-training
-(expert iteration), distillation (the teacher) and evaluation share them. `search` and `step_beam`
-drive a `RolloutEngine`; they never touch model weights.
-
-Conventions: candidates are the completions of ONE prompt; a scorer maps
-`(example, completions) -> list[float]` (higher is better) — the task verifier, a trained verifier,
-or the policy's own log-probability.
+Choosers are pure functions of candidate lists, so self-training, distillation and evaluation share them.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Sequence
 
-import torch
-
-from reasonloop.data.records import Example
-from reasonloop.rollout.engine import RolloutEngine, SamplingConfig
-
-Scorer = Callable[[Example, list[str]], list[float]]
-STRATEGIES = ("best_of_n", "majority_vote", "beam")
+from reasonloop.data.records import Example, RolloutBatch
+from reasonloop.rewards.process import step_spans
+from reasonloop.search.base import SearchContext, SearchResult, prm_solution_scores, register_strategy
 
 
 def best_of_n(scores: Sequence[float]) -> int:
@@ -35,8 +27,8 @@ def majority_vote(answers: Sequence[Hashable | None], weights: Sequence[float] |
     """(index of the first candidate carrying the winning answer, the winner's vote share).
 
     Self-consistency (Wang et al. 2023): candidates vote with their extracted answer (None never
-    votes); with `weights` it is weighted voting. Ties go to the answer seen first. Returns
-    (None, 0.0) when nobody voted.
+    votes); with `weights` it is weighted voting (weighted best-of-N: scores summed per distinct answer).
+    Ties go to the answer seen first. Returns (None, 0.0) when nobody voted.
     """
     w = [1.0] * len(answers) if weights is None else list(weights)
     if len(w) != len(answers):
@@ -49,122 +41,158 @@ def majority_vote(answers: Sequence[Hashable | None], weights: Sequence[float] |
         return None, 0.0
     top = max(votes.values())
     index = next(i for i, a in enumerate(answers) if a is not None and votes[a] == top)
-    return index, top / sum(votes.values())
+    total = sum(votes.values())
+    return index, top / total if total > 0 else 0.0
 
 
-@dataclass
-class SearchResult:
-    """The expert's pick for one prompt, with every candidate it looked at."""
-
-    example: Example
-    candidates: list[str]  # [n] completions
-    scores: list[float]  # [n] scorer values (vote share for majority_vote)
-    chosen: int | None  # index into candidates; None when the strategy abstains (no votes)
-    confidence: float = 0.0  # winning vote share (majority) or chosen score
-
-    @property
-    def completion(self) -> str | None:
-        return None if self.chosen is None else self.candidates[self.chosen]
+def mean_logprobs(batch: RolloutBatch) -> list[float]:
+    """Each row's mean sampled-token log-prob (the policy's own confidence, length-normalised)."""
+    n = batch.completion_mask.sum(-1).clamp(min=1)
+    return (batch.logprobs.sum(-1) / n).tolist()
 
 
-@dataclass
-class SearchConfig:
-    strategy: str = "majority_vote"
-    """best_of_n (highest scorer value), majority_vote (most common extracted answer) or beam (step-level beam)."""
-    n: int = 8
-    """Candidates per prompt (best_of_n, majority_vote) or expansions per beam (beam)."""
-    beam_width: int = 2
-    """Beams kept after each step (beam only)."""
-    step_stop: list[str] = field(default_factory=lambda: [";", "</think>"])
-    """Strings that end one reasoning step (beam only)."""
-    max_steps: int = 6
-    """Step expansions before the beam is finished greedily to the end (beam only)."""
+def outcome_scores(ctx: SearchContext, example: Example, completions: list[str],
+                   logprobs: list[float] | None = None) -> list[float]:
+    """The configured outcome scorer's score of each finished completion (higher is better)."""
+    if ctx.cfg.scorer == "likelihood":
+        if logprobs is None:
+            raise ValueError("scorer=likelihood needs the samples' log-probs")
+        return list(logprobs)
+    if ctx.outcome is None:
+        raise ValueError(f"search.scorer={ctx.cfg.scorer} has no scorer loaded (a verifier, or orm=/prm= directory)")
+    return list(ctx.outcome(example, completions))
 
 
-def search(
-    engine: RolloutEngine,
-    examples: list[Example],
-    render: Callable[[str], str],
-    sampling: SamplingConfig,
-    cfg: SearchConfig,
-    answer_key: Callable[[str], Hashable | None],
-    scorer: Scorer | None = None,
-    generator: torch.Generator | None = None,
-) -> list[SearchResult]:
-    """Run the named strategy on every example. best_of_n needs a `scorer`; beam uses it when given,
-    else the candidates' own summed log-probability."""
-    if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"unknown search strategy {cfg.strategy!r}; known: {STRATEGIES}")
-    if cfg.strategy == "beam":
-        return [step_beam(engine, ex, render, sampling, cfg, scorer, generator) for ex in examples]
-    if cfg.strategy == "best_of_n" and scorer is None:
-        raise ValueError("best_of_n needs a scorer (the task verifier or a trained verifier)")
-    batch = engine.generate([render(ex.prompt) for ex in examples], cfg.n, sampling, generator)
+def _sample(ctx: SearchContext, examples: list[Example], n: int) -> list[tuple[list[str], list[float]]]:
+    """n whole solutions per example in one engine call: (completions, mean log-probs) per example."""
+    batch = ctx.engine.generate([ctx.render(ex.prompt) for ex in examples], n, ctx.sampling, ctx.generator)
+    lps = mean_logprobs(batch)
+    return [(batch.completions[i * n:(i + 1) * n], lps[i * n:(i + 1) * n]) for i in range(len(examples))]
+
+
+def _vote(ctx: SearchContext, ex: Example, cands: list[str], weights: list[float] | None = None) -> SearchResult:
+    keys = [ctx.answer_key(c) for c in cands]
+    chosen, share = majority_vote(keys, weights)
+    w = weights or [1.0] * len(cands)
+    totals: Counter = Counter()
+    for k, wi in zip(keys, w):
+        if k is not None:
+            totals[k] += wi
+    mass = sum(totals.values()) or 1.0
+    return SearchResult(ex, cands, [totals[k] / mass if k is not None else 0.0 for k in keys], chosen, share)
+
+
+@register_strategy("majority")
+def majority(ctx: SearchContext, examples: list[Example]) -> list[SearchResult]:
+    """Self-consistency: the most common extracted answer of N samples."""
+    return [_vote(ctx, ex, cands) for ex, (cands, _) in zip(examples, _sample(ctx, examples, ctx.cfg.n))]
+
+
+@register_strategy("best_of_n")
+def best_of_n_strategy(ctx: SearchContext, examples: list[Example]) -> list[SearchResult]:
+    """The highest-scoring of N samples under `cfg.scorer`."""
     out = []
-    for i, ex in enumerate(examples):
-        cands = batch.completions[i * cfg.n : (i + 1) * cfg.n]
-        if cfg.strategy == "best_of_n":
-            scores = list(scorer(ex, cands))
-            chosen = best_of_n(scores)
-            out.append(SearchResult(ex, cands, scores, chosen, scores[chosen]))
-        else:
-            keys = [answer_key(c) for c in cands]
-            chosen, share = majority_vote(keys)
-            counts = Counter(k for k in keys if k is not None)
-            scores = [counts[k] / max(1, sum(counts.values())) if k is not None else 0.0 for k in keys]
-            out.append(SearchResult(ex, cands, scores, chosen, share))
+    for ex, (cands, lps) in zip(examples, _sample(ctx, examples, ctx.cfg.n)):
+        scores = outcome_scores(ctx, ex, cands, lps)
+        chosen = best_of_n(scores)
+        out.append(SearchResult(ex, cands, scores, chosen, scores[chosen]))
     return out
 
 
-def step_beam(
-    engine: RolloutEngine,
-    example: Example,
-    render: Callable[[str], str],
-    sampling: SamplingConfig,
-    cfg: SearchConfig,
-    scorer: Scorer | None = None,
-    generator: torch.Generator | None = None,
-) -> SearchResult:
-    """A simple step-level beam: each live beam (a partial completion) is extended by `n` sampled
-    steps (up to a `step_stop` string); partial beams are ranked by summed log-prob of their
-    sampled tokens (or by `scorer` on the partial text when given) and the best `beam_width` kept.
-    After `max_steps`, live beams are finished without the step stops. Candidates are the finished
-    beams; the chosen one scores highest.
+@register_strategy("weighted_best_of_n")
+def weighted_best_of_n(ctx: SearchContext, examples: list[Example]) -> list[SearchResult]:
+    """Scores summed per distinct answer; the answer with the largest sum wins (likelihood scores are
+    turned into probabilities, exp(mean log-prob), so they can be summed)."""
+    out = []
+    for ex, (cands, lps) in zip(examples, _sample(ctx, examples, ctx.cfg.n)):
+        scores = outcome_scores(ctx, ex, cands, lps)
+        if ctx.cfg.scorer == "likelihood":
+            scores = [math.exp(s) for s in scores]
+        out.append(_vote(ctx, ex, cands, [max(0.0, s) for s in scores]))
+    return out
 
-    The engine conditions on `render(prompt) + partial`, so any `RolloutEngine` works; log-probs are
-    the sampler's, so with a temperature they are of the tempered distribution.
-    """
-    prefix = render(example.prompt)
-    live: list[tuple[str, float]] = [("", 0.0)]
-    done: list[tuple[str, float]] = []
-    step_sampling = SamplingConfig(**{**sampling.__dict__, "stop": list(cfg.step_stop)})
-    for _ in range(cfg.max_steps):
-        if not live:
+
+@register_strategy("adaptive")
+def adaptive(ctx: SearchContext, examples: list[Example]) -> list[SearchResult]:
+    """Compute-optimal allocation in its simplest measurable form (Snell et al. 2024): sample every open
+    problem `chunk` at a time and close it once `agree` samples share an answer or N were drawn; the vote
+    decides. Easy problems (the model agrees with itself at once) stop after `agree` samples and leave the
+    budget to the hard ones; the per-problem sample count is the difficulty estimate."""
+    cfg = ctx.cfg
+    cands: list[list[str]] = [[] for _ in examples]
+    open_ = list(range(len(examples)))
+    while open_:
+        take = [min(cfg.chunk, cfg.n - len(cands[i])) for i in open_]
+        for size in sorted(set(take)):
+            idx = [i for i, t in zip(open_, take) if t == size]
+            for i, (c, _) in zip(idx, _sample(ctx, [examples[i] for i in idx], size)):
+                cands[i] += c
+        still = []
+        for i in open_:
+            counts = Counter(k for k in map(ctx.answer_key, cands[i]) if k is not None)
+            if len(cands[i]) < cfg.n and (not counts or max(counts.values()) < cfg.agree):
+                still.append(i)
+        open_ = still
+    return [_vote(ctx, ex, c) for ex, c in zip(examples, cands)]
+
+
+@register_strategy("refine")
+def refine(ctx: SearchContext, examples: list[Example]) -> list[SearchResult]:
+    """Generate -> feedback -> revise, `rounds` times, on N/(rounds+1) chains per problem.
+
+    Feedback: `verifier` (the task's exact check: an oracle), `prm` (each step's score; the first step
+    under 0.5 is where the draft went wrong) or `self` (the model re-solves the problem once; a different
+    answer marks the draft wrong). A draft marked wrong is revised by regenerating it from the start of
+    its first wrong step (prm) or from scratch (verifier, self: they do not say where). The embedded
+    model has never seen a critique in text, so revision here is localized regeneration, not a rewrite
+    prompt. The pick is the last draft of the chain the final feedback likes best (ties: majority)."""
+    cfg = ctx.cfg
+    chains = max(1, cfg.n // (cfg.rounds + 1))
+    drafts = [[c for c in cands] for cands, _ in _sample(ctx, examples, chains)]
+    verdicts = [_feedback(ctx, ex, d) for ex, d in zip(examples, drafts)]
+    for _ in range(cfg.rounds):
+        todo = [(i, j) for i, v in enumerate(verdicts) for j, (ok, _) in enumerate(v) if not ok]
+        if not todo:
             break
-        batch = engine.generate([prefix + text for text, _ in live], cfg.n, step_sampling, generator)
-        grown: list[tuple[str, float, bool]] = []
-        for row in range(batch.num_rows):
-            parent_text, parent_lp = live[row // cfg.n]
-            text = parent_text + batch.completions[row]
-            lp = parent_lp + float(batch.logprobs[row].sum())
-            ended = batch.finish_reasons[row] == "stop" and not any(text.endswith(s) for s in cfg.step_stop)
-            finished = ended or "</answer>" in text  # EOS, or the answer is written
-            grown.append((text, lp, finished))
-        grown = list({t: (t, lp, f) for t, lp, f in grown}.values())  # identical partials: keep one
-        ranked = _rank(example, grown, scorer)
-        live = []
-        for text, lp, finished in ranked[: cfg.beam_width]:
-            (done if finished else live).append((text, lp))
-    if live:  # finish what is left in one go
-        batch = engine.generate([prefix + text for text, _ in live], 1, sampling, generator)
-        done += [(t + c, lp + float(batch.logprobs[i].sum())) for i, ((t, lp), c) in enumerate(zip(live, batch.completions))]
-    cands = [t for t, _ in done]
-    scores = list(scorer(example, cands)) if scorer is not None else [lp for _, lp in done]
-    chosen = best_of_n(scores)
-    return SearchResult(example, cands, scores, chosen, scores[chosen])
+        prefixes = [drafts[i][j][: verdicts[i][j][1]] for i, j in todo]
+        prompts = [ctx.render(examples[i].prompt) + p for (i, _), p in zip(todo, prefixes)]
+        batch = ctx.engine.generate(prompts, 1, ctx.sampling, ctx.generator)
+        for (i, j), p, c in zip(todo, prefixes, batch.completions):
+            drafts[i][j] = p + c
+        for i in {i for i, _ in todo}:
+            verdicts[i] = _feedback(ctx, examples[i], drafts[i])
+    out = []
+    for ex, d, v in zip(examples, drafts, verdicts):
+        good = [c if ok else None for c, (ok, _) in zip(d, v)]
+        pool = [c for c in good if c is not None] or d
+        r = _vote(ctx, ex, pool)
+        scores = [float(ok) for ok, _ in v]
+        out.append(SearchResult(ex, d, scores, None if r.chosen is None else d.index(pool[r.chosen]), r.confidence))
+    return out
 
 
-def _rank(example: Example, grown: list[tuple[str, float, bool]], scorer: Scorer | None):
-    keys = list(scorer(example, [t for t, _, _ in grown])) if scorer is not None else [lp for _, lp, _ in grown]
-    order = sorted(range(len(grown)), key=lambda i: -keys[i])
-    return [grown[i] for i in order]
+def _feedback(ctx: SearchContext, ex: Example, drafts: list[str]) -> list[tuple[bool, int]]:
+    """(looks right, the character where revision restarts) per draft."""
+    how = ctx.cfg.feedback
+    if how == "verifier":
+        if ctx.verifier is None:
+            raise ValueError("refine feedback=verifier needs the task's verifier")
+        return [(ctx.verifier(d, ex), 0) for d in drafts]
+    if how == "prm":
+        if ctx.prm is None:
+            raise ValueError("refine feedback=prm needs search.prm=<dir>")
+        out = []
+        for d in drafts:
+            steps = step_spans(d, ctx.cfg.step_delimiters)
+            scores = ctx.prm.score_steps(ex.prompt, [s.text for s in steps]) if steps else []
+            bad = next((s for s, sc in zip(steps, scores) if sc < 0.5), None)
+            out.append((bad is None and bool(steps), bad.start if bad is not None else 0))
+        return out
+    # self: a fresh solve of the same problem; disagreement marks the draft wrong
+    (again, _), = _sample(ctx, [ex], len(drafts))
+    return [(ctx.answer_key(d) is not None and ctx.answer_key(d) == ctx.answer_key(a), 0) for d, a in zip(drafts, again)]
+
+
+def prm_outcome_scorer(prm, how: str, delimiters: Sequence[str]):
+    """An outcome `Scorer` from a PRM: its step scores aggregated by `how` (last, min, prod, mean)."""
+    return lambda ex, comps: prm_solution_scores(prm, how, delimiters, [ex.prompt] * len(comps), comps)

@@ -1,0 +1,40 @@
+"""`reasonloop search` end to end on the embedded model: files, compute accounting, the oracle bound."""
+
+import csv
+import json
+
+import pytest
+
+from reasonloop.cli import main
+
+
+def test_search_writes_scaling_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "s"
+    code = main(["search", "problems=12", "budgets=[1,4]", "threads=1", f"output_dir={out}",
+                 "strategies=[majority,best_of_n:verifier,adaptive,refine]", "search.rounds=1"])
+    assert code in (0, None)
+    rows = list(csv.DictReader(open(out / "scaling.csv")))
+    assert [(r["strategy"], r["n"]) for r in rows] == [
+        (s, n) for s in ["majority", "best_of_n:verifier (oracle)", "adaptive", "refine"] for n in ["1", "4"]]
+    by = {(r["strategy"], int(r["n"])): r for r in rows}
+    # same seed, same samples: the oracle pick is never worse than the vote over the same four samples
+    assert float(by["best_of_n:verifier (oracle)", 4]["accuracy"]) >= float(by["majority", 4]["accuracy"])
+    assert float(by["majority", 4]["generated_tokens"]) > 2 * float(by["majority", 1]["generated_tokens"])
+    # adaptive at N=4 never samples more than majority at N=4
+    assert float(by["adaptive", 4]["generated_tokens"]) <= float(by["majority", 4]["generated_tokens"])
+    assert (out / "scaling.png").stat().st_size > 10_000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["problems"] == 12 and len(summary["rows"]) == 8
+    assert "level/1" in rows[0]
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("strategies=[magic]", "'magic' is not a search strategy"),
+    ("strategies=[best_of_n:oracle]", "scorer 'oracle' is not one of"),
+    ("budgets=[0]", "budgets=[0]"),
+    ("strategies=[best_of_n:prm]", "set search.prm="),
+])
+def test_search_bad_config_is_one_clean_line(tmp_path, capsys, arg, message):
+    code = main(["search", "problems=2", arg, f"output_dir={tmp_path / 'x'}"])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
