@@ -18,7 +18,13 @@ Two kinds of estimator:
   ``[B, G]`` advantages, broadcast over each completion's tokens. The wrapper does what all of them share:
   the KL penalty folded into the reward (`kl_in_reward`), the reward normalisation (`reward_norm`), and
   ragged groups (adaptive group sizes: each group is estimated on its own, in order).
-- **token** estimators (REINFORCE++, GAE): read the ``[N, T]`` masks, log-probs and values directly.
+- **token** estimators (REINFORCE++, GAE, PRIME): read the ``[N, T]`` masks, log-probs and values directly.
+
+Process rewards (`process_rewards [N, T]` with `process_mask`, from an explicit PRM's step scores or PRIME's
+implicit PRM; `algos/process.py`): every sequence estimator adds `process_coef` times DeepSeekMath's
+process-supervision advantage (step rewards normalised per group, summed from each token to the end) to
+its outcome advantage; `prime` folds them into its leave-one-out returns. `reinforce_pp` and `gae` do not
+read them.
 
 All are pure: tensors and explicit scalars in, tensors and the next state out; nothing here sees a
 config, a model or a file. The raw formulas (and their references) are in `algos.advantages`.
@@ -37,6 +43,7 @@ import torch
 from reasonloop.algos import advantages as adv
 from reasonloop.algos.aggregation import check_shape, masked_whiten
 from reasonloop.algos.kl import kl_estimate, kl_penalty_in_reward
+from reasonloop.algos.process import prime_advantages, process_grpo_advantages
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,18 @@ class AdvantageInput:
     lam: float = 0.95  # GAE lambda
     whiten: bool = True  # GAE: whiten the advantages over the batch
     state: Any = None  # the estimator's own state from the previous step (e.g. a running baseline)
+    process_rewards: torch.Tensor | None = None  # [N, T] token-level process rewards (0 where none sits)
+    process_mask: torch.Tensor | None = None  # [N, T] 1 where a process reward sits (a step's last token)
+    process_coef: float = 1.0  # weight of the process-reward advantage next to the outcome one
 
     def __post_init__(self):
         check_shape("rewards", self.rewards, (None,))
         check_shape("mask", self.mask, (self.rewards.shape[0], None))
+        if (self.process_rewards is None) != (self.process_mask is None):
+            raise ValueError("process_rewards and process_mask come together")
+        if self.process_rewards is not None:
+            check_shape("process_rewards", self.process_rewards, tuple(self.mask.shape))
+            check_shape("process_mask", self.process_mask, tuple(self.mask.shape))
         if sum(self.group_sizes) != self.rewards.shape[0]:
             raise ValueError(f"group sizes sum to {sum(self.group_sizes)} but there are {self.rewards.shape[0]} rewards")
 
@@ -131,7 +146,11 @@ def sequence_estimator(fn: GroupFn) -> Estimator:
             a, state = fn(grouped, inp, levels[first:last], pass_rates[first:last], state)
             out.append(a.reshape(-1))
             row += n
-        return AdvantageOutput(torch.cat(out).unsqueeze(-1) * inp.mask, state=state, reward_norm_state=norm_state)
+        advantages = torch.cat(out).unsqueeze(-1) * inp.mask
+        if inp.process_rewards is not None:
+            advantages = advantages + inp.process_coef * process_grpo_advantages(
+                inp.process_rewards, inp.process_mask, inp.mask, inp.group_sizes)
+        return AdvantageOutput(advantages, state=state, reward_norm_state=norm_state)
 
     return run
 
@@ -204,6 +223,20 @@ def gae(inp: AdvantageInput) -> AdvantageOutput:
     if inp.whiten:
         advantages = masked_whiten(advantages, mask)
     return AdvantageOutput(advantages * mask, returns, inp.state, inp.reward_norm_state)
+
+
+@register_advantage("prime")
+def prime(inp: AdvantageInput) -> AdvantageOutput:
+    """PRIME (Cui et al. 2025): leave-one-out baselines for the outcome reward (on the last token) and the
+    process rewards (on their tokens), returns-to-go, whitened over the batch when `whiten`."""
+    rewards = inp.rewards
+    if inp.kl_in_reward and inp.kl_coef > 0:
+        _, kl = kl_penalty_in_reward(torch.zeros_like(inp.logprobs), inp.logprobs, inp.ref_logprobs, inp.mask,
+                                     inp.kl_coef, inp.kl_estimator)
+        rewards = rewards - inp.kl_coef * kl.sum(-1)
+    advantages = prime_advantages(rewards, inp.process_rewards, inp.process_mask, inp.mask, inp.group_sizes,
+                                  inp.process_coef, inp.whiten)
+    return AdvantageOutput(advantages, state=inp.state, reward_norm_state=inp.reward_norm_state)
 
 
 TOKEN_LEVEL = frozenset({"reinforce_pp", "gae"})  # estimators that read log-probs/values per token

@@ -31,6 +31,12 @@ keys applied first; your own keys override them), named honestly in `recipes/pre
 - ppo: a value head, GAE (gamma 1, lambda 0.95), whitened advantages, clipped value loss, k1 KL in
   the reward, two epochs (Schulman et al. 2017; Ouyang et al. 2022).
 - gspo: sequence-level importance ratio with tight clipping (Zheng et al. 2025).
+
+Process rewards (`process_reward=`, docs/rl.md "Process rewards") add token-level credit to any of them:
+`prm=<dir>` (an explicit PRM scores every step; its score sits on the step's last token) or
+`process_reward=prime` (PRIME's implicit PRM, a copy of the initial policy trained online on the verified
+outcomes; every token gets beta * log(pi_phi/pi_ref)). The sequence estimators add DeepSeekMath's
+process-supervision advantage to their outcome advantage; `advantage=prime` is PRIME's leave-one-out form.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from reasonloop.algos.estimators import (
     register_advantage,
 )
 from reasonloop.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
+from reasonloop.algos.process import implicit_process_rewards, implicit_prm_loss
 from reasonloop.algos.policy_loss import PPOPenaltyController, ppo_clip_loss, ppo_penalty_loss, tis_weights
 from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import ConfigError, require, require_choice
@@ -67,6 +74,8 @@ from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_polic
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
 from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
+from reasonloop.rewards.process import DEFAULT_DELIMITERS, step_spans
+from reasonloop.rewards.step_tokens import ArithmeticStepOracle, place_step_scores
 from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import RolloutConfig, RolloutEngine, SamplingConfig, build_engine
 from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -81,7 +90,8 @@ log = logging.getLogger(__name__)
 
 
 # estimators whose advantage is relative to the other samples of the same prompt: zero when they all agree
-GROUP_RELATIVE = ("grpo", "dr_grpo", "rloo", "grpo_difficulty", "grpo_hierarchical")
+GROUP_RELATIVE = ("grpo", "dr_grpo", "rloo", "grpo_difficulty", "grpo_hierarchical", "prime")
+PROCESS_REWARDS = ("none", "prm", "prime")
 
 
 @dataclass
@@ -182,7 +192,24 @@ class Config(CheckpointedRunConfig):
     value_clip: float = 0.2
     """Value clipping range around the old values."""
     whiten_advantages: bool = True
-    """Whiten GAE advantages over the batch."""
+    """Whiten the advantages over the batch (gae and prime)."""
+    # -- process rewards (docs/rl.md "Process rewards") -------------------------------------------------
+    process_reward: str = "none"
+    """Token-level process rewards next to the outcome reward: none | prm (an explicit PRM, `prm=`) | prime
+    (PRIME's implicit PRM: a copy of the initial policy trained online on the verified outcomes). Setting
+    `prm=` alone selects prm."""
+    prm: str = ""
+    """With process_reward=prm: a trained PRM directory (`reasonloop prm`; loaded by reasonloop.prm.load_prm),
+    or 'oracle' for the exact step checker of the arithmetic task (an upper bound, not a learned PRM)."""
+    prm_delimiters: list[str] = field(default_factory=list)
+    """Strings that end a step (kept in the step; text after the last one is the last step); empty: the PRM's
+    own (the `delimiters` its prm.json records), else ';' and '</think>'."""
+    prm_coef: float = 1.0
+    """Weight of the process-reward advantage added to the outcome advantage (prime: of the process returns)."""
+    prime_beta: float = 0.05
+    """PRIME: beta of the implicit reward beta * log(pi_phi/pi_ref), per token and summed per sequence."""
+    prime_lr: float = 0.0
+    """PRIME: learning rate of the implicit PRM's own AdamW (optim's schedule); 0 uses optim.lr."""
     # -- optimisation and bookkeeping ------------------------------------------------------------
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=5, min_lr_ratio=1.0))
     """Optimiser and schedule."""
@@ -259,6 +286,20 @@ class Config(CheckpointedRunConfig):
         require(self.value_clip > 0 and self.penalty_target > 0 and self.kl_horizon > 0,
                 "value_clip, penalty_target and kl_horizon must be > 0")
         require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]")
+        if self.prm and self.process_reward == "none":
+            self.process_reward = "prm"  # `train prm=<dir>` says it all
+        require_choice("process_reward", self.process_reward, list(PROCESS_REWARDS))
+        require((self.process_reward == "prm") == bool(self.prm),
+                f"process_reward={self.process_reward} with prm={self.prm!r}: prm=<dir|oracle> goes with "
+                "process_reward=prm (the explicit PRM), and only with it")
+        require(self.process_reward == "none" or self.advantage not in TOKEN_LEVEL,
+                f"process_reward={self.process_reward} needs an estimator that reads process rewards: a sequence "
+                f"estimator (grpo, dr_grpo, rloo, ...) or prime, not advantage={self.advantage}")
+        require(self.process_reward != "prime" or self.model.lora.r == 0,
+                "process_reward=prime trains a full copy of the policy as its implicit PRM; it does not run with LoRA")
+        require(all(self.prm_delimiters), "prm_delimiters must be non-empty strings")
+        require(self.prm_coef >= 0 and self.prime_beta > 0 and self.prime_lr >= 0,
+                "prm_coef and prime_lr must be >= 0, prime_beta > 0")
         require(self.sampling.temperature > 0 or self.advantage not in GROUP_RELATIVE,
                 f"sampling.temperature=0 (greedy) makes the {self.group_size} samples of a prompt identical, so "
                 f"advantage={self.advantage}'s group-relative advantages are all 0 and nothing is learned; "
@@ -302,6 +343,15 @@ class TokenScores:
     old: torch.Tensor | None = None  # log-probs of the policy before the update (trainer numerics)
     ref: torch.Tensor | None = None  # log-probs of the reference policy
     values: torch.Tensor | None = None  # the critic's values before the update
+
+
+@dataclass
+class ProcessRewards:
+    """Token-level process rewards of a batch: an explicit PRM's step scores on each step's last token, or
+    PRIME's implicit reward on every token."""
+
+    rewards: torch.Tensor  # [N, T] 0 where no reward sits
+    mask: torch.Tensor  # [N, T] 1 where a reward sits
 
 
 @dataclass
@@ -388,6 +438,19 @@ class Trainer:
         if cfg.kl_coef > 0 and not self.use_lora:  # with LoRA the reference is the adapter-free model
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.critic = Critic(self.model, shared=cfg.critic == "head") if cfg.critic != "none" else None
+        self.step_scorer = self._step_scorer() if cfg.process_reward == "prm" else None
+        self.step_delimiters = list(cfg.prm_delimiters or getattr(self.step_scorer, "delimiters", DEFAULT_DELIMITERS))
+        self.implicit_prm = None
+        if cfg.process_reward == "prime":  # PRIME: pi_phi starts as the policy; pi_ref is the frozen initial one
+            if "accuracy" not in [s.name for s in self.task_specs]:
+                raise ConfigError(f"process_reward=prime trains on verified outcomes, but task {cfg.task!r} has no "
+                                  "'accuracy' reward component")
+            self.implicit_prm = copy.deepcopy(self.model).train()
+            if self.ref is None:
+                self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.prm_optimizer, self.prm_scheduler = build_optimizer(
+                list(self.implicit_prm.parameters()),
+                dataclasses.replace(cfg.optim, lr=cfg.prime_lr or cfg.optim.lr), cfg.steps)
         params = list(self.model.parameters()) + (list(self.critic.parameters()) if self.critic else [])
         total_updates = cfg.steps * cfg.epochs
         self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
@@ -407,6 +470,22 @@ class Trainer:
             self._restore(ckpt)
             print(f"train: resumed from {ckpt} at step {self.state.step}")
         self.out_dir = self.run.start()  # only once the task, model and data have loaded: bad input writes nothing
+
+    def _step_scorer(self):
+        """The explicit PRM of process_reward=prm: the exact arithmetic checker for prm=oracle, else the
+        directory through reasonloop.prm.load_prm (anything with score_steps(prompt, steps))."""
+        if self.cfg.prm == "oracle":
+            if getattr(self.task, "name", "") != "arithmetic":
+                raise ConfigError(f"prm=oracle is the exact step checker of the arithmetic task, not of {self.cfg.task!r}")
+            return ArithmeticStepOracle()
+        try:
+            from reasonloop.prm import load_prm
+        except ImportError as exc:
+            raise ConfigError(f"prm={self.cfg.prm!r}: this install has no reasonloop.prm to load it ({exc})") from exc
+        try:
+            return load_prm(self.cfg.prm, device=str(next(self.model.parameters()).device))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"prm={self.cfg.prm!r} does not load as a process reward model: {exc}") from exc
 
     def _reward_specs(self) -> list[RewardSpec]:
         """The task's reward components (unless task_rewards=false) plus the configured functions and
@@ -555,10 +634,81 @@ class Trainer:
         step = self.cfg.micro_batch_size
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
+    # -- process rewards ------------------------------------------------------------------------------
+    def process_rewards(self, data: StepData, scores: TokenScores) -> tuple[ProcessRewards | None, dict[str, float]]:
+        """Token-level process rewards of the batch (None with process_reward=none) and their metrics. PRIME
+        also takes its implicit PRM's optimizer step here, after scoring (PRIME's Algorithm 1 order)."""
+        if self.cfg.process_reward == "prm":
+            return self._explicit_process_rewards(data)
+        if self.cfg.process_reward == "prime":
+            return self._implicit_process_rewards(data, scores)
+        return None, {}
+
+    def _explicit_process_rewards(self, data: StepData) -> tuple[ProcessRewards, dict[str, float]]:
+        """The PRM's score of each step (a probability the step is right) on the step's last token."""
+        steps = [step_spans(c, self.step_delimiters) for c in data.batch.completions]
+        prompts = [ex.prompt for ex in data.examples]
+        texts = [[s.text for s in row] for row in steps]
+        scorer = self.step_scorer
+        if hasattr(scorer, "score_many"):
+            scores = scorer.score_many(prompts, texts)
+        else:
+            scores = [scorer.score_steps(p, t) if t else [] for p, t in zip(prompts, texts)]
+        for row, (t, sc) in enumerate(zip(texts, scores)):
+            if len(sc) != len(t):
+                raise ValueError(f"the PRM returned {len(sc)} scores for the {len(t)} steps of completion {row}")
+        eos = self.tokenizer.eos_token_id
+        rewards, marks = place_step_scores(data.tokens.completion_ids, data.tokens.completion_mask, steps, scores,
+                                           lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                                           frozenset({eos}) if eos is not None else frozenset())
+        flat = [x for row in scores for x in row]
+        return ProcessRewards(rewards, marks), {
+            "process/step_score": sum(flat) / max(len(flat), 1),
+            "process/steps": len(flat) / len(scores),
+        }
+
+    def _implicit_process_rewards(self, data: StepData, scores: TokenScores) -> tuple[ProcessRewards, dict[str, float]]:
+        """PRIME: beta * log(pi_phi/pi_ref) on every completion token, then one cross-entropy step of pi_phi
+        on the verified outcome labels (micro-batched, each share divided by the batch's row count)."""
+        cfg, temp = self.cfg, self.cfg.sampling.temperature or 1.0
+        tokens, mask = data.tokens, data.tokens.completion_mask.float()
+        T, N = tokens.completion_ids.shape[1], len(tokens)
+        labels = data.components.get("accuracy", data.components.get("task/accuracy"))
+        prm_lp, ref_lp = [], []
+        self.implicit_prm.eval()
+        with torch.no_grad():
+            for rows in self._micro_batches(N):
+                mb = tokens.select(rows)
+                prm_lp.append(pad_right(self._forward(self.implicit_prm, mb, temp).logprobs, T, 0.0))
+                if scores.ref is None:
+                    ref_lp.append(pad_right(self._ref_logprobs(mb, temp), T, 0.0))
+        ref = scores.ref if scores.ref is not None else torch.cat(ref_lp)
+        rewards = implicit_process_rewards(torch.cat(prm_lp), ref, mask, cfg.prime_beta)
+        self.implicit_prm.train()
+        sums = {"loss": 0.0, "accuracy": 0.0}
+        for rows in self._micro_batches(N):
+            mb = tokens.select(rows)
+            width = mb.completion_ids.shape[1]
+            fwd = self._forward(self.implicit_prm, mb, temp)
+            loss, m = implicit_prm_loss(fwd.logprobs, ref[rows, :width], mask[rows, :width], labels[rows],
+                                        cfg.prime_beta, normalizer=N)
+            loss.backward()
+            sums["loss"] += float(loss.detach())
+            sums["accuracy"] += float(m["accuracy"]) * (rows.stop - rows.start) / N
+        grad_norm, _ = clip_and_step(self.implicit_prm, self.prm_optimizer, self.prm_scheduler, cfg.optim.max_grad_norm)
+        seq = rewards.sum(-1)
+        return ProcessRewards(rewards, mask), {
+            "prime/loss": sums["loss"], "prime/accuracy": sums["accuracy"], "prime/grad_norm": grad_norm,
+            "prime/reward_correct": float(seq[labels > 0.5].mean()) if bool((labels > 0.5).any()) else 0.0,
+            "prime/reward_wrong": float(seq[labels <= 0.5].mean()) if bool((labels <= 0.5).any()) else 0.0,
+        }
+
     # -- advantages -----------------------------------------------------------------------------------
-    def advantages(self, data: StepData, scores: TokenScores, mask: torch.Tensor) -> AdvantageOutput:
+    def advantages(self, data: StepData, scores: TokenScores, mask: torch.Tensor,
+                   process: ProcessRewards | None = None) -> AdvantageOutput:
         """[N, T] token advantages (sequence estimators broadcast over tokens) and GAE returns, by the
-        estimator `advantage=` names; the estimator's state and the reward-normalisation state carry over."""
+        estimator `advantage=` names, with the step's process rewards when there are any; the estimator's
+        state and the reward-normalisation state carry over."""
         cfg = self.cfg
         starts = [sum(data.group_sizes[:b]) for b in range(len(data.group_sizes))]
         levels = torch.tensor([float(data.examples[s].meta.get("level", 0)) for s in starts])
@@ -569,7 +719,9 @@ class Trainer:
             kl_coef=self.kl_ctl.value if cfg.kl_coef > 0 else 0.0, kl_estimator=cfg.kl_estimator,
             kl_in_reward=cfg.kl_in == "reward", std_mode=cfg.std_mode, baseline=cfg.reinforce_baseline,
             reward_norm=cfg.reward_norm, reward_norm_state=self.state.reward_norm, gamma=cfg.gamma, lam=cfg.lam,
-            whiten=cfg.whiten_advantages, state=self.state.baseline))
+            whiten=cfg.whiten_advantages, state=self.state.baseline,
+            process_rewards=process.rewards if process else None, process_mask=process.mask if process else None,
+            process_coef=cfg.prm_coef))
         self.state.baseline, self.state.reward_norm = out.state, out.reward_norm_state
         return out
 
@@ -583,7 +735,8 @@ class Trainer:
         scores = self.score_tokens(data)
         mask = data.tokens.completion_mask.float()
         loss_mask = adv_lib.mask_truncated(mask, data.batch.truncated) if cfg.mask_truncated else mask
-        estimated = self.advantages(data, scores, mask)
+        process, process_metrics = self.process_rewards(data, scores)
+        estimated = self.advantages(data, scores, mask, process)
         update = UpdateBatch(
             data, scores, estimated.advantages, estimated.returns, loss_mask,
             tis_weights(scores.old, data.batch.logprobs, mask, cfg.tis_cap) if cfg.tis_cap > 0 else None,
@@ -604,7 +757,7 @@ class Trainer:
             "reward/mean": float(data.rewards.mean()), "reward/std": float(data.rewards.std()),
             "reward/max": float(data.rewards.max()),
             **{f"reward/{k}": float(v.mean()) for k, v in data.components.items()},
-            **stats, **update_metrics, "kl_coef": self.kl_ctl.value,
+            **stats, **update_metrics, **process_metrics, "kl_coef": self.kl_ctl.value,
             "lr": self.scheduler.get_last_lr()[0],
             "length/mean": float(lengths.mean()), "length/max": float(lengths.max()),
             "truncation_rate": float(data.batch.truncated.float().mean()),
@@ -693,13 +846,13 @@ class Trainer:
         self.state.penalty_ctl = self.penalty_ctl.state_dict()
         self.state.monitors = self.monitors.state_dict()
         self.state.prompts = self.prompts.state_dict()
-        extra = {"critic": self.critic} if self.critic is not None else {}
+        extra = self._extra_modules()
         state = {k: v for k, v in self.state.to_dict().items() if k != "step"}
         save_checkpoint(self.out_dir, self.state.step, self.model, self.optimizer, self.scheduler, state,
                         generators={"sampler": self.generator}, modules=extra)
 
     def _restore(self, ckpt) -> None:
-        modules = {"critic": self.critic} if self.critic is not None else {}
+        modules = self._extra_modules()
         self.state = TrainerState.from_dict(load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler,
                                                             generators={"sampler": self.generator}, modules=modules))
         self.prompts.load_state_dict(self.state.prompts)
@@ -707,6 +860,15 @@ class Trainer:
         self.penalty_ctl = self.penalty_ctl.load_state_dict(self.state.penalty_ctl)
         self.monitors.load_state_dict(self.state.monitors)
         self._apply_lr_scale()
+
+    def _extra_modules(self) -> dict[str, Any]:
+        """Checkpointed beside the policy's optimizer: the critic, and PRIME's implicit PRM with its optimizer
+        and schedule (anything with state_dict/load_state_dict)."""
+        extra: dict[str, Any] = {"critic": self.critic} if self.critic is not None else {}
+        if self.implicit_prm is not None:
+            extra.update({"implicit_prm": self.implicit_prm, "implicit_prm_optimizer": self.prm_optimizer,
+                          "implicit_prm_scheduler": self.prm_scheduler})
+        return extra
 
     def _apply_lr_scale(self) -> None:
         """The scheduler multiplies base_lrs; rollbacks shrink them by `lr_scale`."""
