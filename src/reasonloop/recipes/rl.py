@@ -794,4 +794,8 @@ class Trainer:
 
 
 def run(cfg: Config) -> dict:
+    if cfg.distributed.backend == "ray":  # the same Trainer on a Ray learner actor (distributed/ray_learner.py)
+        from reasonloop.distributed.ray_learner import run_actor_learner
+
+        return run_actor_learner(cfg, Trainer)
     return Trainer(cfg).train()
