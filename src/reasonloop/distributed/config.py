@@ -27,8 +27,8 @@ class RayConfig:
     """Rollout actors, each with its own RolloutEngine; a step's prompts are split among them."""
     reward_workers: int = 1
     """Reward/verifier actors; a step's completions are split among them."""
-    cpus_per_worker: float = 1.0
-    """CPUs Ray reserves for each rollout and reward actor."""
+    cpus_per_worker: float = 0.5
+    """CPUs Ray reserves for each rollout and reward actor (the defaults fit a 2-core laptop: 1 + 0.5 + 0.5)."""
     learner_cpus: float = 1.0
     """CPUs Ray reserves for the learner actor."""
     max_restarts: int = 3
@@ -62,3 +62,18 @@ class DistributedConfig:
         require_choice("distributed.backend", self.backend, list(BACKENDS))
         require_choice("distributed.strategy", self.strategy, list(STRATEGIES))
         require(not self.cpu_offload or self.strategy == "fsdp", "distributed.cpu_offload needs distributed.strategy=fsdp")
+
+
+@dataclass
+class MemoryConfig:
+    """Memory savers for larger policies; each keeps the step's maths (docs/scale.md has the supported combinations)."""
+
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (HF `gradient_checkpointing_enable`,
+    non-reentrant): less memory, ~30% more compute, the same gradients."""
+    precision: str = "fp32"
+    """fp32 | bf16: bf16 autocast of the forward passes with fp32 master weights, gradients and optimizer state
+    (under distributed.strategy=fsdp: FSDP2's MixedPrecisionPolicy, bf16 parameters in compute, fp32 reduction)."""
+
+    def __post_init__(self):
+        require_choice("memory.precision", self.precision, ["fp32", "bf16"])

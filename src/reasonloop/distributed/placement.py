@@ -32,7 +32,8 @@ import torch
 from reasonloop.algos.aggregation import check_mode, step_normalizer
 from reasonloop.config import ConfigError
 from reasonloop.distributed.checkpoint import SHARDS
-from reasonloop.distributed.config import DistributedConfig
+from reasonloop.distributed.config import DistributedConfig, MemoryConfig
+from reasonloop.distributed.memory import apply_memory
 from reasonloop.models.loading import save_model
 from reasonloop.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -49,14 +50,18 @@ def make_placement(cfg: DistributedConfig, trainer_cfg: Any = None) -> "LocalPla
     """The placement `cfg.backend` names (auto: torch.distributed under torchrun, else one process);
     `trainer_cfg` is checked for the settings a sharded step supports."""
     backend = cfg.backend
+    memory = getattr(trainer_cfg, "memory", None) or MemoryConfig()
     if backend == "auto":
         backend = "torch" if launched_by_torchrun() else "none"
+    if memory.activation_checkpointing and trainer_cfg is not None and trainer_cfg.forward.share_prompts:
+        raise ConfigError("memory.activation_checkpointing needs forward.share_prompts=false: HF turns the K/V cache "
+                          "off under gradient checkpointing, and the shared-prompt forward reads the prompt from it")
     if backend == "torch":
-        placement = TorchPlacement(cfg)
+        placement = TorchPlacement(cfg, memory)
         if trainer_cfg is not None:
             check_shardable(trainer_cfg, placement.world_size)
         return placement
-    return LocalPlacement()
+    return LocalPlacement(memory)
 
 
 def check_shardable(cfg: Any, world_size: int) -> None:
@@ -88,8 +93,11 @@ class LocalPlacement:
     world_size = 1
     is_main = True
 
+    def __init__(self, memory: MemoryConfig | None = None):
+        self.memory = memory or MemoryConfig()
+
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
+        return apply_memory(model, self.memory)
 
     def rollout_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
@@ -144,9 +152,10 @@ class LocalPlacement:
 class TorchPlacement(LocalPlacement):
     """torch.distributed ranks (torchrun): gloo on CPU, nccl on GPU; DDP or FSDP2 (docs/scale.md)."""
 
-    def __init__(self, cfg: DistributedConfig):
+    def __init__(self, cfg: DistributedConfig, memory: MemoryConfig | None = None):
         import torch.distributed as dist
 
+        super().__init__(memory)
         self.cfg = cfg
         self.dist = dist
         if not dist.is_initialized():
@@ -166,17 +175,21 @@ class TorchPlacement(LocalPlacement):
         if not self._fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
+            apply_memory(model, self.memory)
             device = next(model.parameters()).device
             self._ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
             self._ddp.register_comm_hook(None, _sum_allreduce_hook)
             return model
-        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 
         self._rollout = copy.deepcopy(model).eval().requires_grad_(False)
-        offload = {"offload_policy": CPUOffloadPolicy()} if self.cfg.cpu_offload else {}
+        apply_memory(model, self.memory, autocast=False)
+        policies: dict[str, Any] = {"offload_policy": CPUOffloadPolicy()} if self.cfg.cpu_offload else {}
+        if self.memory.precision == "bf16":
+            policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for layer in decoder_layers(model):
-            fully_shard(layer, **offload)
-        fully_shard(model, **offload)
+            fully_shard(layer, **policies)
+        fully_shard(model, **policies)
         for module in model.modules():
             if isinstance(module, FSDPModule):
                 module.set_gradient_divide_factor(1.0)  # sum, not mean: losses carry the global normaliser

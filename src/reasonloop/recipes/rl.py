@@ -62,7 +62,7 @@ from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example, RolloutBatch, TokenBatch, pad_right
 from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
-from reasonloop.distributed import DistributedConfig, make_placement
+from reasonloop.distributed import DistributedConfig, MemoryConfig, make_placement
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt
 from reasonloop.models.value_head import Critic
@@ -214,6 +214,8 @@ class Config(CheckpointedRunConfig):
     """Weight of the reward_model component."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """Scale-out: torchrun ranks (DDP/FSDP2) or the Ray actor-learner; the same step (docs/scale.md)."""
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    """Memory savers: activation checkpointing, bf16 autocast with fp32 master weights (docs/scale.md)."""
     task_rewards: bool = True
     """Keep the task's own reward components; false trains on reward_funcs / reward_model alone (the task's
     components are still computed and logged as reward/task/<name>, and held-out evaluation still uses its
