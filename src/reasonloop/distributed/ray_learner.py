@@ -394,4 +394,12 @@ def run_actor_learner(cfg: Any, trainer_cls: Any) -> dict:
     """`reasonloop train distributed.backend=ray`: the Trainer class is passed in (recipes sit above this layer)."""
     if not cfg.output_dir:
         raise ConfigError("distributed.backend=ray needs output_dir= (a restarted learner resumes from it)")
-    return ActorLearner(cfg, trainer_cls).run()
+    from reasonloop.train.evaluation import format_table
+
+    print(f"train: Ray actor-learner ({cfg.distributed.ray.mode}; {cfg.distributed.ray.rollout_workers} rollout and "
+          f"{cfg.distributed.ray.reward_workers} reward workers); the learner's log is {cfg.output_dir}/metrics.jsonl")
+    result = ActorLearner(cfg, trainer_cls).run()
+    if result.get("before"):  # the learner's console is its own (log_to_driver=False): the tables again, here
+        print(f"before training:\n{format_table(result['before'])}")
+    print(f"after {cfg.steps} steps ({result['preset']}, Ray {cfg.distributed.ray.mode}):\n{format_table(result['after'])}")
+    return result
