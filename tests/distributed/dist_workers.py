@@ -18,6 +18,14 @@ def trainer_args(model_dir: str, out: Path, *extra: str) -> list[str]:
             "train_pool=32", "micro_batch_size=3", "optim.warmup_steps=0", "optim.lr=0.003", "threads=1", *extra]
 
 
+# under FSDP every rank must make the same forward calls: no data-dependent prompt sharing or length buckets
+FSDP_FORWARD = ("forward.share_prompts=false", "forward.bucket_lengths=false")
+
+
+def forward_for(strategy: str) -> tuple[str, ...]:
+    return FSDP_FORWARD if strategy == "fsdp" else ()
+
+
 def shard_of(data: rl.StepData, rank: int, world: int) -> rl.StepData:
     """Rank `rank`'s rows of a prompt-major StepData (whole groups), as `TorchPlacement.shard` splits prompts."""
     per = len(data.group_sizes) // world
@@ -61,7 +69,7 @@ def step_worker(rank: int, world: int, port: int, model_dir: str, out: str, data
     _init(rank, world, port)
     rl.make_task = lambda spec, data_dir=None: LetterFirstTask()
     cfg = load_config(rl.Config, trainer_args(model_dir, Path(out) / "run", f"distributed.strategy={strategy}",
-                                              "distributed.backend=torch", *extra))
+                                              "distributed.backend=torch", *forward_for(strategy), *extra))
     trainer = rl.Trainer(cfg)
     data = torch.load(data_file, weights_only=False)
     metrics, grads = one_step(trainer, shard_of(data, rank, world))

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dist_workers import one_step, step_worker, trainer_args
+from dist_workers import FSDP_FORWARD, forward_for, one_step, step_worker, trainer_args
 from reasonloop.algos.aggregation import step_normalizer
 from reasonloop.config import load_config
 from reasonloop.distributed.placement import global_normalizer
@@ -39,9 +39,10 @@ def toy_task(monkeypatch):
     monkeypatch.setattr(rl, "make_task", lambda spec, data_dir=None: LetterFirstTask())
 
 
-def reference_step(nano_model_dir, tmp_path, extra):
-    """The single-process step: its batch (saved for the ranks), metrics and gradients."""
-    trainer = rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path / "single", *extra)))
+def reference_step(nano_model_dir, tmp_path, strategy, extra):
+    """The single-process step (with the forward the ranks use): its batch, metrics and gradients."""
+    trainer = rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path / "single",
+                                                             *forward_for(strategy), *extra)))
     data, _ = trainer.collect()
     assert 0 < float(data.rewards.mean()) < 1, "the batch must hold rewarded and unrewarded samples"
     torch.save(data, tmp_path / "data.pt")
@@ -55,7 +56,7 @@ def reference_step(nano_model_dir, tmp_path, extra):
     pytest.param(("agg_mode=seq_mean_token_sum_norm", "kl_coef=0"), id="dr_grpo_norm-no_kl", marks=pytest.mark.slow),
 ])
 def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, nano_model_dir, tmp_path, toy_task):
-    metrics, grads = reference_step(nano_model_dir, tmp_path, extra)
+    metrics, grads = reference_step(nano_model_dir, tmp_path, strategy, extra)
     mp.spawn(step_worker, args=(2, free_port(), nano_model_dir, str(tmp_path), str(tmp_path / "data.pt"), strategy,
                                 extra), nprocs=2, join=True)
     dist = torch.load(tmp_path / "result.pt", weights_only=False)
@@ -91,6 +92,9 @@ def test_unsupported_settings_are_named_before_a_step_runs():
         "size 2; advantage=reinforce (supported: grpo, dr_grpo, rloo, whose advantages are local to a prompt's "
         "group); dynamic_sampling=true (ranks would refill different numbers of prompts)")
     check_shardable(cfg, 1)  # one rank: anything goes
+    fsdp = load_config(rl.Config, ["distributed.strategy=fsdp"])
+    with pytest.raises(ConfigError, match="set forward.share_prompts=false forward.bucket_lengths=false"):
+        check_shardable(fsdp, 2)
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
@@ -103,7 +107,7 @@ def test_torchrun_fsdp_run_checkpoints_shards_that_resume_in_one_process(nano_mo
     out = tmp_path / "run"
     args = [f"model.name={nano_model_dir}", f"output_dir={out}", "prompts_per_step=4", "group_size=4",
             "sampling.max_new_tokens=8", "eval_n=4", "eval_k=0", "eval_every=0", "save_every=2", "samples_every=1",
-            "train_pool=32", "micro_batch_size=8", "threads=1", "distributed.strategy=fsdp"]
+            "train_pool=32", "micro_batch_size=8", "threads=1", "distributed.strategy=fsdp", *FSDP_FORWARD]
     done = torchrun(2, *args, "steps=2")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

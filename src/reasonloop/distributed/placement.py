@@ -82,6 +82,10 @@ def check_shardable(cfg: Any, world_size: int) -> None:
         problems.append("adaptive_group=true (per-level pass rates are rank-local)")
     if cfg.critic != "none":
         problems.append(f"critic={cfg.critic}")
+    if cfg.distributed.strategy == "fsdp" and (cfg.forward.share_prompts or cfg.forward.bucket_lengths):
+        problems.append("forward.share_prompts / forward.bucket_lengths under distributed.strategy=fsdp (each forward "
+                        "call all-gathers the shards, so every rank must make the same calls, whatever its data): "
+                        "set forward.share_prompts=false forward.bucket_lengths=false")
     if problems and world_size > 1:
         raise ConfigError(f"torch.distributed training ({world_size} ranks) does not support: " + "; ".join(problems))
 
