@@ -24,7 +24,8 @@ def step_with(nano_model_dir, tmp_path, name, data, *extra):
 
 
 def test_activation_checkpointing_gives_the_same_gradients(nano_model_dir, tmp_path, toy_task):
-    plain = rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path / "plain", "forward.share_prompts=false")))
+    plain = rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path / "plain",
+                                                           "forward.share_prompts=false")))
     data, _ = plain.collect()
     metrics, grads = one_step(plain, data)
     ckpt, m2, g2 = step_with(nano_model_dir, tmp_path, "ckpt", data, "memory.activation_checkpointing=true",
@@ -56,4 +57,16 @@ def test_activation_checkpointing_with_shared_prompts_is_refused(nano_model_dir,
     from reasonloop.config import ConfigError
 
     with pytest.raises(ConfigError, match="needs forward.share_prompts=false"):
-        rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path, "memory.activation_checkpointing=true")))
+        rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path,
+                                                       "memory.activation_checkpointing=true")))
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_step_on_cuda(nano_model_dir, tmp_path, toy_task):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    trainer = rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path, "model.device=cuda",
+                                                             "memory.precision=bf16")))
+    metrics, _ = trainer.step()
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in trainer.model.parameters())
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0

@@ -73,7 +73,8 @@ def test_async_mode_overlaps_and_logs_bounded_staleness(nano_model_dir, tmp_path
 
 
 def test_async_mode_requires_the_importance_correction(nano_model_dir, tmp_path):
-    cfg = load_config(rl.Config, args(nano_model_dir, tmp_path, "distributed.backend=ray", "distributed.ray.mode=async"))
+    cfg = load_config(rl.Config, args(nano_model_dir, tmp_path, "distributed.backend=ray",
+                                      "distributed.ray.mode=async"))
     with pytest.raises(ConfigError, match="set tis_cap"):
         rl.run(cfg)
 

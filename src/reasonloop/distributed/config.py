@@ -61,7 +61,8 @@ class DistributedConfig:
     def __post_init__(self):
         require_choice("distributed.backend", self.backend, list(BACKENDS))
         require_choice("distributed.strategy", self.strategy, list(STRATEGIES))
-        require(not self.cpu_offload or self.strategy == "fsdp", "distributed.cpu_offload needs distributed.strategy=fsdp")
+        require(not self.cpu_offload or self.strategy == "fsdp",
+                "distributed.cpu_offload needs distributed.strategy=fsdp")
 
 
 @dataclass

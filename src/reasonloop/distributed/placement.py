@@ -1,18 +1,18 @@
 """Where one RL step runs: a single process (`LocalPlacement`) or torchrun ranks (`TorchPlacement`).
 
-The trainer (`recipes/rl.py`) runs the same step either way; it asks its placement at a few points:
+The trainer (`recipes/rl.py`) runs the same step either way; it asks its placement at a few points
+(one process | torch.distributed):
 
-| hook                      | one process                     | torch.distributed (N ranks)                                   |
-|---------------------------|---------------------------------|---------------------------------------------------------------|
-| `shard(prompts)`          | all of them                     | rank r's contiguous 1/N of the step's global prompt list      |
-| `prepare(model)`          | the model                       | ddp: a `DistributedDataParallel` wrapper for the update; fsdp: `fully_shard` per decoder layer and the root, plus a full copy the rollout engine samples from |
-| `normalizer(mask, ...)`   | `step_normalizer(mask)`         | the same, from token / sequence counts all-reduced over ranks |
-| `before_micro_batch(last)`| nothing                         | gradient sync only on the last micro-batch (`no_sync` / `set_requires_gradient_sync`) |
-| `reduce_update(metrics)`  | as is                           | loss summed over ranks, other update metrics token-weighted   |
-| `reduce_step(metrics)`    | as is                           | means over ranks (equal shards), maxima for */max, time/*     |
-| `sync_engine(engine)`     | `engine.update_weights(model)`  | fsdp: the full state dict gathered into the rollout copy      |
-| `start_run(run)`          | `run.start()`                   | rank 0 writes the run directory; the others log nothing       |
-| checkpoints               | train/checkpoint.py's format    | torch.distributed.checkpoint (DCP) shards, loadable at any world size |
+- `shard(prompts)`: all of them | rank r's contiguous 1/N of the step's global prompt list
+- `prepare(model)`: memory features | + ddp: a `DistributedDataParallel` wrapper for the update; fsdp:
+  `fully_shard` per decoder layer and the root, plus a full copy the rollout engine samples from
+- `normalizer(mask, ...)`: `step_normalizer(mask)` | the same from token / sequence counts all-reduced
+- `before_micro_batch(last)`: nothing | gradients sync on the last micro-batch only
+- `reduce_update(metrics)`: as is | loss summed over ranks, other update metrics token-weighted
+- `reduce_step(metrics)`: as is | means over ranks (equal shards), maxima for */max and time/*
+- `sync_engine(engine)`: `engine.update_weights(model)` | fsdp: the full state dict gathered into the copy
+- `start_run(run)`: `run.start()` | rank 0 writes the run directory; the others log nothing
+- checkpoints: train/checkpoint.py's format | torch.distributed.checkpoint (DCP) shards, any world size
 
 Gradients are SUMMED over ranks (DDP's comm hook, FSDP2's divide factor 1): every rank's loss is
 already divided by the global normaliser, so the sum is the single-process gradient of the same

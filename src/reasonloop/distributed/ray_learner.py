@@ -401,5 +401,6 @@ def run_actor_learner(cfg: Any, trainer_cls: Any) -> dict:
     result = ActorLearner(cfg, trainer_cls).run()
     if result.get("before"):  # the learner's console is its own (log_to_driver=False): the tables again, here
         print(f"before training:\n{format_table(result['before'])}")
-    print(f"after {cfg.steps} steps ({result['preset']}, Ray {cfg.distributed.ray.mode}):\n{format_table(result['after'])}")
+    mode = cfg.distributed.ray.mode
+    print(f"after {cfg.steps} steps ({result['preset']}, Ray {mode}):\n{format_table(result['after'])}")
     return result

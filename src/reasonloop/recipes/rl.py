@@ -415,7 +415,8 @@ class Trainer:
         if (ckpt := self.run.resume_from) is not None:
             self._restore(ckpt)
             print(f"train: resumed from {ckpt} at step {self.state.step}")
-        self.run, self.out_dir = self.dist.start_run(self.run)  # only once the task, model and data have loaded: bad input writes nothing
+        # only once the task, model and data have loaded: bad input writes nothing (torchrun: rank 0 writes)
+        self.run, self.out_dir = self.dist.start_run(self.run)
 
     def _reward_specs(self) -> list[RewardSpec]:
         """The task's reward components (unless task_rewards=false) plus the configured functions and
