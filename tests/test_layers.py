@@ -12,7 +12,7 @@ LAYERS = {  # docs/design.md's table
     "tasks": 3,
     "models": 4, "rollout": 4,
     "train": 5,
-    "search": 6,
+    "search": 6, "prm": 6,
     "selfimprove": 7,
     "distributed": 8,
     "recipes": 9,

@@ -51,6 +51,7 @@ COMMANDS: dict[str, Command] = {
                           "generate -> verify -> select -> SFT loops (rejection sampling, RAFT, ReST, STaR, ...)"),
     "reward_model": Command("reasonloop.recipes.reward_modeling",
                             "train a Bradley-Terry reward model (pairs from data= or the verifier-labelled samples)"),
+    "prm": Command("reasonloop.recipes.prm", "train a process (or, labels=outcome, outcome) reward model on step labels"),
     "dpo": Command("reasonloop.recipes.dpo", "preference optimisation: offline, online/iterative, self-rewarding"),
     "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
     "search": Command("reasonloop.recipes.search", "test-time search: accuracy against compute per strategy and budget"),

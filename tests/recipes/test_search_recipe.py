@@ -15,7 +15,7 @@ def test_search_writes_scaling_table_and_plot(tmp_path, capsys):
     assert code in (0, None)
     rows = list(csv.DictReader(open(out / "scaling.csv")))
     assert [(r["strategy"], r["n"]) for r in rows] == [
-        (s, n) for s in ["majority", "best_of_n:verifier (oracle)", "adaptive", "refine"] for n in ["1", "4"]]
+        (s, n) for s in ["majority", "best_of_n:verifier (oracle)", "adaptive", "refine:verifier (oracle)"] for n in ["1", "4"]]
     by = {(r["strategy"], int(r["n"])): r for r in rows}
     # same seed, same samples: the oracle pick is never worse than the vote over the same four samples
     assert float(by["best_of_n:verifier (oracle)", 4]["accuracy"]) >= float(by["majority", 4]["accuracy"])
@@ -31,6 +31,7 @@ def test_search_writes_scaling_table_and_plot(tmp_path, capsys):
 @pytest.mark.parametrize("arg, message", [
     ("strategies=[magic]", "'magic' is not a search strategy"),
     ("strategies=[best_of_n:oracle]", "scorer 'oracle' is not one of"),
+    ("strategies=[refine:prmm]", "feedback 'prmm' is not one of"),
     ("budgets=[0]", "budgets=[0]"),
     ("strategies=[best_of_n:prm]", "set search.prm="),
 ])
@@ -38,3 +39,16 @@ def test_search_bad_config_is_one_clean_line(tmp_path, capsys, arg, message):
     code = main(["search", "problems=2", arg, f"output_dir={tmp_path / 'x'}"])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_entries_and_labels_mark_every_use_of_the_verifier():
+    from reasonloop.recipes.search import label, parse_entry
+    from reasonloop.search import SearchConfig
+
+    base = SearchConfig()
+    assert label(parse_entry("beam", base)) == "beam:prm"  # tree search picks with its PRM by default
+    assert label(parse_entry("beam:verifier", base)) == "beam:verifier (oracle)"
+    assert label(parse_entry("best_of_n", base)) == "best_of_n:verifier (oracle)"
+    assert label(parse_entry("refine:self", base)) == "refine:self"
+    assert parse_entry("mcts:rollout", base).value == "rollout"
+    assert label(parse_entry("mcts:rollout", base)) == "mcts:rollout"  # its rollouts are scored by the PRM

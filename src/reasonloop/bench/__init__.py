@@ -29,7 +29,10 @@ which=grpo (the default; `bench/grpo.py`) runs, in one process and with `threads
 
 which=grader (`bench/grader.py`, keys `grader.*`): answers graded per second by the math grader, with
 a share of symbolic answers that need math-verify. which=sandbox (`bench/sandbox.py`, keys
-`sandbox.*`): sandboxed executions per second for trivial, sleeping and busy programs.
+`sandbox.*`): sandboxed executions per second for trivial, sleeping and busy programs. which=search
+(`bench/search.py`, keys `search.*`): beam and MCTS on the embedded arithmetic task with and without
+prefix reuse (continuing partial solutions from cached K/V vs re-prefilling them): generated tokens/s,
+prefilled tokens and the reuse/prefill ratio.
 
 Results go to `<output_dir>/bench.json` (+ `profile_*.txt` torch.profiler tables with profile=true).
 """
@@ -43,6 +46,7 @@ from pathlib import Path
 
 from reasonloop.bench.grader import GraderBenchConfig
 from reasonloop.bench.sandbox import SandboxBenchConfig
+from reasonloop.bench.search import SearchBenchConfig
 from reasonloop.config import require, require_choice
 from reasonloop.models.forward import ForwardConfig
 from reasonloop.rollout.engine import RolloutConfig
@@ -52,7 +56,8 @@ from reasonloop.train.runconfig import SEED_LIMIT
 @dataclass
 class Config:
     which: str = "grpo"
-    """Benchmark to run: grpo (the RL step; the keys below up to `only`), grader (`grader.*`), sandbox (`sandbox.*`)."""
+    """Benchmark to run: grpo (the RL step; the keys below up to `only`), grader (`grader.*`), sandbox (`sandbox.*`),
+    search (`search.*`: step-level search with and without prefix reuse)."""
     model: str = "embedded"
     """'embedded' (the shipped model), nano|tiny|small (random init, built locally) or a model directory."""
     prompts: int = 8
@@ -106,13 +111,15 @@ class Config:
     """which=grader: the grading workload."""
     sandbox: SandboxBenchConfig = field(default_factory=SandboxBenchConfig)
     """which=sandbox: the sandbox workload."""
+    search: SearchBenchConfig = field(default_factory=SearchBenchConfig)
+    """which=search: the search workload (model, threads, seed and rollout.* are the keys above)."""
     output_dir: str = ""
     """Where bench.json goes; empty means runs/bench-<timestamp>."""
     seed: int = 0
     """Seed for prompts, sampling and initialisation."""
 
     def __post_init__(self):
-        require_choice("which", self.which, ["grpo", "grader", "sandbox"])
+        require_choice("which", self.which, ["grpo", "grader", "sandbox", "search"])
         require_choice("vs", self.vs, ["", "trl"])
         require_choice("only", self.only, ["", "grpo"])
         require(self.prompts > 0 and self.group_size >= 2, "need prompts > 0 and group_size >= 2")
@@ -133,6 +140,14 @@ def run(cfg: Config) -> dict:
         from reasonloop.bench import sandbox
 
         results = sandbox.run(cfg.sandbox)
+    elif cfg.which == "search":
+        import tempfile
+
+        from reasonloop.bench import search
+        from reasonloop.bench.grpo import prepare_model
+
+        results = search.run(cfg, prepare_model(cfg.model, Path(tempfile.gettempdir()) / "reasonloop-bench-models",
+                                                cfg.seed))
     else:
         from reasonloop.bench import grpo
 

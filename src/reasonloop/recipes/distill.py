@@ -32,6 +32,7 @@ from reasonloop.algos.distill import reverse_kl_tokens
 from reasonloop.config import require, require_choice
 from reasonloop.models.loading import ModelConfig, load_model
 from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.recipes.search import search_kwargs
 from reasonloop.search import SearchConfig, search
 from reasonloop.selfimprove.loop import Loop, LoopConfig
 from reasonloop.selfimprove.selection import correct_only, dedup
@@ -68,9 +69,8 @@ class Config(LoopConfig):
 def teacher_traces(loop: Loop, cfg: Config, teacher: torch.nn.Module, examples) -> tuple[list, dict]:
     """Search with the teacher; score its picks with the task; keep verified (or all) picks."""
     engine = TorchSampler(teacher, loop.tokenizer)
-    verifier = lambda ex, comps: [float(loop.task.is_correct(c, ex)) for c in comps]
     results = search(engine, examples, loop.render, loop.sampling, cfg.search, lambda c: answer_key(loop.task, c),
-                     scorer=verifier, generator=loop.generator)
+                     generator=loop.generator, **search_kwargs(cfg.search, loop.task))
     picks = [(r.example, r.completion) for r in results if r.completion is not None]
     samples = loop.score([ex for ex, _ in picks], [c for _, c in picks])
     kept = correct_only(samples) if cfg.verify else samples

@@ -14,6 +14,7 @@ directory: `scaling.csv` (one row per strategy and budget), `summary.json` and `
 from __future__ import annotations
 
 import csv
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,6 @@ from reasonloop.train.evaluation import answer_key
 from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import RunConfig
 
-NEEDS_SCORER = ("best_of_n", "weighted_best_of_n")
 
 
 @dataclass
@@ -50,7 +50,9 @@ class Config(RunConfig):
     problems: int = 200
     """Problems (spread over the task's levels)."""
     strategies: list[str] = field(default_factory=lambda: ["majority", "best_of_n:verifier", "weighted_best_of_n:likelihood"])
-    """Strategies to compare, each `name` or `name:scorer` (scorer: verifier, orm, prm, likelihood)."""
+    """Strategies to compare, each `name` or `name:qualifier`: the outcome scorer (verifier, orm, prm, likelihood;
+    e.g. best_of_n:prm), refine's feedback (refine:prm) or mcts's value (mcts:rollout). beam and dvts pick with
+    the PRM unless a scorer is named. Anything reading the task's verifier is labelled (oracle)."""
     budgets: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     """Values of search.n each strategy runs at."""
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -72,21 +74,37 @@ class Config(RunConfig):
             parse_entry(entry, self.search)
 
 
+TREE = ("beam", "dvts", "mcts")
+QUALIFIER = {"refine": ("feedback", ("verifier", "prm", "self")), "mcts": ("value", ("prm", "rollout"))}
+
+
 def parse_entry(entry: str, base: SearchConfig) -> SearchConfig:
-    """'best_of_n:prm' -> the base search config with that strategy and scorer (validated)."""
-    name, _, scorer = str(entry).partition(":")
+    """'best_of_n:prm' -> the base search config with that strategy and qualifier (validated). The qualifier
+    is the outcome scorer, except for refine (its feedback) and mcts (its value); beam and dvts pick their
+    answer with the PRM unless a scorer is named."""
+    name, _, qual = str(entry).partition(":")
     if name not in STRATEGIES:
         raise ConfigError(f"strategies: {name!r} is not a search strategy; known: {sorted(STRATEGIES)}")
-    if scorer and scorer not in SCORERS:
-        raise ConfigError(f"strategies: {entry!r}: scorer {scorer!r} is not one of {list(SCORERS)}")
-    return replace(base, strategy=name, scorer=scorer or base.scorer)
+    key, choices = QUALIFIER.get(name, ("scorer", SCORERS))
+    if qual and qual not in choices:
+        raise ConfigError(f"strategies: {entry!r}: {key} {qual!r} is not one of {list(choices)}")
+    cfg = replace(base, strategy=name, **({key: qual} if qual else {}))
+    if name in TREE and not (key == "scorer" and qual) and cfg.scorer == "verifier":
+        cfg = replace(cfg, scorer="prm")  # the oracle only where asked for by name
+    return cfg
 
 
 def label(cfg: SearchConfig) -> str:
-    """How a strategy is named in tables and plots; the oracle verifier is marked."""
-    scored = cfg.strategy in NEEDS_SCORER or (cfg.strategy in ("beam", "dvts", "mcts") and cfg.scorer != "verifier")
-    name = f"{cfg.strategy}:{cfg.scorer}" if scored else cfg.strategy
-    return name + (" (oracle)" if cfg.scorer == "verifier" and cfg.strategy in NEEDS_SCORER else "")
+    """How a strategy is named in tables and plots; anything that consults the task's verifier is marked."""
+    if cfg.strategy in ("majority", "adaptive"):
+        return cfg.strategy
+    if cfg.strategy == "refine":
+        name, oracle = f"refine:{cfg.feedback}", cfg.feedback == "verifier"
+    elif cfg.strategy == "mcts":
+        name, oracle = f"mcts:{cfg.value}", cfg.value == "rollout" and cfg.scorer == "verifier"
+    else:
+        name, oracle = f"{cfg.strategy}:{cfg.scorer}", cfg.scorer == "verifier"
+    return name + (" (oracle)" if oracle else "")
 
 
 def load_reward_models(cfg: SearchConfig, needed: set[str]) -> dict[str, Any]:
@@ -97,10 +115,22 @@ def load_reward_models(cfg: SearchConfig, needed: set[str]) -> dict[str, Any]:
         if kind in needed and not path:
             raise ConfigError(f"a strategy needs a {kind.upper()}: set search.{kind}=<directory of `reasonloop prm`>")
         if path:
-            from reasonloop.prm import load_prm
-
-            out[kind] = load_prm(path)
+            out[kind] = _load_prm(path)
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _load_prm(path: str):
+    from reasonloop.prm import load_prm
+
+    return load_prm(path)
+
+
+def search_kwargs(cfg: SearchConfig, task) -> dict[str, Any]:
+    """The scorers `search(...)` needs for `cfg` (loading its PRM/ORM once per process): self-training and
+    distillation use any strategy of `reasonloop search` as their expert/teacher through this."""
+    outcome, prm = scorers_for(cfg, task, load_reward_models(cfg, needed_models([cfg])))
+    return {"scorer": outcome, "prm": prm, "verifier": task.is_correct}
 
 
 def scorers_for(cfg: SearchConfig, task, models: dict[str, Any]):

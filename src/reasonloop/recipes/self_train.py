@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from reasonloop.config import require, require_choice
+from reasonloop.recipes.search import search_kwargs
 from reasonloop.search import SearchConfig, majority_vote, search
 from reasonloop.selfimprove.loop import Loop, LoopConfig
 from reasonloop.selfimprove.selection import (
@@ -139,9 +140,8 @@ def star_step(loop: Loop, cfg: Config, examples, samples: list[Sample]) -> tuple
 
 def expert_step(loop: Loop, cfg: Config, examples) -> tuple[list[Sample], list[Sample], dict]:
     """(the expert's scored picks, the kept ones, stats)."""
-    verifier = lambda ex, comps: [float(loop.task.is_correct(c, ex)) for c in comps]
     results = search(loop.sampler, examples, loop.render, loop.sampling, cfg.search,
-                     lambda c: answer_key(loop.task, c), scorer=verifier, generator=loop.generator)
+                     lambda c: answer_key(loop.task, c), generator=loop.generator, **search_kwargs(cfg.search, loop.task))
     picks = [(r.example, r.completion) for r in results if r.completion is not None]
     samples = loop.score([ex for ex, _ in picks], [c for _, c in picks])
     kept = correct_only(samples) if cfg.expert_verify else samples

@@ -110,19 +110,29 @@ class Compute:
 
 class CountingEngine:
     """A `RolloutEngine` wrapper counting tokens: `generated` (completion tokens) and `prefilled` (each
-    prompt once: its n samples share one prefill). Engines that count themselves (the prefix-reusing tree
-    engine) are used as they are."""
+    prompt once: its n samples share one prefill). An engine that counts itself (the prefix-reusing tree
+    engine, whose `expand` calls bypass this wrapper) is read instead: its counts since it was wrapped."""
 
     def __init__(self, engine: RolloutEngine):
         self.engine = engine
-        self.generated = 0
-        self.prefilled = 0
+        self._counts_itself = hasattr(engine, "generated") and hasattr(engine, "prefilled")
+        self._start = (engine.generated, engine.prefilled) if self._counts_itself else (0, 0)
+        self._generated = self._prefilled = 0
+
+    @property
+    def generated(self) -> int:
+        return self.engine.generated - self._start[0] if self._counts_itself else self._generated
+
+    @property
+    def prefilled(self) -> int:
+        return self.engine.prefilled - self._start[1] if self._counts_itself else self._prefilled
 
     def generate(self, prompts: list[str], n: int, sampling: SamplingConfig,
                  generator: torch.Generator | None = None) -> RolloutBatch:
         batch = self.engine.generate(prompts, n, sampling, generator)
-        self.generated += int(batch.completion_mask.sum())
-        self.prefilled += int(batch.prompt_mask[::n].sum())
+        if not self._counts_itself:
+            self._generated += int(batch.completion_mask.sum())
+            self._prefilled += int(batch.prompt_mask[::n].sum())
         return batch
 
     def update_weights(self, model: torch.nn.Module) -> None:

@@ -67,6 +67,44 @@ class Problem:
         ]
         return ";".join(steps)
 
+    def corrupted_completion(self, step: int, delta: int) -> str:
+        """A careful completion whose operation `step` (0-based) is off by `delta`, and every later step and
+        the answer computed consistently from the wrong value: step `step` is the FIRST wrong step (the
+        traces a process reward model's first-error accuracy is measured on)."""
+        if not 0 <= step < len(self.ops):
+            raise ValueError(f"step {step} out of range for {len(self.ops)} operations")
+        if delta == 0:
+            raise ValueError("delta must be non-zero: a zero delta leaves the trace correct")
+        values = self.running_values()
+        wrong = values[: step + 1] + [v + delta for v in values[step + 1 :]]  # the error carried forward
+        steps = [f"{wrong[i]}{op}{x}={wrong[i + 1]}" for i, (op, x) in enumerate(zip(self.ops, self.operands[1:]))]
+        return f"<think>{';'.join(steps)}</think><answer>{wrong[-1]}</answer>"
+
+
+@dataclass(frozen=True)
+class ErrorTrace:
+    """A careful trace with a known first wrong step: `first_error` indexes the steps of
+    `rewards.process.step_spans(completion)` (operation k is step k), None for a correct trace."""
+
+    prompt: str
+    completion: str
+    first_error: int | None
+
+
+def first_error_traces(problems: list[Problem], seed: int = 0, max_delta: int = 3) -> list[ErrorTrace]:
+    """Two traces per problem: the correct careful one, and one corrupted at a uniformly drawn operation by
+    a non-zero delta in [-max_delta, max_delta] that keeps every running value >= 0 (as the task's own
+    problems do); later steps follow the wrong value, so the first wrong step is exactly known."""
+    rng = random.Random(f"{seed}:first-error")
+    out: list[ErrorTrace] = []
+    for p in problems:
+        step = rng.randrange(len(p.ops))
+        later = p.running_values()[step + 1 :]
+        deltas = [d for d in range(-max_delta, max_delta + 1) if d != 0 and min(later) + d >= 0]
+        out.append(ErrorTrace(format_prompt(p), format_completion(p), None))
+        out.append(ErrorTrace(format_prompt(p), p.corrupted_completion(step, rng.choice(deltas)), step))
+    return out
+
 
 def split_of(problem_text: str) -> str:
     bucket = int(hashlib.sha1(problem_text.encode()).hexdigest(), 16) % TEST_FRACTION_BUCKETS
@@ -148,6 +186,10 @@ class ArithmeticTask:
             Example(format_prompt(p), str(p.answer), {"id": p.text, "level": p.level})
             for p in self.problems(split, n, seed)
         ]
+
+    def first_error_traces(self, split: str, n: int, seed: int = 0) -> list[ErrorTrace]:
+        """`first_error_traces` of `n` problems of `split`: a correct and a corrupted trace of each."""
+        return first_error_traces(self.problems(split, n, seed), seed)
 
     def sft_records(self, split: str, n: int, seed: int = 0) -> list[dict]:
         """(prompt, completion) records with careful traces: the supervised target."""
