@@ -14,8 +14,9 @@ LAYERS = {  # docs/design.md's table
     "train": 5,
     "search": 6, "prm": 6,
     "selfimprove": 7,
-    "recipes": 8,
-    "cli": 9, "configdoc": 9, "bench": 9, "console": 9,
+    "distributed": 8,
+    "recipes": 9,
+    "cli": 10, "configdoc": 10, "bench": 10, "console": 10, "__main__": 10,
 }
 
 

@@ -53,7 +53,7 @@ import torch
 
 from reasonloop.algos import advantages as adv_lib
 from reasonloop.algos.advantages import dynamic_sampling_keep
-from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, masked_mean, step_normalizer
+from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, masked_mean
 from reasonloop.algos.estimators import (
     ADVANTAGE_ESTIMATORS,
     TOKEN_LEVEL,
@@ -69,8 +69,9 @@ from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example, RolloutBatch, TokenBatch, pad_right
 from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
+from reasonloop.distributed import DistributedConfig, MemoryConfig, make_placement
 from reasonloop.tasks import make_task
-from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt, save_model
+from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
 from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
@@ -78,7 +79,7 @@ from reasonloop.rewards.process import DEFAULT_DELIMITERS, step_spans
 from reasonloop.rewards.step_tokens import ArithmeticStepOracle, place_step_scores
 from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import RolloutConfig, RolloutEngine, SamplingConfig, build_engine
-from reasonloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from reasonloop.train.checkpoint import latest_checkpoint
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.models.forward import ForwardConfig, policy_forward
 from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
@@ -238,12 +239,17 @@ class Config(CheckpointedRunConfig):
     component; empty disables."""
     reward_model_weight: float = 1.0
     """Weight of the reward_model component."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """Scale-out: torchrun ranks (DDP/FSDP2) or the Ray actor-learner; the same step (docs/scale.md)."""
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    """Memory savers: activation checkpointing, bf16 autocast with fp32 master weights (docs/scale.md)."""
     task_rewards: bool = True
     """Keep the task's own reward components; false trains on reward_funcs / reward_model alone (the task's
     components are still computed and logged as reward/task/<name>, and held-out evaluation still uses its
     verifier, so `monitor.accuracy_drop` can flag a hacked reward)."""
 
-    RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {"eval_every", "samples_every"}
+    RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {
+        "eval_every", "samples_every", "distributed.backend", "distributed.strategy", "distributed.cpu_offload"}
 
     def __post_init__(self):
         super().__post_init__()
@@ -422,9 +428,11 @@ class Trainer:
     samples, checkpoints and rollback around it.
     """
 
-    def __init__(self, cfg: Config, engine: RolloutEngine | None = None):
-        """`engine`: generate rollouts with this engine instead of the one `cfg.rollout` names."""
+    def __init__(self, cfg: Config, engine: RolloutEngine | None = None, placement=None):
+        """`engine`: generate rollouts with this engine instead of the one `cfg.rollout` names; `placement`:
+        where the step runs (distributed/placement.py; default: the one `cfg.distributed` names)."""
         self.cfg = cfg
+        self.dist = placement or make_placement(cfg.distributed, cfg)
         self.estimator = resolve_estimator(cfg.advantage)
         set_threads(cfg.threads)
         set_seed(cfg.seed)
@@ -437,6 +445,7 @@ class Trainer:
         self.ref = None
         if cfg.kl_coef > 0 and not self.use_lora:  # with LoRA the reference is the adapter-free model
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.model = self.dist.prepare(self.model)  # DDP / FSDP2 on torchrun ranks; as is in one process
         self.critic = Critic(self.model, shared=cfg.critic == "head") if cfg.critic != "none" else None
         self.step_scorer = self._step_scorer() if cfg.process_reward == "prm" else None
         self.step_delimiters = list(cfg.prm_delimiters or getattr(self.step_scorer, "delimiters", DEFAULT_DELIMITERS))
@@ -454,8 +463,8 @@ class Trainer:
         params = list(self.model.parameters()) + (list(self.critic.parameters()) if self.critic else [])
         total_updates = cfg.steps * cfg.epochs
         self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
-        self.engine = engine or build_engine(cfg.rollout, self.model, self.tokenizer)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.engine = engine or build_engine(cfg.rollout, self.dist.rollout_model(self.model), self.tokenizer)
+        self.generator = torch.Generator().manual_seed(self.dist.sampler_seed(cfg.seed))
         fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
                                                      cfg.sampling.max_new_tokens, f"{cfg.task}/{split}")
         self.pool = fits(self.task.examples("train", cfg.train_pool, seed=cfg.seed), "train")
@@ -469,7 +478,8 @@ class Trainer:
         if (ckpt := self.run.resume_from) is not None:
             self._restore(ckpt)
             print(f"train: resumed from {ckpt} at step {self.state.step}")
-        self.out_dir = self.run.start()  # only once the task, model and data have loaded: bad input writes nothing
+        # only once the task, model and data have loaded: bad input writes nothing (torchrun: rank 0 writes)
+        self.run, self.out_dir = self.dist.start_run(self.run)
 
     def _step_scorer(self):
         """The explicit PRM of process_reward=prm: the exact arithmetic checker for prm=oracle, else the
@@ -513,7 +523,7 @@ class Trainer:
     # -- data --------------------------------------------------------------------------------------
     def next_prompts(self, n: int) -> list[Example]:
         """The next `n` train prompts of a reshuffled pass over the pool."""
-        return [self.pool[i] for i in self.prompts.next(n)]
+        return [self.pool[i] for i in self.dist.shard(self.prompts.next(n))]  # this rank's share
 
     def render(self, prompt: str) -> str:
         return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template)
@@ -740,14 +750,14 @@ class Trainer:
         update = UpdateBatch(
             data, scores, estimated.advantages, estimated.returns, loss_mask,
             tis_weights(scores.old, data.batch.logprobs, mask, cfg.tis_cap) if cfg.tis_cap > 0 else None,
-            step_normalizer(loss_mask, cfg.agg_mode, max_len=cfg.sampling.max_new_tokens))
+            self.dist.normalizer(loss_mask, cfg.agg_mode, max_len=cfg.sampling.max_new_tokens))  # global batch
         t_score = time.time() - t1
         t2 = time.time()
         update_metrics: dict[str, float] = {}
         for _ in range(cfg.epochs):
             update_metrics = self._update(update)
         t_train = time.time() - t2
-        self.engine.update_weights(self.model)
+        self.dist.sync_engine(self.engine, self.model)
         kl = update_metrics.get("kl", 0.0)
         self.kl_ctl = self.kl_ctl.update(kl, len(data.tokens))
         n_tokens = float(mask.sum())
@@ -768,11 +778,11 @@ class Trainer:
         accuracy = data.components.get("accuracy", data.components.get("task/accuracy"))
         if accuracy is not None:  # the verifier's verdict on the training samples, trained on or not
             metrics["accuracy"] = float(accuracy.mean())
-        return metrics, data
+        return self.dist.reduce_step(metrics, exclude=update_metrics), data
 
     def _update(self, update: UpdateBatch) -> dict[str, float]:
         """One optimizer step over the whole batch; a non-finite loss or gradient skips it (counted)."""
-        out = self.accumulate_gradients(update)
+        out = self.dist.reduce_update(self.accumulate_gradients(update), float(update.loss_mask.sum()))
         if not math.isfinite(out["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             self.state.bad_steps += 1
@@ -800,12 +810,15 @@ class Trainer:
         self.model.train()
         sums: dict[str, float] = {}
         total_loss = 0.0
-        for rows in self._micro_batches(len(tokens)):
+        batches = self._micro_batches(len(tokens))
+        for rows in batches:
             mb = tokens.select(rows)
             T = mb.completion_ids.shape[1]
             m = update.loss_mask[rows, :T]
             adv = update.advantages[rows, :T]
-            fwd = self._forward(self.model, mb, temp, with_entropy=True, with_hidden=self.critic is not None)
+            self.dist.before_micro_batch(self.model, last=rows == batches[-1])  # gradients sync once per step
+            fwd = self._forward(self.dist.training_module(self.model), mb, temp, with_entropy=True,
+                                with_hidden=self.critic is not None)
             old = scores.old[rows, :T] if scores.old is not None else fwd.logprobs.detach()
             w = update.tis_weights[rows, :T] if update.tis_weights is not None else None
             if cfg.loss == "clip":
@@ -848,12 +861,12 @@ class Trainer:
         self.state.prompts = self.prompts.state_dict()
         extra = self._extra_modules()
         state = {k: v for k, v in self.state.to_dict().items() if k != "step"}
-        save_checkpoint(self.out_dir, self.state.step, self.model, self.optimizer, self.scheduler, state,
+        self.dist.save_checkpoint(self.out_dir, self.state.step, self.model, self.optimizer, self.scheduler, state,
                         generators={"sampler": self.generator}, modules=extra)
 
     def _restore(self, ckpt) -> None:
         modules = self._extra_modules()
-        self.state = TrainerState.from_dict(load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler,
+        self.state = TrainerState.from_dict(self.dist.load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler,
                                                             generators={"sampler": self.generator}, modules=modules))
         self.prompts.load_state_dict(self.state.prompts)
         self.kl_ctl = self.kl_ctl.load_state_dict(self.state.kl_ctl)
@@ -892,6 +905,8 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------------------
     def evaluate(self) -> dict:
+        if not self.dist.is_main:  # rank 0 evaluates (on the rollout engine) and logs; the others: an empty table
+            return {"overall": {"n": 0}}
         sampling = SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.sampling.max_new_tokens)
         summary, _ = evaluate(self.engine, self.task, self.held_out, self.render, sampling, k=self.cfg.eval_k,
                               seed=self.cfg.seed)
@@ -930,7 +945,7 @@ class Trainer:
                 if cfg.save_every and step % cfg.save_every == 0:
                     self._checkpoint()
         after = self.evaluate()
-        save_model(self.model, self.tokenizer, self.run.dir / "model")
+        self.dist.save_model(self.model, self.tokenizer, self.run.dir / "model")
         if before is not None:
             print(f"before training:\n{format_table(before)}")
         print(f"after {cfg.steps} steps ({preset_of(cfg)}):\n{format_table(after)}")
@@ -939,8 +954,13 @@ class Trainer:
                   "model_dir": str(self.run.dir / "model")}
         self.run.write_json("summary.json", result)
         self.run.close()
+        self.dist.close()
         return result
 
 
 def run(cfg: Config) -> dict:
+    if cfg.distributed.backend == "ray":  # the same Trainer on a Ray learner actor (distributed/ray_learner.py)
+        from reasonloop.distributed.ray_learner import run_actor_learner
+
+        return run_actor_learner(cfg, Trainer)
     return Trainer(cfg).train()

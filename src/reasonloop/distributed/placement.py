@@ -1,0 +1,365 @@
+"""Where one RL step runs: a single process (`LocalPlacement`) or torchrun ranks (`TorchPlacement`).
+
+The trainer (`recipes/rl.py`) runs the same step either way; it asks its placement at a few points
+(one process | torch.distributed):
+
+- `shard(prompts)`: all of them | rank r's contiguous 1/N of the step's global prompt list
+- `prepare(model)`: memory features | + ddp: a `DistributedDataParallel` wrapper for the update; fsdp:
+  `fully_shard` per decoder layer and the root, plus a full copy the rollout engine samples from
+- `normalizer(mask, ...)`: `step_normalizer(mask)` | the same from token / sequence counts all-reduced
+- `before_micro_batch(last)`: nothing | gradients sync on the last micro-batch only
+- `reduce_update(metrics)`: as is | loss summed over ranks, other update metrics token-weighted
+- `reduce_step(metrics)`: as is | means over ranks (equal shards), maxima for */max and time/*
+- `sync_engine(engine)`: `engine.update_weights(model)` | fsdp: the full state dict gathered into the copy
+- `start_run(run)`: `run.start()` | rank 0 writes the run directory; the others log nothing
+- checkpoints: train/checkpoint.py's format | torch.distributed.checkpoint (DCP) shards, any world size
+
+Gradients are SUMMED over ranks (DDP's comm hook, FSDP2's divide factor 1): every rank's loss is
+already divided by the global normaliser, so the sum is the single-process gradient of the same
+global batch (algos/aggregation.py's invariance, extended across ranks).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reasonloop.algos.aggregation import check_mode, step_normalizer
+from reasonloop.config import ConfigError
+from reasonloop.distributed.checkpoint import SHARDS
+from reasonloop.distributed.config import DistributedConfig, MemoryConfig
+from reasonloop.distributed.memory import apply_memory
+from reasonloop.models.loading import save_model
+from reasonloop.train.checkpoint import load_checkpoint, save_checkpoint
+
+# estimators whose advantages are computed within one prompt's group (prompts are sharded whole, so a rank
+# has every sample of its groups); batch-wide statistics would differ per rank
+RANK_LOCAL_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+
+
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def make_placement(cfg: DistributedConfig, trainer_cfg: Any = None) -> "LocalPlacement":
+    """The placement `cfg.backend` names (auto: torch.distributed under torchrun, else one process);
+    `trainer_cfg` is checked for the settings a sharded step supports."""
+    backend = cfg.backend
+    memory = getattr(trainer_cfg, "memory", None) or MemoryConfig()
+    if backend == "auto":
+        backend = "torch" if launched_by_torchrun() else "none"
+    if memory.activation_checkpointing and trainer_cfg is not None and trainer_cfg.forward.share_prompts:
+        raise ConfigError("memory.activation_checkpointing needs forward.share_prompts=false: HF turns the K/V cache "
+                          "off under gradient checkpointing, and the shared-prompt forward reads the prompt from it")
+    if backend == "torch":
+        placement = TorchPlacement(cfg, memory)
+        if trainer_cfg is not None:
+            check_shardable(trainer_cfg, placement.world_size)
+        return placement
+    return LocalPlacement(memory)
+
+
+def check_shardable(cfg: Any, world_size: int) -> None:
+    """The RL settings whose step is the same on N ranks as on one: a ConfigError names any other."""
+    problems = []
+    if cfg.prompts_per_step % world_size:
+        problems.append(f"prompts_per_step={cfg.prompts_per_step} is not a multiple of the world size {world_size}")
+    if cfg.advantage not in RANK_LOCAL_ESTIMATORS:
+        problems.append(f"advantage={cfg.advantage} (supported: {', '.join(RANK_LOCAL_ESTIMATORS)}, whose "
+                        "advantages are local to a prompt's group)")
+    if cfg.std_mode == "batch":
+        problems.append("std_mode=batch (a batch-wide statistic)")
+    if cfg.reward_norm == "running":
+        problems.append("reward_norm=running (a batch-wide running statistic)")
+    if cfg.dynamic_sampling:
+        problems.append("dynamic_sampling=true (ranks would refill different numbers of prompts)")
+    if cfg.adaptive_group:
+        problems.append("adaptive_group=true (per-level pass rates are rank-local)")
+    if cfg.critic != "none":
+        problems.append(f"critic={cfg.critic}")
+    if cfg.distributed.strategy == "fsdp" and (cfg.forward.share_prompts or cfg.forward.bucket_lengths):
+        problems.append("forward.share_prompts / forward.bucket_lengths under distributed.strategy=fsdp (each forward "
+                        "call all-gathers the shards, so every rank must make the same calls, whatever its data): "
+                        "set forward.share_prompts=false forward.bucket_lengths=false")
+    if problems and world_size > 1:
+        raise ConfigError(f"torch.distributed training ({world_size} ranks) does not support: " + "; ".join(problems))
+
+
+class LocalPlacement:
+    """One process: every hook is the identity (the trainer's own single-process behaviour)."""
+
+    rank = 0
+    world_size = 1
+    is_main = True
+
+    def __init__(self, memory: MemoryConfig | None = None):
+        self.memory = memory or MemoryConfig()
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return apply_memory(model, self.memory)
+
+    def rollout_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def sampler_seed(self, seed: int) -> int:
+        return seed
+
+    def shard(self, items: list) -> list:
+        return items
+
+    def normalizer(self, mask: torch.Tensor, mode: str, max_len: int | None) -> float:
+        return step_normalizer(mask, mode, max_len=max_len)
+
+    def before_micro_batch(self, model: torch.nn.Module, last: bool) -> None:
+        pass
+
+    def reduce_update(self, metrics: dict[str, float], tokens: float) -> dict[str, float]:
+        return metrics
+
+    def reduce_step(self, metrics: dict[str, float], exclude: Any = ()) -> dict[str, float]:
+        return metrics
+
+    def sync_engine(self, engine: Any, model: torch.nn.Module) -> None:
+        engine.update_weights(model)
+
+    def start_run(self, run: Any) -> tuple[Any, Path]:
+        return run, run.start()
+
+    def save_checkpoint(self, run_dir: Path, step: int, model, optimizer, scheduler, state: dict,
+                        generators: dict | None = None, modules: dict | None = None) -> Path:
+        return save_checkpoint(run_dir, step, model, optimizer, scheduler, state, generators=generators,
+                               modules=modules)
+
+    def load_checkpoint(self, ckpt: Path, model, optimizer, scheduler, generators: dict | None = None,
+                        modules: dict | None = None) -> dict[str, Any]:
+        if (ckpt / SHARDS).is_dir():  # written by a torchrun run: resumable here at world size 1
+            from reasonloop.distributed.checkpoint import load_sharded_checkpoint
+
+            return load_sharded_checkpoint(ckpt, model, optimizer, scheduler, generators, modules, rank=0)
+        return load_checkpoint(ckpt, model, optimizer, scheduler, generators=generators, modules=modules)
+
+    def save_model(self, model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
+        save_model(model, tokenizer, path)
+
+    def close(self) -> None:
+        pass
+
+
+class TorchPlacement(LocalPlacement):
+    """torch.distributed ranks (torchrun): gloo on CPU, nccl on GPU; DDP or FSDP2 (docs/scale.md)."""
+
+    def __init__(self, cfg: DistributedConfig, memory: MemoryConfig | None = None):
+        import torch.distributed as dist
+
+        super().__init__(memory)
+        self.cfg = cfg
+        self.dist = dist
+        if not dist.is_initialized():
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.is_main = self.rank == 0
+        self._ddp: torch.nn.Module | None = None
+        self._rollout: torch.nn.Module | None = None
+        self._fsdp = cfg.strategy == "fsdp"
+        if not self.is_main and os.environ.get("REASONLOOP_ALL_RANKS_PRINT", "") != "1":
+            sys.stdout = open(os.devnull, "w")  # one console: rank 0's (errors still reach stderr)
+
+    # -- the model ---------------------------------------------------------------------------------
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self._fsdp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            apply_memory(model, self.memory)
+            device = next(model.parameters()).device
+            self._ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self._ddp.register_comm_hook(None, _sum_allreduce_hook)
+            return model
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
+        self._rollout = copy.deepcopy(model).eval().requires_grad_(False)
+        apply_memory(model, self.memory, autocast=False)
+        policies: dict[str, Any] = {"offload_policy": CPUOffloadPolicy()} if self.cfg.cpu_offload else {}
+        if self.memory.precision == "bf16":
+            policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for layer in decoder_layers(model):
+            fully_shard(layer, **policies)
+        fully_shard(model, **policies)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_gradient_divide_factor(1.0)  # sum, not mean: losses carry the global normaliser
+                module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
+        return model
+
+    def rollout_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self._rollout if self._rollout is not None else model
+
+    def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self._ddp if self._ddp is not None else model
+
+    def sampler_seed(self, seed: int) -> int:
+        return seed + 1_000_003 * self.rank  # rank 0 samples exactly as a single process would
+
+    def before_micro_batch(self, model: torch.nn.Module, last: bool) -> None:
+        if self._ddp is not None:
+            self._ddp.require_backward_grad_sync = last  # what DDP.no_sync() sets
+        else:
+            model.set_requires_gradient_sync(last)
+
+    def sync_engine(self, engine: Any, model: torch.nn.Module) -> None:
+        if self._rollout is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+            self._rollout.load_state_dict(full)
+            engine.update_weights(self._rollout)
+        else:
+            engine.update_weights(model)
+
+    # -- the step ----------------------------------------------------------------------------------
+    def shard(self, items: list) -> list:
+        share = len(items) // self.world_size
+        if share * self.world_size != len(items):
+            raise ValueError(f"{len(items)} prompts do not split evenly over {self.world_size} ranks")
+        return items[self.rank * share : (self.rank + 1) * share]
+
+    def normalizer(self, mask: torch.Tensor, mode: str, max_len: int | None) -> float:
+        """`step_normalizer` of the global step: the token and sequence counts summed over ranks."""
+        check_mode(mode)
+        counts = torch.tensor([float(mask.sum()), float((mask.sum(-1) > 0).sum())], dtype=torch.float64)
+        self.dist.all_reduce(counts)
+        tokens, n_seq = float(counts[0]), float(counts[1])
+        return global_normalizer(tokens, n_seq, mode, max_len if max_len is not None else mask.shape[-1])
+
+    def _gather(self, obj: Any) -> list:
+        out: list[Any] = [None] * self.world_size
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def reduce_update(self, metrics: dict[str, float], tokens: float) -> dict[str, float]:
+        """'loss' summed (each rank holds its share of the globally normalised loss), every other update
+        metric a token-weighted mean, as a single process computes them over the whole batch."""
+        parts = self._gather((metrics, tokens))
+        total = max(sum(t for _, t in parts), 1.0)
+        keys = sorted({k for m, _ in parts for k in m})
+        out = {}
+        for k in keys:
+            values = [(m[k], t) for m, t in parts if k in m]
+            out[k] = sum(v for v, _ in values) if k == "loss" else sum(v * t for v, t in values) / total
+        return out
+
+    def reduce_step(self, metrics: dict[str, float], exclude: Any = ()) -> dict[str, float]:
+        """Rank-local step metrics made global: maxima for */max and time/*, sums for tokens_per_s, means
+        (exact for the equal shards of every rank) for the rest; keys in `exclude` are already global."""
+        local = {k: v for k, v in metrics.items() if k not in exclude}
+        parts = self._gather(local)
+        out = dict(metrics)
+        for k in local:
+            values = [p[k] for p in parts if k in p]
+            if k.endswith("/max") or k.startswith("time/"):
+                out[k] = max(values)
+            elif k == "tokens_per_s":
+                out[k] = sum(values)
+            else:
+                out[k] = sum(values) / len(values)
+        return out
+
+    # -- the run directory -------------------------------------------------------------------------
+    def start_run(self, run: Any) -> tuple[Any, Path]:
+        """Rank 0 creates the run directory (after every rank has inspected it) and tells the others."""
+        self.dist.barrier()
+        box = [str(run.start())] if self.is_main else [None]
+        self.dist.broadcast_object_list(box, src=0)
+        if self.is_main:
+            return run, Path(box[0])
+        return FollowerRun(run, Path(box[0])), Path(box[0])
+
+    def save_model(self, model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
+        if self._rollout is not None:  # fsdp: the rollout copy holds the full weights of the last sync
+            self.sync_engine(_NoEngine(), model)
+            model = self._rollout
+        if self.is_main:
+            save_model(model, tokenizer, path)
+        self.dist.barrier()
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self, run_dir: Path, step: int, model, optimizer, scheduler, state: dict,
+                        generators: dict | None = None, modules: dict | None = None) -> Path:
+        from reasonloop.distributed.checkpoint import save_sharded_checkpoint
+
+        return save_sharded_checkpoint(self, run_dir, step, model, optimizer, scheduler, state, generators, modules)
+
+    def load_checkpoint(self, ckpt: Path, model, optimizer, scheduler, generators: dict | None = None,
+                        modules: dict | None = None) -> dict[str, Any]:
+        from reasonloop.distributed.checkpoint import load_sharded_checkpoint
+
+        if not (ckpt / SHARDS).is_dir():
+            if self._fsdp:
+                raise ConfigError(f"{ckpt} is a single-process checkpoint; resume it with strategy=ddp or in one "
+                                  "process (an fsdp run resumes torch.distributed.checkpoint shards)")
+            return load_checkpoint(ckpt, model, optimizer, scheduler, generators=generators, modules=modules)
+        return load_sharded_checkpoint(ckpt, model, optimizer, scheduler, generators, modules, rank=self.rank)
+
+    def close(self) -> None:
+        self.dist.barrier()
+
+
+def global_normalizer(tokens: float, n_seq: float, mode: str, max_len: int) -> float:
+    """`step_normalizer` from the step's total valid tokens and sequences (summed over ranks)."""
+    if mode == "token_mean":
+        return max(tokens, 1.0)
+    if mode == "seq_mean_token_mean":
+        return max(n_seq, 1.0)
+    return max(n_seq, 1.0) * max_len
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated transformer blocks (FSDP2 shards each as its own unit), found by class name."""
+    return [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "Block"))]
+
+
+def _sum_allreduce_hook(process_group, bucket):
+    """DDP comm hook: all-reduce SUM (DDP's default divides by the world size)."""
+    import torch.distributed as dist
+
+    group = process_group if process_group is not None else dist.group.WORLD
+    fut = dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+class _NoEngine:
+    def update_weights(self, model) -> None:
+        pass
+
+
+class FollowerRun:
+    """A non-zero rank's view of the run: the same directory, nothing written (rank 0 writes)."""
+
+    def __init__(self, run: Any, directory: Path):
+        self._run = run
+        self.dir = directory
+        self.resume_from = run.resume_from
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return self.dir / name
+
+    def write_jsonl(self, name: str, rows: list, append: bool = False) -> Path:
+        return self.dir / name
+
+    def before_training(self, evaluate: Any, fresh: bool) -> Any:
+        return evaluate()  # the trainer's evaluate: an empty table on a non-zero rank
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,81 @@
+"""Code the distributed tests run in spawned gloo processes (a module, so torch.multiprocessing can import it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from reasonloop.config import load_config
+from reasonloop.recipes import rl
+from toy_tasks import LetterFirstTask
+
+
+def trainer_args(model_dir: str, out: Path, *extra: str) -> list[str]:
+    return [f"model.name={model_dir}", f"output_dir={out}", "steps=1", "prompts_per_step=4", "group_size=4",
+            "sampling.max_new_tokens=6", "eval_n=4", "eval_k=0", "eval_every=0", "save_every=0", "samples_every=0",
+            "train_pool=32", "micro_batch_size=3", "optim.warmup_steps=0", "optim.lr=0.003", "threads=1", *extra]
+
+
+# under FSDP every rank must make the same forward calls: no data-dependent prompt sharing or length buckets
+FSDP_FORWARD = ("forward.share_prompts=false", "forward.bucket_lengths=false")
+
+
+def forward_for(strategy: str) -> tuple[str, ...]:
+    return FSDP_FORWARD if strategy == "fsdp" else ()
+
+
+def shard_of(data: rl.StepData, rank: int, world: int) -> rl.StepData:
+    """Rank `rank`'s rows of a prompt-major StepData (whole groups), as `TorchPlacement.shard` splits prompts."""
+    per = len(data.group_sizes) // world
+    groups = data.group_sizes[rank * per : (rank + 1) * per]
+    start = sum(data.group_sizes[: rank * per])
+    rows = slice(start, start + sum(groups))
+    batch = data.batch.rows(rows)
+    return rl.StepData(batch.tokens, data.examples[rows], batch, data.rewards[rows],
+                       {k: v[rows] for k, v in data.components.items()}, groups)
+
+
+def one_step(trainer: rl.Trainer, data: rl.StepData) -> tuple[dict, dict[str, torch.Tensor]]:
+    """`trainer.step()` on `data` instead of a fresh rollout; returns its metrics and the FULL gradient of
+    every parameter as the optimizer saw it (gathered from FSDP shards)."""
+    trainer.collect = lambda: (data, {})
+    grads: dict[str, torch.Tensor] = {}
+    inner = trainer.optimizer.step
+
+    def capture(*a, **k):
+        for name, p in trainer.model.named_parameters():
+            if p.grad is not None:
+                g = p.grad
+                grads[name] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()
+        return inner(*a, **k)
+
+    trainer.optimizer.step = capture
+    metrics, _ = trainer.step()
+    return metrics, grads
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+
+def step_worker(rank: int, world: int, port: int, model_dir: str, out: str, data_file: str, strategy: str,
+                extra: tuple[str, ...]) -> None:
+    """One rank: build the trainer under torch.distributed, take its shard of the saved batch, step, and
+    (rank 0) save the metrics and gradients for the test to compare."""
+    _init(rank, world, port)
+    rl.make_task = lambda spec, data_dir=None: LetterFirstTask()
+    cfg = load_config(rl.Config, trainer_args(model_dir, Path(out) / "run", f"distributed.strategy={strategy}",
+                                              "distributed.backend=torch", *forward_for(strategy), *extra))
+    trainer = rl.Trainer(cfg)
+    data = torch.load(data_file, weights_only=False)
+    metrics, grads = one_step(trainer, shard_of(data, rank, world))
+    if rank == 0:
+        torch.save({"metrics": metrics, "grads": grads}, Path(out) / "result.pt")
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()

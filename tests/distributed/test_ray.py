@@ -1,0 +1,131 @@
+"""The Ray actor-learner on a local Ray instance (CPU actors, the nano model): sync mode gives the single-process
+numbers, async mode bounds and logs staleness, dead workers are replaced and a dead learner resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="the Ray actor-learner needs the `ray` extra (pip install 'reasonloop[ray]')")
+
+from reasonloop.config import ConfigError, load_config  # noqa: E402
+from reasonloop.distributed.ray_learner import ActorLearner  # noqa: E402
+from reasonloop.recipes import rl  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+COMPARED = ("reward/mean", "loss", "grad_norm", "kl", "entropy", "length/mean")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    path = os.pathsep.join([str(HERE), str(HERE.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
+def args(model_dir, out, *extra):
+    return [f"model.name={model_dir}", f"output_dir={out}", "steps=3", "prompts_per_step=4", "group_size=4",
+            "sampling.max_new_tokens=8", "eval_n=8", "eval_k=0", "eval_every=0", "save_every=0", "samples_every=0",
+            "train_pool=32", "micro_batch_size=8", "threads=1", "optim.warmup_steps=0", "optim.lr=0.003",
+            "task_rewards=false", "reward_funcs=[letter_reward:letter_first]",
+            "distributed.ray.cpus_per_worker=0", "distributed.ray.learner_cpus=0", *extra]
+
+
+def rows(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture
+def letter_reward_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+def test_sync_mode_gives_the_single_process_numbers(nano_model_dir, tmp_path, letter_reward_importable):
+    single = rl.Trainer(load_config(rl.Config, args(nano_model_dir, tmp_path / "single"))).train()
+    remote = rl.run(load_config(rl.Config, args(nano_model_dir, tmp_path / "ray", "distributed.backend=ray",
+                                                "distributed.ray.reward_workers=2")))
+    a, b = rows(tmp_path / "single"), rows(tmp_path / "ray")
+    assert len(a) == len(b) == 3
+    assert any(r["reward/mean"] > 0 for r in a), "the toy reward must be earned"
+    for x, y in zip(a, b):
+        for key in COMPARED:
+            assert y[key] == x[key], (x["step"], key)
+        assert y["rollout/staleness"] == 0
+    assert remote["after"] == single["after"] and remote["before"] == single["before"]
+
+
+def test_async_mode_overlaps_and_logs_bounded_staleness(nano_model_dir, tmp_path, letter_reward_importable):
+    out = tmp_path / "async"
+    result = rl.run(load_config(rl.Config, args(nano_model_dir, out, "steps=4", "distributed.backend=ray",
+                                                "distributed.ray.mode=async", "distributed.ray.max_staleness=1",
+                                                "tis_cap=2.0")))
+    staleness = [r["rollout/staleness"] for r in rows(out)]
+    assert staleness == [0.0, 1.0, 1.0, 1.0], "step 1 waits; every later batch was sampled one update behind"
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows(out))
+    assert result["after"]["overall"]["n"] == 8
+
+
+def test_async_mode_requires_the_importance_correction(nano_model_dir, tmp_path):
+    cfg = load_config(rl.Config, args(nano_model_dir, tmp_path, "distributed.backend=ray",
+                                      "distributed.ray.mode=async"))
+    with pytest.raises(ConfigError, match="set tis_cap"):
+        rl.run(cfg)
+
+
+def run_in_thread(cfg) -> tuple[ActorLearner, threading.Thread, dict]:
+    driver = ActorLearner(cfg, rl.Trainer)
+    driver.start()
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(result=driver.run()), daemon=True)
+    thread.start()
+    return driver, thread, box
+
+
+def wait_for_step(out: Path, step: int, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if (out / "metrics.jsonl").is_file() and any(r["step"] >= step for r in rows(out)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def test_killed_rollout_and_reward_workers_are_replaced(nano_model_dir, tmp_path, letter_reward_importable):
+    out = tmp_path / "faults"
+    driver, thread, box = run_in_thread(load_config(rl.Config, args(nano_model_dir, out, "steps=4",
+                                                                     "distributed.backend=ray")))
+    wait_for_step(out, 1)
+    actors = ray.get(driver.learner.actors.remote())
+    ray.kill(actors["rollout"][0])
+    ray.kill(actors["reward"][0])
+    thread.join(timeout=180)
+    assert "result" in box, "the run finishes"
+    last = rows(out)[-1]
+    assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]
+    assert last["rollout/worker_restarts"] == 1 and last["reward_worker_restarts"] == 1
+
+
+@pytest.mark.slow
+def test_a_killed_learner_resumes_to_the_uninterrupted_state(nano_model_dir, tmp_path, letter_reward_importable):
+    extra = ("steps=4", "save_every=2", "distributed.backend=ray")
+    straight = rl.run(load_config(rl.Config, args(nano_model_dir, tmp_path / "straight", *extra)))
+    out = tmp_path / "killed"
+    driver, thread, box = run_in_thread(load_config(rl.Config, args(nano_model_dir, out, *extra)))
+    wait_for_step(out, 3)  # past the step-2 checkpoint
+    ray.kill(driver.learner)
+    thread.join(timeout=240)
+    assert driver.restarts == 1 and "result" in box
+    from safetensors.torch import load_file
+
+    a = load_file(str(Path(straight["model_dir"]) / "model.safetensors"))
+    b = load_file(str(out / "model" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=0, rtol=0, msg=name)
+    assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]

@@ -1,0 +1,135 @@
+"""torch.distributed training on 2 gloo processes equals the single-process step for the same global batch.
+
+Tolerances: per-rank losses and gradients are sums in a different order than one process's, so they
+agree to float32 rounding: losses within 1e-6 relative, gradients within atol 1e-6 + rtol 1e-4
+(the gradients are O(1e-2); a wrong normaliser or a mean instead of a sum over ranks is off by 2x).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dist_workers import FSDP_FORWARD, forward_for, one_step, step_worker, trainer_args
+from reasonloop.algos.aggregation import step_normalizer
+from reasonloop.config import load_config
+from reasonloop.distributed.placement import global_normalizer
+from reasonloop.recipes import rl
+from toy_tasks import LetterFirstTask
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def toy_task(monkeypatch):
+    monkeypatch.setattr(rl, "make_task", lambda spec, data_dir=None: LetterFirstTask())
+
+
+def reference_step(nano_model_dir, tmp_path, strategy, extra):
+    """The single-process step (with the forward the ranks use): its batch, metrics and gradients."""
+    trainer = rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path / "single",
+                                                             *forward_for(strategy), *extra)))
+    data, _ = trainer.collect()
+    assert 0 < float(data.rewards.mean()) < 1, "the batch must hold rewarded and unrewarded samples"
+    torch.save(data, tmp_path / "data.pt")
+    return one_step(trainer, data)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("extra", [
+    pytest.param((), id="grpo"),
+    pytest.param(("agg_mode=token_mean", "epochs=2"), id="token_mean-2epochs", marks=pytest.mark.slow),
+    pytest.param(("agg_mode=seq_mean_token_sum_norm", "kl_coef=0"), id="dr_grpo_norm-no_kl", marks=pytest.mark.slow),
+])
+def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, nano_model_dir, tmp_path, toy_task):
+    metrics, grads = reference_step(nano_model_dir, tmp_path, strategy, extra)
+    mp.spawn(step_worker, args=(2, free_port(), nano_model_dir, str(tmp_path), str(tmp_path / "data.pt"), strategy,
+                                extra), nprocs=2, join=True)
+    dist = torch.load(tmp_path / "result.pt", weights_only=False)
+    assert dist["metrics"]["loss"] == pytest.approx(metrics["loss"], rel=1e-6, abs=1e-8)
+    assert dist["metrics"]["grad_norm"] == pytest.approx(metrics["grad_norm"], rel=1e-5)
+    for key in ("reward/mean", "accuracy", "entropy", "length/mean", *(["kl"] if "kl" in metrics else [])):
+        assert dist["metrics"][key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
+    assert sorted(dist["grads"]) == sorted(grads) and len(grads) > 10
+    for name, g in grads.items():
+        torch.testing.assert_close(dist["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
+    assert max(float(g.abs().max()) for g in grads.values()) > 1e-3, "a vanishing gradient would prove nothing"
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_the_global_normaliser_from_counts_is_step_normalizer_over_all_ranks(mode):
+    a = torch.tensor([[1, 1, 0], [0, 0, 0]])  # rank 0: 2 tokens, 1 sequence (the empty row is not counted)
+    b = torch.tensor([[1, 1, 1], [1, 0, 0]])  # rank 1: 4 tokens, 2 sequences
+    tokens, n_seq = float(a.sum() + b.sum()), 3.0
+    assert global_normalizer(tokens, n_seq, mode, 5) == step_normalizer([a, b], mode, max_len=5)
+    assert {"token_mean": 6.0, "seq_mean_token_mean": 3.0, "seq_mean_token_sum_norm": 15.0}[mode] == \
+        global_normalizer(tokens, n_seq, mode, 5)
+
+
+def test_unsupported_settings_are_named_before_a_step_runs():
+    from reasonloop.config import ConfigError
+    from reasonloop.distributed.placement import check_shardable
+
+    cfg = load_config(rl.Config, ["prompts_per_step=5", "dynamic_sampling=true", "advantage=reinforce"])
+    with pytest.raises(ConfigError) as err:
+        check_shardable(cfg, 2)
+    assert str(err.value) == (
+        "torch.distributed training (2 ranks) does not support: prompts_per_step=5 is not a multiple of the world "
+        "size 2; advantage=reinforce (supported: grpo, dr_grpo, rloo, whose advantages are local to a prompt's "
+        "group); dynamic_sampling=true (ranks would refill different numbers of prompts)")
+    check_shardable(cfg, 1)  # one rank: anything goes
+    fsdp = load_config(rl.Config, ["distributed.strategy=fsdp"])
+    with pytest.raises(ConfigError, match="set forward.share_prompts=false forward.bucket_lengths=false"):
+        check_shardable(fsdp, 2)
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           "-m", "reasonloop", "train", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_fsdp_run_checkpoints_shards_that_resume_in_one_process(nano_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = [f"model.name={nano_model_dir}", f"output_dir={out}", "prompts_per_step=4", "group_size=4",
+            "sampling.max_new_tokens=8", "eval_n=4", "eval_k=0", "eval_every=0", "save_every=2", "samples_every=1",
+            "train_pool=32", "micro_batch_size=8", "threads=1", "distributed.strategy=fsdp", *FSDP_FORWARD]
+    done = torchrun(2, *args, "steps=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2], "rank 0 alone writes the metrics"
+    samples = (out / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2 * 2 * 4, "rank 0 writes its own share of the samples (2 prompts x 4) per step"
+    ckpt = out / "checkpoints" / "step-000002"
+    assert (ckpt / "dcp" / ".metadata").is_file() and (ckpt / "manifest.json").is_file()
+    assert done.stdout.count("after 2 steps") == 1, "one console: rank 0's"
+
+    # resume at world size 1: the weights and optimizer state of the 2-rank run's step 2 continue
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    trainer = rl.Trainer(load_config(rl.Config, [*args, "steps=3"]))
+    assert trainer.state.step == 2
+    state = trainer.model.state_dict()
+    for name, w in saved.items():
+        torch.testing.assert_close(state[name], w, atol=0, rtol=0, msg=name)
+    adam = trainer.optimizer.state_dict()["state"]
+    assert adam and all(float(s["step"]) == 2 for s in adam.values()), "AdamW moments come back at step 2"
+    assert trainer.scheduler.last_epoch == 2
+    trainer.train()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
