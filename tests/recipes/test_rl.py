@@ -97,21 +97,7 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(algo, nano_model_d
     straight.train()
 
     cfg = make_cfg(nano_model_dir, tmp_path / "b", *args)
-    victim = rl.Trainer(cfg)
-    real_step = rl.Trainer.step
-    calls = {"n": 0}
-
-    def dying_step(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_step(self)
-
-    monkeypatch.setattr(rl.Trainer, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        victim.train()
-    monkeypatch.setattr(rl.Trainer, "step", real_step)
-    resumed = rl.Trainer(cfg)
+    resumed = killed_at_third_step_and_reloaded(monkeypatch, cfg)
     assert resumed.state.step == 2
     resumed.train()
     a, b = final_params(straight), final_params(resumed)
@@ -298,3 +284,23 @@ def test_a_user_estimator_named_module_function_drives_training(nano_model_dir, 
 
     with pytest.raises(ConfigError, match="not a registered estimator"):
         rl.Trainer(make_cfg(nano_model_dir, tmp_path, "advantage=no_such_module:f"))
+
+
+def killed_at_third_step_and_reloaded(monkeypatch, cfg):
+    """Train `cfg` until its third step raises KeyboardInterrupt (a kill), then load a new Trainer on the
+    same run directory: the trainer a resumed run starts from."""
+    victim = rl.Trainer(cfg)
+    real_step = rl.Trainer.step
+    calls = {"n": 0}
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_step(self)
+
+    monkeypatch.setattr(rl.Trainer, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        victim.train()
+    monkeypatch.setattr(rl.Trainer, "step", real_step)
+    return rl.Trainer(cfg)

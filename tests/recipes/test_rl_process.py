@@ -11,7 +11,7 @@ import torch
 from reasonloop.config import ConfigError, load_config
 from reasonloop.recipes import rl
 from reasonloop.rewards.core import RewardSpec
-from test_rl import letter_first_prob, make_cfg
+from test_rl import killed_at_third_step_and_reloaded, letter_first_prob, make_cfg
 from toy_tasks import LETTERS, LetterFirstTask
 
 
@@ -149,21 +149,7 @@ def test_prime_killed_and_resumed_ends_with_the_same_policy_and_implicit_prm(nan
     straight.train()
 
     cfg = make_cfg(nano_model_dir, tmp_path / "b", *args)
-    victim = rl.Trainer(cfg)
-    real_step = rl.Trainer.step
-    calls = {"n": 0}
-
-    def dying_step(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_step(self)
-
-    monkeypatch.setattr(rl.Trainer, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        victim.train()
-    monkeypatch.setattr(rl.Trainer, "step", real_step)
-    resumed = rl.Trainer(cfg)
+    resumed = killed_at_third_step_and_reloaded(monkeypatch, cfg)
     assert resumed.state.step == 2
     # the implicit PRM's weights, AdamW moments and schedule came back from the checkpoint
     assert resumed.prm_scheduler.last_epoch == 2

@@ -934,7 +934,7 @@ class Trainer:
                     continue
                 if cfg.samples_every and step % cfg.samples_every == 0:
                     self.run.write_jsonl("samples.jsonl", [
-                        {"step": step, "prompt": ex.prompt, "completion": c, "reward": float(r),
+                        {"step": step, "level": ex.meta.get("level"), "prompt": ex.prompt, "completion": c, "reward": float(r),
                          **{k: float(v[i]) for k, v in data.components.items()}}
                         for i, (ex, c, r) in enumerate(zip(data.examples, data.batch.completions, data.rewards))
                     ], append=True)
