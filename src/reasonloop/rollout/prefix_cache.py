@@ -16,7 +16,7 @@ Tree search (beam, DVTS, MCTS) extends partial solutions one reasoning step at a
   `generate([prompt + text(node) ...], n)` samples (up to float rounding; with a tokenizer that
   re-tokenizes `prompt + text` differently from the sampled tokens, re-prefilling reads other tokens);
 - `generated` counts sampled tokens and `prefilled` the tokens read without sampling (the prompts,
-  once each): `SearchContext.compute()` reads both.
+  once each): `search.CountingEngine` reads both.
 
 Memory: a node's segment lives as long as the node or a descendant is referenced; a strategy frees
 a pruned subtree by dropping its nodes (and `TreeNode.release()` drops a finished node's K/V now).

@@ -15,7 +15,7 @@ import torch
 from reasonloop.data.records import Example
 from reasonloop.rollout.engine import RolloutEngine, SamplingConfig
 from reasonloop.search.base import (
-    STRATEGIES, Compute, CountingEngine, Scorer, SearchConfig, SearchContext, SearchResult, register_strategy,
+    STRATEGIES, CountingEngine, Scorer, SearchConfig, SearchContext, SearchResult, register_strategy,
 )
 from reasonloop.search.strategies import best_of_n, majority_vote, prm_outcome_scorer
 from reasonloop.search import tree  # noqa: F401  (registers beam, dvts, mcts)
@@ -38,9 +38,9 @@ def search(
     if scorer is None and prm is not None and cfg.scorer == "prm":
         scorer = prm_outcome_scorer(prm, cfg.aggregate, cfg.step_delimiters)
     ctx = SearchContext(engine, render, sampling, cfg, answer_key, outcome=scorer, prm=prm, verifier=verifier,
-                        generator=generator, scorers=[s for s in (prm,) if s is not None])
+                        generator=generator)
     return STRATEGIES[cfg.strategy](ctx, examples)
 
 
-__all__ = ["STRATEGIES", "Compute", "CountingEngine", "Scorer", "SearchConfig", "SearchContext", "SearchResult",
+__all__ = ["STRATEGIES", "CountingEngine", "Scorer", "SearchConfig", "SearchContext", "SearchResult",
            "best_of_n", "majority_vote", "prm_outcome_scorer", "register_strategy", "search"]

@@ -9,7 +9,7 @@ weights, so self-training (expert iteration), distillation (the teacher) and `re
 Compute is counted where it is spent, not estimated from N: `CountingEngine` counts the tokens the
 policy sampled (`generated`) and the tokens it read without sampling (`prefilled`: prompts, and partial
 solutions re-read when an engine cannot continue from cached keys/values); scorers count the tokens
-they read (`scored`). One token through a same-sized model costs about the same in either role, so
+they read (`tokens_read`; `reasonloop search` reports it as scored tokens). One token through a same-sized model costs about the same in either role, so
 `generated + prefilled + scored` is the forward-pass cost of a strategy (docs/test_time_compute.md).
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
@@ -92,22 +91,6 @@ class SearchConfig:
                 "search.step_delimiters must be a non-empty list of non-empty strings")
 
 
-@dataclass
-class Compute:
-    """Tokens spent: sampled by the policy, read by it without sampling, read by scorers."""
-
-    generated: int = 0
-    prefilled: int = 0
-    scored: int = 0
-
-    @property
-    def forward_tokens(self) -> int:
-        return self.generated + self.prefilled + self.scored
-
-    def __sub__(self, other: Compute) -> Compute:
-        return Compute(self.generated - other.generated, self.prefilled - other.prefilled, self.scored - other.scored)
-
-
 class CountingEngine:
     """A `RolloutEngine` wrapper counting tokens: `generated` (completion tokens) and `prefilled` (each
     prompt once: its n samples share one prefill). An engine that counts itself (the prefix-reusing tree
@@ -157,10 +140,6 @@ class SearchResult:
         return None if self.chosen is None else self.candidates[self.chosen]
 
 
-class CountingScorer(Protocol):
-    tokens_read: int
-
-
 @dataclass
 class SearchContext:
     """What a strategy may use. `outcome` scores finished completions (the scorer `cfg.scorer` names, built
@@ -176,15 +155,10 @@ class SearchContext:
     prm: StepScorer | None = None
     verifier: Callable[[str, Example], bool] | None = None
     generator: torch.Generator | None = None
-    scorers: list = field(default_factory=list)  # models whose `tokens_read` counts towards compute
 
     def step_sampling(self) -> SamplingConfig:
         """The sampling config for one step: the same, stopping at the step delimiters."""
         return SamplingConfig(**{**self.sampling.__dict__, "stop": list(self.cfg.step_delimiters)})
-
-    def compute(self) -> Compute:
-        return Compute(getattr(self.engine, "generated", 0), getattr(self.engine, "prefilled", 0),
-                       sum(getattr(s, "tokens_read", 0) for s in self.scorers))
 
 
 Strategy = Callable[[SearchContext, list[Example]], list[SearchResult]]
