@@ -34,6 +34,7 @@ def test_search_writes_scaling_table_and_plot(tmp_path, capsys):
     ("strategies=[refine:prmm]", "feedback 'prmm' is not one of"),
     ("budgets=[0]", "budgets=[0]"),
     ("strategies=[best_of_n:prm]", "set search.prm="),
+    ("search.prm=/nonexistent/prm", "search.prm='/nonexistent/prm': no such directory"),
 ])
 def test_search_bad_config_is_one_clean_line(tmp_path, capsys, arg, message):
     code = main(["search", "problems=2", arg, f"output_dir={tmp_path / 'x'}"])

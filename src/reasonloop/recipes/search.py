@@ -115,6 +115,9 @@ def load_reward_models(cfg: SearchConfig, needed: set[str]) -> dict[str, Any]:
         if kind in needed and not path:
             raise ConfigError(f"a strategy needs a {kind.upper()}: set search.{kind}=<directory of `reasonloop prm`>")
         if path:
+            if not Path(path).is_dir():
+                raise ConfigError(f"search.{kind}={path!r}: no such directory (give the model/ directory of a "
+                                  "`reasonloop prm` run)")
             out[kind] = _load_prm(path)
     return out
 
