@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from reasonloop.config import require, require_choice
+from reasonloop.models import bitnet
 from reasonloop.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,14 @@ class ModelConfig:
     """Optional LoRA adapters via peft."""
     use_chat_template: bool = True
     """Wrap prompts in the tokenizer's chat template when it has one."""
+    bitnet: bool = False
+    """Swap every linear layer for a BitNet b1.58 BitLinear (ternary weights, int8 activations; docs/bitnet.md).
+    A model saved as BitNet loads as BitNet without it."""
+    bitnet_head: bool = False
+    """With bitnet: quantise the LM head too (by default it stays in full precision, like the embeddings)."""
+    bitnet_sub_norm: bool = False
+    """With bitnet: add BitNet's SubLN (RMSNorm before o_proj and down_proj). Off by default: it changes what
+    an already trained model computes; `pretrain bitnet=true` builds its models with it."""
 
     def __post_init__(self):
         require(bool(self.name.strip()), "model.name is empty; give a model directory, a hub id or 'embedded'")
@@ -156,6 +165,12 @@ def load_model(cfg: ModelConfig, task: Any = None) -> PreTrainedModel:
     except Exception as exc:  # corrupt or truncated weights, a broken config.json, a hub failure ...
         raise ModelError(f"model.name={cfg.name!r} does not load ({type(exc).__name__}: {first_line(exc, 500)}); "
                          "check that its files are complete, or save the model again") from None
+    layout = bitnet.saved_layout(model.config)
+    if layout is not None:  # saved as BitNet: rebuild its layers, then load what transformers did not know
+        bitnet.to_bitnet(model, head=layout["head"], sub_norm=layout["sub_norm"])
+        bitnet.load_sub_norms(model, path)
+    elif cfg.bitnet:
+        bitnet.to_bitnet(model, head=cfg.bitnet_head, sub_norm=cfg.bitnet_sub_norm)
     model.to(device)
     if cfg.lora.r > 0:
         model = add_lora(model, cfg.lora)

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from reasonloop.config import require, require_choice
 from reasonloop.tasks.arithmetic import ArithmeticTask
 from reasonloop.tasks.code import CodeArithTask
+from reasonloop.models.bitnet import to_bitnet
 from reasonloop.models.loading import resolve_model_path
 from reasonloop.models.tiny import SIZES, build_config, build_tokenizer
 from reasonloop.rollout.engine import SamplingConfig
@@ -61,6 +62,10 @@ class Config(RunConfig):
     """Evaluate on held-out problems every N steps (and at the end)."""
     eval_per_level: int = 40
     """Held-out problems per level at each evaluation."""
+    bitnet: bool = False
+    """Build a BitNet b1.58 model (ternary weights, int8 activations, SubLN; docs/bitnet.md): from scratch with
+    corpus=arithmetic; corpus=code converts the tiny-arith asset (no SubLN). export=true then writes the
+    tiny-bitnet asset."""
     export: bool = False
     """Copy the final model over the shipped asset of its corpus (tiny-arith or tiny-code)."""
 
@@ -91,10 +96,12 @@ def run(cfg: Config) -> dict:
         base = resolve_model_path(CORPORA["arithmetic"])
         tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
         task = CodeArithTask()
+    if cfg.bitnet:
+        to_bitnet(model, sub_norm=cfg.corpus == "arithmetic")
     run_.start()
     corpus = task.pretraining_records(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"pretrain ({cfg.corpus}): {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} sequences")
+    print(f"pretrain ({cfg.corpus}{', BitNet b1.58' if cfg.bitnet else ''}): {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} sequences")
 
     held_out = task.examples("test", cfg.eval_per_level * len(task.levels), seed=cfg.seed)
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
@@ -120,7 +127,7 @@ def run(cfg: Config) -> dict:
             run_.log(step, metrics)
             bar.advance()
             bar.set(f"loss {metrics['loss']:.3f}")
-            if step % cfg.eval_every == 0 and step != cfg.steps:
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 run_eval(step)
     summary = run_eval(cfg.steps)
     train_seconds = time.time() - start
@@ -130,7 +137,7 @@ def run(cfg: Config) -> dict:
     result = {"parameters": n_params, "seconds": train_seconds, "eval": summary, "model_dir": str(model_dir)}
     run_.write_json("summary.json", result)
     if cfg.export:
-        target = resources.files("reasonloop") / "assets" / CORPORA[cfg.corpus]
+        target = resources.files("reasonloop") / "assets" / ("tiny-bitnet" if cfg.bitnet else CORPORA[cfg.corpus])
         shutil.rmtree(str(target), ignore_errors=True)
         shutil.copytree(model_dir, str(target))
         print(f"exported to {target}")
