@@ -9,12 +9,13 @@ what the trainer recomputes (`algos.logprobs.token_logprobs(logits, ids, tempera
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from reasonloop.data.records import RolloutBatch, left_padded
-from reasonloop.rollout import fused, kv_cache
+from reasonloop.rollout import fused, kv_cache, ternary
 from reasonloop.rollout.engine import SamplingConfig
 
 
@@ -134,7 +135,8 @@ class TorchSampler:
         self.model.eval()
         # inference mode skips autograd's per-tensor bookkeeping: ~4% faster decoding here, same numbers
         try:
-            with torch.inference_mode():
+            # a BitNet policy's linear layers run on the ternary CPU kernel while sampling (rollout/ternary.py)
+            with torch.inference_mode(), (ternary.attached(self.model) if self.fused_decode else nullcontext()):
                 if self.static_cache and kv_cache.supports(self.model, prompt_ids.shape[1] + sampling.max_new_tokens):
                     batch = self._generate_static(prompt_ids, prompt_mask, n, sampling, generator)
                 else:
