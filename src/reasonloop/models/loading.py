@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from reasonloop.config import require, require_choice
-from reasonloop.models import bitnet
+from reasonloop.models import bitnet, bitnet_pack
 from reasonloop.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,10 @@ def load_model(cfg: ModelConfig, task: Any = None) -> PreTrainedModel:
     check_model_source(cfg.name, path)
     device = cfg.torch_device()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype])
+        if bitnet_pack.is_packed(path):  # a packed BitNet directory: rebuilt as a trainable Llama + BitLinear
+            model = bitnet_pack.load_packed(path, DTYPES[cfg.dtype])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype])
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
             raise ModelError(f"model.name={cfg.name!r} is not a causal language model (AutoModelForCausalLM cannot "
@@ -166,7 +169,7 @@ def load_model(cfg: ModelConfig, task: Any = None) -> PreTrainedModel:
         raise ModelError(f"model.name={cfg.name!r} does not load ({type(exc).__name__}: {first_line(exc, 500)}); "
                          "check that its files are complete, or save the model again") from None
     layout = bitnet.saved_layout(model.config)
-    if layout is not None:  # saved as BitNet: rebuild its layers, then load what transformers did not know
+    if layout is not None and not bitnet.is_bitnet(model):  # saved as BitNet: rebuild its layers, then load what transformers did not know
         bitnet.to_bitnet(model, head=layout["head"], sub_norm=layout["sub_norm"])
         bitnet.load_sub_norms(model, path)
     elif cfg.bitnet:
