@@ -32,7 +32,9 @@ a share of symbolic answers that need math-verify. which=sandbox (`bench/sandbox
 `sandbox.*`): sandboxed executions per second for trivial, sleeping and busy programs. which=search
 (`bench/search.py`, keys `search.*`): beam and MCTS on the embedded arithmetic task with and without
 prefix reuse (continuing partial solutions from cached K/V vs re-prefilling them): generated tokens/s,
-prefilled tokens and the reuse/prefill ratio.
+prefilled tokens and the reuse/prefill ratio. which=bitnet (`bench/bitnet.py`, keys `bitnet.*`): weight
+bytes, RSS and decode tokens/s of the ternary kernel vs fp32 decoding at tiny/~100M/~700M shapes, with a
+memory-bandwidth roofline (docs/bitnet.md).
 
 Results go to `<output_dir>/bench.json` (+ `profile_*.txt` torch.profiler tables with profile=true).
 """
@@ -44,6 +46,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reasonloop.bench.bitnet import BitNetBenchConfig
 from reasonloop.bench.grader import GraderBenchConfig
 from reasonloop.bench.sandbox import SandboxBenchConfig
 from reasonloop.bench.search import SearchBenchConfig
@@ -57,7 +60,7 @@ from reasonloop.train.runconfig import SEED_LIMIT
 class Config:
     which: str = "grpo"
     """Benchmark to run: grpo (the RL step; the keys below up to `only`), grader (`grader.*`), sandbox (`sandbox.*`),
-    search (`search.*`: step-level search with and without prefix reuse)."""
+    search (`search.*`: step-level search with and without prefix reuse), bitnet (`bitnet.*`: the ternary kernel)."""
     model: str = "embedded"
     """'embedded' (the shipped model), nano|tiny|small (random init, built locally) or a model directory."""
     prompts: int = 8
@@ -113,13 +116,15 @@ class Config:
     """which=sandbox: the sandbox workload."""
     search: SearchBenchConfig = field(default_factory=SearchBenchConfig)
     """which=search: the search workload (model, threads, seed and rollout.* are the keys above)."""
+    bitnet: BitNetBenchConfig = field(default_factory=BitNetBenchConfig)
+    """which=bitnet: the shapes, thread counts and decode lengths."""
     output_dir: str = ""
     """Where bench.json goes; empty means runs/bench-<timestamp>."""
     seed: int = 0
     """Seed for prompts, sampling and initialisation."""
 
     def __post_init__(self):
-        require_choice("which", self.which, ["grpo", "grader", "sandbox", "search"])
+        require_choice("which", self.which, ["grpo", "grader", "sandbox", "search", "bitnet"])
         require_choice("vs", self.vs, ["", "trl"])
         require_choice("only", self.only, ["", "grpo"])
         require(self.prompts > 0 and self.group_size >= 2, "need prompts > 0 and group_size >= 2")
@@ -140,6 +145,10 @@ def run(cfg: Config) -> dict:
         from reasonloop.bench import sandbox
 
         results = sandbox.run(cfg.sandbox)
+    elif cfg.which == "bitnet":
+        from reasonloop.bench import bitnet
+
+        results = bitnet.run(cfg.bitnet)
     elif cfg.which == "search":
         import tempfile
 
