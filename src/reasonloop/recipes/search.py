@@ -142,10 +142,8 @@ def scorers_for(cfg: SearchConfig, task, models: dict[str, Any]):
         outcome = lambda ex, comps: [float(task.is_correct(c, ex)) for c in comps]  # noqa: E731
     elif cfg.scorer == "orm":
         outcome = prm_outcome_scorer(models["orm"], "last", cfg.step_delimiters)
-    elif cfg.scorer == "prm":
-        outcome = prm_outcome_scorer(models["prm"], cfg.aggregate, cfg.step_delimiters)
     else:
-        outcome = None  # likelihood: read from the samples
+        outcome = None  # prm: search() aggregates the PRM's step scores; likelihood: read from the samples
     return outcome, models.get("prm")
 
 
