@@ -94,6 +94,8 @@ class ArithmeticStepOracle:
     Anything else, and every step after a wrong one, scores 0.
     """
 
+    tokens_read = 0  # no model reads anything
+
     def score_steps(self, prompt: str, steps: list[str]) -> list[float]:
         m = PROMPT_CHAIN.search(prompt)
         if m is None:
