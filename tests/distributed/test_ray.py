@@ -67,6 +67,30 @@ def test_sync_mode_gives_the_single_process_numbers(nano_model_dir, tmp_path, le
     assert remote["after"] == single["after"] and remote["before"] == single["before"]
 
 
+def test_two_learner_ranks_train_as_two_torchrun_ranks(nano_model_dir, tmp_path, letter_reward_importable):
+    """distributed.ray.learners=2: two learner actors in one gloo group, each with its own rollout worker (the
+    rank's sampler RNG travels to it), give the numbers of `torchrun --nproc_per_node=2` on the same config."""
+    import subprocess
+    import sys
+
+    common = ("steps=2", "distributed.strategy=ddp")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1] / "src")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "reasonloop", "train", *args(nano_model_dir, tmp_path / "torchrun", *common)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = rl.run(load_config(rl.Config, args(nano_model_dir, tmp_path / "ray", *common, "distributed.backend=ray",
+                                                "distributed.ray.learners=2")))
+    a, b = rows(tmp_path / "torchrun"), rows(tmp_path / "ray")
+    assert [r["step"] for r in b] == [1, 2]
+    assert any(r["reward/mean"] > 0 for r in a), "the toy reward must be earned"
+    for x, y in zip(a, b):
+        for key in COMPARED:
+            assert y[key] == pytest.approx(x[key], rel=1e-6, abs=1e-9), (x["step"], key)
+    assert result["after"]["overall"]["n"] == 8
+
+
 def test_async_mode_overlaps_and_logs_bounded_staleness(nano_model_dir, tmp_path, letter_reward_importable):
     out = tmp_path / "async"
     result = rl.run(load_config(rl.Config, args(nano_model_dir, out, "steps=4", "distributed.backend=ray",
