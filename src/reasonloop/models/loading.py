@@ -109,6 +109,9 @@ class ModelConfig:
     bitnet_sub_norm: bool = False
     """With bitnet: add BitNet's SubLN (RMSNorm before o_proj and down_proj). Off by default: it changes what
     an already trained model computes; `pretrain bitnet=true` builds its models with it."""
+    load_in_4bit: bool = False
+    """QLoRA: load the base weights as 4-bit NF4 (bitsandbytes, double quantisation; compute in model.dtype)
+    and train LoRA adapters on them (needs model.lora.r > 0 and the `qlora` extra; CPU and CUDA)."""
 
     def __post_init__(self):
         require(bool(self.name.strip()), "model.name is empty; give a model directory, a hub id or 'embedded'")
@@ -116,6 +119,8 @@ class ModelConfig:
         require(re.fullmatch(DEVICE_PATTERN, self.device) is not None,
                 f"model.device={self.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
         require(self.lora.r >= 0, "model.lora.r must be >= 0")
+        require(not self.load_in_4bit or self.lora.r > 0,
+                "model.load_in_4bit (QLoRA) trains LoRA adapters on the frozen 4-bit base: set model.lora.r > 0")
         require(self.lora.alpha > 0, "model.lora.alpha must be > 0")
         require(0 <= self.lora.dropout < 1, "model.lora.dropout must be in [0, 1)")
         require(all(t.strip() for t in self.lora.target_modules.split(",")),
@@ -155,11 +160,12 @@ def load_model(cfg: ModelConfig, task: Any = None) -> PreTrainedModel:
     path = resolve_model_path(cfg.name, task)
     check_model_source(cfg.name, path)
     device = cfg.torch_device()
+    quantized = quantization_kwargs(cfg, device) if cfg.load_in_4bit else {}
     try:
         if bitnet_pack.is_packed(path):  # a packed BitNet directory: rebuilt as a trainable Llama + BitLinear
             model = bitnet_pack.load_packed(path, DTYPES[cfg.dtype])
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype])
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], **quantized)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
             raise ModelError(f"model.name={cfg.name!r} is not a causal language model (AutoModelForCausalLM cannot "
@@ -174,10 +180,28 @@ def load_model(cfg: ModelConfig, task: Any = None) -> PreTrainedModel:
         bitnet.load_sub_norms(model, path)
     elif cfg.bitnet:
         bitnet.to_bitnet(model, head=cfg.bitnet_head, sub_norm=cfg.bitnet_sub_norm)
-    model.to(device)
+    if quantized:  # placed by device_map; norms and embeddings to fp32, the 4-bit base frozen
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.to(device)
     if cfg.lora.r > 0:
         model = add_lora(model, cfg.lora)
     return model
+
+
+def quantization_kwargs(cfg: ModelConfig, device: torch.device) -> dict[str, Any]:
+    """from_pretrained's arguments for QLoRA's 4-bit NF4 base (Dettmers et al. 2023)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError("model.load_in_4bit needs bitsandbytes: pip install 'reasonloop[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
+    return {"quantization_config": config, "device_map": {"": str(device)}}
 
 
 def load_policy(cfg: ModelConfig, task: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
