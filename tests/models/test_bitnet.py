@@ -190,3 +190,11 @@ def test_linear_gradients_of_the_quantised_layer_match_a_plain_linear_on_dequant
     w_q, s_w = bitnet.ternarize(layer.weight)
     x_q, s_x = bitnet.quantize_activations(x)
     torch.testing.assert_close(layer(x), F.linear(x_q.float() / s_x, w_q.float() * s_w, layer.bias))
+
+
+def test_bitnet_and_4bit_loading_are_exclusive():
+    from reasonloop.config import ConfigError
+    from reasonloop.models.loading import LoraConfig, ModelConfig
+
+    with pytest.raises(ConfigError, match="model.bitnet and model.load_in_4bit are two different quantisations"):
+        ModelConfig(bitnet=True, load_in_4bit=True, lora=LoraConfig(r=4))

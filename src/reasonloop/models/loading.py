@@ -119,6 +119,8 @@ class ModelConfig:
         require(re.fullmatch(DEVICE_PATTERN, self.device) is not None,
                 f"model.device={self.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
         require(self.lora.r >= 0, "model.lora.r must be >= 0")
+        require(not (self.bitnet and self.load_in_4bit), "model.bitnet and model.load_in_4bit are two different "
+                "quantisations; choose one")
         require(not self.load_in_4bit or self.lora.r > 0,
                 "model.load_in_4bit (QLoRA) trains LoRA adapters on the frozen 4-bit base: set model.lora.r > 0")
         require(self.lora.alpha > 0, "model.lora.alpha must be > 0")
