@@ -198,3 +198,18 @@ def test_bitnet_and_4bit_loading_are_exclusive():
 
     with pytest.raises(ConfigError, match="model.bitnet and model.load_in_4bit are two different quantisations"):
         ModelConfig(bitnet=True, load_in_4bit=True, lora=LoraConfig(r=4))
+
+
+def test_pretrain_bitnet_builds_a_ternary_model_that_loads_back(tmp_path):
+    from reasonloop.config import load_config
+    from reasonloop.models.loading import ModelConfig, load_model
+    from reasonloop.recipes import pretrain
+
+    cfg = load_config(pretrain.Config, ["bitnet=true", "size=nano", "steps=3", "batch_size=4", "micro_batch_size=4",
+                                        "corpus_size=50", "eval_every=0", "eval_per_level=1",
+                                        f"output_dir={tmp_path / 'run'}"])
+    result = pretrain.run(cfg)
+    model = load_model(ModelConfig(name=result["model_dir"], device="cpu"))
+    assert bitnet.saved_layout(model.config) == {"head": False, "sub_norm": True}
+    assert len(bitnet.bit_linears(model)) == 14
+    assert all(m.norm is not None for n, m in bitnet.bit_linears(model) if n.endswith(("o_proj", "down_proj")))

@@ -26,6 +26,7 @@ from reasonloop.config import require, require_choice
 from reasonloop.tasks.arithmetic import ArithmeticTask
 from reasonloop.tasks.code import CodeArithTask
 from reasonloop.models.bitnet import to_bitnet
+from reasonloop.models.bitnet_pack import export_hf
 from reasonloop.models.loading import resolve_model_path
 from reasonloop.models.tiny import SIZES, build_config, build_tokenizer
 from reasonloop.rollout.engine import SamplingConfig
@@ -64,8 +65,8 @@ class Config(RunConfig):
     """Held-out problems per level at each evaluation."""
     bitnet: bool = False
     """Build a BitNet b1.58 model (ternary weights, int8 activations, SubLN; docs/bitnet.md): from scratch with
-    corpus=arithmetic; corpus=code converts the tiny-arith asset (no SubLN). export=true then writes the
-    tiny-bitnet asset."""
+    corpus=arithmetic; corpus=code converts the tiny-arith asset (no SubLN). export=true then writes
+    assets/tiny-bitnet, packed (corpus=arithmetic)."""
     export: bool = False
     """Copy the final model over the shipped asset of its corpus (tiny-arith or tiny-code)."""
 
@@ -139,7 +140,10 @@ def run(cfg: Config) -> dict:
     if cfg.export:
         target = resources.files("reasonloop") / "assets" / ("tiny-bitnet" if cfg.bitnet else CORPORA[cfg.corpus])
         shutil.rmtree(str(target), ignore_errors=True)
-        shutil.copytree(model_dir, str(target))
+        if cfg.bitnet and cfg.corpus == "arithmetic":  # the packed form: 2-bit codes, ~13x smaller
+            export_hf(model, tokenizer, str(target))
+        else:
+            shutil.copytree(model_dir, str(target))
         print(f"exported to {target}")
     print(f"pretrain: done in {train_seconds:.0f}s; model at {model_dir}")
     run_.close()
