@@ -131,7 +131,10 @@ def _decode_rate(model: nn.Module, cfg: BitNetBenchConfig, ternary_path: bool) -
     with torch.inference_mode():
         if ternary_path:
             decoder, kind = kv_cache.StaticDecoder(model, rows, P + T), "ternary kernel + StaticDecoder"
-        elif fused.supports(model, P + T) and fused.available():
+        elif (fused.supports(model, P + T) and fused.available()
+              and sum(p.numel() * 4 for p in model.parameters()) <= kv_cache.FUSE_MAX_BYTES):
+            # (fused.supports does not check the size under which StaticDecoder fuses projections: bigger
+            # fp32 models would crash FusedDecoder, so they take StaticDecoder, as they should)
             decoder, kind = fused.FusedDecoder(model, 1, rows, P, T), "fp32 compiled decode step"
         else:
             decoder, kind = kv_cache.StaticDecoder(model, rows, P + T), "fp32 StaticDecoder"
