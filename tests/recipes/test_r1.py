@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reasonloop.cli import COMMANDS
 from reasonloop.config import ConfigError, load_config
 from reasonloop.recipes import r1, rl, sft
+from reasonloop.recipes.presets import RL_PRESETS
 from toy_tasks import LetterFirstTask
 
 
@@ -46,7 +46,7 @@ def test_stage_command_lines_resolve_models_references_presets_and_run_keys(tmp_
     stages = tmp_path / "stages"
     run_keys = lambda i, name: ["seed=3", "threads=1", "resume=auto", f"output_dir={stages / f'{i:02d}-{name}'}"]  # noqa: E731
     assert p.stage_args(0) == ["model.name=/m/base", "steps=2", "steps=5", *run_keys(1, "a")]
-    assert p.stage_args(1) == [*COMMANDS["dapo"].preset,
+    assert p.stage_args(1) == [*RL_PRESETS["dapo"],
                                f"model.name={stages / '01-a' / 'model'}", "reward_funcs=[x:y]",
                                f"data_dir={stages / '01-a' / 'file.txt'}", *run_keys(2, "b")]
     assert p.stage_args(2) == [f"model.name={stages / '01-a' / 'model'}", f"reward_model={stages / '02-b' / 'model'}",
@@ -56,6 +56,7 @@ def test_stage_command_lines_resolve_models_references_presets_and_run_keys(tmp_
 
 @pytest.mark.parametrize("args, message", [
     (["stages=[{name: a, command: nope}]"], "stage a: command 'nope' is not one of"),
+    (["stages=[{name: a, command: r1}]"], "stage a: command 'r1' is not one of"),
     (["stages=[{name: a, command: sft}, {name: a, command: sft}]"], "stage names must differ"),
     (["stages=[{name: a, command: sft, model: b}, {name: b, command: sft}]"],
      "stage a: model='b' must be previous, start, none or an earlier stage's name"),
@@ -228,3 +229,10 @@ def test_a_changed_pipeline_does_not_resume_a_run(uninterrupted, nano_model_dir)
 
     with pytest.raises(RunDirError, match="different config"):
         r1.run(load_config(r1.Config, args))
+
+
+def test_the_stage_commands_are_the_cli_commands_of_the_same_modules():
+    from reasonloop.cli import COMMANDS
+
+    assert all(COMMANDS[name].module == module for name, module in r1.STAGE_MODULES.items())
+    assert all(tuple(RL_PRESETS[name]) == COMMANDS[name].preset for name in RL_PRESETS)

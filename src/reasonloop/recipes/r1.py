@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from reasonloop.config import ConfigError, load_config, require
+from reasonloop.recipes.presets import RL_PRESETS
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt
 from reasonloop.rewards.thought import notation_consistency, step_counts, thought_of
 from reasonloop.rollout.engine import SamplingConfig
@@ -145,12 +146,16 @@ class Config(RunConfig):
         require(self.eval_n > 0 and self.eval_max_new_tokens > 0, "eval_n and eval_max_new_tokens must be > 0")
 
 
-def stage_commands() -> set[str]:
-    from reasonloop.cli import COMMANDS
+STAGE_MODULES = {  # the commands a stage may run: name -> its recipe module (cli.py's table, without the cli layer)
+    "sft": "reasonloop.recipes.sft", "train": "reasonloop.recipes.rl", "r1_zero": "reasonloop.recipes.r1_zero",
+    "self_train": "reasonloop.recipes.self_train", "distill": "reasonloop.recipes.distill",
+    "dpo": "reasonloop.recipes.dpo", "reward_model": "reasonloop.recipes.reward_modeling",
+    "eval": "reasonloop.recipes.evaluate", **{name: "reasonloop.recipes.rl" for name in RL_PRESETS},
+}
 
-    usable = {n for n, c in COMMANDS.items() if c.config and n not in ("r1", "bench", "serve", "search", "pretrain",
-                                                                       "pretrain_code", "prm")}
-    return usable | {"rejection_sample"}
+
+def stage_commands() -> set[str]:
+    return set(STAGE_MODULES) | {"rejection_sample"}
 
 
 # -- rejection sampling (stage 3's data step) ----------------------------------------------------------------
@@ -301,10 +306,8 @@ class Pipeline:
 
     def stage_args(self, i: int) -> list[str]:
         """The command line of stage i: its preset, its model, its overrides (references resolved), the run keys."""
-        from reasonloop.cli import COMMANDS
-
         stage, cfg = self.cfg.stages[i], self.cfg
-        preset = list(COMMANDS[stage.command].preset) if stage.command in COMMANDS else []
+        preset = list(RL_PRESETS.get(stage.command, []))
         model = {"previous": f"@{cfg.stages[i - 1].name}" if i > 0 else "@start", "start": "@start",
                  "none": ""}.get(stage.model, f"@{stage.model}")
         extra = [kv.partition(":")[2] for kv in cfg.stage_overrides if kv.partition(":")[0] == stage.name]
@@ -330,9 +333,7 @@ class Pipeline:
 
     @staticmethod
     def _module(command: str):
-        from reasonloop.cli import COMMANDS
-
-        return importlib.import_module(COMMANDS[command].module)
+        return importlib.import_module(STAGE_MODULES[command])
 
     def run_stage(self, i: int) -> dict:
         stage = self.cfg.stages[i]
