@@ -50,6 +50,8 @@ def test_step_counts_tell_repeats_from_revisions():
     assert step_counts("1+2=3;1+2=3;3+4=7") == StepCounts(3, 1, 0)  # re-checked a step
     assert step_counts("1+2=4;1+2=3;3+4=7") == StepCounts(3, 0, 1)  # went back and changed it
     assert step_counts("1+2=4;1+2=3;1+2=3;no") == StepCounts(3, 1, 1)  # segments without '=' are not steps
+    assert step_counts("3-3=0;0+3=3;3-3=0") == StepCounts(3, 0, 0)  # the problem repeats an operation: a chain step
+    assert step_counts("2-0=2;2-0=2") == StepCounts(2, 0, 0)  # continues the chain (2 is the last result)
 
 
 def test_marker_rates_over_a_batch():

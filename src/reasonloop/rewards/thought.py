@@ -7,9 +7,9 @@ often a thought verifies itself ("wait", "let me check") or backtracks ("actuall
 again"). The patterns are case-insensitive regular expressions, configurable (`r1_zero
 verify_patterns=[...]`); a completion counts once per kind when any pattern of that kind matches in
 its thought. The embedded tiny models write no words, so two counters read the task's own notation
-too (`step_counts`): a *repeated* step (an equation written twice: the thought re-checks a step) and a
-*revised* step (an equation whose left side was already written with a different result: the thought
-went back and changed it).
+too (`step_counts`): a *repeated* step (an earlier equation written again, out of the chain's order: the
+thought re-checks a step) and a *revised* step (an earlier left side written again with another result:
+the thought went back and changed it).
 
 The notation-consistency reward is the embedded analogue of R1's language-consistency reward (the
 proportion of target-language words in the chain of thought). It measures how much of the thought is
@@ -74,30 +74,39 @@ def notation_consistency_reward(prompts: Sequence[str], completions: Sequence[st
 
 @dataclass(frozen=True)
 class StepCounts:
-    """Equations in a thought, and how many of them repeat or revise an earlier one."""
+    """Equations in a thought, and how many of them go back to an earlier one."""
 
     steps: int
-    repeated: int  # the same equation (left and right side) written again
-    revised: int  # a left side written again with a different result
+    repeated: int  # an earlier equation written again, same result (a re-check)
+    revised: int  # an earlier left side written again with another result (a correction)
+
+
+LEADING_INT = re.compile(r"^\d+")
 
 
 def step_counts(thought: str, separator: str = STEP_SEPARATOR) -> StepCounts:
-    """Count the thought's `a=b` segments; a later one with an earlier left side is a repeat (same right side)
-    or a revision (another right side)."""
+    """Count the thought's `a=b` segments, and those that go back: an equation that does not continue the chain
+    (its first number is not the previous equation's result) and whose left side was written before is a repeat
+    (same result) or a revision (another result). A chain step is never one, even when the problem repeats an
+    operation (`3-3=0;0+3=3;3-3=0` has no repeat)."""
     seen: dict[str, set[str]] = {}
     steps = repeated = revised = 0
+    previous: str | None = None
     for part in segments(thought, separator):
         left, eq, right = part.partition("=")
         if not eq:
             continue
         left, right = left.strip(), right.strip()
         steps += 1
-        if left in seen:
+        first = LEADING_INT.match(left)
+        continues = previous is not None and first is not None and first.group() == previous
+        if left in seen and not continues:
             if right in seen[left]:
                 repeated += 1
             else:
                 revised += 1
         seen.setdefault(left, set()).add(right)
+        previous = right
     return StepCounts(steps, repeated, revised)
 
 
