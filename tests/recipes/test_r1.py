@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from reasonloop.config import ConfigError, load_config
+from reasonloop.errors import current_run_dir
 from reasonloop.recipes import r1, rl, sft
 from reasonloop.recipes.presets import RL_PRESETS
 from toy_tasks import LetterFirstTask
@@ -181,6 +182,7 @@ def test_killed_mid_stage_resumes_at_that_stage_and_step(uninterrupted, nano_mod
     with pytest.raises(KeyboardInterrupt):
         r1.run(cfg)
     assert (out / "stages" / "02-rl" / "checkpoints" / "step-000002").is_dir()
+    assert current_run_dir() == out, "Ctrl-C's message names the r1 run, not the stage's sub-run"
     monkeypatch.setattr(rl.Trainer, "step", real_step)
     sft_runs = {"n": 0}
     real_sft = sft.run

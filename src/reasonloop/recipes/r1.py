@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from reasonloop.config import ConfigError, load_config, require
+from reasonloop.errors import note_run_dir
 from reasonloop.recipes.presets import RL_PRESETS
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt
 from reasonloop.rewards.thought import notation_consistency, step_counts, thought_of
@@ -343,7 +344,11 @@ class Pipeline:
         print(f"r1: stage {i + 1}/{len(self.cfg.stages)} {stage.name} ({stage.command})"
               + (" - resuming" if resumed else ""))
         t0 = time.time()
-        summary = rejection_sample(stage_cfg) if stage.command == "rejection_sample" else self._module(stage.command).run(stage_cfg)
+        try:
+            summary = (rejection_sample(stage_cfg) if stage.command == "rejection_sample"
+                       else self._module(stage.command).run(stage_cfg))
+        finally:
+            note_run_dir(self.dir)  # Ctrl-C names the r1 run to resume, not the stage's sub-run
         seconds = time.time() - t0
         set_threads(self.cfg.threads)
         return {"name": stage.name, "command": stage.command, "seconds": seconds, "resumed": resumed,
