@@ -1,57 +1,54 @@
-"""task=mix:A+B: interleaved examples, renumbered levels, each row scored by its own task."""
+"""task=mix:A+B (tasks/mixture.py): interleaved parts, offset levels and domains, each row graded by its own part."""
 
 from __future__ import annotations
 
 import pytest
 
-from reasonloop.data.records import Example
 from reasonloop.rewards.core import RewardSpec, compute_rewards
 from reasonloop.tasks import TaskError, make_task
-from reasonloop.tasks import mixture
+from reasonloop.tasks.arithmetic import ArithmeticTask
+from reasonloop.tasks.mixture import MixtureTask
+from toy_tasks import LetterFirstTask
 
 
-def test_examples_interleave_and_levels_are_renumbered_per_task():
-    mix = make_task("mix:arithmetic:1+arithmetic:3")
-    exs = mix.examples("test", 5)
-    assert [(e.meta["task"], e.meta["level"]) for e in exs] == [(0, 1), (1, 13), (0, 1), (1, 13), (0, 1)]
-    first = make_task("arithmetic:1").examples("test", 3)
-    assert [e.prompt for e in exs[::2]] == [e.prompt for e in first]
-    assert mix.levels == (1, 13)
+def test_parts_interleave_with_offset_levels_and_their_domain():
+    mix = make_task("mix:arithmetic:1-2+code_arith:1")
+    exs = mix.examples("test", 5, seed=0)
+    assert [ex.meta["domain"] for ex in exs] == ["arithmetic", "code_arith", "arithmetic", "code_arith", "arithmetic"]
+    assert [ex.meta["level"] for ex in exs] == [1, 11, 2, 11, 1]
+    assert exs[0].prompt == ArithmeticTask((1, 2)).examples("test", 3, seed=0)[0].prompt
+    assert mix.embedded_model == "tiny-code" and mix.name == "mix:arithmetic+code_arith"
 
 
-def test_each_row_is_scored_by_its_own_task_and_correct_becomes_accuracy(monkeypatch):
-    class Coder:  # a code-like task: one component named 'correct', no thought, no format reward
-        name, levels = "coder", (1,)
+def test_each_row_is_graded_and_rewarded_by_its_own_part():
+    mix = MixtureTask([("arithmetic", ArithmeticTask((1,))), ("letters", LetterFirstTask())])
+    arith, letters = mix.examples("train", 2, seed=0)
+    right = f"<think>{arith.meta['id']}={arith.answer}</think><answer>{arith.answer}</answer>"
+    assert mix.is_correct(right, arith) and not mix.is_correct("<think>1</think><answer>-5</answer>", arith)
+    assert mix.is_correct("abc", letters) and not mix.is_correct("1bc", letters)
+    out = compute_rewards(mix.rewards(), [right, "abc"], [arith, letters])
+    # arithmetic's components are accuracy, format (0.1) and length; the toy task has accuracy only
+    assert {k: v.tolist() for k, v in out.components.items()} == {"accuracy": [1.0, 1.0], "format": [1.0, 0.0],
+                                                                    "length": [0.0, 0.0]}
+    assert out.total.tolist() == pytest.approx([1.1, 1.0])
 
-        def examples(self, split, n, seed=0):
-            return [Example(f"Q: code {i}\n", f"ok{i}", {"level": 1}) for i in range(n)]
 
-        def is_correct(self, completion, example):
-            return completion == example.answer
+class CodeLike(LetterFirstTask):
+    """A part whose verdict component is called `correct`, as the code tasks' is."""
 
-        def rewards(self):
-            return [RewardSpec("correct", lambda prompts, completions, answer, **_:
-                               [float(c == a) for c, a in zip(completions, answer)])]
+    def rewards(self):
+        return [RewardSpec("correct", super().rewards()[0].fn, 1.0)]
 
-    real = mixture.make_component
-    monkeypatch.setattr(mixture, "make_component", lambda spec, d=None: Coder() if spec == "coder" else real(spec, d))
-    mix = make_task("mix:arithmetic:1+coder")
-    exs = mix.examples("test", 4)
-    arith = exs[0]
-    right = f"<think>{arith.prompt[3:-3]}={arith.answer}</think><answer>{arith.answer}</answer>"
-    completions = [right, "ok0", "<answer>nope</answer>", "bad"]
-    scored = compute_rewards(mix.rewards(), completions, exs)
+
+def test_a_part_s_correct_verdict_is_the_accuracy_component():
+    mix = MixtureTask([("arithmetic", ArithmeticTask((1,))), ("code", CodeLike())])
     assert [s.name for s in mix.rewards()] == ["accuracy", "format", "length"]
-    assert [s.weight for s in mix.rewards()] == [1.0, 0.1, 1.0]  # shared weights stay the spec's
-    assert scored.components["accuracy"].tolist() == [1.0, 1.0, 0.0, 0.0]
-    assert scored.components["format"].tolist() == [1.0, 0.0, 0.0, 0.0]  # code rows: not applicable (None -> 0)
-    assert scored.total.tolist() == pytest.approx([1.1, 1.0, 0.0, 0.0])
-    assert [mix.is_correct(c, e) for c, e in zip(completions, exs)] == [True, True, False, False]
-    assert mix.answer_key(right) == int(arith.answer) and mix.answer_key(" ok0 ") == "ok0"
+    arith, code = mix.examples("train", 2, seed=0)
+    assert compute_rewards(mix.rewards(), ["x", "abc"], [arith, code]).components["accuracy"].tolist() == [0.0, 1.0]
 
 
-def test_a_mixture_needs_two_tasks():
-    with pytest.raises(TaskError, match="task=mix needs two or more tasks"):
-        make_task("mix:arithmetic")
-    with pytest.raises(TaskError, match="task=mix needs its tasks"):
-        make_task("mix")
+@pytest.mark.parametrize("spec, message", [("mix", "needs its parts"), ("mix:arithmetic", "at least two parts"),
+                                           ("mix:arithmetic+nope", "unknown task 'nope'")])
+def test_bad_specs_are_task_errors(spec, message):
+    with pytest.raises(TaskError, match=message):
+        make_task(spec)
