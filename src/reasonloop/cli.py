@@ -54,6 +54,8 @@ COMMANDS: dict[str, Command] = {
     "prm": Command("reasonloop.recipes.prm", "train a process (or, labels=outcome, outcome) reward model on step labels"),
     "dpo": Command("reasonloop.recipes.dpo", "preference optimisation: offline, online/iterative, self-rewarding"),
     "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
+    "compare": Command("reasonloop.recipes.compare", "a method against the GRPO baseline at equal samples, tables side by side",
+                       config=""),
     "search": Command("reasonloop.recipes.search", "test-time search: accuracy against compute per strategy and budget"),
     "serve": Command("reasonloop.recipes.serve", "an OpenAI-compatible /v1/completions server over a model directory"),
     "bench": Command("reasonloop.bench", "time the GRPO step (vs=trl: against TRL's GRPOTrainer), the grader or the sandbox"),
