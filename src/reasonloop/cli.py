@@ -56,6 +56,8 @@ COMMANDS: dict[str, Command] = {
     "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
     "compare": Command("reasonloop.recipes.compare", "a method against the GRPO baseline at equal samples, tables side by side",
                        config=""),
+    "ahro": Command("reasonloop.frameworks.ahro", "GRPO on layered rewards with per-prompt learned weights (docs/frameworks.md)"),
+    "mgrcr": Command("reasonloop.frameworks.mgrcr", "GRPO with step, answer and group consistency rewards (docs/frameworks.md)"),
     "search": Command("reasonloop.recipes.search", "test-time search: accuracy against compute per strategy and budget"),
     "serve": Command("reasonloop.recipes.serve", "an OpenAI-compatible /v1/completions server over a model directory"),
     "bench": Command("reasonloop.bench", "time the GRPO step (vs=trl: against TRL's GRPOTrainer), the grader or the sandbox"),
