@@ -57,6 +57,8 @@ COMMANDS: dict[str, Command] = {
     "compare": Command("reasonloop.recipes.compare", "a method against the GRPO baseline at equal samples, tables side by side",
                        config=""),
     "ahro": Command("reasonloop.frameworks.ahro", "GRPO on layered rewards with per-prompt learned weights (docs/frameworks.md)"),
+    "capl": Command("reasonloop.frameworks.capl", "answer directly or think, per prompt, by a learned switch (docs/frameworks.md)"),
+    "dcot": Command("reasonloop.frameworks.dcot", "GRPO with a bandit-chosen, self-evolving library of reasoning modes (docs/frameworks.md)"),
     "mgrcr": Command("reasonloop.frameworks.mgrcr", "GRPO with step, answer and group consistency rewards (docs/frameworks.md)"),
     "search": Command("reasonloop.recipes.search", "test-time search: accuracy against compute per strategy and budget"),
     "serve": Command("reasonloop.recipes.serve", "an OpenAI-compatible /v1/completions server over a model directory"),

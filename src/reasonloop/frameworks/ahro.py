@@ -119,7 +119,7 @@ class AHROTrainer(rl.Trainer):
         self.weight_optimizer.zero_grad()
         loss.backward()
         self.weight_optimizer.step()
-        self.last_correlation = float(corr)
+        self.last_correlation = float(corr.detach())
 
     def _extra_modules(self):
         return {**super()._extra_modules(), "ahro_weight_net": self.weight_net,
