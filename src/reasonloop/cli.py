@@ -59,6 +59,7 @@ COMMANDS: dict[str, Command] = {
     "ahro": Command("reasonloop.frameworks.ahro", "GRPO on layered rewards with per-prompt learned weights (docs/frameworks.md)"),
     "capl": Command("reasonloop.frameworks.capl", "answer directly or think, per prompt, by a learned switch (docs/frameworks.md)"),
     "dcot": Command("reasonloop.frameworks.dcot", "GRPO with a bandit-chosen, self-evolving library of reasoning modes (docs/frameworks.md)"),
+    "mflo": Command("reasonloop.frameworks.mflo", "GRPO plus a confidence head that continues, backtracks, verifies or stops (docs/frameworks.md)"),
     "mgrcr": Command("reasonloop.frameworks.mgrcr", "GRPO with step, answer and group consistency rewards (docs/frameworks.md)"),
     "search": Command("reasonloop.recipes.search", "test-time search: accuracy against compute per strategy and budget"),
     "serve": Command("reasonloop.recipes.serve", "an OpenAI-compatible /v1/completions server over a model directory"),
