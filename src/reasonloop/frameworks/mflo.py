@@ -54,11 +54,9 @@ class MFLOConfig:
     """Verify (resample whole solutions) when the final confidence is below this."""
     verify_samples: int = 4
     """Whole solutions sampled at a verification."""
-    step_tokens: int = 32
-    """Token limit of one step."""
 
     def __post_init__(self):
-        require(self.lr > 0 and self.step_tokens > 0, "mflo.lr and mflo.step_tokens must be > 0")
+        require(self.lr > 0, "mflo.lr must be > 0")
         require(self.max_backtracks >= 0 and self.alternatives >= 1 and self.verify_samples >= 1,
                 "mflo.max_backtracks must be >= 0, mflo.alternatives and mflo.verify_samples >= 1")
         require(0 <= self.backtrack_below <= 1 and 0 <= self.verify_below <= 1, "mflo thresholds must be in [0, 1]")
@@ -83,7 +81,8 @@ class Trace:
     """One problem's monitored decoding."""
 
     text: str = ""
-    tokens: int = 0
+    tokens: int = 0  # generated, discarded steps and samples included
+    text_tokens: int = 0  # of `text`, against the length limit
     backtracks: int = 0
     done: bool = False
     decisions: dict[str, int] = field(default_factory=dict)
@@ -156,9 +155,11 @@ class MFLOTrainer(rl.Trainer):
             out.extend(torch.sigmoid(self.head(hs.float().cpu())).squeeze(-1).tolist())
         return out
 
-    def _generate(self, prompts: list[str], n: int, temperature: float, step: bool) -> tuple[list[str], list[int], list[str]]:
-        sampling = SamplingConfig(temperature=temperature,
-                                  max_new_tokens=self.cfg.mflo.step_tokens if step else self.cfg.sampling.max_new_tokens,
+    def _generate(self, prompts: list[str], n: int, temperature: float, max_tokens: int, step: bool
+                  ) -> tuple[list[str], list[int], list[str]]:
+        """(texts, token counts, finish reasons) of n samples per prompt, one step (ending at a step end) or
+        a whole solution."""
+        sampling = SamplingConfig(temperature=temperature, max_new_tokens=max(1, max_tokens),
                                   stop=STEP_ENDS if step else [])
         texts, lengths, reasons = [], [], []
         for s in range(0, len(prompts), 64):
@@ -168,51 +169,67 @@ class MFLOTrainer(rl.Trainer):
             reasons += list(batch.finish_reasons)
         return texts, lengths, reasons
 
+    def _fit(self, text: str, tokens: int, reason: str, budget: int) -> tuple[str, int, str]:
+        """A step cut to the problem's remaining token budget (a shared batch limit may exceed it)."""
+        if tokens <= budget:
+            return text, tokens, reason
+        ids = self.tokenizer.encode(text, add_special_tokens=False)[:budget]
+        return self.tokenizer.decode(ids), budget, "length"
+
     def monitored(self, examples: list[Example]) -> list[Trace]:
         cfg, limit = self.cfg.mflo, self.cfg.sampling.max_new_tokens
         prompts = [self.render(e.prompt) for e in examples]
         traces = [Trace() for _ in examples]
         while live := [i for i, t in enumerate(traces) if not t.done]:
-            steps, lengths, reasons = self._generate([prompts[i] + traces[i].text for i in live], 1, 0.0, step=True)
+            budget = [limit - traces[i].text_tokens for i in live]
+            steps, lengths, reasons = self._generate([prompts[i] + traces[i].text for i in live], 1, 0.0,
+                                                     max(budget), step=True)
+            fitted = [self._fit(*x, b) for x, b in zip(zip(steps, lengths, reasons), budget)]
+            steps, lengths, reasons = (list(v) for v in zip(*fitted))
+            kept = list(lengths)  # tokens of the step each problem keeps
             conf = self.confidence([prompts[i] + traces[i].text + s for i, s in zip(live, steps)])
-            low = [k for k, c in enumerate(conf) if c < cfg.backtrack_below and traces[live[k]].backtracks < cfg.max_backtracks]
+            low = [k for k, c in enumerate(conf)
+                   if c < cfg.backtrack_below and traces[live[k]].backtracks < cfg.max_backtracks]
             if low:
+                n_alt = cfg.alternatives
                 alts, alt_len, alt_reasons = self._generate([prompts[live[k]] + traces[live[k]].text for k in low],
-                                                            cfg.alternatives, 1.0, step=True)
-                alt_conf = self.confidence([prompts[live[k]] + traces[live[k]].text + a
-                                            for j, k in enumerate(low) for a in alts[j * cfg.alternatives:(j + 1) * cfg.alternatives]])
+                                                            n_alt, 1.0, max(budget[k] for k in low), step=True)
+                fitted = [self._fit(alts[r], alt_len[r], alt_reasons[r], budget[low[r // n_alt]])
+                          for r in range(len(alts))]
+                alt_conf = self.confidence([prompts[live[low[r // n_alt]]] + traces[live[low[r // n_alt]]].text
+                                            + fitted[r][0] for r in range(len(fitted))])
                 for j, k in enumerate(low):
                     t = traces[live[k]]
                     t.backtracks += 1
                     t.count("backtrack")
-                    span = slice(j * cfg.alternatives, (j + 1) * cfg.alternatives)
-                    t.tokens += sum(alt_len[span])
-                    best = max(range(cfg.alternatives), key=lambda a: alt_conf[span][a])
-                    if alt_conf[span][best] > conf[k]:
-                        steps[k], lengths[k], reasons[k] = alts[span][best], 0, alt_reasons[span][best]
-                        conf[k] = alt_conf[span][best]
+                    span = range(j * n_alt, (j + 1) * n_alt)
+                    t.tokens += lengths[k] + sum(fitted[r][1] for r in span)  # every sampled step counts
+                    best = max(span, key=lambda r: alt_conf[r])
+                    if alt_conf[best] > conf[k]:
+                        steps[k], kept[k], reasons[k] = fitted[best]
+                    lengths[k] = 0  # counted above
             for k, i in enumerate(live):
                 t = traces[i]
                 t.text += steps[k]
                 t.tokens += lengths[k]
+                t.text_tokens += kept[k]
                 t.count("continue")
                 eos = reasons[k] == "stop" and not any(t.text.endswith(e) for e in STEP_ENDS)
-                t.done = ("</answer>" in t.text or eos or reasons[k] == "length" or not steps[k]
-                          or len(self.tokenizer.encode(t.text, add_special_tokens=False)) >= limit)
+                t.done = "</answer>" in t.text or eos or not steps[k] or t.text_tokens >= limit
         final = self.confidence([p + t.text for p, t in zip(prompts, traces)])
         unsure = [i for i, c in enumerate(final) if c < cfg.verify_below]
-        for i in range(len(traces)):
-            traces[i].count("verify" if i in set(unsure) else "stop")
+        for i, t in enumerate(traces):
+            t.count("verify" if i in set(unsure) else "stop")
         if unsure:
-            cands, cand_len, _ = self._generate([prompts[i] for i in unsure], cfg.verify_samples, 1.0, step=False)
-            cand_conf = self.confidence([prompts[i] + c for j, i in enumerate(unsure)
-                                         for c in cands[j * cfg.verify_samples:(j + 1) * cfg.verify_samples]])
+            n_ver = cfg.verify_samples
+            cands, cand_len, _ = self._generate([prompts[i] for i in unsure], n_ver, 1.0, limit, step=False)
+            cand_conf = self.confidence([prompts[unsure[r // n_ver]] + c for r, c in enumerate(cands)])
             for j, i in enumerate(unsure):
-                span = slice(j * cfg.verify_samples, (j + 1) * cfg.verify_samples)
-                traces[i].tokens += sum(cand_len[span])
-                best = max(range(cfg.verify_samples), key=lambda a: cand_conf[span][a])
-                if cand_conf[span][best] > final[i]:
-                    traces[i].text = cands[span][best]
+                span = range(j * n_ver, (j + 1) * n_ver)
+                traces[i].tokens += sum(cand_len[r] for r in span)
+                best = max(span, key=lambda r: cand_conf[r])
+                if cand_conf[best] > final[i]:
+                    traces[i].text = cands[best]
         return traces
 
     def evaluate(self) -> dict:
@@ -221,7 +238,8 @@ class MFLOTrainer(rl.Trainer):
         self.eval_generator.manual_seed(self.cfg.seed)  # its own stream: training's rollouts stay GRPO's
         traces = self.monitored(exs)
         ok = [self.task.is_correct(t.text, e) for t, e in zip(traces, exs)]
-        plain, plain_len, _ = self._generate([self.render(e.prompt) for e in exs], 1, 0.0, step=False)
+        plain, plain_len, _ = self._generate([self.render(e.prompt) for e in exs], 1, 0.0,
+                                             self.cfg.sampling.max_new_tokens, step=False)
         plain_ok = [self.task.is_correct(c, e) for c, e in zip(plain, exs)]
         conf = torch.tensor(self.confidence([self.render(e.prompt) + c for e, c in zip(exs, plain)]))
         by_level: dict[str, list[int]] = {}
