@@ -44,6 +44,8 @@ STEP_ENDS = [";", "</think>"]
 class MFLOConfig:
     lr: float = 0.01
     """Adam learning rate of the confidence head."""
+    head_epochs: int = 8
+    """Adam steps of the head on each RL step's rollouts (their hidden states are computed once)."""
     backtrack_below: float = 0.3
     """Backtrack a step whose confidence is below this."""
     max_backtracks: int = 2
@@ -56,7 +58,7 @@ class MFLOConfig:
     """Whole solutions sampled at a verification."""
 
     def __post_init__(self):
-        require(self.lr > 0, "mflo.lr must be > 0")
+        require(self.lr > 0 and self.head_epochs >= 1, "mflo.lr must be > 0 and mflo.head_epochs >= 1")
         require(self.max_backtracks >= 0 and self.alternatives >= 1 and self.verify_samples >= 1,
                 "mflo.max_backtracks must be >= 0, mflo.alternatives and mflo.verify_samples >= 1")
         require(0 <= self.backtrack_below <= 1 and 0 <= self.verify_below <= 1, "mflo thresholds must be in [0, 1]")
@@ -124,20 +126,26 @@ class MFLOTrainer(rl.Trainer):
     def _train_head(self, data: rl.StepData) -> dict[str, float]:
         temp = self.cfg.sampling.temperature or 1.0
         correct = data.components["accuracy"]
-        self.head_optimizer.zero_grad()
-        total, n = 0.0, len(data.tokens)
+        n, all_tokens = len(data.tokens), max(float(data.tokens.completion_mask.sum()), 1.0)
         self.model.eval()
-        for rows in self._micro_batches(n):
-            mb = data.tokens.select(rows)
-            with torch.no_grad():
-                hidden = self._forward(self.model, mb, temp, with_hidden=True).hidden
-            logits = self.head(hidden.float()).squeeze(-1)
-            loss = confidence_loss(logits, correct[rows], mb.completion_mask.float())
-            share = float(mb.completion_mask.sum()) / max(float(data.tokens.completion_mask.sum()), 1.0)
-            (loss * share).backward()
-            total += float(loss.detach()) * share
-        self.head_optimizer.step()
-        return {"mflo/head_loss": total}
+        parts = []
+        with torch.no_grad():
+            for rows in self._micro_batches(n):
+                mb = data.tokens.select(rows)
+                parts.append((self._forward(self.model, mb, temp, with_hidden=True).hidden.float(), correct[rows],
+                              mb.completion_mask.float()))
+        first = 0.0
+        for epoch in range(self.cfg.mflo.head_epochs):
+            self.head_optimizer.zero_grad()
+            total = 0.0
+            for hidden, y, mask in parts:
+                share = float(mask.sum()) / all_tokens
+                loss = confidence_loss(self.head(hidden).squeeze(-1), y, mask) * share
+                loss.backward()
+                total += float(loss.detach())
+            self.head_optimizer.step()
+            first = total if epoch == 0 else first
+        return {"mflo/head_loss": first}
 
     # -- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -262,9 +270,38 @@ class MFLOTrainer(rl.Trainer):
         return summary
 
 
+SWEEP = ((0.0, 0.0), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9), (0.9, 1.0))  # (backtrack_below, verify_below)
+
+
+def sweep(trainer: MFLOTrainer, points=SWEEP) -> list[dict[str, float]]:
+    """Accuracy and tokens of the monitored decoding at several (backtrack_below, verify_below) settings; (0, 0)
+    is decoding with no monitor."""
+    import dataclasses
+
+    out, kept = [], trainer.cfg.mflo
+    try:
+        for backtrack, verify in points:
+            trainer.cfg.mflo = dataclasses.replace(kept, backtrack_below=backtrack, verify_below=verify)
+            trainer.eval_generator.manual_seed(trainer.cfg.seed)
+            traces = trainer.monitored(trainer.held_out)
+            ok = [trainer.task.is_correct(t.text, e) for t, e in zip(traces, trainer.held_out)]
+            out.append({"backtrack_below": backtrack, "verify_below": verify, "accuracy": sum(ok) / len(ok),
+                        "tokens": sum(t.tokens for t in traces) / len(traces),
+                        "backtracks": sum(t.decisions.get("backtrack", 0) for t in traces),
+                        "verified": sum(t.decisions.get("verify", 0) for t in traces)})
+    finally:
+        trainer.cfg.mflo = kept
+    return out
+
+
 def run(cfg: Config) -> dict:
     trainer = MFLOTrainer(cfg)
     result = trainer.train()
+    trainer.extra["sweep"] = sweep(trainer)
+    print("MFLO accuracy/tokens by (backtrack_below, verify_below); (0, 0) = no monitor:")
+    for pt in trainer.extra["sweep"]:
+        print(f"  ({pt['backtrack_below']}, {pt['verify_below']})  accuracy {pt['accuracy']:.3f}  tokens {pt['tokens']:.1f}  "
+              f"backtracks {pt['backtracks']}  verified {pt['verified']}")
     o = result["after"]["overall"]
     print(f"MFLO: monitored accuracy {o['pass@1_greedy']:.3f} with {o['tokens']:.1f} tokens; no monitor "
           f"{o['greedy_no_monitor']:.3f} with {o['tokens_no_monitor']:.1f}; calibration error (ECE) {trainer.extra['ece']:.3f}, "
