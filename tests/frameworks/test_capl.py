@@ -40,3 +40,17 @@ def test_curve_by_hand():
 def test_group_size_must_split_evenly():
     with pytest.raises(ConfigError, match="group_size must be even and >= 4, got 5"):
         load_config(capl.Config, ["group_size=5"])
+
+
+def test_fit_switch_follows_the_token_cost():
+    # one-operation prompts: both modes equally right, think costs 10 more tokens; four-operation prompts:
+    # thinking is right, the direct answer wrong
+    easy, hard = [1.0, 0.5, 0.25, 0.5, 0.3], [1.0, 1.25, 1.0, 0.5, 0.6]
+    feats = torch.tensor([easy, hard] * 4)
+    stats = torch.tensor([[[1.0, 20.0], [1.0, 10.0]], [[1.0, 30.0], [0.0, 12.0]]] * 4)
+    switch = capl.fit_switch(feats, stats, token_cost=1.0, max_tokens=64)
+    free = capl.fit_switch(feats, stats, token_cost=0.0, max_tokens=64)
+    with torch.no_grad():
+        p = torch.sigmoid(switch(torch.tensor([easy, hard]))[:, 0])
+        assert float(p[0]) < 0.5 < float(p[1])  # answer the easy one directly, think on the hard one
+        assert float(torch.sigmoid(free(torch.tensor([hard]))[0, 0])) > 0.5

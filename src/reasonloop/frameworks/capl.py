@@ -16,6 +16,8 @@ bandit.
 Held-out evaluation decodes both modes greedily for every problem and reports, per level, the accuracy and
 mean tokens of the switched policy (think when p(think) > threshold), and `extra.curve`: accuracy and
 tokens at thresholds 0 (always think) ... 1 and above (never think), with the unforced policy beside them.
+`extra.cost_curve` refits the switch after training, on every training prompt's statistics, at several token
+costs: the accuracy/tokens trade-off the switch reaches when tokens are dearer.
 Tokens count the forced opening too (a real System 2 trace would have written it).
 """
 
@@ -97,6 +99,8 @@ class CAPLTrainer(rl.Trainer):
         nn.init.zeros_(self.switch.bias)
         self.switch_optimizer = torch.optim.Adam(self.switch.parameters(), lr=cfg.capl.lr)
         self.last_eval: dict = {}
+        self.seen: list[tuple[list[float], list[list[float]]]] = []  # every training prompt: features, stats
+        self.outcomes: tuple = ()  # the last held-out evaluation: (think, direct) per problem
         super().__init__(cfg, **kw)
 
     def p_think(self, prompts: list[str]) -> torch.Tensor:
@@ -133,6 +137,7 @@ class CAPLTrainer(rl.Trainer):
                 stats[i, m, 0] = float(scored.components["accuracy"][rows].mean())
                 stats[i, m, 1] = float(tokens[rows].mean()) + self._opening_tokens(heads[i])
         self._train_switch([e.prompt for e in prompts], stats)
+        self.seen += [(prompt_features(e.prompt), stats[i].tolist()) for i, e in enumerate(prompts)]
         return groups
 
     def _train_switch(self, prompts: list[str], stats: torch.Tensor) -> None:
@@ -168,6 +173,7 @@ class CAPLTrainer(rl.Trainer):
         exs, cfg = self.held_out, self.cfg.capl
         think, direct = self._greedy(exs, cfg.think_chunk), self._greedy(exs, cfg.direct_chunk)
         p = self.p_think([e.prompt for e in exs]).tolist()
+        self.outcomes = (think, direct)
         by_level: dict[str, list[int]] = {}
         for i, e in enumerate(exs):
             by_level.setdefault(f"level/{e.meta.get('level', 'all')}", []).append(i)
@@ -193,6 +199,47 @@ class CAPLTrainer(rl.Trainer):
         return summary
 
 
+COSTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def fit_switch(features: torch.Tensor, stats: torch.Tensor, token_cost: float, max_tokens: int,
+               steps: int = 300, lr: float = 0.1) -> nn.Linear:
+    """A fresh logistic switch fitted to the training prompts' (features [P, F], stats [P, 2, 2]) at one token cost:
+    the weighted logistic loss of `_train_switch`, full batch."""
+    gen = torch.Generator().manual_seed(0)
+    switch = nn.Linear(features.shape[1], 1)
+    with torch.no_grad():
+        switch.weight.copy_(torch.randn(switch.weight.shape, generator=gen) * 0.01)
+        switch.bias.zero_()
+    target, weight = switch_targets(stats[..., 0], stats[..., 1], token_cost, max_tokens)
+    optimizer = torch.optim.Adam(switch.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = (nn.functional.binary_cross_entropy_with_logits(switch(features)[:, 0], target, reduction="none")
+                * weight).sum() / weight.sum().clamp(min=1e-8)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return switch
+
+
+def cost_curve(trainer: CAPLTrainer, costs=COSTS) -> list[dict[str, float]]:
+    """Held-out accuracy and tokens of switches fitted after training on every training prompt's statistics,
+    one per token cost (the policy is the same; only the switch's objective changes)."""
+    feats = torch.tensor([f for f, _ in trainer.seen])
+    stats = torch.tensor([s for _, s in trainer.seen])
+    held = torch.tensor([prompt_features(e.prompt) for e in trainer.held_out])
+    think, direct = trainer.outcomes
+    out = []
+    for cost in costs:
+        switch = fit_switch(feats, stats, cost, trainer.cfg.sampling.max_new_tokens)
+        with torch.no_grad():
+            p = torch.sigmoid(switch(held)[:, 0]).tolist()
+        point = curve(p, think, direct, thresholds=(0.5,))[0]
+        out.append({"token_cost": cost, "think_rate": point["think_rate"], "accuracy": point["accuracy"],
+                    "tokens": point["tokens"]})
+    return out
+
+
 def run(cfg: Config) -> dict:
     trainer = CAPLTrainer(cfg)
     result = trainer.train()
@@ -202,4 +249,9 @@ def run(cfg: Config) -> dict:
         print(f"  threshold {pt['threshold']:<5} think {pt['think_rate']:.2f}  accuracy {pt['accuracy']:.3f}  "
               f"tokens {pt['tokens']:.1f}")
     print(f"  unforced policy: accuracy {free['overall']['pass@1_greedy']:.3f}  tokens {free['overall']['tokens']:.1f}")
-    return with_extra(trainer, result, {**trainer.last_eval, "unforced": free})
+    costs = cost_curve(trainer)
+    print("CAPL switches refitted per token cost on the training prompts' statistics:")
+    for pt in costs:
+        print(f"  token_cost {pt['token_cost']:<5} think {pt['think_rate']:.2f}  accuracy {pt['accuracy']:.3f}  "
+              f"tokens {pt['tokens']:.1f}")
+    return with_extra(trainer, result, {**trainer.last_eval, "unforced": free, "cost_curve": costs})
