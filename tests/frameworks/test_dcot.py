@@ -74,3 +74,13 @@ def test_state_dict_round_trip():
     assert other.modes == lib.modes and other.live == lib.live
     assert other.arm("x", "a").mean == lib.arm("x", "a").mean
     assert [other.choose("x") for _ in range(5)] == [lib.choose("x") for _ in range(5)]
+
+
+def test_evolve_mutates_the_best_mode_when_no_pair_makes_a_new_one():
+    lib = library(Mode("a", 1, 1.0), Mode("b", 1, 0.8))
+    for _ in range(6):
+        lib.arm("x", "a").update(1.0)
+        lib.arm("x", "b").update(0.5)
+    # (1, 0.8) and (1, 1.0) both exist: a is mutated, temperature down first -> (1, 0.8) exists, so up
+    assert lib.evolve(step=20) == Mode("a~2", 1, 1.2)
+    assert lib.history[-1] == "step 20: mutated a into a~2 (chunk 1, T 1.2)"

@@ -13,8 +13,9 @@ operations and digits of its largest number). After each step:
   more than two posterior standard deviations (of both) leaves the library (two modes always stay);
 - **evolve**: every `evolve_every` steps the two best live modes (pooled success, `min_pulls` pulls each)
   combine into a new mode: the opening of the better and the temperature of the other (instructions joined),
-  or the other way round when that one exists already (else the next best pair); up to `max_modes` modes are
-  ever made.
+  or the other way round when that one exists already (else the next best pair); when no pair makes a new
+  mode, the best one is mutated (temperature -0.2, +0.2, or a first step one operation longer); up to
+  `max_modes` modes are ever made.
 
 Held-out evaluation decodes greedily with each prompt's best mode (highest posterior mean in its context).
 Equal samples: the same B x G rollouts per step as GRPO.
@@ -138,6 +139,21 @@ class ModeLibrary:
                     self.live.append(child.name)
                     self.history.append(f"step {step}: made {child.name} (chunk {child.chunk}, T {child.temperature})")
                     return child
+        return self._mutate(ranked[0], step)
+
+    def _mutate(self, name: str, step: int) -> Mode | None:
+        """When no pair makes a new mode: the best mode with its temperature moved by 0.2 (down, then up) or its
+        first step one operation longer, whichever is new first."""
+        m = self.mode(name)
+        for chunk, temp in ((m.chunk, round(m.temperature - 0.2, 2)), (m.chunk, round(m.temperature + 0.2, 2)),
+                            (m.chunk + 1, m.temperature)):
+            if temp <= 0 or any((x.chunk, x.temperature, x.instruction) == (chunk, temp, m.instruction) for x in self.modes):
+                continue
+            child = Mode(f"{m.name}~{len(self.modes)}", chunk, temp, m.instruction)
+            self.modes.append(child)
+            self.live.append(child.name)
+            self.history.append(f"step {step}: mutated {m.name} into {child.name} (chunk {chunk}, T {temp})")
+            return child
         return None
 
     def state_dict(self) -> dict:
