@@ -47,7 +47,14 @@ def test_choose_follows_overwhelming_evidence_and_best_is_the_posterior_mean():
         lib.arm("x", "b").update(1.0)
     assert {lib.choose("x") for _ in range(20)} == {"b"}
     assert lib.best("x") == "b"
-    assert lib.best("unseen") == "a"  # equal priors: the earlier mode
+    assert lib.best("unseen") == "b"  # never seen: the best pooled mode
+    lib.modes.append(Mode("c", 2, 1.0))
+    lib.live.append("c")  # a new mode's prior mean 0.5 does not beat b's evidence, nor does a's 0.002
+    lib.arm("x", "a").update(0.0)
+    assert lib.best("x") == "b"
+    for _ in range(600):
+        lib.arm("x", "b").update(0.0)  # b now at 500/1102 ~ 0.45 < 0.5, but c is still untried here
+    assert lib.best("x") == "b"
 
 
 def test_evolve_combines_the_two_best_modes_and_skips_existing_children():

@@ -108,7 +108,13 @@ class ModeLibrary:
         return max(self.live, key=lambda n: (draws[n], -self.live.index(n)))
 
     def best(self, context: str) -> str:
-        return max(self.live, key=lambda n: (self.arm(context, n).mean, -self.live.index(n)))
+        """The live mode with the highest posterior mean among those tried in this context (a mode never tried
+        here has only its prior, 0.5, which must not beat evidence); else the best pooled one that was tried."""
+        tried = [n for n in self.live if self.arms.get((context, n), Arm()).pulls > 0]
+        if tried:
+            return max(tried, key=lambda n: (self.arm(context, n).mean, -self.live.index(n)))
+        pooled = [n for n in self.live if self.pooled(n).pulls > 0] or self.live
+        return max(pooled, key=lambda n: (self.pooled(n).mean, -self.live.index(n)))
 
     def retire(self, step: int) -> list[str]:
         pooled = {n: self.pooled(n) for n in self.live}
