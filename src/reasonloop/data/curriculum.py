@@ -145,6 +145,7 @@ class CurriculumSampler:
         self.calls = 0  # next() calls so far: the seed of the next bucket draw
         self.retired: set[int] = set()  # pool indices to skip once (their last group passed 0 or 1)
         self.skipped = 0  # retired prompts skipped so far
+        self.drawn = 0  # prompts handed out so far (x group size = samples generated)
         buckets: dict[tuple[str, Any], list[int]] = {}
         for i, ex in enumerate(pool):
             buckets.setdefault((str(ex.meta.get("domain", "")), ex.meta.get("level", "all")), []).append(i)
@@ -196,6 +197,7 @@ class CurriculumSampler:
         probs = self.probabilities()
         levels = {lv.key: lv for lvs in self.domains.values() for lv in lvs}
         keys = list(probs)
+        self.drawn += n
         return [self._next_in(levels[k]) for k in rng.choices(keys, weights=[probs[k] for k in keys], k=n)]
 
     def _next_in(self, level: _Level) -> int:
@@ -233,6 +235,7 @@ class CurriculumSampler:
             out[f"curriculum/capability{'/' + domain if domain else ''}"] = self.capability(domain)
         out["curriculum/unlocked"] = float(sum(lv.unlocked for lvs in self.domains.values() for lv in lvs))
         out["curriculum/skipped"] = float(self.skipped)
+        out["curriculum/prompts"] = float(self.drawn)
         return out
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -240,12 +243,12 @@ class CurriculumSampler:
         levels = {lv.key: {"passes": lv.passes.state_dict(), "window": list(lv.window), "unlocked": lv.unlocked}
                   for lvs in self.domains.values() for lv in lvs}
         return {"curriculum": True, "calls": self.calls, "retired": sorted(self.retired), "skipped": self.skipped,
-                "levels": levels}
+                "drawn": self.drawn, "levels": levels}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state.get("curriculum"):
             raise ValueError("this checkpoint's prompt sampler is not a curriculum (was curriculum.enabled changed?)")
-        self.calls, self.skipped = int(state["calls"]), int(state["skipped"])
+        self.calls, self.skipped, self.drawn = int(state["calls"]), int(state["skipped"]), int(state["drawn"])
         self.retired = {int(i) for i in state["retired"]}
         for lvs in self.domains.values():
             for lv in lvs:

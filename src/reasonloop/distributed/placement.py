@@ -80,6 +80,8 @@ def check_shardable(cfg: Any, world_size: int) -> None:
         problems.append("dynamic_sampling=true (ranks would refill different numbers of prompts)")
     if cfg.adaptive_group:
         problems.append("adaptive_group=true (per-level pass rates are rank-local)")
+    if cfg.curriculum.enabled:
+        problems.append("curriculum.enabled=true (its pass-rate windows are rank-local)")
     if cfg.critic != "none":
         problems.append(f"critic={cfg.critic}")
     if cfg.distributed.strategy == "fsdp" and (cfg.forward.share_prompts or cfg.forward.bucket_lengths):

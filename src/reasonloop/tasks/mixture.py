@@ -10,6 +10,7 @@ by its own part (0 where its part lacks the component); a part's pass/fail verdi
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from reasonloop.data.records import Example
@@ -29,13 +30,11 @@ class MixtureTask:
         self.parts = parts
         self.name = "mix:" + "+".join(name for name, _ in parts)
         self.embedded_model = getattr(parts[-1][1], "embedded_model", "tiny-arith")
-        self._specs = [self._renamed(task.rewards()) for _, task in parts]
-        weights: dict[str, float] = {}
-        for specs in self._specs:
-            for s in specs:
-                if weights.setdefault(s.name, s.weight) != s.weight:
-                    raise TaskError(f"{self.name}: the parts weigh reward {s.name!r} differently")
-        self._weights = weights
+
+    @functools.cached_property
+    def _specs(self) -> list[list[RewardSpec]]:
+        """Each part's reward components (built on first use: a code part's builds its sandbox)."""
+        return [self._renamed(task.rewards()) for _, task in self.parts]
 
     @staticmethod
     def _renamed(specs: list[RewardSpec]) -> list[RewardSpec]:
@@ -66,7 +65,12 @@ class MixtureTask:
         return completion.strip() or None
 
     def rewards(self) -> list[RewardSpec]:
-        return [RewardSpec(name, self._component(name), weight) for name, weight in self._weights.items()]
+        weights: dict[str, float] = {}
+        for specs in self._specs:
+            for s in specs:
+                if weights.setdefault(s.name, s.weight) != s.weight:
+                    raise TaskError(f"{self.name}: the parts weigh reward {s.name!r} differently")
+        return [RewardSpec(name, self._component(name), weight) for name, weight in weights.items()]
 
     def _component(self, name: str):
         def fn(prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
