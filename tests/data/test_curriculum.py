@@ -165,7 +165,7 @@ def test_state_round_trip_continues_the_uninterrupted_sequence():
 
 def test_a_uniform_checkpoint_does_not_load_into_a_curriculum():
     s = make(pool({1: 2}))
-    with pytest.raises(ValueError, match="not a curriculum"):
+    with pytest.raises(ConfigError, match="not a curriculum"):
         s.load_state_dict({"epoch": 0, "position": 3})
 
 

@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reasonloop.config import require
+from reasonloop.config import ConfigError, require
 from reasonloop.data.records import Example
 from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
 
@@ -165,7 +165,8 @@ class CurriculumSampler:
                     lv.unlocked = rank == 0
         self.share = {d: sum(len(lv.indices) for lv in levels) / len(pool) for d, levels in self.domains.items()}
         self._level_of = {i: lv for levels in self.domains.values() for lv in levels for i in lv.indices}
-        self._position = {id(ex): i for i, ex in enumerate(pool)}
+        self._position = {id(ex): i for i, ex in enumerate(pool)}  # the trainer hands back the pool's own objects
+        self._by_prompt = {ex.prompt: i for i, ex in enumerate(pool)}  # else (a copy): found by its prompt
 
     # -- the estimate and the distribution --------------------------------------------------------
     def pass_rate(self, level: _Level) -> float:
@@ -214,7 +215,9 @@ class CurriculumSampler:
         """Record the training pass rate of each example's group (examples from this sampler's pool);
         then unlock every level whose milestone is reached."""
         for ex, rate in zip(examples, pass_rates):
-            i = self._position[id(ex)]
+            i = self._position.get(id(ex), self._by_prompt.get(ex.prompt))
+            if i is None:
+                raise ValueError(f"observe: {ex.prompt[:60]!r} is not in this sampler's pool")
             self._level_of[i].window.append(float(rate))
             if self.cfg.filter and rate in (0.0, 1.0):
                 self.retired.add(i)
@@ -247,7 +250,7 @@ class CurriculumSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state.get("curriculum"):
-            raise ValueError("this checkpoint's prompt sampler is not a curriculum (was curriculum.enabled changed?)")
+            raise ConfigError("this checkpoint's prompt sampler is not a curriculum (was curriculum.enabled changed?)")
         self.calls, self.skipped, self.drawn = int(state["calls"]), int(state["skipped"]), int(state["drawn"])
         self.retired = {int(i) for i in state["retired"]}
         for lvs in self.domains.values():

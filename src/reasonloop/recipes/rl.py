@@ -2,10 +2,12 @@
 
 One step reads top to bottom in `Trainer.step`:
 
-1. prompts     B examples from the task's train split (a shuffled pass; the position is checkpointed)
+1. prompts     B examples from the task's train split (a shuffled pass, or the curriculum's draw by level,
+               data/curriculum.py; the sampler's state is checkpointed)
 2. rollout     `engine.generate(prompts, G)`: token ids, masks, sampler log-probs, finish reasons
 3. reward      the task's reward components, weighted and summed ([B, G]); DAPO overlong shaping;
-               dynamic sampling refills the batch with prompts whose groups are not all equal
+               dynamic sampling refills the batch with prompts whose groups are not all equal (the
+               curriculum's online filter: whose pass rate is not 0 or 1)
 4. advantage   the estimator `advantage=` names, from the registry in `algos/estimators.py`: one typed
                input (rewards, group sizes, masks, log-probs, values, levels) -> [N, T] advantages
 5. log-probs   old (no grad, trainer numerics) and reference (frozen initial model, or the LoRA
