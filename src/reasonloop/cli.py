@@ -47,6 +47,8 @@ COMMANDS: dict[str, Command] = {
                       preset=tuple(keys))
         for name, keys in RL_PRESETS.items()
     },
+    "r1_zero": Command("reasonloop.recipes.r1_zero", "R1-Zero: GRPO from the base on rule rewards, logging length and thought markers"),
+    "r1": Command("reasonloop.recipes.r1", "the R1 pipeline as one staged, resumable run (cold start, RL, rejection SFT, RL)"),
     "self_train": Command("reasonloop.recipes.self_train",
                           "generate -> verify -> select -> SFT loops (rejection sampling, RAFT, ReST, STaR, ...)"),
     "reward_model": Command("reasonloop.recipes.reward_modeling",
@@ -54,6 +56,13 @@ COMMANDS: dict[str, Command] = {
     "prm": Command("reasonloop.recipes.prm", "train a process (or, labels=outcome, outcome) reward model on step labels"),
     "dpo": Command("reasonloop.recipes.dpo", "preference optimisation: offline, online/iterative, self-rewarding"),
     "distill": Command("reasonloop.recipes.distill", "teacher traces -> student (SFT, on-policy KL, TTC loop)"),
+    "compare": Command("reasonloop.recipes.compare", "a method against the GRPO baseline at equal samples, tables side by side",
+                       config=""),
+    "ahro": Command("reasonloop.frameworks.ahro", "GRPO on layered rewards with per-prompt learned weights (docs/frameworks.md)"),
+    "capl": Command("reasonloop.frameworks.capl", "answer directly or think, per prompt, by a learned switch (docs/frameworks.md)"),
+    "dcot": Command("reasonloop.frameworks.dcot", "GRPO with a bandit-chosen, self-evolving library of reasoning modes (docs/frameworks.md)"),
+    "mflo": Command("reasonloop.frameworks.mflo", "GRPO plus a confidence head that continues, backtracks, verifies or stops (docs/frameworks.md)"),
+    "mgrcr": Command("reasonloop.frameworks.mgrcr", "GRPO with step, answer and group consistency rewards (docs/frameworks.md)"),
     "search": Command("reasonloop.recipes.search", "test-time search: accuracy against compute per strategy and budget"),
     "serve": Command("reasonloop.recipes.serve", "an OpenAI-compatible /v1/completions server over a model directory"),
     "bench": Command("reasonloop.bench", "time the GRPO step (vs=trl: against TRL's GRPOTrainer), the grader or the sandbox"),

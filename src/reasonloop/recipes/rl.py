@@ -2,10 +2,12 @@
 
 One step reads top to bottom in `Trainer.step`:
 
-1. prompts     B examples from the task's train split (a shuffled pass; the position is checkpointed)
+1. prompts     B examples from the task's train split (a shuffled pass, or the curriculum's draw by level,
+               data/curriculum.py; the sampler's state is checkpointed)
 2. rollout     `engine.generate(prompts, G)`: token ids, masks, sampler log-probs, finish reasons
 3. reward      the task's reward components, weighted and summed ([B, G]); DAPO overlong shaping;
-               dynamic sampling refills the batch with prompts whose groups are not all equal
+               dynamic sampling refills the batch with prompts whose groups are not all equal (the
+               curriculum's online filter: whose pass rate is not 0 or 1)
 4. advantage   the estimator `advantage=` names, from the registry in `algos/estimators.py`: one typed
                input (rewards, group sizes, masks, log-probs, values, levels) -> [N, T] advantages
 5. log-probs   old (no grad, trainer numerics) and reference (frozen initial model, or the LoRA
@@ -67,13 +69,13 @@ from reasonloop.algos.policy_loss import PPOPenaltyController, ppo_clip_loss, pp
 from reasonloop.algos.value import clipped_value_loss
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example, RolloutBatch, TokenBatch, pad_right
-from reasonloop.data.sampling import SeededShuffle, ShuffledPasses
+from reasonloop.data.curriculum import CurriculumConfig, CurriculumSampler, group_pass_rate, make_prompt_sampler
 from reasonloop.distributed import DistributedConfig, MemoryConfig, make_placement
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
-from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
+from reasonloop.rewards.core import RewardResult, RewardSpec, compute_rewards, load_function
 from reasonloop.rewards.process import DEFAULT_DELIMITERS, step_spans
 from reasonloop.rewards.step_tokens import ArithmeticStepOracle, place_step_scores
 from reasonloop.rewards.reward_model import RewardModel
@@ -184,6 +186,8 @@ class Config(CheckpointedRunConfig):
     """Scale of the soft overlong penalty."""
     mask_truncated: bool = False
     """Exclude truncated completions from the loss."""
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    """Curriculum prompt sampling by level and online filtering of solved/unsolvable prompts (docs/curriculum.md)."""
     # -- critic (PPO) ----------------------------------------------------------------------------
     critic: str = "none"
     """none | head (value head on the policy trunk) | separate (an independent critic copy)."""
@@ -427,6 +431,8 @@ class Trainer:
     samples, checkpoints and rollback around it.
     """
 
+    COMMAND = "train"  # the command its run directory records (recipes built on the trainer name their own)
+
     def __init__(self, cfg: Config, engine: RolloutEngine | None = None, placement=None):
         """`engine`: generate rollouts with this engine instead of the one `cfg.rollout` names; `placement`:
         where the step runs (distributed/placement.py; default: the one `cfg.distributed` names)."""
@@ -435,7 +441,7 @@ class Trainer:
         self.estimator = resolve_estimator(cfg.advantage)
         set_threads(cfg.threads)
         set_seed(cfg.seed)
-        self.run = Run(cfg, "train")  # checks output_dir and picks the checkpoint; writes nothing yet
+        self.run = Run(cfg, self.COMMAND)  # checks output_dir and picks the checkpoint; writes nothing yet
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
         self.task_specs = list(self.task.rewards())  # trained on, or (task_rewards=false) only logged
@@ -473,7 +479,7 @@ class Trainer:
                             else FixedKLController(cfg.kl_coef))
         self.penalty_ctl = PPOPenaltyController(cfg.penalty_coef, cfg.penalty_target)
         self.state = TrainerState()
-        self.prompts = ShuffledPasses(len(self.pool), SeededShuffle(lambda epoch: f"{cfg.seed}:{epoch}"))
+        self.prompts = make_prompt_sampler(self.pool, cfg.curriculum, cfg.seed)  # uniform passes unless curriculum
         if (ckpt := self.run.resume_from) is not None:
             self._restore(ckpt)
             print(f"train: resumed from {ckpt} at step {self.state.step}")
@@ -555,12 +561,19 @@ class Trainer:
             timing["time/reward"] = timing.get("time/reward", 0.0) + time.time() - t1
             for name, count in scored.errors.items():
                 self.state.count(f"reward_error/{name}", count)
-            total = scored.total + self._overlong(batch)
+            total = self.total_reward(scored, batch.completions, rows_exs, g) + self._overlong(batch)
             for i, ex in enumerate(exs):
                 rows = slice(i * g, (i + 1) * g)
                 groups.append(ScoredGroup(ex, batch.rows(rows), total[rows],
                                           {k: v[rows] for k, v in scored.components.items()}))
         return groups
+
+    def total_reward(self, scored: RewardResult, completions: list[str], examples: list[Example],
+                     group_size: int) -> torch.Tensor:
+        """[N] the reward trained on, for rows of `group_size` samples per prompt: the components' weighted sum.
+        A framework (reasonloop/frameworks) overrides it to reweight or add components (it may add entries
+        to `scored.components`, which are logged as reward/<name>)."""
+        return scored.total
 
     def _overlong(self, batch: RolloutBatch) -> torch.Tensor:
         if not self.cfg.overlong_buffer:
@@ -575,17 +588,38 @@ class Trainer:
         groups = self.rollout(self.next_prompts(cfg.prompts_per_step), timing)
         stats = {"zero_variance_frac": sum(not grp.informative for grp in groups) / len(groups)}
         self._update_level_pass(groups)
-        if cfg.dynamic_sampling:
-            kept = [grp for grp in groups if grp.informative]
+        self._observe(groups)
+        if cfg.dynamic_sampling or self._filtering():
+            kept = [grp for grp in groups if self._keep(grp)]
             refills = 0
             while len(kept) < cfg.prompts_per_step and refills < cfg.max_refills:
                 refills += 1
                 extra = self.rollout(self.next_prompts(cfg.prompts_per_step - len(kept)), timing)
-                kept += [grp for grp in extra if grp.informative]
+                self._observe(extra)
+                kept += [grp for grp in extra if self._keep(grp)]
             stats["dynamic_sampling/refills"] = refills
             stats["dynamic_sampling/kept_groups"] = min(len(kept), cfg.prompts_per_step)
             groups = kept[: cfg.prompts_per_step] or groups  # nothing informative: train on the originals
+        if isinstance(self.prompts, CurriculumSampler):
+            stats.update(self.prompts.metrics())
         return self._assemble(groups), {**stats, **timing}
+
+    # -- curriculum hooks (data/curriculum.py) ---------------------------------------------------------
+    def _filtering(self) -> bool:
+        return isinstance(self.prompts, CurriculumSampler) and self.cfg.curriculum.filter
+
+    def _keep(self, grp: ScoredGroup) -> bool:
+        """Dynamic sampling's test: rewards not all equal; with the curriculum's online filter, a pass rate
+        strictly between 0 and 1 (tasks without a verdict component keep the reward test)."""
+        rate = group_pass_rate(grp.components) if self._filtering() else None
+        return grp.informative if rate is None else 0.0 < rate < 1.0
+
+    def _observe(self, groups: list[ScoredGroup]) -> None:
+        """Feed the curriculum its training pass rates (a no-op for uniform sampling)."""
+        if isinstance(self.prompts, CurriculumSampler):
+            rates = [group_pass_rate(grp.components) for grp in groups]
+            self.prompts.observe([g.example for g, r in zip(groups, rates) if r is not None],
+                                 [r for r in rates if r is not None])
 
     def _update_level_pass(self, groups: list[ScoredGroup]) -> None:
         if "accuracy" not in groups[0].components:
