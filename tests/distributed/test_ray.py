@@ -138,7 +138,7 @@ def test_killed_rollout_and_reward_workers_are_replaced(nano_model_dir, tmp_path
     waiting.unlink(missing_ok=True)
     driver, thread, box = run_in_thread(load_config(rl.Config, args(
         nano_model_dir, out, "steps=4", "distributed.backend=ray", "reward_funcs=[letter_reward:letter_first_held]")))
-    end = time.time() + 120
+    end = time.time() + 600  # generous: a loaded machine takes minutes to start the actors
     while not waiting.exists():
         assert time.time() < end, "the run never reached step 1's reward call"
         time.sleep(0.1)

@@ -379,6 +379,17 @@ def test_the_compiled_step_declines_what_it_does_not_implement(tokenizer):
     assert fused.supports(model, 64) and not fused.supports(model.to(torch.float64), 64)
 
 
+def test_a_model_too_big_to_fuse_samples_through_torch_ops(tokenizer, monkeypatch):
+    """Above FUSE_MAX_BYTES the static decoder keeps its projections unfused; the compiled step needs them
+    fused, so it declines (it used to accept and crash on the missing fused weights)."""
+    model = small_model(tokenizer)
+    monkeypatch.setattr(kv_cache, "FUSE_MAX_BYTES", 1024)
+    assert not fused.supports(model, 64)
+    batch = TorchSampler(model, tokenizer).generate(["Q: 1+2=?\n"], 2, SamplingConfig(max_new_tokens=4),
+                                                    torch.Generator().manual_seed(0))
+    assert batch.completion_ids.shape[0] == 2
+
+
 def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
     """A builder killed mid-compile leaves torch's lock file; every later load would wait on it forever."""
     import os

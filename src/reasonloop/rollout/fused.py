@@ -111,6 +111,8 @@ def supports(model: nn.Module, max_len: int) -> bool:
     p = next(model.parameters())
     if p.device.type != "cpu" or p.dtype != torch.float32:
         return False
+    if sum(q.numel() * q.element_size() for q in model.parameters()) > kv_cache.FUSE_MAX_BYTES:
+        return False  # StaticDecoder does not fuse the projections of larger models, and this step needs them
     if model not in _structure_ok:  # the layer structure does not change: check it once per model
         _structure_ok[model] = _structure_supported(model)
     return _structure_ok[model]
