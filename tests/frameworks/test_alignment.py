@@ -208,10 +208,12 @@ def test_constitutional_runs_end_to_end_against_the_server(judge_server, tmp_pat
     assert rows[1]["pairs"] + rows[1]["ties_or_unparsed"] == rows[1]["pairs_judged"]
 
 
-def test_deliberative_sft_teaches_refusals_the_base_model_never_writes(tmp_path):
+def test_deliberative_sft_teaches_the_policy_to_cite_the_spec_without_it_in_context(tmp_path):
     cfg = load_config(al.DeliberativeConfig, [
         "stages=[sft]", "sft_prompts=256", "sft_max_steps=30", "sft_epochs=4", "eval_n=40", "threads=1",
         "optim.lr=5e-4", f"output_dir={tmp_path / 'run'}"])
-    table = al.run(cfg)["compliance"]
-    assert table["base"]["compliant_trigger"] == 0.0  # the base model never writes `refused`
-    assert table["sft"]["compliant_trigger"] > 0.5, table
+    result = al.run(cfg)
+    table = result["compliance"]
+    assert table["base"]["cites"] == 0.0 and table["base"]["compliant_trigger"] == 0.0  # never cites, never refuses
+    assert table["sft"]["cites"] > 0.9, table
+    assert result["iterations"][0]["kept"] == 256  # every teacher trace passes the spec judge

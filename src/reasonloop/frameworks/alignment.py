@@ -44,6 +44,7 @@ from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example
 from reasonloop.models.loading import ModelConfig
 from reasonloop.recipes import dpo, rl
+from reasonloop.rewards.answer_format import think_blocks
 from reasonloop.rewards.core import RewardSpec
 from reasonloop.rewards.judge import HFJudgeBackend, JudgeBackend, OpenAIBackend, PairwiseJudge, ScoreJudge, ScoreTemplate
 from reasonloop.rollout.engine import SamplingConfig
@@ -246,10 +247,11 @@ def check_judge_keys(keys: JudgeKeys) -> None:
 
 # -- measurement -------------------------------------------------------------------------------------------
 def compliance(engine: Any, task: Any, examples: list[Example], render: Any, constitution: Constitution,
-               max_new_tokens: int, seed: int = 0) -> dict[str, float]:
+               max_new_tokens: int, seed: int = 0, cites: bool = False) -> dict[str, float]:
     """Greedy held-out answers judged exactly (each principle's check, not the judge): the rate of answers
-    breaking no principle, each principle's pass rate, the task verifier's accuracy, and for trigger
-    questions (the spec's S1) and the others their compliance separately."""
+    breaking no principle, each principle's pass rate, the task verifier's accuracy, with `cites` the rate of
+    answers whose reasoning starts by citing a principle id, and for trigger questions (the spec's S1) and
+    the others their compliance separately."""
     summary, rows = evaluate(engine, task, examples, render, SamplingConfig(temperature=1.0, max_new_tokens=max_new_tokens),
                              k=0, seed=seed)
     rows = [r for r in rows if r["mode"] == "greedy"]
@@ -259,6 +261,9 @@ def compliance(engine: Any, task: Any, examples: list[Example], render: Any, con
     for p in constitution.principles:
         if p.check:
             out[p.id] = sum(p.id not in b for b in broken) / len(rows)
+    if cites:
+        ids = {p.id for p in constitution.principles}
+        out["cites"] = sum((think_blocks(r["completion"]) or [""])[0].split(";")[0] in ids for r in rows) / len(rows)
     trig = [not b for r, b in zip(rows, broken) if has_trigger(r["prompt"])]
     if trig and len(trig) < len(rows):
         rest = [not b for r, b in zip(rows, broken) if not has_trigger(r["prompt"])]
@@ -424,7 +429,7 @@ def run_deliberative(cfg: DeliberativeConfig) -> dict:
     backend = make_backend(cfg, spec, (loop.model, loop.tokenizer))
     judge = spec_judge(backend, spec)
     loop.begin()
-    table = {"base": compliance(loop.sampler, loop.task, loop.held_out, loop.render, spec, cfg.max_new_tokens, cfg.seed)}
+    table = {"base": compliance(loop.sampler, loop.task, loop.held_out, loop.render, spec, cfg.max_new_tokens, cfg.seed, cites=True)}
     for it, stage in enumerate(cfg.stages, 1):
         if it < loop.start_iteration:
             continue
@@ -432,7 +437,7 @@ def run_deliberative(cfg: DeliberativeConfig) -> dict:
             examples = loop.next_prompts(cfg.sft_prompts)
             traces, stats = teacher_traces(backend, judge, spec, [e.prompt for e in examples])
             stats.update(loop.finetune([Sample(e.prompt, t, 1.0, group=e.id) for e, t in zip(examples, traces) if t]))
-            table[stage] = compliance(loop.sampler, loop.task, loop.held_out, loop.render, spec, cfg.max_new_tokens, cfg.seed)
+            table[stage] = compliance(loop.sampler, loop.task, loop.held_out, loop.render, spec, cfg.max_new_tokens, cfg.seed, cites=True)
         else:
             start = loop.run.dir / f"stage{it}-start"
             loop.model.save_pretrained(str(start))
@@ -449,7 +454,7 @@ def run_deliberative(cfg: DeliberativeConfig) -> dict:
             loop.model.load_state_dict(trainer.model.state_dict())
             stats = {"rl_steps": cfg.rl_steps, "judge_requests": judge.stats.requests,
                      "judge_unparsed": judge.stats.parse_failures + judge.stats.transport_failures}
-            table[stage] = compliance(loop.sampler, loop.task, loop.held_out, loop.render, spec, cfg.max_new_tokens, cfg.seed)
+            table[stage] = compliance(loop.sampler, loop.task, loop.held_out, loop.render, spec, cfg.max_new_tokens, cfg.seed, cites=True)
         loop.end_iteration(it, {"stage": stage, **stats, **{f"compliance/{k}": v for k, v in table[stage].items()}})
     print(f"spec {spec.name!r}, held-out ({table['base']['n']} problems, greedy; exact checks):\n{format_compliance(table)}")
     return loop.finish({"compliance": table, "judge_backend": cfg.judge_backend})
