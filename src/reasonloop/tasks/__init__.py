@@ -29,6 +29,7 @@ TASKS: dict[str, str] = {
     "codecontests": "reasonloop.tasks.code:make_codecontests",
     "code_arith": "reasonloop.tasks.code:make_code_arith",
     "ruled_arithmetic": "reasonloop.tasks.ruled:make_task",
+    "mix": "reasonloop.tasks.mix:make_task",
 }
 
 
