@@ -199,7 +199,7 @@ def test_constitutional_runs_end_to_end_against_the_server(judge_server, tmp_pat
         "judge_backend=openai", f"judge_url={judge_server['constitution']}", "judge_model=judge", "sl_prompts=16",
         "rl_prompts=16", "eval_n=10", "steps=2", "batch_size=8", "sft_max_steps=2", "threads=1",
         f"output_dir={tmp_path / 'run'}"])
-    result = al.run(cfg)
+    result = al.run_constitutional(cfg)
     table = result["compliance"]
     assert list(table) == ["base", "sl", "rl"]
     assert set(table["base"]) == {"n", "compliant", "accuracy", "P1", "P2", "P3", "P4", "P5"}
@@ -212,7 +212,7 @@ def test_deliberative_sft_teaches_the_policy_to_cite_the_spec_without_it_in_cont
     cfg = load_config(al.DeliberativeConfig, [
         "stages=[sft]", "sft_prompts=256", "sft_max_steps=30", "sft_epochs=4", "eval_n=40", "threads=1",
         "optim.lr=5e-4", f"output_dir={tmp_path / 'run'}"])
-    result = al.run(cfg)
+    result = al.run_deliberative(cfg)
     table = result["compliance"]
     assert table["base"]["cites"] == 0.0 and table["base"]["compliant_trigger"] == 0.0  # never cites, never refuses
     assert table["sft"]["cites"] > 0.9, table

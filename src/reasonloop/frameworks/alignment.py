@@ -1,7 +1,7 @@
 """Constitutional AI and deliberative alignment: principles in a file, a judge that reads them, the policy
 trained on what the judge says.
 
-**Constitutional AI** (`reasonloop constitutional`; Bai et al. 2022, "Constitutional AI: Harmlessness from
+**Constitutional AI** (`reasonloop constitutional`, frameworks/constitutional.py; Bai et al. 2022, "Constitutional AI: Harmlessness from
 AI Feedback"). Stage `sl`: the policy answers train prompts; the judge critiques each answer against the
 constitution (`CRITIQUE`: one `VIOLATES [id]` line per broken principle) and rewrites the ones that break a
 principle (`REVISE`); the policy is fine-tuned on the revisions (and on its answers that broke nothing).
@@ -9,7 +9,7 @@ Stage `rl`: the policy samples two answers per prompt; the judge says which foll
 (`PAIRWISE_CONSTITUTION`, both orders, `rewards.judge.PairwiseJudge`); DPO (any loss of `algos.PREFERENCE_LOSSES`,
 `dpo`'s keys) trains on the preferred/dispreferred pairs. No reference answer is used anywhere.
 
-**Deliberative alignment** (`reasonloop deliberative`; Guan et al. 2024, "Deliberative Alignment: Reasoning
+**Deliberative alignment** (`reasonloop deliberative`, frameworks/deliberative.py; Guan et al. 2024, "Deliberative Alignment: Reasoning
 Enables Safer Language Models"). Stage `sft`: a generator with the spec in its prompt (`TEACHER`) answers train
 prompts with reasoning that starts by citing the clause it applies; a judge that sees the spec (`SPEC_SCORE`)
 keeps the compliant ones; the policy is fine-tuned on them *without* the spec in context. Stage `rl`: GRPO
@@ -458,7 +458,3 @@ def run_deliberative(cfg: DeliberativeConfig) -> dict:
         loop.end_iteration(it, {"stage": stage, **stats, **{f"compliance/{k}": v for k, v in table[stage].items()}})
     print(f"spec {spec.name!r}, held-out ({table['base']['n']} problems, greedy; exact checks):\n{format_compliance(table)}")
     return loop.finish({"compliance": table, "judge_backend": cfg.judge_backend})
-
-
-def run(cfg: ConstitutionalConfig | DeliberativeConfig) -> dict:
-    return run_constitutional(cfg) if isinstance(cfg, ConstitutionalConfig) else run_deliberative(cfg)
