@@ -59,7 +59,6 @@ from reasonloop.algos.estimators import (
     TOKEN_LEVEL,
     AdvantageInput,
     AdvantageOutput,
-    estimate,
     register_advantage,
 )
 from reasonloop.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
@@ -74,7 +73,7 @@ from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
-from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
+from reasonloop.rewards.core import RewardResult, RewardSpec, compute_rewards, load_function
 from reasonloop.rewards.process import DEFAULT_DELIMITERS, step_spans
 from reasonloop.rewards.step_tokens import ArithmeticStepOracle, place_step_scores
 from reasonloop.rewards.reward_model import RewardModel
@@ -560,12 +559,19 @@ class Trainer:
             timing["time/reward"] = timing.get("time/reward", 0.0) + time.time() - t1
             for name, count in scored.errors.items():
                 self.state.count(f"reward_error/{name}", count)
-            total = scored.total + self._overlong(batch)
+            total = self.total_reward(scored, batch.completions, rows_exs, g) + self._overlong(batch)
             for i, ex in enumerate(exs):
                 rows = slice(i * g, (i + 1) * g)
                 groups.append(ScoredGroup(ex, batch.rows(rows), total[rows],
                                           {k: v[rows] for k, v in scored.components.items()}))
         return groups
+
+    def total_reward(self, scored: RewardResult, completions: list[str], examples: list[Example],
+                     group_size: int) -> torch.Tensor:
+        """[N] the reward trained on, for rows of `group_size` samples per prompt: the components' weighted sum.
+        A framework (reasonloop/frameworks) overrides it to reweight or add components (it may add entries
+        to `scored.components`, which are logged as reward/<name>)."""
+        return scored.total
 
     def _overlong(self, batch: RolloutBatch) -> torch.Tensor:
         if not self.cfg.overlong_buffer:
@@ -726,7 +732,7 @@ class Trainer:
         cfg = self.cfg
         starts = [sum(data.group_sizes[:b]) for b in range(len(data.group_sizes))]
         levels = torch.tensor([float(data.examples[s].meta.get("level", 0)) for s in starts])
-        out = estimate(self.estimator, AdvantageInput(
+        out = self.dist.estimate(self.estimator, AdvantageInput(  # torchrun: on the global batch
             rewards=data.rewards, group_sizes=tuple(data.group_sizes), mask=mask, logprobs=scores.old,
             ref_logprobs=scores.ref, values=scores.values, levels=levels,
             pass_rates=torch.tensor([self.state.level_pass.get(str(int(lv)), 0.5) for lv in levels]),
