@@ -95,6 +95,10 @@ def test_unsupported_settings_are_named_before_a_step_runs():
         "size 2; dynamic_sampling=true (ranks would refill different numbers of prompts)")
     check_shardable(load_config(rl.Config, ["advantage=reinforce_pp", "reward_norm=running"]), 2)  # gathered
     check_shardable(cfg, 1)  # one rank: anything goes
+    qlora = load_config(rl.Config, ["distributed.strategy=fsdp", "model.load_in_4bit=true", "model.lora.r=4",
+                                    *FSDP_FORWARD])
+    with pytest.raises(ConfigError, match="FSDP2 cannot shard bitsandbytes' packed 4-bit weights"):
+        check_shardable(qlora, 2)
     fsdp = load_config(rl.Config, ["distributed.strategy=fsdp"])
     with pytest.raises(ConfigError, match="set forward.share_prompts=false forward.bucket_lengths=false"):
         check_shardable(fsdp, 2)

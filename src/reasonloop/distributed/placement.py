@@ -74,6 +74,9 @@ def check_shardable(cfg: Any, world_size: int) -> None:
         problems.append("dynamic_sampling=true (ranks would refill different numbers of prompts)")
     if cfg.adaptive_group:
         problems.append("adaptive_group=true (per-level pass rates are rank-local)")
+    if cfg.distributed.strategy == "fsdp" and cfg.model.load_in_4bit:
+        problems.append("model.load_in_4bit under distributed.strategy=fsdp (FSDP2 cannot shard bitsandbytes' packed "
+                        "4-bit weights): use distributed.strategy=ddp")
     if cfg.critic != "none":
         problems.append(f"critic={cfg.critic}")
     if cfg.distributed.strategy == "fsdp" and (cfg.forward.share_prompts or cfg.forward.bucket_lengths):
