@@ -21,6 +21,7 @@ from reasonloop.config import require
 from reasonloop.data.records import Example
 from reasonloop.recipes import rl
 from reasonloop.rewards.core import RewardSpec
+from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.train.evaluation import answer_key, evaluate
 
 VariantMaker = Callable[[Example, random.Random], "Example | None"]
@@ -138,7 +139,7 @@ class PairedTrainer(rl.Trainer):
 
 def evaluate_sets(trainer: rl.Trainer, sets: dict[str, list[Example]]) -> dict[str, dict]:
     """Greedy held-out accuracy of the trainer's current policy on each named example set (eval_k=0)."""
-    sampling = rl.SamplingConfig(temperature=1.0, max_new_tokens=trainer.cfg.sampling.max_new_tokens)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=trainer.cfg.sampling.max_new_tokens)
     out = {}
     for name, examples in sets.items():
         summary, rows = evaluate(trainer.engine, trainer.task, examples, trainer.render, sampling, k=0,
