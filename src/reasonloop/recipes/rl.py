@@ -443,7 +443,7 @@ class Trainer:
         set_seed(cfg.seed)
         self.run = Run(cfg, self.COMMAND)  # checks output_dir and picks the checkpoint; writes nothing yet
         self.task = make_task(cfg.task, cfg.data_dir or None)
-        self.tokenizer, self.model = load_policy(cfg.model, self.task)
+        self.tokenizer, self.model = self.load_policy()
         self.task_specs = list(self.task.rewards())  # trained on, or (task_rewards=false) only logged
         self.reward_specs = self._reward_specs()
         self.use_lora = cfg.model.lora.r > 0
@@ -485,6 +485,10 @@ class Trainer:
             print(f"train: resumed from {ckpt} at step {self.state.step}")
         # only once the task, model and data have loaded: bad input writes nothing (torchrun: rank 0 writes)
         self.run, self.out_dir = self.dist.start_run(self.run)
+
+    def load_policy(self) -> tuple[Any, torch.nn.Module]:
+        """(tokenizer, policy model); a subclass may build another policy (frameworks/rctl.py mixes adapters)."""
+        return load_policy(self.cfg.model, self.task)
 
     def _step_scorer(self):
         """The explicit PRM of process_reward=prm: the exact arithmetic checker for prm=oracle, else the

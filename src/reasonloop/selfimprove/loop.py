@@ -179,14 +179,15 @@ class Loop:
     def sft_steps_for(self, n_records: int) -> int:
         return min(self.cfg.sft_max_steps, math.ceil(self.cfg.sft_epochs * n_records / self.cfg.batch_size))
 
-    def finetune(self, samples: Sequence[Sample], steps: int | None = None) -> dict[str, float]:
+    def finetune(self, samples: Sequence[Sample], steps: int | None = None,
+                 optim: OptimConfig | None = None) -> dict[str, float]:
         """Supervised fine-tuning on (prompt, completion) of `samples`, loss on the completion tokens.
-        A fresh optimizer each call; batches are reshuffled passes over the samples."""
+        A fresh optimizer each call (`optim`, default the config's); batches are reshuffled passes over the samples."""
         records = [(s.prompt, s.completion) for s in samples]
         steps = self.sft_steps_for(len(records)) if steps is None else steps
         if not records or steps == 0:
             return {"sft_steps": 0.0}
-        optimizer, scheduler = build_optimizer(self.model.parameters(), self.cfg.optim, steps)
+        optimizer, scheduler = build_optimizer(self.model.parameters(), optim or self.cfg.optim, steps)
         batches = ShuffledPasses(len(records), StreamShuffle(self._rng))
         metrics: dict[str, float] = {}
         losses = []

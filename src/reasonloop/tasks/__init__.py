@@ -29,6 +29,7 @@ TASKS: dict[str, str] = {
     "codecontests": "reasonloop.tasks.code:make_codecontests",
     "code_arith": "reasonloop.tasks.code:make_code_arith",
     "mix": "reasonloop.tasks.mixture:make_task",
+    "ruled_arithmetic": "reasonloop.tasks.ruled:make_task",
 }
 
 
