@@ -42,7 +42,7 @@ def logits(model, ids):
 def test_composition_equals_peft_merge_and_mixes_linearly(nano_model, tmp_path):
     ids = torch.tensor([[5, 9, 12, 7, 3]])
     one = saved_adapter(nano_model, tmp_path / "one", seed=1)
-    two = saved_adapter(nano_model, tmp_path / "two", seed=2, targets=("v_proj", "o_proj"))
+    saved_adapter(nano_model, tmp_path / "two", seed=2, targets=("v_proj", "o_proj"))
     d1, d2 = rctl.adapter_deltas(tmp_path / "one"), rctl.adapter_deltas(tmp_path / "two")
     assert sorted(d1)[0] == "model.layers.0.self_attn.q_proj" and len(d1) == 2 * nano_model.config.num_hidden_layers
     alone = copy.deepcopy(nano_model)
