@@ -28,7 +28,6 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 
-import torch
 
 from reasonloop.config import require
 from reasonloop.data.records import Example

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from reasonloop.config import require
-from reasonloop.models.loading import LoraConfig, ModelConfig, load_policy
+from reasonloop.models.loading import LoraConfig, ModelConfig
 from reasonloop.recipes import rl
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.train.evaluation import evaluate
