@@ -72,7 +72,7 @@ def test_call_unknown_tool_and_tool_error_are_counted():
 def test_unclosed_call_at_the_end_is_malformed_and_final():
     env = ToolEnv({"calc": calculator})
     assert env.step('<think><tool name="calc">1+') == ("", 0.0, True)
-    assert env.stats["malformed"] == 1 and env.stats["calls"] == 0
+    assert env.stats["malformed"] == 1 and env.stats["calls"] == 1  # an attempted call, counted as one
 
 
 def test_a_crashing_tool_is_a_tool_error():

@@ -67,6 +67,7 @@ class ToolEnv:
         start = action.rfind("<tool")
         if not action.endswith("</tool>"):
             if start >= 0 and "</tool>" not in action[start:]:  # an unclosed call at the end of the answer
+                self.stats["calls"] += 1
                 self._count("malformed")
             return "", 0.0, True
         self.stats["calls"] += 1
