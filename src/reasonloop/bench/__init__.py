@@ -32,7 +32,8 @@ a share of symbolic answers that need math-verify. which=sandbox (`bench/sandbox
 `sandbox.*`): sandboxed executions per second for trivial, sleeping and busy programs. which=search
 (`bench/search.py`, keys `search.*`): beam and MCTS on the embedded arithmetic task with and without
 prefix reuse (continuing partial solutions from cached K/V vs re-prefilling them): generated tokens/s,
-prefilled tokens and the reuse/prefill ratio.
+prefilled tokens and the reuse/prefill ratio. which=multiturn (`bench/multiturn.py`, keys `multiturn.*`):
+tool episodes continuing from the cached K/V against re-prefilling every conversation each turn.
 
 Results go to `<output_dir>/bench.json` (+ `profile_*.txt` torch.profiler tables with profile=true).
 """
@@ -47,6 +48,7 @@ from pathlib import Path
 from reasonloop.bench.grader import GraderBenchConfig
 from reasonloop.bench.sandbox import SandboxBenchConfig
 from reasonloop.bench.search import SearchBenchConfig
+from reasonloop.bench.multiturn import MultiturnBenchConfig
 from reasonloop.config import require, require_choice
 from reasonloop.models.forward import ForwardConfig
 from reasonloop.rollout.engine import RolloutConfig
@@ -113,13 +115,15 @@ class Config:
     """which=sandbox: the sandbox workload."""
     search: SearchBenchConfig = field(default_factory=SearchBenchConfig)
     """which=search: the search workload (model, threads, seed and rollout.* are the keys above)."""
+    multiturn: MultiturnBenchConfig = field(default_factory=MultiturnBenchConfig)
+    """which=multiturn: tool episodes with K/V reuse vs re-prefilling each turn (bench/multiturn.py; tiny-tool)."""
     output_dir: str = ""
     """Where bench.json goes; empty means runs/bench-<timestamp>."""
     seed: int = 0
     """Seed for prompts, sampling and initialisation."""
 
     def __post_init__(self):
-        require_choice("which", self.which, ["grpo", "grader", "sandbox", "search"])
+        require_choice("which", self.which, ["grpo", "grader", "sandbox", "search", "multiturn"])
         require_choice("vs", self.vs, ["", "trl"])
         require_choice("only", self.only, ["", "grpo"])
         require(self.prompts > 0 and self.group_size >= 2, "need prompts > 0 and group_size >= 2")
@@ -140,6 +144,10 @@ def run(cfg: Config) -> dict:
         from reasonloop.bench import sandbox
 
         results = sandbox.run(cfg.sandbox)
+    elif cfg.which == "multiturn":
+        from reasonloop.bench import multiturn
+
+        results = multiturn.run(cfg)
     elif cfg.which == "search":
         import tempfile
 
