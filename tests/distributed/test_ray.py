@@ -22,10 +22,16 @@ HERE = Path(__file__).resolve().parent
 COMPARED = ("reward/mean", "loss", "grad_norm", "kl", "entropy", "length/mean")
 
 
+@pytest.fixture(scope="module")
+def hold_file(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hold") / "hold"
+
+
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
+def local_ray(hold_file):
     path = os.pathsep.join([str(HERE), str(HERE.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    env = {"PYTHONPATH": path, "LETTER_REWARD_HOLD": str(hold_file)}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield
     ray.shutdown()
 
@@ -59,6 +65,30 @@ def test_sync_mode_gives_the_single_process_numbers(nano_model_dir, tmp_path, le
             assert y[key] == x[key], (x["step"], key)
         assert y["rollout/staleness"] == 0
     assert remote["after"] == single["after"] and remote["before"] == single["before"]
+
+
+def test_two_learner_ranks_train_as_two_torchrun_ranks(nano_model_dir, tmp_path, letter_reward_importable):
+    """distributed.ray.learners=2: two learner actors in one gloo group, each with its own rollout worker (the
+    rank's sampler RNG travels to it), give the numbers of `torchrun --nproc_per_node=2` on the same config."""
+    import subprocess
+    import sys
+
+    common = ("steps=2", "distributed.strategy=ddp")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1] / "src")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "reasonloop", "train", *args(nano_model_dir, tmp_path / "torchrun", *common)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = rl.run(load_config(rl.Config, args(nano_model_dir, tmp_path / "ray", *common, "distributed.backend=ray",
+                                                "distributed.ray.learners=2")))
+    a, b = rows(tmp_path / "torchrun"), rows(tmp_path / "ray")
+    assert [r["step"] for r in b] == [1, 2]
+    assert any(r["reward/mean"] > 0 for r in a), "the toy reward must be earned"
+    for x, y in zip(a, b):
+        for key in COMPARED:
+            assert y[key] == pytest.approx(x[key], rel=1e-6, abs=1e-9), (x["step"], key)
+    assert result["after"]["overall"]["n"] == 8
 
 
 def test_async_mode_overlaps_and_logs_bounded_staleness(nano_model_dir, tmp_path, letter_reward_importable):
@@ -97,20 +127,31 @@ def wait_for_step(out: Path, step: int, timeout: float = 120) -> None:
     raise AssertionError(f"no step {step} within {timeout} s")
 
 
-def test_killed_rollout_and_reward_workers_are_replaced(nano_model_dir, tmp_path, letter_reward_importable):
-    """Both workers are killed before the run's first call (killing them after step 1 raced a fast run to its
-    end): the first evaluation finds them dead, replaces them, and every step is logged with one restart each."""
+def test_killed_rollout_and_reward_workers_are_replaced(nano_model_dir, tmp_path, letter_reward_importable,
+                                                         hold_file):
+    """The run is held inside step 1's reward call (after its rollout), both workers are killed there, and
+    the run is let go: the reward call is re-issued on a replacement, step 2's rollout finds its worker dead
+    and replaces it, and the run finishes every step."""
     out = tmp_path / "faults"
-    driver = ActorLearner(load_config(rl.Config, args(nano_model_dir, out, "steps=4", "distributed.backend=ray")),
-                          rl.Trainer)
-    driver.start()
+    hold_file.touch()
+    waiting = Path(f"{hold_file}.waiting")
+    waiting.unlink(missing_ok=True)
+    driver, thread, box = run_in_thread(load_config(rl.Config, args(
+        nano_model_dir, out, "steps=4", "distributed.backend=ray", "reward_funcs=[letter_reward:letter_first_held]")))
+    end = time.time() + 120
+    while not waiting.exists():
+        assert time.time() < end, "the run never reached step 1's reward call"
+        time.sleep(0.1)
     actors = ray.get(driver.learner.actors.remote())
     ray.kill(actors["rollout"][0])
     ray.kill(actors["reward"][0])
-    result = driver.run()
-    assert result["after"]["overall"]["n"] == 8
+    hold_file.unlink()
+    thread.join(timeout=180)
+    assert "result" in box, "the run finishes"
     assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]
-    assert all(r["rollout/worker_restarts"] == 1 and r["reward_worker_restarts"] == 1 for r in rows(out))
+    first, last = rows(out)[0], rows(out)[-1]
+    assert first["reward_worker_restarts"] == 1 and first["rollout/worker_restarts"] == 0  # killed mid-step 1
+    assert last["rollout/worker_restarts"] == 1 and last["reward_worker_restarts"] == 1
 
 
 @pytest.mark.slow

@@ -54,6 +54,9 @@ def reference_step(nano_model_dir, tmp_path, strategy, extra):
     pytest.param((), id="grpo"),
     pytest.param(("agg_mode=token_mean", "epochs=2"), id="token_mean-2epochs", marks=pytest.mark.slow),
     pytest.param(("agg_mode=seq_mean_token_sum_norm", "kl_coef=0"), id="dr_grpo_norm-no_kl", marks=pytest.mark.slow),
+    # batch-wide statistics: the ranks' rows are gathered for the estimator (placement.estimate)
+    pytest.param(("advantage=reinforce_pp", "kl_in=reward", "reward_norm=running"), id="reinforce_pp-batch_stats"),
+    pytest.param(("std_mode=batch",), id="grpo-std_batch", marks=pytest.mark.slow),
 ])
 def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, nano_model_dir, tmp_path, toy_task):
     metrics, grads = reference_step(nano_model_dir, tmp_path, strategy, extra)
@@ -89,9 +92,13 @@ def test_unsupported_settings_are_named_before_a_step_runs():
         check_shardable(cfg, 2)
     assert str(err.value) == (
         "torch.distributed training (2 ranks) does not support: prompts_per_step=5 is not a multiple of the world "
-        "size 2; advantage=reinforce (supported: grpo, dr_grpo, rloo, whose advantages are local to a prompt's "
-        "group); dynamic_sampling=true (ranks would refill different numbers of prompts)")
+        "size 2; dynamic_sampling=true (ranks would refill different numbers of prompts)")
+    check_shardable(load_config(rl.Config, ["advantage=reinforce_pp", "reward_norm=running"]), 2)  # gathered
     check_shardable(cfg, 1)  # one rank: anything goes
+    qlora = load_config(rl.Config, ["distributed.strategy=fsdp", "model.load_in_4bit=true", "model.lora.r=4",
+                                    *FSDP_FORWARD])
+    with pytest.raises(ConfigError, match="FSDP2 cannot shard bitsandbytes' packed 4-bit weights"):
+        check_shardable(qlora, 2)
     fsdp = load_config(rl.Config, ["distributed.strategy=fsdp"])
     with pytest.raises(ConfigError, match="set forward.share_prompts=false forward.bucket_lengths=false"):
         check_shardable(fsdp, 2)

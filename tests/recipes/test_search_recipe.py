@@ -53,3 +53,30 @@ def test_entries_and_labels_mark_every_use_of_the_verifier():
     assert label(parse_entry("refine:self", base)) == "refine:self"
     assert parse_entry("mcts:rollout", base).value == "rollout"
     assert label(parse_entry("mcts:rollout", base)) == "mcts:rollout"  # its rollouts are scored by the PRM
+
+
+def test_tree_engine_searches_the_same_tree_reading_fewer_tokens(tmp_path):
+    """rollout.engine=tree continues partial solutions from their cached K/V: the same picks and samples as
+    re-reading them (same seed), and fewer forward tokens. search.prm=check is the exact step check."""
+    rows = {}
+    for engine in ("torch", "tree"):
+        out = tmp_path / engine
+        assert main(["search", "problems=6", "budgets=[2]", "threads=1", f"output_dir={out}", "strategies=[beam]",
+                     "search.prm=check", "search.max_steps=6", f"rollout.engine={engine}"]) in (0, None)
+        rows[engine] = list(csv.DictReader(open(out / "scaling.csv")))[0]
+    torch_row, tree_row = rows["torch"], rows["tree"]
+    assert tree_row["accuracy"] == torch_row["accuracy"]
+    assert tree_row["generated_tokens"] == torch_row["generated_tokens"]
+    assert float(tree_row["forward_tokens"]) < float(torch_row["forward_tokens"])
+
+
+def test_oracle_step_scorer_is_labelled_and_arithmetic_only(tmp_path, capsys):
+    from reasonloop.recipes.search import label, parse_entry
+    from reasonloop.search import SearchConfig
+
+    assert label(parse_entry("beam", SearchConfig(prm="oracle"))) == "beam:prm (oracle)"
+    assert label(parse_entry("best_of_n:prm", SearchConfig(prm="check"))) == "best_of_n:prm"
+    assert label(parse_entry("majority", SearchConfig(prm="oracle"))) == "majority"  # never reads the PRM
+    code = main(["search", "problems=2", "task=code_arith", "strategies=[beam]", "search.prm=oracle",
+                 f"output_dir={tmp_path / 'x'}"])
+    assert code == 2 and "search.prm=oracle is the arithmetic task's step scorer" in capsys.readouterr().err

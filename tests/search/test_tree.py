@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from reasonloop.bench.search import ExactStepPRM
+from reasonloop.rewards.step_tokens import ArithmeticStepCheck
 from reasonloop.data.records import Example, RolloutBatch
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.search import SearchConfig, search
@@ -231,7 +231,7 @@ def arith():
     return task, load_tokenizer("embedded", task), load_model(ModelConfig(device="cpu"), task).eval()
 
 
-class ArithmeticPRM(ExactStepPRM):
+class ArithmeticPRM(ArithmeticStepCheck):
     """The task's exact step check, counting its calls."""
 
     calls = 0
@@ -243,9 +243,9 @@ class ArithmeticPRM(ExactStepPRM):
 
 def test_exact_step_prm_checks_each_step_and_the_answer_against_the_last_result():
     steps = ["<think>3+8=11;", "11-7=5;", "5-1=4</think>", "<answer>4</answer>"]
-    assert ExactStepPRM().score_steps("Q", steps) == [1.0, 0.0, 1.0, 1.0]
-    assert ExactStepPRM().score_steps("Q", ["<think>6-1+2=7;", "hm;", "<answer>8</answer>"]) == [1.0, 0.5, 0.0]
-    assert ExactStepPRM().score_steps("Q", ["<answer>8</answer>", "1+1=02x;"]) == [0.5, 0.5]
+    assert ArithmeticStepCheck().score_steps("Q", steps) == [1.0, 0.0, 1.0, 1.0]
+    assert ArithmeticStepCheck().score_steps("Q", ["<think>6-1+2=7;", "hm;", "<answer>8</answer>"]) == [1.0, 0.5, 0.0]
+    assert ArithmeticStepCheck().score_steps("Q", ["<answer>8</answer>", "1+1=02x;"]) == [0.5, 0.5]
 
 
 @pytest.mark.parametrize("strategy,extra", [("beam", {}), ("dvts", {"lookahead": 1}), ("mcts", {"n": 6})])
@@ -285,7 +285,7 @@ def test_beam_lets_go_of_the_k_v_of_pruned_and_finished_nodes(arith):
     examples = task.examples("test", 2, seed=3)
     cfg = SearchConfig("beam", n=6, beam_width=2, scorer="prm")
     ctx = SearchContext(TreeEngine(model, tok), lambda p: p, SamplingConfig(max_new_tokens=48), cfg, str,
-                        prm=ExactStepPRM(), generator=torch.Generator().manual_seed(0))
+                        prm=ArithmeticStepCheck(), generator=torch.Generator().manual_seed(0))
     policy = Policy(ctx, examples)
     live = [[r] for r in policy.roots()]
     for first in (True, False):

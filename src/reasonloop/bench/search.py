@@ -11,13 +11,12 @@ held-out problems of the embedded arithmetic task, under the same seed, through 
 Both search the same tree (the picks are compared and printed). Per run: wall seconds, generated
 tokens (sampled), prefilled tokens (read without sampling) and generated tokens/s; per strategy the
 median tokens/s of each engine and the median of the paired reuse/prefill ratios (runs interleave, so
-a load change on a shared machine hits both; `warmup` untimed searches of two problems come first). Steps are scored by `ExactStepPRM`, the task's exact step
+a load change on a shared machine hits both; `warmup` untimed searches of two problems come first). Steps are scored by `ArithmeticStepCheck`, the task's exact step
 check standing in for a trained PRM: it costs no forward passes, so the timing is the policy's alone.
 """
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -25,9 +24,6 @@ from dataclasses import dataclass, field
 import torch
 
 from reasonloop.config import require
-
-TERM = re.compile(r"\d+([+-]\d+)*")
-
 
 @dataclass
 class SearchBenchConfig:
@@ -57,36 +53,10 @@ class SearchBenchConfig:
                 "search.max_new_tokens > 0, temperature >= 0, repeats > 0")
 
 
-class ExactStepPRM:
-    """The arithmetic task's exact step check as a process reward model: `a+b-c=d;` scores 1 when true and
-    0 when false, the answer step 1 when it repeats the last step's result (0 otherwise), anything else 0.5."""
-
-    tokens_read = 0  # no model reads anything
-
-    def score_many(self, prompts: list[str], steps_lists: list[list[str]]) -> list[list[float]]:
-        return [self.score_steps(p, s) for p, s in zip(prompts, steps_lists)]
-
-    def score_steps(self, prompt: str, steps: list[str]) -> list[float]:
-        out, last = [], None
-        for step in steps:
-            body = step.replace("<think>", "").replace("</think>", "").rstrip(";")
-            answer = re.fullmatch(r"<answer>(-?\d+)</answer>", body.strip())
-            if answer:
-                out.append(0.5 if last is None else float(int(answer.group(1)) == last))
-                continue
-            lhs, eq, rhs = body.partition("=")
-            if not eq or not TERM.fullmatch(lhs) or not re.fullmatch(r"-?\d+", rhs):
-                out.append(0.5)
-                continue
-            value = sum(int(t) for t in re.findall(r"[+-]?\d+", lhs))
-            out.append(float(value == int(rhs)))
-            last = int(rhs)
-        return out
-
-
 def run(cfg, model_dir: str) -> dict:
     """Time `cfg.search.strategies` with and without prefix reuse; print and return the figures."""
     from reasonloop.models.loading import ModelConfig, load_model, load_tokenizer
+    from reasonloop.rewards.step_tokens import ArithmeticStepCheck
     from reasonloop.rollout.engine import SamplingConfig
     from reasonloop.rollout.prefix_cache import TreeEngine
     from reasonloop.rollout.sampler import TorchSampler
@@ -117,7 +87,7 @@ def run(cfg, model_dir: str) -> dict:
         for _ in range(cfg.warmup):  # untimed: lazy imports, the compiled decode step's first build/load
             for make in engines.values():
                 search(make(), examples[:2], lambda p: p, sampling, scfg, lambda c: answer_key(task, c),
-                       generator=torch.Generator().manual_seed(cfg.seed), prm=ExactStepPRM())
+                       generator=torch.Generator().manual_seed(cfg.seed), prm=ArithmeticStepCheck())
         runs: dict[str, list[dict]] = {name: [] for name in engines}
         picks: dict[str, list] = {}
         for _ in range(b.repeats):
@@ -125,7 +95,7 @@ def run(cfg, model_dir: str) -> dict:
                 engine = make()
                 start = time.perf_counter()
                 out = search(engine, examples, lambda p: p, sampling, scfg, lambda c: answer_key(task, c),
-                             generator=torch.Generator().manual_seed(cfg.seed), prm=ExactStepPRM())
+                             generator=torch.Generator().manual_seed(cfg.seed), prm=ArithmeticStepCheck())
                 seconds = time.perf_counter() - start
                 picks[name] = [r.completion for r in out]
                 runs[name].append({"seconds": seconds, "generated": engine.generated, "prefilled": engine.prefilled,

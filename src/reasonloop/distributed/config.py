@@ -30,7 +30,13 @@ class RayConfig:
     cpus_per_worker: float = 0.5
     """CPUs Ray reserves for each rollout and reward actor (the defaults fit a 2-core laptop: 1 + 0.5 + 0.5)."""
     learner_cpus: float = 1.0
-    """CPUs Ray reserves for the learner actor."""
+    """CPUs Ray reserves for each learner actor."""
+    learners: int = 1
+    """Learner ranks: N learner actors form one torch.distributed group (gloo on CPU, nccl on GPU) and train with
+    `distributed.strategy` (ddp/fsdp) exactly as N torchrun ranks do, each with its own rollout and reward workers
+    (sync mode). 1: one learner process."""
+    learner_gpus: float = 0.0
+    """GPUs Ray reserves for each learner actor (0 on CPU)."""
     max_restarts: int = 3
     """How often a dead worker is replaced before the run gives up."""
 
@@ -41,6 +47,9 @@ class RayConfig:
                 "distributed.ray.rollout_workers and reward_workers must be >= 1")
         require(self.cpus_per_worker >= 0 and self.learner_cpus >= 0, "distributed.ray CPU reservations must be >= 0")
         require(self.num_cpus >= 0 and self.max_restarts >= 0, "distributed.ray.num_cpus and max_restarts must be >= 0")
+        require(self.learners >= 1 and self.learner_gpus >= 0, "distributed.ray.learners must be >= 1, learner_gpus >= 0")
+        require(self.learners == 1 or self.mode == "sync",
+                "distributed.ray.learners > 1 runs in mode=sync (async look-ahead is single-learner for now)")
 
 
 @dataclass

@@ -8,6 +8,8 @@ The trainer (`recipes/rl.py`) runs the same step either way; it asks its placeme
   `fully_shard` per decoder layer and the root, plus a full copy the rollout engine samples from
 - `normalizer(mask, ...)`: `step_normalizer(mask)` | the same from token / sequence counts all-reduced
 - `before_micro_batch(last)`: nothing | gradients sync on the last micro-batch only
+- `estimate(estimator, input)`: the estimator | on every rank's rows gathered (batch-wide statistics as one
+  process has them), this rank's rows back
 - `reduce_update(metrics)`: as is | loss summed over ranks, other update metrics token-weighted
 - `reduce_step(metrics)`: as is | means over ranks (equal shards), maxima for */max and time/*
 - `sync_engine(engine)`: `engine.update_weights(model)` | fsdp: the full state dict gathered into the copy
@@ -24,23 +26,20 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from reasonloop.algos.aggregation import check_mode, step_normalizer
+from reasonloop.algos.estimators import AdvantageInput, AdvantageOutput, estimate
 from reasonloop.config import ConfigError
 from reasonloop.distributed.checkpoint import SHARDS
 from reasonloop.distributed.config import DistributedConfig, MemoryConfig
 from reasonloop.distributed.memory import apply_memory
 from reasonloop.models.loading import save_model
 from reasonloop.train.checkpoint import load_checkpoint, save_checkpoint
-
-# estimators whose advantages are computed within one prompt's group (prompts are sharded whole, so a rank
-# has every sample of its groups); batch-wide statistics would differ per rank
-RANK_LOCAL_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
-
 
 def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
@@ -69,17 +68,15 @@ def check_shardable(cfg: Any, world_size: int) -> None:
     problems = []
     if cfg.prompts_per_step % world_size:
         problems.append(f"prompts_per_step={cfg.prompts_per_step} is not a multiple of the world size {world_size}")
-    if cfg.advantage not in RANK_LOCAL_ESTIMATORS:
-        problems.append(f"advantage={cfg.advantage} (supported: {', '.join(RANK_LOCAL_ESTIMATORS)}, whose "
-                        "advantages are local to a prompt's group)")
-    if cfg.std_mode == "batch":
-        problems.append("std_mode=batch (a batch-wide statistic)")
-    if cfg.reward_norm == "running":
-        problems.append("reward_norm=running (a batch-wide running statistic)")
+    if cfg.process_reward == "prime":
+        problems.append("process_reward=prime (its implicit PRM trains in each rank's process, unsynchronised)")
     if cfg.dynamic_sampling:
         problems.append("dynamic_sampling=true (ranks would refill different numbers of prompts)")
     if cfg.adaptive_group:
         problems.append("adaptive_group=true (per-level pass rates are rank-local)")
+    if cfg.distributed.strategy == "fsdp" and cfg.model.load_in_4bit:
+        problems.append("model.load_in_4bit under distributed.strategy=fsdp (FSDP2 cannot shard bitsandbytes' packed "
+                        "4-bit weights): use distributed.strategy=ddp")
     if cfg.critic != "none":
         problems.append(f"critic={cfg.critic}")
     if cfg.distributed.strategy == "fsdp" and (cfg.forward.share_prompts or cfg.forward.bucket_lengths):
@@ -120,6 +117,9 @@ class LocalPlacement:
 
     def before_micro_batch(self, model: torch.nn.Module, last: bool) -> None:
         pass
+
+    def estimate(self, estimator: str, inp: AdvantageInput) -> AdvantageOutput:
+        return estimate(estimator, inp)
 
     def reduce_update(self, metrics: dict[str, float], tokens: float) -> dict[str, float]:
         return metrics
@@ -245,6 +245,21 @@ class TorchPlacement(LocalPlacement):
         self.dist.all_gather_object(out, obj)
         return out
 
+    def estimate(self, estimator: str, inp: AdvantageInput) -> AdvantageOutput:
+        """The estimator on the GLOBAL batch: every rank's rows gathered in rank order (the single-process
+        row order, prompts being sharded contiguously), each [N, T] tensor zero-padded to the widest rank's
+        T. Batch-wide statistics (std_mode=batch, reward_norm=running, REINFORCE's batch mean, whitening)
+        and the carried states are then the single process's on every rank; this rank's rows come back."""
+        tensors = {f.name: getattr(inp, f.name) for f in fields(inp) if isinstance(getattr(inp, f.name), torch.Tensor)}
+        parts = self._gather(({k: v.cpu() for k, v in tensors.items()}, inp.group_sizes))
+        width = max(p["mask"].shape[1] for p, _ in parts)
+        merged = {k: torch.cat([_pad_columns(p[k], width) for p, _ in parts]) for k in tensors}
+        out = estimate(estimator, replace(inp, group_sizes=tuple(g for _, sizes in parts for g in sizes), **merged))
+        start = sum(p["rewards"].shape[0] for p, _ in parts[: self.rank])
+        rows, cols, device = inp.rewards.shape[0], inp.mask.shape[1], inp.mask.device
+        mine = lambda t: None if t is None else t[start : start + rows, :cols].to(device)  # noqa: E731
+        return replace(out, advantages=mine(out.advantages), returns=mine(out.returns))
+
     def reduce_update(self, metrics: dict[str, float], tokens: float) -> dict[str, float]:
         """'loss' summed (each rank holds its share of the globally normalised loss), every other update
         metric a token-weighted mean, as a single process computes them over the whole batch."""
@@ -363,3 +378,8 @@ class FollowerRun:
 
     def close(self) -> None:
         pass
+
+
+def _pad_columns(t: torch.Tensor, width: int) -> torch.Tensor:
+    """A [N, T] tensor zero-padded on the right to T = width; [N] / [B] tensors as they are."""
+    return t if t.dim() == 1 else torch.nn.functional.pad(t, (0, width - t.shape[1]))

@@ -1,6 +1,6 @@
 """The Ray actor-learner (`reasonloop train distributed.backend=ray`): the same RL step, its pieces placed on actors.
 
-    driver ── Learner actor ── the ordinary `Trainer` (recipes/rl.py), with
+    driver ── Learner actor(s) ── the ordinary `Trainer` (recipes/rl.py), with
                  │               - a `RemoteRolloutEngine` as its engine (the injected-engine seam), and
                  │               - its reward functions replaced by proxies that call reward actors
                  ├── RolloutWorker actors (each: the policy architecture + a RolloutEngine from `cfg.rollout`)
@@ -19,6 +19,11 @@ loaded by each worker before its next generation): no disk round trip.
   with the weights of the moment, so it overlaps training of step t. A batch is at most `max_staleness`
   updates behind the learner; its behaviour log-probs (what the worker sampled with) drive the trainer's
   truncated importance-sampling correction (`tis_cap`, required). `rollout/staleness` is logged per step.
+
+- **several learners** (`distributed.ray.learners=N`, sync mode): N learner actors (`learner_gpus` each) form
+  one torch.distributed group and train as N torchrun ranks do (`distributed.strategy=ddp|fsdp`,
+  distributed/placement.py), each rank with its own rollout and reward workers sampling its shard of the
+  step's prompts; rank 0 writes the run directory. The learners are one unit: one dies, all restart.
 
 A dead rollout or reward worker (`ray.kill`, a crashed node) is replaced by a fresh actor (with the current
 weights) and its request re-issued, up to `max_restarts` times per pool; the run goes on. A dead learner is
@@ -306,11 +311,32 @@ class RemoteReward:
 
 
 class Learner:
-    """The Trainer of recipes/rl.py, with remote rollouts and rewards. `train()` runs the whole run."""
+    """The Trainer of recipes/rl.py, with remote rollouts and rewards. `setup()` builds it (learner rank `rank`
+    of `world`: with world > 1 the learners form one torch.distributed group at `master`), `train()` runs it."""
 
-    def __init__(self, cfg: Any, trainer_cls: Any):
+    def __init__(self, cfg: Any, trainer_cls: Any, rank: int = 0, world: int = 1):
+        self.cfg, self.trainer_cls, self.rank, self.world = cfg, trainer_cls, rank, world
+
+    def address(self) -> tuple[str, int]:
+        """This actor's node address and a free port on it: rank 0 hosts the process group's rendezvous."""
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return _ray().util.get_node_ip_address(), port
+
+    def setup(self, master: tuple[str, int] | None = None) -> None:
+        cfg = self.cfg
+        if self.world > 1:  # what torchrun would set; Ray shows each actor only its own GPU, hence LOCAL_RANK 0
+            import os
+            from dataclasses import replace
+
+            os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
+                              MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
+            cfg = replace(cfg, distributed=replace(cfg.distributed, backend="torch"))
         engine = RemoteRolloutEngine(cfg)
-        self.trainer = trainer = trainer_cls(cfg, engine=engine)
+        self.trainer = trainer = self.trainer_cls(cfg, engine=engine)
         engine.attach(trainer.model, trainer.tokenizer.pad_token_id)
         rc = cfg.distributed.ray
         specs = {s.name: s.fn for s in [*trainer.reward_specs, *trainer.task_specs]}
@@ -367,19 +393,37 @@ class ActorLearner:
                 ray.init(num_cpus=rc.num_cpus or None, include_dashboard=False, log_to_driver=False)
         self.cfg, self.trainer_cls, self.restarts = cfg, trainer_cls, 0
         # max_concurrency 2: the learner answers `actors()` (tests, monitoring) while `train()` runs
-        self._remote = ray.remote(num_cpus=rc.learner_cpus, max_concurrency=2)(Learner)
-        self.learner = None
+        self._remote = ray.remote(num_cpus=rc.learner_cpus, num_gpus=rc.learner_gpus, max_concurrency=2)(Learner)
+        self.learner = None  # rank 0
+        self.learners: list = []
 
     def start(self):
-        self.learner = self._remote.remote(self.cfg, self.trainer_cls)
+        """Start the learner ranks and build their trainers (all at once: they meet in one process group)."""
+        ray, n = _ray(), self.cfg.distributed.ray.learners
+        self.learners = [self._remote.remote(self.cfg, self.trainer_cls, rank, n) for rank in range(n)]
+        master = ray.get(self.learners[0].address.remote()) if n > 1 else None
+        ray.get([learner.setup.remote(master) for learner in self.learners])
+        self.learner = self.learners[0]
         return self.learner
+
+    def _train(self) -> dict:
+        """Every rank's `train()`; rank 0's result. The first rank to die raises at once (the others would
+        wait in a collective for it)."""
+        ray = _ray()
+        refs = [learner.train.remote() for learner in self.learners]
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done[0])
+        return ray.get(refs[0])
 
     def run(self) -> dict:
         ray = _ray()
         while True:
-            learner = self.learner or self.start()
+            if self.learner is None:
+                self.start()
             try:
-                return ray.get(learner.train.remote())
+                return self._train()
             except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
                 self.restarts += 1
                 if self.restarts > self.cfg.distributed.ray.max_restarts:
@@ -387,7 +431,9 @@ class ActorLearner:
                 log.warning("the learner died (%s): restarting it from its latest checkpoint (%d/%d)",
                             type(exc).__name__, self.restarts, self.cfg.distributed.ray.max_restarts)
                 print("train: the learner died; restarting it from its latest checkpoint")
-                self.learner = None  # the next one resumes output_dir from its latest checkpoint (resume=auto)
+                for learner in self.learners:  # the surviving ranks wait in a collective for the dead one
+                    ray.kill(learner)
+                self.learner = None  # the next ones resume output_dir from its latest checkpoint (resume=auto)
 
 
 def run_actor_learner(cfg: Any, trainer_cls: Any) -> dict:
@@ -396,8 +442,10 @@ def run_actor_learner(cfg: Any, trainer_cls: Any) -> dict:
         raise ConfigError("distributed.backend=ray needs output_dir= (a restarted learner resumes from it)")
     from reasonloop.train.evaluation import format_table
 
-    print(f"train: Ray actor-learner ({cfg.distributed.ray.mode}; {cfg.distributed.ray.rollout_workers} rollout and "
-          f"{cfg.distributed.ray.reward_workers} reward workers); the learner's log is {cfg.output_dir}/metrics.jsonl")
+    rc = cfg.distributed.ray
+    ranks = f"{rc.learners} learners ({cfg.distributed.strategy}), each with " if rc.learners > 1 else ""
+    print(f"train: Ray actor-learner ({rc.mode}; {ranks}{rc.rollout_workers} rollout and {rc.reward_workers} reward "
+          f"workers); the learner's log is {cfg.output_dir}/metrics.jsonl")
     result = ActorLearner(cfg, trainer_cls).run()
     if result.get("before"):  # the learner's console is its own (log_to_driver=False): the tables again, here
         print(f"before training:\n{format_table(result['before'])}")

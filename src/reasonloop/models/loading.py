@@ -100,6 +100,9 @@ class ModelConfig:
     """Optional LoRA adapters via peft."""
     use_chat_template: bool = True
     """Wrap prompts in the tokenizer's chat template when it has one."""
+    load_in_4bit: bool = False
+    """QLoRA: load the base weights as 4-bit NF4 (bitsandbytes, double quantisation; compute in model.dtype)
+    and train LoRA adapters on them (needs model.lora.r > 0 and the `qlora` extra; CPU and CUDA)."""
 
     def __post_init__(self):
         require(bool(self.name.strip()), "model.name is empty; give a model directory, a hub id or 'embedded'")
@@ -107,6 +110,8 @@ class ModelConfig:
         require(re.fullmatch(DEVICE_PATTERN, self.device) is not None,
                 f"model.device={self.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
         require(self.lora.r >= 0, "model.lora.r must be >= 0")
+        require(not self.load_in_4bit or self.lora.r > 0,
+                "model.load_in_4bit (QLoRA) trains LoRA adapters on the frozen 4-bit base: set model.lora.r > 0")
         require(self.lora.alpha > 0, "model.lora.alpha must be > 0")
         require(0 <= self.lora.dropout < 1, "model.lora.dropout must be in [0, 1)")
         require(all(t.strip() for t in self.lora.target_modules.split(",")),
@@ -146,8 +151,9 @@ def load_model(cfg: ModelConfig, task: Any = None) -> PreTrainedModel:
     path = resolve_model_path(cfg.name, task)
     check_model_source(cfg.name, path)
     device = cfg.torch_device()
+    quantized = quantization_kwargs(cfg, device) if cfg.load_in_4bit else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], **quantized)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
             raise ModelError(f"model.name={cfg.name!r} is not a causal language model (AutoModelForCausalLM cannot "
@@ -156,10 +162,28 @@ def load_model(cfg: ModelConfig, task: Any = None) -> PreTrainedModel:
     except Exception as exc:  # corrupt or truncated weights, a broken config.json, a hub failure ...
         raise ModelError(f"model.name={cfg.name!r} does not load ({type(exc).__name__}: {first_line(exc, 500)}); "
                          "check that its files are complete, or save the model again") from None
-    model.to(device)
+    if quantized:  # placed by device_map; norms and embeddings to fp32, the 4-bit base frozen
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.to(device)
     if cfg.lora.r > 0:
         model = add_lora(model, cfg.lora)
     return model
+
+
+def quantization_kwargs(cfg: ModelConfig, device: torch.device) -> dict[str, Any]:
+    """from_pretrained's arguments for QLoRA's 4-bit NF4 base (Dettmers et al. 2023)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError("model.load_in_4bit needs bitsandbytes: pip install 'reasonloop[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
+    return {"quantization_config": config, "device_map": {"": str(device)}}
 
 
 def load_policy(cfg: ModelConfig, task: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:

@@ -31,7 +31,7 @@ import torch
 from reasonloop.algos.distill import reverse_kl_tokens
 from reasonloop.config import require, require_choice
 from reasonloop.models.loading import ModelConfig, load_model
-from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.rollout.prefix_cache import TreeEngine
 from reasonloop.recipes.search import search_kwargs
 from reasonloop.search import SearchConfig, search
 from reasonloop.selfimprove.loop import Loop, LoopConfig
@@ -68,7 +68,7 @@ class Config(LoopConfig):
 
 def teacher_traces(loop: Loop, cfg: Config, teacher: torch.nn.Module, examples) -> tuple[list, dict]:
     """Search with the teacher; score its picks with the task; keep verified (or all) picks."""
-    engine = TorchSampler(teacher, loop.tokenizer)
+    engine = TreeEngine(teacher, loop.tokenizer)  # step-level search continues from cached K/V
     results = search(engine, examples, loop.render, loop.sampling, cfg.search, lambda c: answer_key(loop.task, c),
                      generator=loop.generator, **search_kwargs(cfg.search, loop.task))
     picks = [(r.example, r.completion) for r in results if r.completion is not None]

@@ -59,7 +59,6 @@ from reasonloop.algos.estimators import (
     TOKEN_LEVEL,
     AdvantageInput,
     AdvantageOutput,
-    estimate,
     register_advantage,
 )
 from reasonloop.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
@@ -733,7 +732,7 @@ class Trainer:
         cfg = self.cfg
         starts = [sum(data.group_sizes[:b]) for b in range(len(data.group_sizes))]
         levels = torch.tensor([float(data.examples[s].meta.get("level", 0)) for s in starts])
-        out = estimate(self.estimator, AdvantageInput(
+        out = self.dist.estimate(self.estimator, AdvantageInput(  # torchrun: on the global batch
             rewards=data.rewards, group_sizes=tuple(data.group_sizes), mask=mask, logprobs=scores.old,
             ref_logprobs=scores.ref, values=scores.values, levels=levels,
             pass_rates=torch.tensor([self.state.level_pass.get(str(int(lv)), 0.5) for lv in levels]),

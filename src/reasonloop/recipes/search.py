@@ -26,6 +26,7 @@ import torch
 from reasonloop.config import ConfigError, require
 from reasonloop.data.records import Example
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, model_label, render_prompt
+from reasonloop.rewards.step_tokens import ArithmeticStepCheck, ArithmeticStepOracle
 from reasonloop.rollout.engine import RolloutConfig, SamplingConfig, build_engine
 from reasonloop.search import STRATEGIES, CountingEngine, SearchConfig, SearchResult, search
 from reasonloop.search.base import SCORERS
@@ -95,9 +96,13 @@ def parse_entry(entry: str, base: SearchConfig) -> SearchConfig:
 
 
 def label(cfg: SearchConfig) -> str:
-    """How a strategy is named in tables and plots; anything that consults the task's verifier is marked."""
+    """How a strategy is named in tables and plots; anything that consults the task's verifier (or the oracle
+    step scorer, search.prm=oracle) is marked."""
     if cfg.strategy in ("majority", "adaptive"):
         return cfg.strategy
+    if cfg.prm == "oracle" and "prm" in needed_models([cfg]):
+        name = label(replace(cfg, prm=""))
+        return name if name.endswith("(oracle)") else name + " (oracle)"
     if cfg.strategy == "refine":
         name, oracle = f"refine:{cfg.feedback}", cfg.feedback == "verifier"
     elif cfg.strategy == "mcts":
@@ -107,14 +112,25 @@ def label(cfg: SearchConfig) -> str:
     return name + (" (oracle)" if oracle else "")
 
 
-def load_reward_models(cfg: SearchConfig, needed: set[str]) -> dict[str, Any]:
-    """The PRM and ORM `cfg` points at, loaded once; a scorer that is needed but not given is an error."""
+STEP_CHECKS = {"oracle": ArithmeticStepOracle, "check": ArithmeticStepCheck}  # search.prm=NAME, arithmetic only
+
+
+def load_reward_models(cfg: SearchConfig, needed: set[str], task_name: str = "arithmetic") -> dict[str, Any]:
+    """The PRM and ORM `cfg` points at, loaded once; a scorer that is needed but not given is an error.
+    search.prm=oracle|check are the arithmetic task's exact step scorers (rewards/step_tokens.py)."""
     out: dict[str, Any] = {}
     for kind in ("prm", "orm"):
         path = getattr(cfg, kind)
         if kind in needed and not path:
-            raise ConfigError(f"a strategy needs a {kind.upper()}: set search.{kind}=<directory of `reasonloop prm`>")
-        if path:
+            raise ConfigError(f"a strategy needs a {kind.upper()}: set search.{kind}=<directory of `reasonloop prm`> "
+                              "(arithmetic: or oracle / check, the exact step scorers)" if kind == "prm" else
+                              "a strategy needs an ORM: set search.orm=<directory of `reasonloop prm labels=outcome`>")
+        if kind == "prm" and path in STEP_CHECKS:
+            if task_name.partition(":")[0] != "arithmetic":
+                raise ConfigError(f"search.prm={path} is the arithmetic task's step scorer; task={task_name} needs "
+                                  "a trained PRM directory")
+            out[kind] = STEP_CHECKS[path]()
+        elif path:
             if not Path(path).is_dir():
                 raise ConfigError(f"search.{kind}={path!r}: no such directory (give the model/ directory of a "
                                   "`reasonloop prm` run)")
@@ -132,7 +148,7 @@ def _load_prm(path: str):
 def search_kwargs(cfg: SearchConfig, task) -> dict[str, Any]:
     """The scorers `search(...)` needs for `cfg` (loading its PRM/ORM once per process): self-training and
     distillation use any strategy of `reasonloop search` as their expert/teacher through this."""
-    outcome, prm = scorers_for(cfg, task, load_reward_models(cfg, needed_models([cfg])))
+    outcome, prm = scorers_for(cfg, task, load_reward_models(cfg, needed_models([cfg]), task.name))
     return {"scorer": outcome, "prm": prm, "verifier": task.is_correct}
 
 
@@ -142,10 +158,8 @@ def scorers_for(cfg: SearchConfig, task, models: dict[str, Any]):
         outcome = lambda ex, comps: [float(task.is_correct(c, ex)) for c in comps]  # noqa: E731
     elif cfg.scorer == "orm":
         outcome = prm_outcome_scorer(models["orm"], "last", cfg.step_delimiters)
-    elif cfg.scorer == "prm":
-        outcome = prm_outcome_scorer(models["prm"], cfg.aggregate, cfg.step_delimiters)
     else:
-        outcome = None  # likelihood: read from the samples
+        outcome = None  # prm: search() aggregates the PRM's step scores; likelihood: read from the samples
     return outcome, models.get("prm")
 
 
@@ -223,7 +237,7 @@ def run(cfg: Config) -> dict:
     run_ = Run(cfg, "search")
     entries = [parse_entry(e, cfg.search) for e in cfg.strategies]
     task = make_task(cfg.task, cfg.data_dir or None)
-    models = load_reward_models(cfg.search, needed_models(entries))
+    models = load_reward_models(cfg.search, needed_models(entries), cfg.task)
     tokenizer, model = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
     examples = drop_long_prompts(task.examples(cfg.split, cfg.problems, seed=cfg.seed), tokenizer, render, model,

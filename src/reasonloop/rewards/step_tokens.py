@@ -1,4 +1,4 @@
-"""Put per-step scores on completion tokens, and an exact step checker for the embedded arithmetic task.
+"""Put per-step scores on completion tokens, and exact step checkers for the embedded arithmetic task.
 
 `step_end_columns` maps each step's character end to the completion token that holds the step's last
 character, by decoding token prefixes (binary search over the prefix length), so it is right for any
@@ -81,6 +81,7 @@ PROMPT_CHAIN = re.compile(r"Q:\s*(\d+(?:[+-]\d+)*)=\?")
 EQUATION = re.compile(r"^(\d+(?:[+-]\d+)*)=(-?\d+)$")
 TERM = re.compile(r"([+-])(\d+)")
 ANSWER = re.compile(r"^<answer>\s*(-?\d+)\s*</answer>$")
+CHAIN = re.compile(r"\d+([+-]\d+)*")
 
 
 class ArithmeticStepOracle:
@@ -92,6 +93,8 @@ class ArithmeticStepOracle:
     verdict so far; the `<answer>` step is right when the solution so far is and the answer is the problem's.
     Anything else, and every step after a wrong one, scores 0.
     """
+
+    tokens_read = 0  # no model reads anything
 
     def score_steps(self, prompt: str, steps: list[str]) -> list[float]:
         m = PROMPT_CHAIN.search(prompt)
@@ -125,3 +128,31 @@ class ArithmeticStepOracle:
 
     def score_many(self, prompts: Sequence[str], steps_lists: Sequence[list[str]]) -> list[list[float]]:
         return [self.score_steps(p, s) for p, s in zip(prompts, steps_lists)]
+
+
+class ArithmeticStepCheck:
+    """A step checker that does not know the problem: `a+b-c=d;` scores 1 when the sum is true and 0 when
+    false, the answer step 1 when it repeats the last equation's result (0 otherwise), anything else 0.5.
+    It checks each step's arithmetic, not that the steps solve the prompt (`ArithmeticStepOracle` does)."""
+
+    tokens_read = 0  # no model reads anything
+
+    def score_many(self, prompts: list[str], steps_lists: list[list[str]]) -> list[list[float]]:
+        return [self.score_steps(p, s) for p, s in zip(prompts, steps_lists)]
+
+    def score_steps(self, prompt: str, steps: list[str]) -> list[float]:
+        out, last = [], None
+        for step in steps:
+            body = step.replace("<think>", "").replace("</think>", "").rstrip(";")
+            answer = re.fullmatch(r"<answer>(-?\d+)</answer>", body.strip())
+            if answer:
+                out.append(0.5 if last is None else float(int(answer.group(1)) == last))
+                continue
+            lhs, eq, rhs = body.partition("=")
+            if not eq or not CHAIN.fullmatch(lhs) or not re.fullmatch(r"-?\d+", rhs):
+                out.append(0.5)
+                continue
+            value = sum(int(t) for t in re.findall(r"[+-]?\d+", lhs))
+            out.append(float(value == int(rhs)))
+            last = int(rhs)
+        return out

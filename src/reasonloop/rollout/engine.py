@@ -45,7 +45,9 @@ class RolloutConfig:
     engine: str = "torch"
     """torch: the in-process sampler (shares the policy's weights) | openai: an OpenAI-compatible completions server
     (vLLM's, SGLang's, llama.cpp's, `reasonloop serve`; its weights are NOT updated: off-policy data and evaluation)
-    | vllm: vLLM's offline engine in this process (GPU; weights pushed after every update)."""
+    | vllm: vLLM's offline engine in this process (GPU; weights pushed after every update) | tree: the torch sampler
+    plus K/V prefix reuse for step-level search (beam, dvts, mcts continue partial solutions from their cached K/V
+    instead of re-reading them; the same samples under a seed)."""
     static_cache: bool = True
     """torch engine: preallocated K/V cache and fused projections for Llama-family models (false: transformers'
     DynamicCache path; same samples)."""
@@ -94,7 +96,7 @@ class RolloutConfig:
                     "rollout.api_key names an environment variable (e.g. OPENAI_API_KEY), not the key itself")
 
 
-ENGINES = ("torch", "openai", "vllm")
+ENGINES = ("torch", "openai", "vllm", "tree")
 
 
 def build_engine(cfg: RolloutConfig, model: torch.nn.Module, tokenizer) -> "RolloutEngine":
@@ -107,6 +109,10 @@ def build_engine(cfg: RolloutConfig, model: torch.nn.Module, tokenizer) -> "Roll
         from reasonloop.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(cfg, model, tokenizer)
+    if cfg.engine == "tree":
+        from reasonloop.rollout.prefix_cache import TreeEngine
+
+        return TreeEngine(model, tokenizer, static_cache=cfg.static_cache, fused_decode=cfg.fused_decode)
     from reasonloop.rollout.sampler import TorchSampler
 
     return TorchSampler(model, tokenizer, static_cache=cfg.static_cache, fused_decode=cfg.fused_decode)

@@ -41,7 +41,9 @@ class SearchConfig:
     check: an oracle upper bound, not a deployable method), orm, prm (aggregated step scores) or likelihood (the
     policy's mean token log-prob)."""
     prm: str = ""
-    """Directory of a process reward model (`reasonloop prm`): scorer=prm and step-level search read it."""
+    """Directory of a process reward model (`reasonloop prm`): scorer=prm and step-level search read it. On the
+    arithmetic task also `oracle` (exact step labels from the known answer; results labelled oracle) or `check`
+    (each step's arithmetic checked without the answer: a deployable verifier-free step scorer)."""
     orm: str = ""
     """Directory of an outcome reward model (`reasonloop prm labels=outcome`): scorer=orm reads it."""
     aggregate: str = "last"

@@ -48,7 +48,7 @@ from reasonloop.models.loading import (
 )
 from reasonloop.rewards.core import compute_rewards
 from reasonloop.rollout.engine import SamplingConfig
-from reasonloop.rollout.sampler import TorchSampler
+from reasonloop.rollout.prefix_cache import TreeEngine
 from reasonloop.selfimprove.selection import Sample
 from reasonloop.train.checkpoint import load_model_weights, reading, write_checkpoint_dir
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
@@ -120,7 +120,7 @@ class Loop:
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
         self.base_state = copy.deepcopy(self.model.state_dict())  # for ReST-EM's restart from the base
-        self.sampler = TorchSampler(self.model, self.tokenizer)
+        self.sampler = TreeEngine(self.model, self.tokenizer)  # the torch sampler; step-level search reuses K/V
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
