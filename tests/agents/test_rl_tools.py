@@ -80,6 +80,11 @@ def test_eval_reports_accuracy_with_and_without_tools(tmp_path, capsys):
     assert set(summary["agent"]) >= {"agent/tool_call_rate", "agent/turns_per_episode", "agent/error_rate"}
 
 
+def test_unknown_tools_and_environments_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"agent.tools=\['calc', 'shell'\]: unknown tools \['shell'\]"):
+        rl.Trainer(load_config(rl.Config, tool_args(tmp_path, "agent.tools=[calc,shell]")))
+
+
 @pytest.mark.parametrize("key, message", [
     ("agent.max_turns=0", "agent.max_turns must be >= 1"),
     ("agent.env=shell", "agent.env='shell': use '' (off), tools, or 'module:function' returning an environment"),

@@ -30,7 +30,6 @@ that runs out of turns or tokens finishes with reason 'length' (truncated).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -189,7 +188,8 @@ class MultiTurnEngine:
                "agent/tool_call_rate": t.get("calling_episodes", 0) / episodes,
                "agent/error_rate": t.get("errors", 0) / max(calls, 1),
                "agent/obs_token_frac": t.get("obs_tokens", 0) / max(t.get("tokens", 0), 1),
-               "agent/return": t.get("return", 0.0) / episodes}
+               "agent/return": t.get("return", 0.0) / episodes,
+               "agent/env_seconds_per_episode": t.get("env_seconds", 0.0) / episodes}
         out.update({f"agent/errors/{k}": t.get(k, 0) for k in ("malformed", "unknown_tool", "tool_error", "timeout")
                     if k in t})
         return out
@@ -499,6 +499,7 @@ class MultiTurnEngine:
         add("tokens", int(mask.sum()))
         add("obs_tokens", int((mask - policy).sum()))
         add("return", float(sum(sum(ep.rewards) for ep in eps)))
+        add("env_seconds", sum(ep.stalled for ep in eps))
         for ep in eps:
             stats = getattr(ep.env, "stats", {}) or {}
             for k, v in stats.items():
@@ -510,16 +511,13 @@ def build_agent_engine(cfg: AgentConfig, model, tokenizer) -> MultiTurnEngine:
     """The multi-turn engine `cfg` describes, sampling from `model`."""
     from reasonloop.agents.envs import tool_env_factory
 
-    if cfg.env == "tools":
-        make_env = tool_env_factory(cfg.tools, cfg.tool_timeout)
-    else:
-        from reasonloop.rewards.core import load_function
+    from reasonloop.config import ConfigError
+    from reasonloop.rewards.core import load_function
 
-        make_env = load_function(cfg.env)
+    try:
+        make_env = tool_env_factory(cfg.tools, cfg.tool_timeout) if cfg.env == "tools" else load_function(cfg.env)
+    except ValueError as exc:
+        raise ConfigError(f"agent.env={cfg.env!r} agent.tools={list(cfg.tools)}: {exc}") from exc
     return MultiTurnEngine(model, tokenizer, make_env, EpisodeBudget.of(cfg), reuse_kv=cfg.reuse_kv,
                            obs_in_loss=cfg.obs_in_loss)
 
-
-def strip_episode(batch: RolloutBatch) -> RolloutBatch:
-    """`batch` with its policy mask dropped (for callers that treat completions as plain text)."""
-    return dataclasses.replace(batch, policy_mask=None)
