@@ -94,7 +94,7 @@ def test_a_hanging_tool_is_cut_off_at_its_time_limit():
     obs, reward, done = env.step('<tool name="hang">x</tool>')
     elapsed = time.perf_counter() - start
     assert obs == "<result>error: the tool ran past its 0.2 s limit</result>" and not done
-    assert 0.2 <= elapsed < 1.0
+    assert 0.2 <= elapsed < 5.0  # cut at 0.2 s, not the tool's 30 (slack for a loaded machine)
     assert env.stats["timeout"] == 1 and env.stats["errors"] == 1
 
 
@@ -110,7 +110,7 @@ def test_python_tool_runs_in_the_sandbox(monkeypatch):
     if isolation_level() == NONE:
         pytest.skip("this machine cannot even set rlimits; the sandbox itself is tested in tests/sandbox")
     monkeypatch.setenv("REASONLOOP_ALLOW_UNISOLATED", "1")  # where bubblewrap cannot run (containers), rlimits
-    env = ToolEnv({"python": PythonTool(wall_time_s=1.0)}, timeout=5.0)
+    env = ToolEnv({"python": PythonTool(wall_time_s=1.0)}, timeout=30.0)  # the sandbox's own 1 s limit kills
     assert env.step('<tool name="python">print(6*7)</tool>') == ("<result>42</result>", 0.0, False)
     obs, _, _ = env.step('<tool name="python">import os; os.system("ls /root")\nraise ValueError("no")</tool>')
     assert obs == "<result>error: runtime_error: ValueError: no</result>"
