@@ -93,3 +93,19 @@ def test_unknown_tools_and_environments_are_config_errors(tmp_path):
 def test_agent_config_is_validated(key, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(rl.Config, [key])
+
+
+def test_bench_multiturn_compares_reuse_with_reprefill(tmp_path):
+    import json
+
+    from reasonloop.bench import Config as BenchConfig
+    from reasonloop.bench import run as bench_run
+
+    cfg = load_config(BenchConfig, ["which=multiturn", "multiturn.problems=2", "multiturn.group_size=2",
+                                    "multiturn.repeats=1", "threads=1",
+                                    f"output_dir={tmp_path}"])
+    result = bench_run(cfg)
+    assert result["same_tokens"] is True and result["episodes"] == 4 and result["observation_tokens"] > 0
+    reuse, again = result["runs"]["reuse"][0], result["runs"]["reprefill"][0]
+    assert reuse["generated"] == again["generated"] and reuse["prefilled"] < again["prefilled"]
+    assert json.loads((tmp_path / "bench.json").read_text())["same_tokens"] is True
