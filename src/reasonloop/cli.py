@@ -49,6 +49,8 @@ COMMANDS: dict[str, Command] = {
                       preset=tuple(keys))
         for name, keys in RL_PRESETS.items()
     },
+    "r1_zero": Command("reasonloop.recipes.r1_zero", "R1-Zero: GRPO from the base on rule rewards, logging length and thought markers"),
+    "r1": Command("reasonloop.recipes.r1", "the R1 pipeline as one staged, resumable run (cold start, RL, rejection SFT, RL)"),
     "self_train": Command("reasonloop.recipes.self_train",
                           "generate -> verify -> select -> SFT loops (rejection sampling, RAFT, ReST, STaR, ...)"),
     "reward_model": Command("reasonloop.recipes.reward_modeling",

@@ -45,6 +45,16 @@ def test_code_corpus_continues_from_tiny_arith(tmp_path):
     assert set(result["eval"]) == {"level/1", "level/2", "level/3", "level/4", "overall"}
 
 
+def test_layers_replaces_the_size_presets_depth(tmp_path):
+    out, result = _run(tmp_path, "shallow", "size=nano", "layers=1")
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 64  # nano's width, one layer
+    with pytest.raises(ConfigError, match="layers=-1: must be >= 0"):
+        load_config(pretrain.Config, ["layers=-1"])
+    with pytest.raises(ConfigError, match="layers sets the depth of a new model: corpus=arithmetic only"):
+        load_config(pretrain.Config, ["layers=2", "corpus=code"])
+
+
 def test_pretrain_rejects_an_unknown_corpus():
     with pytest.raises(ConfigError, match="corpus"):
         load_config(pretrain.Config, ["corpus=poetry"])

@@ -46,6 +46,9 @@ class Config(RunConfig):
     arithmetic corpus with a share `p_tool` of calculator solutions (the tiny-tool asset, docs/agents.md)."""
     size: str = "tiny"
     """Model size preset from models/tiny.py SIZES (nano, tiny, small); corpus=arithmetic only."""
+    layers: int = 0
+    """Transformer layers, replacing the size preset's count (e.g. 2: a student half as deep as tiny-arith,
+    docs/r1.md); 0 keeps the preset's. corpus=arithmetic only."""
     steps: int = 2000
     """Optimizer steps."""
     batch_size: int = 64
@@ -74,6 +77,8 @@ class Config(RunConfig):
         super().__post_init__()
         require_choice("corpus", self.corpus, list(CORPORA))
         require_choice("size", self.size, list(SIZES))
+        require(self.layers >= 0, f"layers={self.layers}: must be >= 0 (0 keeps the size preset's)")
+        require(self.layers == 0 or self.corpus == "arithmetic", "layers sets the depth of a new model: corpus=arithmetic only")
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
         require(0.0 <= self.p_careful <= 1.0 and 0.0 <= self.p_tool <= 1.0, "p_careful and p_tool must be in [0, 1]")
         require(self.corpus_size > 0 and self.eval_per_level > 0 and self.eval_every >= 0,
@@ -89,7 +94,10 @@ def run(cfg: Config) -> dict:
     run_ = Run(cfg, "pretrain")  # checks output_dir; writes nothing yet
     if cfg.corpus == "arithmetic":
         tokenizer = build_tokenizer()
-        model = LlamaForCausalLM(build_config(tokenizer, cfg.size))
+        config = build_config(tokenizer, cfg.size)
+        if cfg.layers:
+            config.num_hidden_layers = cfg.layers
+        model = LlamaForCausalLM(config)
         task = ArithmeticTask()
     else:
         base = resolve_model_path(CORPORA["arithmetic"])

@@ -431,6 +431,8 @@ class Trainer:
     samples, checkpoints and rollback around it.
     """
 
+    COMMAND = "train"  # the command its run directory records (recipes built on the trainer name their own)
+
     def __init__(self, cfg: Config, engine: RolloutEngine | None = None, placement=None):
         """`engine`: generate rollouts with this engine instead of the one `cfg.rollout` names; `placement`:
         where the step runs (distributed/placement.py; default: the one `cfg.distributed` names)."""
@@ -439,7 +441,7 @@ class Trainer:
         self.estimator = resolve_estimator(cfg.advantage)
         set_threads(cfg.threads)
         set_seed(cfg.seed)
-        self.run = Run(cfg, "train")  # checks output_dir and picks the checkpoint; writes nothing yet
+        self.run = Run(cfg, self.COMMAND)  # checks output_dir and picks the checkpoint; writes nothing yet
         self.task = make_task(cfg.task, cfg.data_dir or None)
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
         self.task_specs = list(self.task.rewards())  # trained on, or (task_rewards=false) only logged

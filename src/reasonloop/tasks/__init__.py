@@ -29,6 +29,7 @@ TASKS: dict[str, str] = {
     "codecontests": "reasonloop.tasks.code:make_codecontests",
     "code_arith": "reasonloop.tasks.code:make_code_arith",
     "tool_arith": "reasonloop.tasks.tool_arith:make_task",
+    "mix": "reasonloop.tasks.mixture:make_task",
 }
 
 
