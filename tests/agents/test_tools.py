@@ -110,7 +110,7 @@ def test_python_tool_runs_in_the_sandbox(monkeypatch):
     if isolation_level() == NONE:
         pytest.skip("this machine cannot even set rlimits; the sandbox itself is tested in tests/sandbox")
     monkeypatch.setenv("REASONLOOP_ALLOW_UNISOLATED", "1")  # where bubblewrap cannot run (containers), rlimits
-    env = ToolEnv({"python": PythonTool(wall_time_s=1.0)}, timeout=30.0)  # the sandbox's own 1 s limit kills
+    env = ToolEnv({"python": PythonTool(wall_time_s=3.0)}, timeout=30.0)  # the sandbox's own 3 s limit kills
     assert env.step('<tool name="python">print(6*7)</tool>') == ("<result>42</result>", 0.0, False)
     obs, _, _ = env.step('<tool name="python">import os; os.system("ls /root")\nraise ValueError("no")</tool>')
     assert obs == "<result>error: runtime_error: ValueError: no</result>"
