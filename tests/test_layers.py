@@ -15,7 +15,7 @@ LAYERS = {  # docs/design.md's table
     "search": 6, "prm": 6,
     "selfimprove": 7,
     "distributed": 8,
-    "recipes": 9,
+    "recipes": 9, "frameworks": 9,
     "cli": 10, "configdoc": 10, "bench": 10, "console": 10, "__main__": 10,
 }
 

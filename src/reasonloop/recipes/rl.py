@@ -73,7 +73,7 @@ from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
-from reasonloop.rewards.core import RewardSpec, compute_rewards, load_function
+from reasonloop.rewards.core import RewardResult, RewardSpec, compute_rewards, load_function
 from reasonloop.rewards.process import DEFAULT_DELIMITERS, step_spans
 from reasonloop.rewards.step_tokens import ArithmeticStepOracle, place_step_scores
 from reasonloop.rewards.reward_model import RewardModel
@@ -566,7 +566,7 @@ class Trainer:
             timing["time/reward"] = timing.get("time/reward", 0.0) + time.time() - t1
             for name, count in scored.errors.items():
                 self.state.count(f"reward_error/{name}", count)
-            total = scored.total + self._overlong(batch)
+            total = self.total_reward(scored, batch.completions, rows_exs, g) + self._overlong(batch)
             if self.cfg.agent.env:  # the environment's per-turn and final rewards, summed per episode
                 total = total + self.engine.last["returns"]
             for i, ex in enumerate(exs):
@@ -574,6 +574,13 @@ class Trainer:
                 groups.append(ScoredGroup(ex, batch.rows(rows), total[rows],
                                           {k: v[rows] for k, v in scored.components.items()}))
         return groups
+
+    def total_reward(self, scored: RewardResult, completions: list[str], examples: list[Example],
+                     group_size: int) -> torch.Tensor:
+        """[N] the reward trained on, for rows of `group_size` samples per prompt: the components' weighted sum.
+        A framework (reasonloop/frameworks) overrides it to reweight or add components (it may add entries
+        to `scored.components`, which are logged as reward/<name>)."""
+        return scored.total
 
     def _overlong(self, batch: RolloutBatch) -> torch.Tensor:
         if not self.cfg.overlong_buffer:
