@@ -9,7 +9,7 @@ LAYERS = {  # docs/design.md's table
     "config": 0, "data": 0, "errors": 0,
     "algos": 1,
     "rewards": 2, "sandbox": 2,
-    "tasks": 3,
+    "tasks": 3, "agents": 3,
     "models": 4, "rollout": 4,
     "train": 5,
     "search": 6, "prm": 6,

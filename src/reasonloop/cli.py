@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from reasonloop.config import ConfigError, load_config, render_help
 from reasonloop.console import quiet_libraries, verbose_requested
 from reasonloop.errors import UserError, current_run_dir, note_run_dir
-from reasonloop.recipes.presets import PRETRAIN_CODE, RL_PRESETS
+from reasonloop.recipes.presets import PRETRAIN_CODE, PRETRAIN_TOOL, RL_PRESETS
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command("reasonloop.recipes.pretrain", "rebuild the embedded tiny model (tiny-arith) from scratch"),
     "pretrain_code": Command("reasonloop.recipes.pretrain", "rebuild tiny-code: tiny-arith trained on code_arith programs",
                              preset=tuple(PRETRAIN_CODE)),
+    "pretrain_tool": Command("reasonloop.recipes.pretrain", "build tiny-tool: tiny-arith with a few calculator solutions",
+                             preset=tuple(PRETRAIN_TOOL)),
     "sft": Command("reasonloop.recipes.sft", "supervised fine-tuning on (prompt, completion) records"),
     "eval": Command("reasonloop.recipes.evaluate", "pass@1 (greedy/sampled), pass@k, maj@k per level"),
     "train": Command("reasonloop.recipes.rl", "online RL (GRPO by default; see the presets below)"),

@@ -34,7 +34,8 @@ a share of symbolic answers that need math-verify. which=sandbox (`bench/sandbox
 prefix reuse (continuing partial solutions from cached K/V vs re-prefilling them): generated tokens/s,
 prefilled tokens and the reuse/prefill ratio. which=bitnet (`bench/bitnet.py`, keys `bitnet.*`): weight
 bytes, RSS and decode tokens/s of the ternary kernel vs fp32 decoding at tiny/~100M/~700M shapes, with a
-memory-bandwidth roofline (docs/bitnet.md).
+memory-bandwidth roofline (docs/bitnet.md). which=multiturn (`bench/multiturn.py`, keys
+`multiturn.*`): tool episodes continuing from the cached K/V against re-prefilling every conversation each turn.
 
 Results go to `<output_dir>/bench.json` (+ `profile_*.txt` torch.profiler tables with profile=true).
 """
@@ -50,6 +51,7 @@ from reasonloop.bench.bitnet import BitNetBenchConfig
 from reasonloop.bench.grader import GraderBenchConfig
 from reasonloop.bench.sandbox import SandboxBenchConfig
 from reasonloop.bench.search import SearchBenchConfig
+from reasonloop.bench.multiturn import MultiturnBenchConfig
 from reasonloop.config import require, require_choice
 from reasonloop.models.forward import ForwardConfig
 from reasonloop.rollout.engine import RolloutConfig
@@ -118,13 +120,15 @@ class Config:
     """which=search: the search workload (model, threads, seed and rollout.* are the keys above)."""
     bitnet: BitNetBenchConfig = field(default_factory=BitNetBenchConfig)
     """which=bitnet: the shapes, thread counts and decode lengths."""
+    multiturn: MultiturnBenchConfig = field(default_factory=MultiturnBenchConfig)
+    """which=multiturn: tool episodes with K/V reuse vs re-prefilling each turn (bench/multiturn.py; tiny-tool)."""
     output_dir: str = ""
     """Where bench.json goes; empty means runs/bench-<timestamp>."""
     seed: int = 0
     """Seed for prompts, sampling and initialisation."""
 
     def __post_init__(self):
-        require_choice("which", self.which, ["grpo", "grader", "sandbox", "search", "bitnet"])
+        require_choice("which", self.which, ["grpo", "grader", "sandbox", "search", "bitnet", "multiturn"])
         require_choice("vs", self.vs, ["", "trl"])
         require_choice("only", self.only, ["", "grpo"])
         require(self.prompts > 0 and self.group_size >= 2, "need prompts > 0 and group_size >= 2")
@@ -149,6 +153,10 @@ def run(cfg: Config) -> dict:
         from reasonloop.bench import bitnet
 
         results = bitnet.run(cfg.bitnet)
+    elif cfg.which == "multiturn":
+        from reasonloop.bench import multiturn
+
+        results = multiturn.run(cfg)
     elif cfg.which == "search":
         import tempfile
 

@@ -92,6 +92,12 @@ class RolloutBatch:
     finish_reasons: list[str]  # [N] "stop" (EOS or stop string) or "length"
     completions: list[str]  # [N] decoded completion text (stop token excluded)
     group_size: int  # G
+    policy_mask: torch.Tensor | None = None  # [N, T] multi-turn episodes: 1 on the policy's tokens, 0 on the
+    # environment's observations (which completion_mask keeps attended to); None: every completion token
+
+    @property
+    def loss_mask(self) -> torch.Tensor:  # [N, T] the tokens that are trained on
+        return self.completion_mask if self.policy_mask is None else self.policy_mask
 
     @property
     def num_rows(self) -> int:
@@ -109,7 +115,8 @@ class RolloutBatch:
         """The rows `idx` (e.g. one prompt's group), same padding."""
         return RolloutBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
                             self.completion_mask[idx], self.logprobs[idx], self.finish_reasons[idx],
-                            self.completions[idx], group_size=self.group_size)
+                            self.completions[idx], group_size=self.group_size,
+                            policy_mask=None if self.policy_mask is None else self.policy_mask[idx])
 
     @staticmethod
     def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
@@ -126,4 +133,6 @@ class RolloutBatch:
             [r for b in batches for r in b.finish_reasons],
             [c for b in batches for c in b.completions],
             group_size=batches[0].group_size,
+            policy_mask=None if all(b.policy_mask is None for b in batches)
+            else torch.cat([pad_right(b.loss_mask, T, 0) for b in batches]),
         )

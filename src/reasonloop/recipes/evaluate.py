@@ -13,6 +13,7 @@ from reasonloop.config import require
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, model_label, render_prompt
 from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.rollout.multiturn import AgentConfig, build_agent_engine
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.evaluation import evaluate, format_table
 from reasonloop.train.run import Run, set_seed, set_threads
@@ -42,6 +43,8 @@ class Config(RunConfig):
     """Sampling parameters for the k samples."""
     batch_prompts: int = 64
     """Prompts per generation call."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """agent.env=tools: evaluate without tools and with them (tool-call rate, turns, tool errors; docs/agents.md)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,11 +73,22 @@ def run(cfg: Config) -> dict:
         engine, task, examples, render=render,
         sampling=cfg.sampling, k=cfg.k, greedy=cfg.greedy, batch_prompts=cfg.batch_prompts, seed=cfg.seed,
     )
-    run_.write_jsonl("samples.jsonl", rows)
     label = model_label(cfg.model.name, task)
-    run_.write_json("summary.json", {"model": label, "task": cfg.task, "split": cfg.split, "eval": summary})
+    result = {"model": label, "task": cfg.task, "split": cfg.split, "eval": summary}
+    if cfg.agent.env:  # the same problems again, as multi-turn episodes with the environment's tools
+        agent_engine = build_agent_engine(cfg.agent, model, tokenizer)
+        with_tools, tool_rows = evaluate(agent_engine, task, examples, render=render, sampling=cfg.sampling, k=cfg.k,
+                                         greedy=cfg.greedy, batch_prompts=cfg.batch_prompts, seed=cfg.seed)
+        rows += [{**r, "mode": f"{r['mode']}+{cfg.agent.env}"} for r in tool_rows]
+        result.update({"eval_with_tools": with_tools, "agent": agent_engine.metrics()})
+    run_.write_jsonl("samples.jsonl", rows)
+    run_.write_json("summary.json", result)
     print(f"eval of {label} on {cfg.task}/{cfg.split} ({len(examples)} problems, k={cfg.k}):")
     print(format_table(summary))
+    if cfg.agent.env:
+        print(f"with agent.env={cfg.agent.env} ({', '.join(cfg.agent.tools) if cfg.agent.env == 'tools' else ''}):")
+        print(format_table(result["eval_with_tools"]))
+        print("  ".join(f"{k.removeprefix('agent/')} {v:.3f}" for k, v in result["agent"].items()))
     print(f"written to {run_.dir}")
     run_.close()
     return summary

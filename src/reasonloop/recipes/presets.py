@@ -41,3 +41,6 @@ def _same(have: object, want: object) -> bool:
 # `reasonloop pretrain_code`: rebuilds the tiny-code asset from tiny-arith (docs/tasks-embedded.md).
 PRETRAIN_CODE: list[str] = ["corpus=code", "steps=400", "optim.lr=1e-3", "optim.warmup_steps=10", "corpus_size=20000",
                             "eval_every=100", "eval_per_level=50"]
+# `reasonloop pretrain_tool`: builds the tiny-tool asset from tiny-arith (docs/agents.md).
+PRETRAIN_TOOL: list[str] = ["corpus=tool", "steps=300", "optim.lr=1e-3", "optim.warmup_steps=10", "corpus_size=20000",
+                            "eval_every=300", "eval_per_level=40"]

@@ -27,6 +27,7 @@ from reasonloop.tasks.arithmetic import ArithmeticTask
 from reasonloop.tasks.code import CodeArithTask
 from reasonloop.models.bitnet import to_bitnet
 from reasonloop.models.bitnet_pack import export_hf
+from reasonloop.tasks.tool_arith import ToolArithTask
 from reasonloop.models.loading import resolve_model_path
 from reasonloop.models.tiny import SIZES, build_config, build_tokenizer
 from reasonloop.rollout.engine import SamplingConfig
@@ -43,7 +44,8 @@ from reasonloop.train.supervised import supervised_step
 class Config(RunConfig):
     corpus: str = "arithmetic"
     """'arithmetic': a new model from scratch (the tiny-arith asset); 'code': continue the tiny-arith asset on
-    careful and lazy code_arith programs (the tiny-code asset)."""
+    careful and lazy code_arith programs (the tiny-code asset); 'tool': continue the tiny-arith asset on the
+    arithmetic corpus with a share `p_tool` of calculator solutions (the tiny-tool asset, docs/agents.md)."""
     size: str = "tiny"
     """Model size preset from models/tiny.py SIZES (nano, tiny, small); corpus=arithmetic only."""
     layers: int = 0
@@ -70,6 +72,8 @@ class Config(RunConfig):
     """Build a BitNet b1.58 model (ternary weights, int8 activations, SubLN; docs/bitnet.md): from scratch with
     corpus=arithmetic; corpus=code converts the tiny-arith asset (no SubLN). export=true then writes
     assets/tiny-bitnet, packed (corpus=arithmetic)."""
+    p_tool: float = 0.1
+    """corpus=tool: the share of solutions that call the calculator (tasks/tool_arith.py)."""
     export: bool = False
     """Copy the final model over the shipped asset of its corpus (tiny-arith or tiny-code)."""
 
@@ -82,12 +86,12 @@ class Config(RunConfig):
         require(self.layers >= 0, f"layers={self.layers}: must be >= 0 (0 keeps the size preset's)")
         require(self.layers == 0 or self.corpus == "arithmetic", "layers sets the depth of a new model: corpus=arithmetic only")
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
-        require(0.0 <= self.p_careful <= 1.0, "p_careful must be in [0, 1]")
+        require(0.0 <= self.p_careful <= 1.0 and 0.0 <= self.p_tool <= 1.0, "p_careful and p_tool must be in [0, 1]")
         require(self.corpus_size > 0 and self.eval_per_level > 0 and self.eval_every >= 0,
                 "corpus_size and eval_per_level must be > 0, eval_every >= 0")
 
 
-CORPORA = {"arithmetic": "tiny-arith", "code": "tiny-code"}  # corpus -> the asset it rebuilds
+CORPORA = {"arithmetic": "tiny-arith", "code": "tiny-code", "tool": "tiny-tool"}  # corpus -> the asset it rebuilds
 
 
 def run(cfg: Config) -> dict:
@@ -104,11 +108,12 @@ def run(cfg: Config) -> dict:
     else:
         base = resolve_model_path(CORPORA["arithmetic"])
         tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
-        task = CodeArithTask()
+        task = ToolArithTask() if cfg.corpus == "tool" else CodeArithTask()
     if cfg.bitnet:
         to_bitnet(model, sub_norm=cfg.corpus == "arithmetic")
     run_.start()
-    corpus = task.pretraining_records(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful)
+    extra = {"p_tool": cfg.p_tool} if cfg.corpus == "tool" else {}
+    corpus = task.pretraining_records(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful, **extra)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"pretrain ({cfg.corpus}{', BitNet b1.58' if cfg.bitnet else ''}): {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} sequences")
 

@@ -80,6 +80,7 @@ from reasonloop.rewards.process import DEFAULT_DELIMITERS, step_spans
 from reasonloop.rewards.step_tokens import ArithmeticStepOracle, place_step_scores
 from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import RolloutConfig, RolloutEngine, SamplingConfig, build_engine
+from reasonloop.rollout.multiturn import AgentConfig, build_agent_engine
 from reasonloop.train.checkpoint import latest_checkpoint
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.models.forward import ForwardConfig, policy_forward
@@ -116,6 +117,9 @@ class Config(CheckpointedRunConfig):
     """Rollout sampling; the trainer scores tokens at the same temperature."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """The engine that generates rollouts."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """Multi-turn episodes (agent.env=tools: the policy calls tools mid-rollout; observations are not trained on;
+    docs/agents.md)."""
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     """Switches of the training forward pass (speed only; same maths)."""
     # -- advantage ------------------------------------------------------------------------------
@@ -469,6 +473,8 @@ class Trainer:
         total_updates = cfg.steps * cfg.epochs
         self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
         self.engine = engine or build_engine(cfg.rollout, self.dist.rollout_model(self.model), self.tokenizer)
+        if cfg.agent.env:  # multi-turn episodes with tools or another environment (rollout/multiturn.py)
+            self.engine = build_agent_engine(cfg.agent, self.dist.rollout_model(self.model), self.tokenizer)
         self.generator = torch.Generator().manual_seed(self.dist.sampler_seed(cfg.seed))
         fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
                                                      cfg.sampling.max_new_tokens, f"{cfg.task}/{split}")
@@ -554,7 +560,10 @@ class Trainer:
         groups = []
         for g, exs in by_size.items():
             t0 = time.time()
-            batch = self.engine.generate([self.render(e.prompt) for e in exs], g, self.cfg.sampling, self.generator)
+            if self.cfg.agent.env:  # each environment gets its example; observations are masked out of the loss
+                batch = self.engine.episodes(exs, g, self.cfg.sampling, self.generator, render=self.render)
+            else:
+                batch = self.engine.generate([self.render(e.prompt) for e in exs], g, self.cfg.sampling, self.generator)
             t1 = time.time()
             rows_exs = [e for e in exs for _ in range(g)]
             scored = compute_rewards(self.reward_specs, batch.completions, rows_exs)
@@ -566,6 +575,8 @@ class Trainer:
             for name, count in scored.errors.items():
                 self.state.count(f"reward_error/{name}", count)
             total = self.total_reward(scored, batch.completions, rows_exs, g) + self._overlong(batch)
+            if self.cfg.agent.env:  # the environment's per-turn and final rewards, summed per episode
+                total = total + self.engine.last["returns"]
             for i, ex in enumerate(exs):
                 rows = slice(i * g, (i + 1) * g)
                 groups.append(ScoredGroup(ex, batch.rows(rows), total[rows],
@@ -780,7 +791,7 @@ class Trainer:
         t_rollout = time.time() - t0
         t1 = time.time()
         scores = self.score_tokens(data)
-        mask = data.tokens.completion_mask.float()
+        mask = data.batch.loss_mask.float()  # multi-turn: observation tokens are context, not policy actions
         loss_mask = adv_lib.mask_truncated(mask, data.batch.truncated) if cfg.mask_truncated else mask
         process, process_metrics = self.process_rewards(data, scores)
         estimated = self.advantages(data, scores, mask, process)
@@ -811,6 +822,7 @@ class Trainer:
             "repetition_rate": sum(map(repetition_rate, data.batch.completions)) / len(data.batch.completions),
             "tokens_per_s": n_tokens / elapsed, "time/rollout": t_rollout, "time/logprobs": t_score,
             "time/train": t_train, "time/step": elapsed,
+            **(self.engine.metrics() if cfg.agent.env else {}),
         }
         accuracy = data.components.get("accuracy", data.components.get("task/accuracy"))
         if accuracy is not None:  # the verifier's verdict on the training samples, trained on or not
@@ -947,7 +959,8 @@ class Trainer:
         sampling = SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.sampling.max_new_tokens)
         summary, _ = evaluate(self.engine, self.task, self.held_out, self.render, sampling, k=self.cfg.eval_k,
                               seed=self.cfg.seed)
-        self.run.log(self.state.step, flat_metrics(summary))
+        agent = {f"eval/{k}": v for k, v in self.engine.metrics().items()} if self.cfg.agent.env else {}
+        self.run.log(self.state.step, {**flat_metrics(summary), **agent})
         return summary
 
     def train(self) -> dict:

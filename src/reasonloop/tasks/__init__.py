@@ -28,6 +28,7 @@ TASKS: dict[str, str] = {
     "apps": "reasonloop.tasks.code:make_apps",
     "codecontests": "reasonloop.tasks.code:make_codecontests",
     "code_arith": "reasonloop.tasks.code:make_code_arith",
+    "tool_arith": "reasonloop.tasks.tool_arith:make_task",
     "mix": "reasonloop.tasks.mixture:make_task",
     "ruled_arithmetic": "reasonloop.tasks.ruled:make_task",
 }
