@@ -433,9 +433,12 @@ def test_every_user_error_type_is_caught_by_one_boundary():
 def test_a_real_ctrl_c_exits_130_with_one_line(tmp_path, nano_model_dir):
     """SIGINT to a real `reasonloop eval` while it works: exit 130, one line, no KeyboardInterrupt traceback."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    # a child inherits an ignored SIGINT (and Python then keeps ignoring it): start it with the default action,
+    # as a shell does for a foreground command, whatever an earlier test or library left in this process
     proc = subprocess.Popen([sys.executable, "-m", "reasonloop.cli", "eval", f"model.name={nano_model_dir}",
                              "n=200", "k=8", "threads=1", f"output_dir={tmp_path / 'out'}"],
-                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "out" / "config.yaml").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

@@ -86,7 +86,8 @@ class Config(RunConfig):
         require(self.layers >= 0, f"layers={self.layers}: must be >= 0 (0 keeps the size preset's)")
         require(self.layers == 0 or self.corpus == "arithmetic", "layers sets the depth of a new model: corpus=arithmetic only")
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
-        require(0.0 <= self.p_careful <= 1.0 and 0.0 <= self.p_tool <= 1.0, "p_careful and p_tool must be in [0, 1]")
+        require(0.0 <= self.p_careful <= 1.0, "p_careful must be in [0, 1]")
+        require(0.0 <= self.p_tool <= 1.0, "p_tool must be in [0, 1]")
         require(self.corpus_size > 0 and self.eval_per_level > 0 and self.eval_every >= 0,
                 "corpus_size and eval_per_level must be > 0, eval_every >= 0")
 
