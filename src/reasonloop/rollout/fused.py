@@ -45,7 +45,17 @@ def available() -> bool:
 
 
 def _build() -> bool:
-    if os.environ.get("REASONLOOP_FUSED_DECODE", "1") == "0":
+    return build_extension("reasonloop_decode", _SOURCE, _FLAGS, "REASONLOOP_FUSED_DECODE", "the CPU decode step",
+                           lambda: hasattr(torch.ops.reasonloop_decode, "decode_step"),
+                           "compiled decode step unavailable (%s: %s); sampling with the torch decoder")
+
+
+def build_extension(prefix: str, source: Path, flags: list[str], switch: str, what: str, loaded, unavailable: str
+                    ) -> bool:
+    """Build (or load from torch's cache) the C++ extension `source` as `<prefix>_<machine tag>`: False when
+    the environment variable `switch` is 0 or the build fails (no compiler, no ninja, read-only cache...),
+    with the warning `unavailable` (given the error's type and first line); `loaded()` checks its ops."""
+    if os.environ.get(switch, "1") == "0":
         return False
     try:
         from torch.utils.cpp_extension import load
@@ -54,15 +64,14 @@ def _build() -> bool:
             import ninja
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        name = f"reasonloop_decode_{_machine_tag()}"
+        name = f"{prefix}_{_machine_tag()}"
         _break_stale_lock(name)
         if not _built(name):
-            log.info("compiling the CPU decode step (rollout/fused_decode.cpp; ~10 s, once per machine and torch version)")
-        load(name=name, sources=[str(_SOURCE)], extra_cflags=_FLAGS, is_python_module=False, verbose=False)
-        return hasattr(torch.ops.reasonloop_decode, "decode_step")
-    except Exception as exc:  # no compiler, no ninja, read-only cache...: keep the torch decoder
-        log.warning("compiled decode step unavailable (%s: %s); sampling with the torch decoder",
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            log.info("compiling %s (rollout/%s; ~10 s, once per machine and torch version)", what, source.name)
+        load(name=name, sources=[str(source)], extra_cflags=flags, is_python_module=False, verbose=False)
+        return loaded()
+    except Exception as exc:
+        log.warning(unavailable, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return False
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
 import weakref
 from pathlib import Path
 from typing import Iterator
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reasonloop.models import bitnet
-from reasonloop.rollout.fused import _break_stale_lock, _built, _machine_tag
+from reasonloop.rollout.fused import build_extension
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +45,9 @@ def available() -> bool:
 
 
 def _build() -> bool:
-    if os.environ.get("REASONLOOP_TERNARY", "1") == "0":
-        return False
-    try:
-        from torch.utils.cpp_extension import load
-
-        if shutil.which("ninja") is None:
-            import ninja
-
-            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        name = f"reasonloop_ternary_{_machine_tag()}"
-        _break_stale_lock(name)
-        if not _built(name):
-            log.info("compiling the ternary kernel (rollout/ternary_decode.cpp; ~10 s, once per machine and torch version)")
-        load(name=name, sources=[str(_SOURCE)], extra_cflags=_FLAGS, is_python_module=False, verbose=False)
-        return hasattr(torch.ops.reasonloop_ternary, "ternary_linear")
-    except Exception as exc:  # no compiler, no ninja, read-only cache...: keep the torch forward
-        log.warning("ternary kernel unavailable (%s: %s); BitNet layers sample with their torch forward",
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return False
+    return build_extension("reasonloop_ternary", _SOURCE, _FLAGS, "REASONLOOP_TERNARY", "the ternary kernel",
+                           lambda: hasattr(torch.ops.reasonloop_ternary, "ternary_linear"),
+                           "ternary kernel unavailable (%s: %s); BitNet layers sample with their torch forward")
 
 
 def padded(k: int) -> int:
