@@ -23,19 +23,44 @@ from typing import Any
 
 import torch
 
-from reasonloop.config import ConfigError, require
+from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.data.records import Example
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, model_label, render_prompt
 from reasonloop.rewards.step_tokens import ArithmeticStepCheck, ArithmeticStepOracle
 from reasonloop.rollout.engine import RolloutConfig, SamplingConfig, build_engine
 from reasonloop.search import STRATEGIES, CountingEngine, SearchConfig, SearchResult, search
+from reasonloop.search import allocate as alloc
 from reasonloop.search.base import SCORERS
-from reasonloop.search.strategies import prm_outcome_scorer
+from reasonloop.search.strategies import majority_vote, prm_outcome_scorer
 from reasonloop.tasks import make_task
 from reasonloop.train.evaluation import answer_key
 from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import RunConfig
 
+
+@dataclass
+class AllocateConfig:
+    candidates: list[str] = field(default_factory=list)
+    """Compute-optimal allocation (docs/test_time_compute.md): the strategy entries (as in `strategies`) it may
+    choose per difficulty bucket, each at every budget of `budgets`; empty: no allocation. The candidates' rows
+    come from their bucket-by-bucket runs on the same held-out problems."""
+    pilot: int = 4
+    """Pilot samples per problem, from which its difficulty is estimated (their compute is charged)."""
+    difficulty: str = "agreement"
+    """agreement (1 - the winning answer's share of the pilot samples), prm (1 - their mean PRM score, aggregated
+    by search.aggregate; needs search.prm) or verifier (1 - the fraction right: oracle difficulty, labelled so)."""
+    bins: int = 4
+    """Difficulty buckets: equal-count quantiles of the selection problems' difficulties (ties are never split)."""
+    select_problems: int = 200
+    """Problems the allocation is chosen on: the next ones of `split` after the `problems` it is evaluated on."""
+    cost: str = "generated"
+    """The compute a budget limits: generated (tokens the policy sampled) or forward (every token read or written)."""
+
+    def __post_init__(self):
+        require(self.pilot >= 1 and self.bins >= 1 and self.select_problems >= 1,
+                "allocate.pilot, allocate.bins and allocate.select_problems must be >= 1")
+        require_choice("allocate.difficulty", self.difficulty, ["agreement", "prm", "verifier"])
+        require_choice("allocate.cost", self.cost, list(alloc.COSTS))
 
 
 @dataclass
@@ -64,15 +89,20 @@ class Config(RunConfig):
     """The rollout engine."""
     batch_prompts: int = 50
     """Problems per search call (all their samples share engine calls)."""
+    allocate: AllocateConfig = field(default_factory=AllocateConfig)
+    """Compute-optimal allocation per difficulty bucket (off unless allocate.candidates is set)."""
 
     def __post_init__(self):
         super().__post_init__()
         require(self.problems > 0 and self.batch_prompts > 0, "problems and batch_prompts must be > 0")
         require(bool(self.budgets) and all(isinstance(b, int) and b >= 1 for b in self.budgets),
                 f"budgets={self.budgets}: a non-empty list of integers >= 1")
-        require(bool(self.strategies), "strategies is empty: name at least one (e.g. strategies=[majority])")
-        for entry in self.strategies:
+        require(bool(self.strategies) or bool(self.allocate.candidates),
+                "strategies is empty: name at least one (e.g. strategies=[majority])")
+        for entry in [*self.strategies, *self.allocate.candidates]:
             parse_entry(entry, self.search)
+        require(self.allocate.difficulty != "prm" or bool(self.search.prm),
+                "allocate.difficulty=prm needs search.prm=<directory of `reasonloop prm`>")
 
 
 TREE = ("beam", "dvts", "mcts")
@@ -235,19 +265,27 @@ def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     run_ = Run(cfg, "search")
-    entries = [parse_entry(e, cfg.search) for e in cfg.strategies]
+    entries = [parse_entry(e, cfg.search) for e in cfg.strategies if e not in cfg.allocate.candidates]
+    candidates = [parse_entry(e, cfg.search) for e in cfg.allocate.candidates]
+    pilot = pilot_config(cfg) if candidates else None
     task = make_task(cfg.task, cfg.data_dir or None)
-    models = load_reward_models(cfg.search, needed_models(entries), cfg.task)
+    models = load_reward_models(cfg.search, needed_models(entries + candidates + ([pilot] if pilot else [])), cfg.task)
     tokenizer, model = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
-    examples = drop_long_prompts(task.examples(cfg.split, cfg.problems, seed=cfg.seed), tokenizer, render, model,
-                                 cfg.sampling.max_new_tokens, f"{cfg.task}/{cfg.split}")
+    drawn = task.examples(cfg.split, cfg.problems + (cfg.allocate.select_problems if candidates else 0), seed=cfg.seed)
+    keep = lambda exs, what: drop_long_prompts(exs, tokenizer, render, model, cfg.sampling.max_new_tokens,  # noqa: E731
+                                               f"{cfg.task}/{what}")
+    examples = keep(drawn[:cfg.problems], cfg.split)
+    select = keep(drawn[cfg.problems:], f"{cfg.split} (allocation selection)") if candidates else []
+    if candidates and not select:
+        raise ConfigError(f"allocate: task {cfg.task} has no {cfg.split} problems left after the first "
+                          f"{cfg.problems} to choose the allocation on; lower problems=")
     run_.start()
     engine = build_engine(cfg.rollout, model, tokenizer)
     rows: list[dict] = []
     runs = [(e, b) for e in entries for b in cfg.budgets]
     with progress("search", len(runs)) as bar:
-        for scfg, budget in runs:
+        for scfg, budget in runs:  # the allocation's candidates run bucket by bucket, below
             scfg = replace(scfg, n=budget)
             bar.set(f"{label(scfg)} n={budget}")
             results, compute = run_one(engine, task, examples, render, cfg.sampling, scfg, models, cfg.seed,
@@ -257,6 +295,14 @@ def run(cfg: Config) -> dict:
                          **{k: round(v, 2) for k, v in compute.items()},
                          **{k: v for k, v in acc.items() if k != "overall"}})
             bar.advance()
+    allocation = None
+    if candidates:
+        def run_on(exs, scfg, seed):
+            return run_one(engine, task, exs, render, cfg.sampling, scfg, models, seed, cfg.batch_prompts)
+
+        allocation = compute_optimal(cfg, run_on, task, {"select": select, "held_out": examples}, candidates, pilot)
+        rows += allocation.pop("rows")
+        run_.write_json("allocation.json", allocation)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(run_.dir / "scaling.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -268,9 +314,124 @@ def run(cfg: Config) -> dict:
                "problems": len(examples), "rows": rows}
     run_.write_json("summary.json", summary)
     print(format_rows(rows))
+    if allocation:
+        print(format_allocation(allocation))
     print(f"written to {run_.dir}" + ("" if plotted else " (no scaling.png: matplotlib is not installed)"))
     run_.close()
     return summary
+
+
+# -- compute-optimal allocation (search/allocate.py has the maths) ------------------------------------------------
+
+def pilot_config(cfg: Config) -> SearchConfig:
+    """The pilot: `allocate.pilot` samples per problem, scored by what the difficulty estimate reads."""
+    how = cfg.allocate.difficulty
+    if how == "agreement":
+        return replace(cfg.search, strategy="majority", n=cfg.allocate.pilot)
+    return replace(cfg.search, strategy="best_of_n", scorer=how, n=cfg.allocate.pilot)
+
+
+def pilot_difficulties(task, results: list[SearchResult], how: str) -> tuple[list[float], list[bool]]:
+    """(difficulty of each problem, whether the pilot's majority vote answers it right)."""
+    diffs, right = [], []
+    for r in results:
+        keys = [answer_key(task, c) for c in r.candidates]
+        chosen, _ = majority_vote(keys)
+        right.append(chosen is not None and bool(task.is_correct(r.candidates[chosen], r.example)))
+        diffs.append(alloc.agreement_difficulty(keys) if how == "agreement" else alloc.score_difficulty(r.scores))
+    return diffs, right
+
+
+def compute_optimal(cfg: Config, run_on, task, splits: dict[str, list[Example]], candidates: list[SearchConfig],
+                    pilot: SearchConfig) -> dict:
+    """Pilot every problem of both splits, bucket them by the selection split's difficulty quantiles, run every
+    candidate at every budget bucket by bucket, choose an allocation on the selection split for each budget
+    level and evaluate it on the held-out split. `run_on(examples, search_config, seed) -> (results, compute
+    per problem)`. Returns the rows of scaling.csv (`rows`) and everything behind them (allocation.json)."""
+    a = cfg.allocate
+    options = [(alloc.Option(label(c), b), replace(c, n=b)) for c in candidates for b in cfg.budgets]
+    names = {o: o.strategy for o, _ in options}
+    out: dict[str, Any] = {"difficulty": a.difficulty, "pilot": a.pilot, "cost": a.cost, "splits": {}}
+    pilots, tables, buckets = {}, {}, {}
+    for split, exs in splits.items():
+        # the pilot draws from its own seed: the samples a strategy answers with never bucketed their problem
+        results, compute = run_on(exs, pilot, cfg.seed + 1)
+        diffs, right = pilot_difficulties(task, results, a.difficulty)
+        pilots[split] = (alloc.Cell(sum(right), compute["generated_tokens"] * len(exs),
+                                    compute["forward_tokens"] * len(exs)), diffs, right)
+    edges = alloc.quantile_edges(pilots["select"][1], a.bins)
+    with progress("allocate", 2 * (len(edges) + 1) * len(options)) as bar:
+        for split, exs in splits.items():
+            _, diffs, right = pilots[split]
+            buckets[split] = alloc.assign_buckets(diffs, edges)
+            table: list[dict[alloc.Option, alloc.Cell]] = []
+            for b in range(len(edges) + 1):
+                idx = [i for i, k in enumerate(buckets[split]) if k == b]
+                cells = {alloc.PILOT: alloc.Cell(sum(right[i] for i in idx))}
+                for option, scfg in options:
+                    bar.set(f"{split} bucket {b} {names[option]} n={option.budget}")
+                    if idx:
+                        results, compute = run_on([exs[i] for i in idx], scfg, cfg.seed)
+                        cells[option] = alloc.Cell(sum(r.completion is not None and bool(task.is_correct(r.completion, r.example))
+                                                       for r in results),
+                                                   compute["generated_tokens"] * len(idx), compute["forward_tokens"] * len(idx))
+                    else:
+                        cells[option] = alloc.Cell(0)
+                    bar.advance()
+                table.append(cells)
+            tables[split] = table
+            out["splits"][split] = {
+                "problems": len(exs), "bucket_sizes": [buckets[split].count(b) for b in range(len(edges) + 1)],
+                "pilot": {"correct": pilots[split][0].correct, "generated": pilots[split][0].generated,
+                          "forward": pilots[split][0].forward},
+                "table": [{str(o): c.__dict__ for o, c in cells.items()} for cells in table]}
+    out["edges"] = edges
+    out["rows"], out["choices"] = allocation_rows(cfg, tables, {s: p[0] for s, p in pilots.items()},
+                                                  {s: len(e) for s, e in splits.items()}, options, names)
+    return out
+
+
+def allocation_rows(cfg: Config, tables, pilot_cells, sizes, options, names) -> tuple[list[dict], list[dict]]:
+    """Every candidate at every budget (its held-out cells summed over buckets), and the compute-optimal
+    allocation chosen on the selection split at each budget level: at most what the first candidate spends there
+    at that budget, per problem."""
+    held, sel = tables["held_out"], tables["select"]
+    n_held, n_sel = sizes["held_out"], sizes["select"]
+    rows, choices = [], []
+    for option, _ in options:
+        c = alloc.evaluate(alloc.Allocation(tuple(option for _ in held), 0, 0.0, pilot=False), held, alloc.Cell(0))
+        rows.append({"strategy": names[option], "n": option.budget, "accuracy": c.correct / n_held,
+                     "generated_tokens": round(c.generated / n_held, 2), "forward_tokens": round(c.forward / n_held, 2)})
+    oracle = cfg.allocate.difficulty == "verifier" or any("oracle" in n for n in names.values())
+    first = options[0][0].strategy
+    for budget in cfg.budgets:
+        option = alloc.Option(first, budget)
+        target = sum(getattr(cells[option], cfg.allocate.cost) for cells in sel)
+        choice = alloc.allocate(sel, getattr(pilot_cells["select"], cfg.allocate.cost), target, cfg.allocate.cost)
+        if choice is None:
+            continue
+        c = alloc.evaluate(choice, held, pilot_cells["held_out"])
+        how = (" | ".join(map(str, choice.options)) if choice.pilot else f"{choice.options[0]} everywhere, no pilot")
+        choices.append({"n": budget, "target": target / n_sel, "allocation": how, "pilot": choice.pilot,
+                        "select_accuracy": choice.correct / n_sel, "select_cost": choice.cost / n_sel,
+                        "held_out_accuracy": c.correct / n_held, "held_out_generated": c.generated / n_held,
+                        "held_out_forward": c.forward / n_held})
+        rows.append({"strategy": "compute_optimal" + (" (oracle)" if oracle else ""), "n": budget,
+                     "accuracy": c.correct / n_held, "generated_tokens": round(c.generated / n_held, 2),
+                     "forward_tokens": round(c.forward / n_held, 2), "allocation": how})
+    return rows, choices
+
+
+def format_allocation(allocation: dict) -> str:
+    sel = allocation["splits"]["select"]
+    lines = [f"difficulty={allocation['difficulty']} (pilot {allocation['pilot']}), bucket edges "
+             f"{[round(e, 3) for e in allocation['edges']]}, selection bucket sizes {sel['bucket_sizes']}, "
+             f"held-out {allocation['splits']['held_out']['bucket_sizes']}"]
+    for ch in allocation["choices"]:
+        lines.append(f"  N={ch['n']:<3} <= {ch['target']:7.1f} {allocation['cost']} tokens: {ch['allocation']}  "
+                     f"(selection {ch['select_accuracy']:.3f}, held-out {ch['held_out_accuracy']:.3f} "
+                     f"at {ch['held_out_generated']:.1f} generated tokens)")
+    return "\n".join(lines)
 
 
 def format_rows(rows: list[dict]) -> str:
