@@ -140,3 +140,40 @@ def test_compute_optimal_on_a_toy_policy_stops_on_easy_problems():
     assert rows["majority", 8]["accuracy"] == 1.0 and rows["majority", 8]["generated_tokens"] == 144
     assert rows["majority", 4]["accuracy"] == 0.5
     assert rows["compute_optimal", 8]["generated_tokens"] == 108  # the same accuracy for 3/4 of the tokens
+
+
+def test_search_command_writes_the_allocation(tmp_path):
+    """The CLI wiring on the embedded model: candidates' rows from their bucket runs, one compute_optimal row per
+    budget, the selection problems disjoint from the held-out ones, allocation.json behind the rows."""
+    import csv
+    import json
+
+    from reasonloop.cli import main
+
+    out = tmp_path / "a"
+    assert main(["search", "problems=4", "budgets=[1,2]", "threads=1", f"output_dir={out}", "strategies=[]",
+                 "allocate.candidates=[majority]", "allocate.pilot=2", "allocate.bins=2",
+                 "allocate.select_problems=4"]) in (0, None)
+    rows = list(csv.DictReader(open(out / "scaling.csv")))
+    assert [(r["strategy"], r["n"]) for r in rows] == [("majority", "1"), ("majority", "2"),
+                                                       ("compute_optimal", "1"), ("compute_optimal", "2")]
+    allocation = json.loads((out / "allocation.json").read_text())
+    assert allocation["splits"]["select"]["problems"] == 4 and allocation["splits"]["held_out"]["problems"] == 4
+    assert sum(allocation["splits"]["held_out"]["bucket_sizes"]) == 4
+    # at N=1 no pilot of 2 samples fits: majority@1 everywhere, which is the majority@1 row itself
+    assert rows[2]["allocation"] == "majority@1 everywhere, no pilot"
+    assert (rows[2]["accuracy"], rows[2]["generated_tokens"]) == (rows[0]["accuracy"], rows[0]["generated_tokens"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["allocate.candidates=[majority]", "allocate.difficulty=prm"], "allocate.difficulty=prm needs search.prm="),
+    (["allocate.candidates=[magic]"], "'magic' is not a search strategy"),
+    (["allocate.candidates=[majority]", "allocate.bins=0"], "allocate.pilot, allocate.bins and"),
+    (["strategies=[]"], "strategies is empty"),
+])
+def test_bad_allocation_config_is_one_clean_line(tmp_path, capsys, args, message):
+    from reasonloop.cli import main
+
+    assert main(["search", "problems=2", *args, f"output_dir={tmp_path / 'x'}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
