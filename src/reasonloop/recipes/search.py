@@ -9,6 +9,12 @@ directory: `scaling.csv` (one row per strategy and budget), `summary.json` and `
 (accuracy against generated tokens and against all forward tokens, log-x, one line per strategy).
 
 `scorer=verifier` scores with the task's exact check: an oracle upper bound, labelled "(oracle)".
+
+With `allocate.candidates=[...]` it also chooses a compute-optimal allocation (Snell et al. 2024): a pilot
+estimates each problem's difficulty, problems are bucketed, and per bucket a candidate and budget (or stopping
+at the pilot's vote) is chosen on `allocate.select_problems` further problems of the split, then evaluated on
+the held-out ones (`compute_optimal` rows; `allocation.json` holds the per-bucket tables and choices; the maths
+is `search/allocate.py`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `search(engine, examples, render, sampling, cfg, answer_key, ...)` runs the strategy `cfg.strategy`
 names from the registry `STRATEGIES` (base.py); the strategies live in strategies.py (whole-solution
 sampling: best_of_n, weighted_best_of_n, majority, refine, adaptive) and tree.py (step-level: beam,
-dvts, mcts).
+dvts, mcts). allocate.py chooses a strategy and budget per difficulty bucket (compute-optimal allocation).
 """
 
 from __future__ import annotations
