@@ -39,13 +39,14 @@ def shard_of(data: rl.StepData, rank: int, world: int) -> rl.StepData:
 
 def one_step(trainer: rl.Trainer, data: rl.StepData) -> tuple[dict, dict[str, torch.Tensor]]:
     """`trainer.step()` on `data` instead of a fresh rollout; returns its metrics and the FULL gradient of
-    every parameter as the optimizer saw it (gathered from FSDP shards)."""
+    every parameter (and the critic's) as the optimizer saw it (gathered from FSDP shards)."""
     trainer.collect = lambda: (data, {})
     grads: dict[str, torch.Tensor] = {}
     inner = trainer.optimizer.step
 
     def capture(*a, **k):
-        for name, p in trainer.model.named_parameters():
+        critic = trainer.critic.named_parameters(prefix="critic") if trainer.critic is not None else []
+        for name, p in [*trainer.model.named_parameters(), *critic]:
             if p.grad is not None:
                 g = p.grad
                 grads[name] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()

@@ -57,6 +57,9 @@ def reference_step(nano_model_dir, tmp_path, strategy, extra):
     # batch-wide statistics: the ranks' rows are gathered for the estimator (placement.estimate)
     pytest.param(("advantage=reinforce_pp", "kl_in=reward", "reward_norm=running"), id="reinforce_pp-batch_stats"),
     pytest.param(("std_mode=batch",), id="grpo-std_batch", marks=pytest.mark.slow),
+    # PPO's critic: a value head on the policy trunk (the ppo preset) and a separate critic backbone
+    pytest.param(("advantage=gae", "critic=head", "kl_in=reward", "kl_estimator=k1"), id="ppo-head"),
+    pytest.param(("advantage=gae", "critic=separate", "kl_coef=0"), id="ppo-separate_critic", marks=pytest.mark.slow),
 ])
 def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, nano_model_dir, tmp_path, toy_task):
     metrics, grads = reference_step(nano_model_dir, tmp_path, strategy, extra)
@@ -68,6 +71,10 @@ def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, n
     for key in ("reward/mean", "accuracy", "entropy", "length/mean", *(["kl"] if "kl" in metrics else [])):
         assert dist["metrics"][key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
     assert sorted(dist["grads"]) == sorted(grads) and len(grads) > 10
+    if any(e.startswith("critic=") for e in extra):
+        assert any(name.startswith("critic.") for name in grads), "the critic is trained"
+        for key in ("value/value_mse", "value/value_clip_frac"):  # token means (the others depend on micro-batching)
+            assert dist["metrics"][key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
     for name, g in grads.items():
         torch.testing.assert_close(dist["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
     assert max(float(g.abs().max()) for g in grads.values()) > 1e-3, "a vanishing gradient would prove nothing"

@@ -6,6 +6,10 @@ The trainer (`recipes/rl.py`) runs the same step either way; it asks its placeme
 - `shard(prompts)`: all of them | rank r's contiguous 1/N of the step's global prompt list
 - `prepare(model)`: memory features | + ddp: a `DistributedDataParallel` wrapper for the update; fsdp:
   `fully_shard` per decoder layer and the root, plus a full copy the rollout engine samples from
+- `prepare_trained(module, backbone)`: memory features on `backbone` | + ddp: replicated, its gradients
+  all-reduced by `reduce_gradients`; fsdp: sharded as the policy is (the critic, PRIME's implicit PRM)
+- `reduce_gradients(module)`: nothing | ddp: a prepared module's gradients summed over ranks
+- `sum_over_ranks(values)`: as is | each float summed over ranks (global counts and sums)
 - `normalizer(mask, ...)`: `step_normalizer(mask)` | the same from token / sequence counts all-reduced
 - `before_micro_batch(last)`: nothing | gradients sync on the last micro-batch only
 - `estimate(estimator, input)`: the estimator | on every rank's rows gathered (batch-wide statistics as one
@@ -79,8 +83,6 @@ def check_shardable(cfg: Any, world_size: int) -> None:
     if cfg.distributed.strategy == "fsdp" and cfg.model.load_in_4bit:
         problems.append("model.load_in_4bit under distributed.strategy=fsdp (FSDP2 cannot shard bitsandbytes' packed "
                         "4-bit weights): use distributed.strategy=ddp")
-    if cfg.critic != "none":
-        problems.append(f"critic={cfg.critic}")
     if cfg.distributed.strategy == "fsdp" and (cfg.forward.share_prompts or cfg.forward.bucket_lengths):
         problems.append("forward.share_prompts / forward.bucket_lengths under distributed.strategy=fsdp (each forward "
                         "call all-gathers the shards, so every rank must make the same calls, whatever its data): "
@@ -101,6 +103,19 @@ class LocalPlacement:
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         return apply_memory(model, self.memory)
+
+    def prepare_trained(self, module: torch.nn.Module, backbone: torch.nn.Module | None = None) -> torch.nn.Module:
+        """A trained module beside the policy (the critic, PRIME's implicit PRM): memory features on its HF
+        `backbone` (None: a bare head)."""
+        if backbone is not None:
+            apply_memory(backbone, self.memory)
+        return module
+
+    def reduce_gradients(self, module: torch.nn.Module) -> None:
+        pass
+
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        return list(values)
 
     def rollout_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
@@ -186,10 +201,21 @@ class TorchPlacement(LocalPlacement):
             self._ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
             self._ddp.register_comm_hook(None, _sum_allreduce_hook)
             return model
-        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
-
         self._rollout = copy.deepcopy(model).eval().requires_grad_(False)
         apply_memory(model, self.memory, autocast=False)
+        return self._shard(model)
+
+    def prepare_trained(self, module: torch.nn.Module, backbone: torch.nn.Module | None = None) -> torch.nn.Module:
+        """ddp: replicated like the policy (same initial weights on every rank), its gradients summed by
+        `reduce_gradients` before the optimizer step (no DDP wrapper: a separate critic's unused lm_head
+        would stall DDP's reducer); fsdp: sharded like the policy, per decoder layer and the root."""
+        if backbone is not None:
+            apply_memory(backbone, self.memory, autocast=not self._fsdp)
+        return self._shard(module) if self._fsdp else module
+
+    def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
         policies: dict[str, Any] = {"offload_policy": CPUOffloadPolicy()} if self.cfg.cpu_offload else {}
         if self.memory.precision == "bf16":
             policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -202,20 +228,40 @@ class TorchPlacement(LocalPlacement):
                 module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
         return model
 
+    def reduce_gradients(self, module: torch.nn.Module) -> None:
+        """ddp: sum a `prepare_trained` module's gradients over ranks, one flat all-reduce (fsdp's
+        reduce-scatter already did)."""
+        if self._fsdp:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]  # the same parameters on every rank
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            self.dist.all_reduce(flat)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        total = torch.tensor(values, dtype=torch.float64)
+        self.dist.all_reduce(total)
+        return total.tolist()
+
     def rollout_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return self._rollout if self._rollout is not None else model
 
     def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self._ddp if self._ddp is not None else model
+        return self._ddp if self._ddp is not None and model is self._ddp.module else model
 
     def sampler_seed(self, seed: int) -> int:
         return seed + 1_000_003 * self.rank  # rank 0 samples exactly as a single process would
 
     def before_micro_batch(self, model: torch.nn.Module, last: bool) -> None:
-        if self._ddp is not None:
-            self._ddp.require_backward_grad_sync = last  # what DDP.no_sync() sets
-        else:
+        if self._fsdp:
             model.set_requires_gradient_sync(last)
+        elif self._ddp is not None and model is self._ddp.module:
+            self._ddp.require_backward_grad_sync = last  # what DDP.no_sync() sets
+        # (a replicated `prepare_trained` module syncs once, in reduce_gradients)
 
     def sync_engine(self, engine: Any, model: torch.nn.Module) -> None:
         if self._rollout is not None:

@@ -451,21 +451,23 @@ class Trainer:
         self.task_specs = list(self.task.rewards())  # trained on, or (task_rewards=false) only logged
         self.reward_specs = self._reward_specs()
         self.use_lora = cfg.model.lora.r > 0
+        prime = cfg.process_reward == "prime"  # PRIME: pi_phi starts as the policy; pi_ref is the frozen initial one
+        if prime and "accuracy" not in [s.name for s in self.task_specs]:
+            raise ConfigError(f"process_reward=prime trains on verified outcomes, but task {cfg.task!r} has no "
+                              "'accuracy' reward component")
+        # the copies are taken before the placement wraps (DDP) or shards (FSDP2) the policy
         self.ref = None
-        if cfg.kl_coef > 0 and not self.use_lora:  # with LoRA the reference is the adapter-free model
+        if (cfg.kl_coef > 0 or prime) and not self.use_lora:  # with LoRA the reference is the adapter-free model
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        critic = (Critic(self.model, shared=cfg.critic == "head", share_prompts=cfg.forward.share_prompts,
+                         bucket_lengths=cfg.forward.bucket_lengths) if cfg.critic != "none" else None)
+        self.implicit_prm = copy.deepcopy(self.model).train() if prime else None
         self.model = self.dist.prepare(self.model)  # DDP / FSDP2 on torchrun ranks; as is in one process
-        self.critic = Critic(self.model, shared=cfg.critic == "head") if cfg.critic != "none" else None
+        self.critic = self.dist.prepare_trained(critic, critic.backbone) if critic is not None else None
         self.step_scorer = self._step_scorer() if cfg.process_reward == "prm" else None
         self.step_delimiters = list(cfg.prm_delimiters or getattr(self.step_scorer, "delimiters", DEFAULT_DELIMITERS))
-        self.implicit_prm = None
-        if cfg.process_reward == "prime":  # PRIME: pi_phi starts as the policy; pi_ref is the frozen initial one
-            if "accuracy" not in [s.name for s in self.task_specs]:
-                raise ConfigError(f"process_reward=prime trains on verified outcomes, but task {cfg.task!r} has no "
-                                  "'accuracy' reward component")
-            self.implicit_prm = copy.deepcopy(self.model).train()
-            if self.ref is None:
-                self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if prime:
+            self.implicit_prm = self.dist.prepare_trained(self.implicit_prm, self.implicit_prm)
             self.prm_optimizer, self.prm_scheduler = build_optimizer(
                 list(self.implicit_prm.parameters()),
                 dataclasses.replace(cfg.optim, lr=cfg.prime_lr or cfg.optim.lr), cfg.steps)
@@ -832,6 +834,8 @@ class Trainer:
     def _update(self, update: UpdateBatch) -> dict[str, float]:
         """One optimizer step over the whole batch; a non-finite loss or gradient skips it (counted)."""
         out = self.dist.reduce_update(self.accumulate_gradients(update), float(update.loss_mask.sum()))
+        if self.critic is not None:
+            self.dist.reduce_gradients(self.critic)  # ddp: the critic's gradients summed over ranks
         if not math.isfinite(out["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             self.state.bad_steps += 1
@@ -866,6 +870,8 @@ class Trainer:
             m = update.loss_mask[rows, :T]
             adv = update.advantages[rows, :T]
             self.dist.before_micro_batch(self.model, last=rows == batches[-1])  # gradients sync once per step
+            if self.critic is not None:
+                self.dist.before_micro_batch(self.critic, last=rows == batches[-1])
             fwd = self._forward(self.dist.training_module(self.model), mb, temp, with_entropy=True,
                                 with_hidden=self.critic is not None)
             old = scores.old[rows, :T] if scores.old is not None else fwd.logprobs.detach()
