@@ -37,8 +37,15 @@ def shard_of(data: rl.StepData, rank: int, world: int) -> rl.StepData:
                        {k: v[rows] for k, v in data.components.items()}, groups)
 
 
-def one_step(trainer: rl.Trainer, data: rl.StepData) -> tuple[dict, dict[str, torch.Tensor]]:
-    """`trainer.step()` on `data` instead of a fresh rollout; returns its metrics and the FULL gradient of
+def repeats(extra: tuple[str, ...]) -> int:
+    """Steps a comparison runs on the same batch: PRIME's implicit PRM equals the reference until its first
+    update (every process reward 0), so its test compares the second step, whose rewards the PRM trained on
+    every rank's rows gives."""
+    return 2 if "process_reward=prime" in extra else 1
+
+
+def one_step(trainer: rl.Trainer, data: rl.StepData, times: int = 1) -> tuple[dict, dict[str, torch.Tensor]]:
+    """`trainer.step()` (`times` times) on `data` instead of a fresh rollout; returns the last step's metrics and the FULL gradient of
     every parameter (and the critic's) as the optimizer saw it (gathered from FSDP shards)."""
     trainer.collect = lambda: (data, {})
     grads: dict[str, torch.Tensor] = {}
@@ -53,7 +60,8 @@ def one_step(trainer: rl.Trainer, data: rl.StepData) -> tuple[dict, dict[str, to
         return inner(*a, **k)
 
     trainer.optimizer.step = capture
-    metrics, _ = trainer.step()
+    for _ in range(times):
+        metrics, _ = trainer.step()
     return metrics, grads
 
 
@@ -73,7 +81,7 @@ def step_worker(rank: int, world: int, port: int, model_dir: str, out: str, data
                                               "distributed.backend=torch", *forward_for(strategy), *extra))
     trainer = rl.Trainer(cfg)
     data = torch.load(data_file, weights_only=False)
-    metrics, grads = one_step(trainer, shard_of(data, rank, world))
+    metrics, grads = one_step(trainer, shard_of(data, rank, world), repeats(extra))
     if rank == 0:
         torch.save({"metrics": metrics, "grads": grads}, Path(out) / "result.pt")
     import torch.distributed as dist

@@ -72,8 +72,6 @@ def check_shardable(cfg: Any, world_size: int) -> None:
     problems = []
     if cfg.prompts_per_step % world_size:
         problems.append(f"prompts_per_step={cfg.prompts_per_step} is not a multiple of the world size {world_size}")
-    if cfg.process_reward == "prime":
-        problems.append("process_reward=prime (its implicit PRM trains in each rank's process, unsynchronised)")
     if cfg.dynamic_sampling:
         problems.append("dynamic_sampling=true (ranks would refill different numbers of prompts)")
     if cfg.adaptive_group:

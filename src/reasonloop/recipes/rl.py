@@ -745,22 +745,30 @@ class Trainer:
         ref = scores.ref if scores.ref is not None else torch.cat(ref_lp)
         rewards = implicit_process_rewards(torch.cat(prm_lp), ref, mask, cfg.prime_beta)
         self.implicit_prm.train()
+        n_all = self.dist.sum_over_ranks([float(N)])[0]  # torchrun: every rank's rows (the global batch)
         sums = {"loss": 0.0, "accuracy": 0.0}
-        for rows in self._micro_batches(N):
+        batches = self._micro_batches(N)
+        for rows in batches:
             mb = tokens.select(rows)
             width = mb.completion_ids.shape[1]
+            self.dist.before_micro_batch(self.implicit_prm, last=rows == batches[-1])
             fwd = self._forward(self.implicit_prm, mb, temp)
             loss, m = implicit_prm_loss(fwd.logprobs, ref[rows, :width], mask[rows, :width], labels[rows],
-                                        cfg.prime_beta, normalizer=N)
+                                        cfg.prime_beta, normalizer=n_all)
             loss.backward()
             sums["loss"] += float(loss.detach())
-            sums["accuracy"] += float(m["accuracy"]) * (rows.stop - rows.start) / N
+            sums["accuracy"] += float(m["accuracy"]) * (rows.stop - rows.start) / n_all
+        self.dist.reduce_gradients(self.implicit_prm)  # ddp: summed over ranks
         grad_norm, _ = clip_and_step(self.implicit_prm, self.prm_optimizer, self.prm_scheduler, cfg.optim.max_grad_norm)
-        seq = rewards.sum(-1)
+        seq = rewards.sum(-1).double()
+        right = labels > 0.5
+        loss, accuracy, sum_right, n_right, sum_wrong, n_wrong = self.dist.sum_over_ranks([
+            sums["loss"], sums["accuracy"], float(seq[right].sum()), float(right.sum()), float(seq[~right].sum()),
+            float((~right).sum())])
         return ProcessRewards(rewards, mask), {
-            "prime/loss": sums["loss"], "prime/accuracy": sums["accuracy"], "prime/grad_norm": grad_norm,
-            "prime/reward_correct": float(seq[labels > 0.5].mean()) if bool((labels > 0.5).any()) else 0.0,
-            "prime/reward_wrong": float(seq[labels <= 0.5].mean()) if bool((labels <= 0.5).any()) else 0.0,
+            "prime/loss": loss, "prime/accuracy": accuracy, "prime/grad_norm": grad_norm,
+            "prime/reward_correct": sum_right / n_right if n_right else 0.0,
+            "prime/reward_wrong": sum_wrong / n_wrong if n_wrong else 0.0,
         }
 
     # -- advantages -----------------------------------------------------------------------------------
@@ -829,7 +837,8 @@ class Trainer:
         accuracy = data.components.get("accuracy", data.components.get("task/accuracy"))
         if accuracy is not None:  # the verifier's verdict on the training samples, trained on or not
             metrics["accuracy"] = float(accuracy.mean())
-        return self.dist.reduce_step(metrics, exclude=update_metrics), data
+        already_global = {*update_metrics, *(k for k in process_metrics if k.startswith("prime/"))}
+        return self.dist.reduce_step(metrics, exclude=already_global), data
 
     def _update(self, update: UpdateBatch) -> dict[str, float]:
         """One optimizer step over the whole batch; a non-finite loss or gradient skips it (counted)."""
