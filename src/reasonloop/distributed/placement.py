@@ -4,6 +4,8 @@ The trainer (`recipes/rl.py`) runs the same step either way; it asks its placeme
 (one process | torch.distributed):
 
 - `shard(prompts)`: all of them | rank r's contiguous 1/N of the step's global prompt list
+- `first_groups(kept, n)`: the first n | dynamic sampling: the global batch's first n kept groups, redealt
+  in equal shares
 - `prepare(model)`: memory features | + ddp: a `DistributedDataParallel` wrapper for the update; fsdp:
   `fully_shard` per decoder layer and the root, plus a full copy the rollout engine samples from
 - `prepare_trained(module, backbone)`: memory features on `backbone` | + ddp: replicated, its gradients
@@ -15,7 +17,8 @@ The trainer (`recipes/rl.py`) runs the same step either way; it asks its placeme
 - `estimate(estimator, input)`: the estimator | on every rank's rows gathered (batch-wide statistics as one
   process has them), this rank's rows back
 - `reduce_update(metrics)`: as is | loss summed over ranks, other update metrics token-weighted
-- `reduce_step(metrics)`: as is | means over ranks (equal shards), maxima for */max and time/*
+- `reduce_step(metrics, rows)`: as is | means over ranks weighted by rows, maxima for */max and time/*
+- `gather(obj)`: [obj] | every rank's obj, in rank order
 - `sync_engine(engine)`: `engine.update_weights(model)` | fsdp: the full state dict gathered into the copy
 - `start_run(run)`: `run.start()` | rank 0 writes the run directory; the others log nothing
 - checkpoints: train/checkpoint.py's format | torch.distributed.checkpoint (DCP) shards, any world size
@@ -72,10 +75,10 @@ def check_shardable(cfg: Any, world_size: int) -> None:
     problems = []
     if cfg.prompts_per_step % world_size:
         problems.append(f"prompts_per_step={cfg.prompts_per_step} is not a multiple of the world size {world_size}")
-    if cfg.dynamic_sampling:
-        problems.append("dynamic_sampling=true (ranks would refill different numbers of prompts)")
-    if cfg.adaptive_group:
-        problems.append("adaptive_group=true (per-level pass rates are rank-local)")
+    if cfg.adaptive_group and cfg.distributed.strategy == "fsdp":
+        problems.append("adaptive_group=true under distributed.strategy=fsdp (group sizes give ranks different row "
+                        "counts, hence different numbers of forward calls, and FSDP2 all-gathers in each): use "
+                        "distributed.strategy=ddp")
     if cfg.curriculum.enabled:
         problems.append("curriculum.enabled=true (its pass-rate windows are rank-local)")
     if cfg.distributed.strategy == "fsdp" and cfg.model.load_in_4bit:
@@ -127,6 +130,9 @@ class LocalPlacement:
     def shard(self, items: list) -> list:
         return items
 
+    def first_groups(self, kept: list, n: int) -> list:
+        return kept[:n]
+
     def normalizer(self, mask: torch.Tensor, mode: str, max_len: int | None) -> float:
         return step_normalizer(mask, mode, max_len=max_len)
 
@@ -139,8 +145,12 @@ class LocalPlacement:
     def reduce_update(self, metrics: dict[str, float], tokens: float) -> dict[str, float]:
         return metrics
 
-    def reduce_step(self, metrics: dict[str, float], exclude: Any = ()) -> dict[str, float]:
+    def reduce_step(self, metrics: dict[str, float], exclude: Any = (), rows: int = 1) -> dict[str, float]:
         return metrics
+
+    def gather(self, obj: Any) -> list:
+        """[every rank's `obj`] in rank order."""
+        return [obj]
 
     def sync_engine(self, engine: Any, model: torch.nn.Module) -> None:
         engine.update_weights(model)
@@ -273,10 +283,22 @@ class TorchPlacement(LocalPlacement):
 
     # -- the step ----------------------------------------------------------------------------------
     def shard(self, items: list) -> list:
-        share = len(items) // self.world_size
-        if share * self.world_size != len(items):
-            raise ValueError(f"{len(items)} prompts do not split evenly over {self.world_size} ranks")
-        return items[self.rank * share : (self.rank + 1) * share]
+        """Rank r's contiguous share: items[n*r//N : n*(r+1)//N] (equal for the step's prompts, whose count
+        is a multiple of N; a dynamic-sampling refill of n not a multiple of N leaves some ranks one fewer)."""
+        n, w = len(items), self.world_size
+        return items[n * self.rank // w : n * (self.rank + 1) // w]
+
+    def first_groups(self, kept: list, n: int) -> list:
+        """Dynamic sampling: the first `n` kept groups of the global batch (every rank's kept groups in rank
+        order: the single-process order), redealt in equal contiguous shares. n is cut to a multiple of N
+        so that every rank trains on the same number of rows (FSDP2 needs the same forward calls); only
+        when refills ran out before n reached prompts_per_step can that drop up to N-1 groups (0: the
+        caller trains on the originals)."""
+        n -= n % self.world_size
+        if n == 0:
+            return []
+        everyone = [grp for part in self.gather(kept) for grp in part][:n]
+        return self.shard(everyone)
 
     def normalizer(self, mask: torch.Tensor, mode: str, max_len: int | None) -> float:
         """`step_normalizer` of the global step: the token and sequence counts summed over ranks."""
@@ -286,7 +308,7 @@ class TorchPlacement(LocalPlacement):
         tokens, n_seq = float(counts[0]), float(counts[1])
         return global_normalizer(tokens, n_seq, mode, max_len if max_len is not None else mask.shape[-1])
 
-    def _gather(self, obj: Any) -> list:
+    def gather(self, obj: Any) -> list:
         out: list[Any] = [None] * self.world_size
         self.dist.all_gather_object(out, obj)
         return out
@@ -297,7 +319,7 @@ class TorchPlacement(LocalPlacement):
         T. Batch-wide statistics (std_mode=batch, reward_norm=running, REINFORCE's batch mean, whitening)
         and the carried states are then the single process's on every rank; this rank's rows come back."""
         tensors = {f.name: getattr(inp, f.name) for f in fields(inp) if isinstance(getattr(inp, f.name), torch.Tensor)}
-        parts = self._gather(({k: v.cpu() for k, v in tensors.items()}, inp.group_sizes))
+        parts = self.gather(({k: v.cpu() for k, v in tensors.items()}, inp.group_sizes))
         width = max(p["mask"].shape[1] for p, _ in parts)
         merged = {k: torch.cat([_pad_columns(p[k], width) for p, _ in parts]) for k in tensors}
         out = estimate(estimator, replace(inp, group_sizes=tuple(g for _, sizes in parts for g in sizes), **merged))
@@ -309,7 +331,7 @@ class TorchPlacement(LocalPlacement):
     def reduce_update(self, metrics: dict[str, float], tokens: float) -> dict[str, float]:
         """'loss' summed (each rank holds its share of the globally normalised loss), every other update
         metric a token-weighted mean, as a single process computes them over the whole batch."""
-        parts = self._gather((metrics, tokens))
+        parts = self.gather((metrics, tokens))
         total = max(sum(t for _, t in parts), 1.0)
         keys = sorted({k for m, _ in parts for k in m})
         out = {}
@@ -318,20 +340,22 @@ class TorchPlacement(LocalPlacement):
             out[k] = sum(v for v, _ in values) if k == "loss" else sum(v * t for v, t in values) / total
         return out
 
-    def reduce_step(self, metrics: dict[str, float], exclude: Any = ()) -> dict[str, float]:
+    def reduce_step(self, metrics: dict[str, float], exclude: Any = (), rows: int = 1) -> dict[str, float]:
         """Rank-local step metrics made global: maxima for */max and time/*, sums for tokens_per_s, means
-        (exact for the equal shards of every rank) for the rest; keys in `exclude` are already global."""
+        weighted by each rank's `rows` for the rest (exact for per-row means, e.g. reward/mean, also when
+        adaptive groups give ranks different row counts; reward/std is the mean of per-rank stds); keys in
+        `exclude` are already global."""
         local = {k: v for k, v in metrics.items() if k not in exclude}
-        parts = self._gather(local)
+        parts = self.gather((local, rows))
         out = dict(metrics)
         for k in local:
-            values = [p[k] for p in parts if k in p]
+            values = [(p[k], n) for p, n in parts if k in p]
             if k.endswith("/max") or k.startswith("time/"):
-                out[k] = max(values)
+                out[k] = max(v for v, _ in values)
             elif k == "tokens_per_s":
-                out[k] = sum(values)
+                out[k] = sum(v for v, _ in values)
             else:
-                out[k] = sum(values) / len(values)
+                out[k] = sum(v * n for v, n in values) / max(sum(n for _, n in values), 1)
         return out
 
     # -- the run directory -------------------------------------------------------------------------

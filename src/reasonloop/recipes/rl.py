@@ -539,7 +539,7 @@ class Trainer:
 
     # -- data --------------------------------------------------------------------------------------
     def next_prompts(self, n: int) -> list[Example]:
-        """The next `n` train prompts of a reshuffled pass over the pool."""
+        """The next `n` train prompts of a reshuffled pass over the pool (torchrun: this rank's contiguous share)."""
         return [self.pool[i] for i in self.dist.shard(self.prompts.next(n))]  # this rank's share
 
     def render(self, prompt: str) -> str:
@@ -603,20 +603,25 @@ class Trainer:
         cfg = self.cfg
         timing: dict[str, float] = {}
         groups = self.rollout(self.next_prompts(cfg.prompts_per_step), timing)
-        stats = {"zero_variance_frac": sum(not grp.informative for grp in groups) / len(groups)}
+        uninformative, n_groups = self.dist.sum_over_ranks([sum(not grp.informative for grp in groups), len(groups)])
+        stats = {"zero_variance_frac": uninformative / n_groups}  # of the global batch
         self._update_level_pass(groups)
         self._observe(groups)
         if cfg.dynamic_sampling or self._filtering():
+            # torchrun: each rank keeps from its shard; the counts, hence the refills, are the global batch's
             kept = [grp for grp in groups if self._keep(grp)]
-            refills = 0
-            while len(kept) < cfg.prompts_per_step and refills < cfg.max_refills:
+            n_kept, refills = int(self.dist.sum_over_ranks([len(kept)])[0]), 0
+            while n_kept < cfg.prompts_per_step and refills < cfg.max_refills:
                 refills += 1
-                extra = self.rollout(self.next_prompts(cfg.prompts_per_step - len(kept)), timing)
+                extra = self.rollout(self.next_prompts(cfg.prompts_per_step - n_kept), timing)
                 self._observe(extra)
-                kept += [grp for grp in extra if self._keep(grp)]
+                new = [grp for grp in extra if self._keep(grp)]
+                kept += new
+                n_kept += int(self.dist.sum_over_ranks([len(new)])[0])
             stats["dynamic_sampling/refills"] = refills
-            stats["dynamic_sampling/kept_groups"] = min(len(kept), cfg.prompts_per_step)
-            groups = kept[: cfg.prompts_per_step] or groups  # nothing informative: train on the originals
+            stats["dynamic_sampling/kept_groups"] = min(n_kept, cfg.prompts_per_step)
+            # the first prompts_per_step kept groups (torchrun: redealt, an equal share per rank)
+            groups = self.dist.first_groups(kept, min(n_kept, cfg.prompts_per_step)) or groups  # none: the originals
         if isinstance(self.prompts, CurriculumSampler):
             stats.update(self.prompts.metrics())
         return self._assemble(groups), {**stats, **timing}
@@ -639,12 +644,15 @@ class Trainer:
                                  [r for r in rates if r is not None])
 
     def _update_level_pass(self, groups: list[ScoredGroup]) -> None:
+        """The running pass rate per level. torchrun: every rank's groups in rank order, which within a level
+        is the single-process order (a level's prompts share one group size, so one rollout bucket)."""
         if "accuracy" not in groups[0].components:
             return
-        for grp in groups:
-            key = str(grp.example.meta.get("level", "all"))
+        observed = [(str(grp.example.meta.get("level", "all")), float(grp.components["accuracy"].mean()))
+                    for grp in groups]
+        for key, rate in (pair for part in self.dist.gather(observed) for pair in part):
             old = self.state.level_pass.get(key, 0.5)
-            self.state.level_pass[key] = 0.9 * old + 0.1 * float(grp.components["accuracy"].mean())
+            self.state.level_pass[key] = 0.9 * old + 0.1 * rate
 
     def _assemble(self, groups: list[ScoredGroup]) -> StepData:
         batch = RolloutBatch.concat([grp.batch for grp in groups], self.tokenizer.pad_token_id)
@@ -817,7 +825,7 @@ class Trainer:
         t_train = time.time() - t2
         self.dist.sync_engine(self.engine, self.model)
         kl = update_metrics.get("kl", 0.0)
-        self.kl_ctl = self.kl_ctl.update(kl, len(data.tokens))
+        self.kl_ctl = self.kl_ctl.update(kl, int(self.dist.sum_over_ranks([len(data.tokens)])[0]))  # global rows
         n_tokens = float(mask.sum())
         elapsed = time.time() - t0
         lengths = mask.sum(-1)
@@ -838,7 +846,7 @@ class Trainer:
         if accuracy is not None:  # the verifier's verdict on the training samples, trained on or not
             metrics["accuracy"] = float(accuracy.mean())
         already_global = {*update_metrics, *(k for k in process_metrics if k.startswith("prime/"))}
-        return self.dist.reduce_step(metrics, exclude=already_global), data
+        return self.dist.reduce_step(metrics, exclude=already_global, rows=len(data.tokens)), data
 
     def _update(self, update: UpdateBatch) -> dict[str, float]:
         """One optimizer step over the whole batch; a non-finite loss or gradient skips it (counted)."""
