@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import torch
 
 from reasonloop.config import load_config
+from reasonloop.data.records import RolloutBatch
 from reasonloop.recipes import rl
 from toy_tasks import LetterFirstTask
 
@@ -37,23 +39,54 @@ def shard_of(data: rl.StepData, rank: int, world: int) -> rl.StepData:
                        {k: v[rows] for k, v in data.components.items()}, groups)
 
 
-def one_step(trainer: rl.Trainer, data: rl.StepData) -> tuple[dict, dict[str, torch.Tensor]]:
-    """`trainer.step()` on `data` instead of a fresh rollout; returns its metrics and the FULL gradient of
-    every parameter as the optimizer saw it (gathered from FSDP shards)."""
-    trainer.collect = lambda: (data, {})
+def repeats(extra: tuple[str, ...]) -> int:
+    """Steps a comparison runs on the same batch: PRIME's implicit PRM equals the reference until its first
+    update (every process reward 0), so its test compares the second step, whose rewards the PRM trained on
+    every rank's rows gives."""
+    return 2 if "process_reward=prime" in extra else 1
+
+
+def one_step(trainer: rl.Trainer, data: rl.StepData | None, times: int = 1) -> tuple[dict, dict[str, torch.Tensor]]:
+    """`trainer.step()` (`times` times) on `data` instead of a fresh rollout (None: its own rollout); returns the last step's metrics and the FULL gradient of
+    every parameter (and the critic's) as the optimizer saw it (gathered from FSDP shards)."""
+    if data is not None:
+        trainer.collect = lambda: (data, {})
     grads: dict[str, torch.Tensor] = {}
     inner = trainer.optimizer.step
 
     def capture(*a, **k):
-        for name, p in trainer.model.named_parameters():
+        critic = trainer.critic.named_parameters(prefix="critic") if trainer.critic is not None else []
+        for name, p in [*trainer.model.named_parameters(), *critic]:
             if p.grad is not None:
                 g = p.grad
                 grads[name] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()
         return inner(*a, **k)
 
     trainer.optimizer.step = capture
-    metrics, _ = trainer.step()
+    for _ in range(times):
+        metrics, _ = trainer.step()
     return metrics, grads
+
+
+class PerPromptSeeded:
+    """A rollout engine that samples each prompt's group from a generator seeded by the prompt's text: the same
+    completions whichever rank generates it and in whatever batch, so a whole step (rollout, dynamic
+    sampling's refills, update) can be compared between one process and N ranks."""
+
+    def __init__(self, inner, pad_id: int):
+        self.inner, self.pad_id = inner, pad_id
+
+    def generate(self, prompts, n, sampling, generator=None) -> RolloutBatch:
+        return RolloutBatch.concat([self.inner.generate([p], n, sampling, torch.Generator().manual_seed(
+            zlib.crc32(p.encode()))) for p in prompts], self.pad_id)
+
+    def update_weights(self, model) -> None:
+        self.inner.update_weights(model)
+
+
+def seeded(trainer: rl.Trainer) -> rl.Trainer:
+    trainer.engine = PerPromptSeeded(trainer.engine, trainer.tokenizer.pad_token_id)
+    return trainer
 
 
 def _init(rank: int, world: int, port: int) -> None:
@@ -72,9 +105,28 @@ def step_worker(rank: int, world: int, port: int, model_dir: str, out: str, data
                                               "distributed.backend=torch", *forward_for(strategy), *extra))
     trainer = rl.Trainer(cfg)
     data = torch.load(data_file, weights_only=False)
-    metrics, grads = one_step(trainer, shard_of(data, rank, world))
+    metrics, grads = one_step(trainer, shard_of(data, rank, world), repeats(extra))
     if rank == 0:
         torch.save({"metrics": metrics, "grads": grads}, Path(out) / "result.pt")
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def full_step_worker(rank: int, world: int, port: int, model_dir: str, out: str, strategy: str,
+                     extra: tuple[str, ...], steps: int) -> None:
+    """One rank: `steps` whole steps (its own rollouts, PerPromptSeeded) under torch.distributed; rank 0 saves
+    every step's metrics and the last step's gradients."""
+    _init(rank, world, port)
+    rl.make_task = lambda spec, data_dir=None: LetterFirstTask()
+    cfg = load_config(rl.Config, trainer_args(model_dir, Path(out) / "run", f"distributed.strategy={strategy}",
+                                              "distributed.backend=torch", *forward_for(strategy), *extra))
+    trainer = seeded(rl.Trainer(cfg))
+    history = [one_step(trainer, None) for _ in range(steps)]
+    if rank == 0:
+        torch.save({"metrics": [m for m, _ in history], "grads": history[-1][1],
+                    "level_pass": trainer.state.level_pass}, Path(out) / "result.pt")
     import torch.distributed as dist
 
     dist.barrier()

@@ -102,6 +102,20 @@ def test_async_mode_overlaps_and_logs_bounded_staleness(nano_model_dir, tmp_path
     assert result["after"]["overall"]["n"] == 8
 
 
+def test_async_mode_with_two_learner_ranks(nano_model_dir, tmp_path, letter_reward_importable):
+    """learners=2 in async mode: each rank looks ahead on its own shard; every batch after the first is one
+    update behind on both ranks (rank 0 logs; the loss is the global batch's), and the run trains and evaluates."""
+    out = tmp_path / "async2"
+    result = rl.run(load_config(rl.Config, args(nano_model_dir, out, "steps=3", "distributed.backend=ray",
+                                                "distributed.ray.mode=async", "distributed.ray.max_staleness=1",
+                                                "distributed.ray.learners=2", "tis_cap=2.0")))
+    logged = rows(out)
+    assert [r["rollout/staleness"] for r in logged] == [0.0, 1.0, 1.0]
+    assert [r["rollout/weights_version"] for r in logged] == [1.0, 2.0, 3.0]  # updates so far, logged after each
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged) and logged[-1]["grad_norm"] > 0
+    assert result["after"]["overall"]["n"] == 8
+
+
 def test_async_mode_requires_the_importance_correction(nano_model_dir, tmp_path):
     cfg = load_config(rl.Config, args(nano_model_dir, tmp_path, "distributed.backend=ray",
                                       "distributed.ray.mode=async"))

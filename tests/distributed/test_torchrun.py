@@ -18,9 +18,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dist_workers import FSDP_FORWARD, forward_for, one_step, step_worker, trainer_args
+from dist_workers import (FSDP_FORWARD, forward_for, full_step_worker, one_step, repeats, seeded, step_worker,
+                          trainer_args)
 from reasonloop.algos.aggregation import step_normalizer
 from reasonloop.config import load_config
+from reasonloop.data.records import Example
 from reasonloop.distributed.placement import global_normalizer
 from reasonloop.recipes import rl
 from toy_tasks import LetterFirstTask
@@ -46,7 +48,7 @@ def reference_step(nano_model_dir, tmp_path, strategy, extra):
     data, _ = trainer.collect()
     assert 0 < float(data.rewards.mean()) < 1, "the batch must hold rewarded and unrewarded samples"
     torch.save(data, tmp_path / "data.pt")
-    return one_step(trainer, data)
+    return one_step(trainer, data, repeats(extra))
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -57,17 +59,33 @@ def reference_step(nano_model_dir, tmp_path, strategy, extra):
     # batch-wide statistics: the ranks' rows are gathered for the estimator (placement.estimate)
     pytest.param(("advantage=reinforce_pp", "kl_in=reward", "reward_norm=running"), id="reinforce_pp-batch_stats"),
     pytest.param(("std_mode=batch",), id="grpo-std_batch", marks=pytest.mark.slow),
+    # PPO's critic: a value head on the policy trunk (the ppo preset) and a separate critic backbone
+    pytest.param(("advantage=gae", "critic=head", "kl_in=reward", "kl_estimator=k1"), id="ppo-head"),
+    pytest.param(("advantage=gae", "critic=separate", "kl_coef=0"), id="ppo-separate_critic", marks=pytest.mark.slow),
+    # PRIME: the implicit PRM's cross-entropy step on every rank's rows, then its token rewards in the estimator
+    pytest.param(("process_reward=prime", "advantage=prime", "prime_lr=0.01"), id="prime"),
 ])
 def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, nano_model_dir, tmp_path, toy_task):
     metrics, grads = reference_step(nano_model_dir, tmp_path, strategy, extra)
     mp.spawn(step_worker, args=(2, free_port(), nano_model_dir, str(tmp_path), str(tmp_path / "data.pt"), strategy,
                                 extra), nprocs=2, join=True)
     dist = torch.load(tmp_path / "result.pt", weights_only=False)
-    assert dist["metrics"]["loss"] == pytest.approx(metrics["loss"], rel=1e-6, abs=1e-8)
+    # a second step starts from weights one AdamW update apart by float rounding (step 1 summed in another
+    # order; Adam's first step is ~lr * sign(g), which magnifies it): its loss agrees to ~1e-6, not 1e-7
+    rel = 1e-6 if repeats(extra) == 1 else 2e-5
+    assert dist["metrics"]["loss"] == pytest.approx(metrics["loss"], rel=rel, abs=1e-8)
     assert dist["metrics"]["grad_norm"] == pytest.approx(metrics["grad_norm"], rel=1e-5)
     for key in ("reward/mean", "accuracy", "entropy", "length/mean", *(["kl"] if "kl" in metrics else [])):
         assert dist["metrics"][key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
     assert sorted(dist["grads"]) == sorted(grads) and len(grads) > 10
+    if "process_reward=prime" in extra:  # the implicit PRM's step, and the advantages its updated weights gave
+        for key in ("prime/loss", "prime/accuracy", "prime/grad_norm", "prime/reward_correct", "prime/reward_wrong"):
+            assert dist["metrics"][key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
+        assert metrics["prime/grad_norm"] > 1e-4 and metrics["prime/reward_correct"] != 0, "the trained PRM's rewards"
+    if any(e.startswith("critic=") for e in extra):
+        assert any(name.startswith("critic.") for name in grads), "the critic is trained"
+        for key in ("value/value_mse", "value/value_clip_frac"):  # token means (the others depend on micro-batching)
+            assert dist["metrics"][key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
     for name, g in grads.items():
         torch.testing.assert_close(dist["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
     assert max(float(g.abs().max()) for g in grads.values()) > 1e-3, "a vanishing gradient would prove nothing"
@@ -87,12 +105,14 @@ def test_unsupported_settings_are_named_before_a_step_runs():
     from reasonloop.config import ConfigError
     from reasonloop.distributed.placement import check_shardable
 
-    cfg = load_config(rl.Config, ["prompts_per_step=5", "dynamic_sampling=true", "advantage=reinforce"])
+    cfg = load_config(rl.Config, ["prompts_per_step=5", "curriculum.enabled=true", "advantage=reinforce"])
     with pytest.raises(ConfigError) as err:
         check_shardable(cfg, 2)
     assert str(err.value) == (
         "torch.distributed training (2 ranks) does not support: prompts_per_step=5 is not a multiple of the world "
-        "size 2; dynamic_sampling=true (ranks would refill different numbers of prompts)")
+        "size 2; curriculum.enabled=true (its pass-rate windows are rank-local)")
+    check_shardable(load_config(rl.Config, ["dynamic_sampling=true", "process_reward=prime", "advantage=prime"]), 2)
+    check_shardable(load_config(rl.Config, ["advantage=gae", "critic=separate"]), 2)
     check_shardable(load_config(rl.Config, ["advantage=reinforce_pp", "reward_norm=running"]), 2)  # gathered
     check_shardable(cfg, 1)  # one rank: anything goes
     qlora = load_config(rl.Config, ["distributed.strategy=fsdp", "model.load_in_4bit=true", "model.lora.r=4",
@@ -140,3 +160,75 @@ def test_torchrun_fsdp_run_checkpoints_shards_that_resume_in_one_process(nano_mo
     trainer.train()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("strategy,extra", [
+    pytest.param("fsdp", ("process_reward=prime", "advantage=prime", "prime_lr=0.01"), id="prime-fsdp"),
+    # overlong shaping gives the (else all-zero) arithmetic rewards of the random model something for V to fit
+    pytest.param("ddp", ("advantage=gae", "critic=head", "overlong_buffer=6"), id="critic-ddp", marks=pytest.mark.slow),
+])
+def test_torchrun_checkpoints_hold_the_critic_and_the_implicit_prm(strategy, extra, nano_model_dir, tmp_path):
+    """The trained modules beside the policy go into the DCP shards and come back at world size 1."""
+    out = tmp_path / "run"
+    args = [f"model.name={nano_model_dir}", f"output_dir={out}", "prompts_per_step=4", "group_size=4",
+            "sampling.max_new_tokens=8", "eval_n=4", "eval_k=0", "eval_every=0", "save_every=2", "samples_every=0",
+            "train_pool=32", "micro_batch_size=8", "threads=1", f"distributed.strategy={strategy}",
+            *forward_for(strategy), *extra]
+    done = torchrun(2, *args, "steps=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    trainer = rl.Trainer(load_config(rl.Config, [*args, "steps=3"]))
+    assert trainer.state.step == 2
+    fresh = rl.Trainer(load_config(rl.Config, [*args[:1], f"output_dir={tmp_path / 'fresh'}", *args[2:], "steps=3"]))
+    name, module, fresh_module = (("implicit_prm", trainer.implicit_prm, fresh.implicit_prm) if trainer.critic is None
+                                  else ("critic", trainer.critic, fresh.critic))
+    moved = [k for k, w in module.state_dict().items() if not torch.equal(w, fresh_module.state_dict()[k])]
+    assert moved, f"the {name} came back trained, not as initialised"
+    if name == "implicit_prm":
+        adam = trainer.prm_optimizer.state_dict()["state"]
+        assert adam and all(float(s["step"]) == 2 for s in adam.values()), "its AdamW moments come back at step 2"
+        assert trainer.prm_scheduler.last_epoch == 2
+    else:
+        critic_ids = {id(p) for p in trainer.critic.parameters()}
+        states = [trainer.optimizer.state[p] for p in trainer.optimizer.param_groups[0]["params"] if id(p) in critic_ids]
+        assert states and all(float(s["step"]) == 2 for s in states), "the critic's AdamW moments come back"
+    trainer.train()
+
+
+@pytest.mark.parametrize("strategy,extra,steps", [
+    # DAPO's dynamic sampling: keep/refill decided on the global batch, kept groups redealt in equal shares
+    # (seed 2: 1 of the first 4 groups is informative, rank 0 holds it; the refill of 3 splits 1 + 2)
+    *[pytest.param(strategy, ("dynamic_sampling=true", "group_size=2", "max_refills=4", "seed=2"), 1,
+                   id=f"dynamic_sampling-{strategy}") for strategy in ("ddp", "fsdp")],
+    # adaptive group sizes from the global per-level pass rates: step 2's sizes come from step 1's rates
+    pytest.param("ddp", ("adaptive_group=true", "group_size_min=2", "group_size_max=16"), 2, id="adaptive_group-ddp"),
+])
+def test_two_ranks_take_the_single_process_whole_step(strategy, extra, steps, nano_model_dir, tmp_path, toy_task):
+    """Rollout included: every prompt's group comes from a generator seeded by its text (PerPromptSeeded), so
+    one process and 2 ranks sample the same completions and must keep, refill and train on the same groups."""
+    trainer = seeded(rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path / "single",
+                                                                     *forward_for(strategy), *extra))))
+    history, sizes = [], []
+    for _ in range(steps):
+        sizes.append({trainer.group_size_for(Example("", "", {"level": level})) for level in (1, 2)})
+        history.append(one_step(trainer, None))
+    mp.spawn(full_step_worker, args=(2, free_port(), nano_model_dir, str(tmp_path), strategy, extra, steps),
+             nprocs=2, join=True)
+    dist = torch.load(tmp_path / "result.pt", weights_only=False)
+    for step, ((single, _), ranks) in enumerate(zip(history, dist["metrics"])):
+        keys = [k for k in single if k.startswith(("dynamic_sampling/", "reward/mean", "accuracy", "length/mean",
+                                                   "zero_variance_frac"))]
+        for key in keys:
+            assert ranks[key] == pytest.approx(single[key], rel=1e-6), key
+        rel = 1e-6 if step == 0 else 2e-5  # after an update: see the test above
+        assert ranks["loss"] == pytest.approx(single["loss"], rel=rel, abs=1e-8)
+        assert ranks["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
+    assert dist["level_pass"] == pytest.approx(trainer.state.level_pass, rel=1e-12)
+    grads = history[-1][1]
+    assert sorted(dist["grads"]) == sorted(grads)
+    for name, g in grads.items():
+        torch.testing.assert_close(dist["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
+    if "adaptive_group=true" in extra:  # step 2 drew groups of two sizes (the levels' rates after step 1 differ)
+        assert len(sizes[1]) == 2, sizes
+    if "dynamic_sampling=true" in extra:
+        first = history[0][0]
+        assert first["dynamic_sampling/refills"] >= 1 and first["dynamic_sampling/kept_groups"] == 4, first

@@ -1,8 +1,9 @@
 """Sharded checkpoints of torch.distributed runs: torch.distributed.checkpoint (DCP) inside reasonloop's layout.
 
 A checkpoint directory `step-N/` holds `dcp/` (model and optimizer state, each rank writing its own
-shards; DCP reshards on load, so a checkpoint saved by 2 ranks resumes on 1, or on 4),
-`trainer.pt` (scheduler state and every rank's RNG states), `state.json`, the run's `config.yaml` and
+shards, with the critic and PRIME's implicit PRM and its optimizer; DCP reshards on load, so a
+checkpoint saved by 2 ranks resumes on 1, or on 4),
+`trainer.pt` (scheduler state, every rank's RNG states, extra schedulers), `state.json`, the run's `config.yaml` and
 `manifest.json`, written through train/checkpoint.py's `write_checkpoint_dir`: a `.tmp` sibling renamed
 into place, then `latest` swapped, so a crash mid-write leaves the previous checkpoint intact.
 
@@ -26,11 +27,40 @@ from reasonloop.train.checkpoint import list_checkpoints, reading, rng_state, se
 SHARDS = "dcp"
 
 
-def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           modules: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the DCP state, the remaining `modules` for trainer.pt). `modules` (the trainer's extra trained parts) by name:
+    a module whose parameters the main optimizer holds (the critic) joins the policy's state under its name;
+    a module NAME with its own NAME_optimizer (PRIME's implicit PRM) gets its own model and optimizer state;
+    anything else with a state_dict (a scheduler) goes to trainer.pt."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    return {"model": model_sd, "optim": optim_sd}
+    state: dict[str, Any] = {}
+    for module, optim, key, optim_key in _roots(model, optimizer, modules):
+        state[key], state[optim_key] = get_state_dict(module, optim)
+    covered = {k for k, m in (modules or {}).items() if isinstance(m, torch.nn.Module)} | set(state)
+    return state, {k: m for k, m in (modules or {}).items() if k not in covered}
+
+
+class _Joint(torch.nn.Module):
+    """The policy and the modules its optimizer also trains, as one module tree for DCP's state dicts
+    (parameter names `policy.*`, `<name>.*`)."""
+
+    def __init__(self, policy: torch.nn.Module, others: dict[str, torch.nn.Module]):
+        super().__init__()
+        self.policy = policy
+        for name, module in others.items():
+            self.add_module(name, module)
+
+
+def _roots(model, optimizer, modules: dict[str, Any] | None) -> list[tuple]:
+    """[(module, optimizer, state key, optimizer key)]: the policy (with the modules its optimizer trains)
+    and each module NAME with its own NAME_optimizer."""
+    modules = modules or {}
+    own = sorted(k for k, m in modules.items() if isinstance(m, torch.nn.Module) and f"{k}_optimizer" in modules)
+    joint = {k: m for k, m in modules.items() if isinstance(m, torch.nn.Module) and k not in own}
+    return [(model if not joint else _Joint(model, joint), optimizer, "model", "optim"),
+            *[(modules[k], modules[f"{k}_optimizer"], k, f"{k}_optimizer") for k in own]]
 
 
 def save_sharded_checkpoint(placement: Any, run_dir: Path, step: int, model, optimizer, scheduler, state: dict,
@@ -39,19 +69,17 @@ def save_sharded_checkpoint(placement: Any, run_dir: Path, step: int, model, opt
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    if modules:
-        raise ValueError(f"sharded checkpoints do not hold extra modules ({sorted(modules)})")
     rngs = [None] * placement.world_size
     dist.all_gather_object(rngs, rng_state(generators))
     name = f"step-{step:06d}"
     tmp = Path(run_dir) / "checkpoints" / f"{name}.tmp"
-    sharded = _state(model, optimizer)  # collective under FSDP: every rank, before the barrier
+    sharded, small = _state(model, optimizer, modules)  # collective under FSDP: every rank, before the barrier
 
     def fill(directory: Path) -> None:  # rank 0, inside write_checkpoint_dir
         dist.barrier()  # the .tmp directory exists: the other ranks write their shards
         dcp.save(sharded, checkpoint_id=str(directory / SHARDS))
-        torch.save({"scheduler": scheduler.state_dict(), "rng": rngs, "world_size": placement.world_size},
-                   directory / "trainer.pt")
+        torch.save({"scheduler": scheduler.state_dict(), "rng": rngs, "world_size": placement.world_size,
+                    "modules": {k: m.state_dict() for k, m in small.items()}}, directory / "trainer.pt")
         (directory / "state.json").write_text(json.dumps({"step": step, **state}))
 
     if placement.is_main:
@@ -73,14 +101,15 @@ def load_sharded_checkpoint(ckpt: Path, model, optimizer, scheduler, generators:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    if modules:
-        raise ValueError(f"sharded checkpoints do not hold extra modules ({sorted(modules)})")
     with reading(ckpt):
-        target = _state(model, optimizer)
+        target, small = _state(model, optimizer, modules)
         dcp.load(target, checkpoint_id=str(ckpt / SHARDS))
-        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+        for module, optim, key, optim_key in _roots(model, optimizer, modules):
+            set_state_dict(module, optim, model_state_dict=target[key], optim_state_dict=target[optim_key])
         trainer = torch.load(ckpt / "trainer.pt", weights_only=False)
         scheduler.load_state_dict(trainer["scheduler"])
+        for k, m in small.items():
+            m.load_state_dict(trainer["modules"][k])
         rngs = trainer["rng"]
         if rank < len(rngs):
             set_rng_state(rngs[rank], generators)

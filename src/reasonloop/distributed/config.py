@@ -34,7 +34,7 @@ class RayConfig:
     learners: int = 1
     """Learner ranks: N learner actors form one torch.distributed group (gloo on CPU, nccl on GPU) and train with
     `distributed.strategy` (ddp/fsdp) exactly as N torchrun ranks do, each with its own rollout and reward workers
-    (sync mode). 1: one learner process."""
+    (in async mode each rank looks ahead on its own shard). 1: one learner process."""
     learner_gpus: float = 0.0
     """GPUs Ray reserves for each learner actor (0 on CPU)."""
     max_restarts: int = 3
@@ -48,8 +48,6 @@ class RayConfig:
         require(self.cpus_per_worker >= 0 and self.learner_cpus >= 0, "distributed.ray CPU reservations must be >= 0")
         require(self.num_cpus >= 0 and self.max_restarts >= 0, "distributed.ray.num_cpus and max_restarts must be >= 0")
         require(self.learners >= 1 and self.learner_gpus >= 0, "distributed.ray.learners must be >= 1, learner_gpus >= 0")
-        require(self.learners == 1 or self.mode == "sync",
-                "distributed.ray.learners > 1 runs in mode=sync (async look-ahead is single-learner for now)")
 
 
 @dataclass

@@ -4,14 +4,21 @@ The trainer (`recipes/rl.py`) runs the same step either way; it asks its placeme
 (one process | torch.distributed):
 
 - `shard(prompts)`: all of them | rank r's contiguous 1/N of the step's global prompt list
+- `first_groups(kept, n)`: the first n | dynamic sampling: the global batch's first n kept groups, redealt
+  in equal shares
 - `prepare(model)`: memory features | + ddp: a `DistributedDataParallel` wrapper for the update; fsdp:
   `fully_shard` per decoder layer and the root, plus a full copy the rollout engine samples from
+- `prepare_trained(module, backbone)`: memory features on `backbone` | + ddp: replicated, its gradients
+  all-reduced by `reduce_gradients`; fsdp: sharded as the policy is (the critic, PRIME's implicit PRM)
+- `reduce_gradients(module)`: nothing | ddp: a prepared module's gradients summed over ranks
+- `sum_over_ranks(values)`: as is | each float summed over ranks (global counts and sums)
 - `normalizer(mask, ...)`: `step_normalizer(mask)` | the same from token / sequence counts all-reduced
 - `before_micro_batch(last)`: nothing | gradients sync on the last micro-batch only
 - `estimate(estimator, input)`: the estimator | on every rank's rows gathered (batch-wide statistics as one
   process has them), this rank's rows back
 - `reduce_update(metrics)`: as is | loss summed over ranks, other update metrics token-weighted
-- `reduce_step(metrics)`: as is | means over ranks (equal shards), maxima for */max and time/*
+- `reduce_step(metrics, rows)`: as is | means over ranks weighted by rows, maxima for */max and time/*
+- `gather(obj)`: [obj] | every rank's obj, in rank order
 - `sync_engine(engine)`: `engine.update_weights(model)` | fsdp: the full state dict gathered into the copy
 - `start_run(run)`: `run.start()` | rank 0 writes the run directory; the others log nothing
 - checkpoints: train/checkpoint.py's format | torch.distributed.checkpoint (DCP) shards, any world size
@@ -68,19 +75,15 @@ def check_shardable(cfg: Any, world_size: int) -> None:
     problems = []
     if cfg.prompts_per_step % world_size:
         problems.append(f"prompts_per_step={cfg.prompts_per_step} is not a multiple of the world size {world_size}")
-    if cfg.process_reward == "prime":
-        problems.append("process_reward=prime (its implicit PRM trains in each rank's process, unsynchronised)")
-    if cfg.dynamic_sampling:
-        problems.append("dynamic_sampling=true (ranks would refill different numbers of prompts)")
-    if cfg.adaptive_group:
-        problems.append("adaptive_group=true (per-level pass rates are rank-local)")
+    if cfg.adaptive_group and cfg.distributed.strategy == "fsdp":
+        problems.append("adaptive_group=true under distributed.strategy=fsdp (group sizes give ranks different row "
+                        "counts, hence different numbers of forward calls, and FSDP2 all-gathers in each): use "
+                        "distributed.strategy=ddp")
     if cfg.curriculum.enabled:
         problems.append("curriculum.enabled=true (its pass-rate windows are rank-local)")
     if cfg.distributed.strategy == "fsdp" and cfg.model.load_in_4bit:
         problems.append("model.load_in_4bit under distributed.strategy=fsdp (FSDP2 cannot shard bitsandbytes' packed "
                         "4-bit weights): use distributed.strategy=ddp")
-    if cfg.critic != "none":
-        problems.append(f"critic={cfg.critic}")
     if cfg.distributed.strategy == "fsdp" and (cfg.forward.share_prompts or cfg.forward.bucket_lengths):
         problems.append("forward.share_prompts / forward.bucket_lengths under distributed.strategy=fsdp (each forward "
                         "call all-gathers the shards, so every rank must make the same calls, whatever its data): "
@@ -102,6 +105,19 @@ class LocalPlacement:
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         return apply_memory(model, self.memory)
 
+    def prepare_trained(self, module: torch.nn.Module, backbone: torch.nn.Module | None = None) -> torch.nn.Module:
+        """A trained module beside the policy (the critic, PRIME's implicit PRM): memory features on its HF
+        `backbone` (None: a bare head)."""
+        if backbone is not None:
+            apply_memory(backbone, self.memory)
+        return module
+
+    def reduce_gradients(self, module: torch.nn.Module) -> None:
+        pass
+
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        return list(values)
+
     def rollout_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
@@ -113,6 +129,9 @@ class LocalPlacement:
 
     def shard(self, items: list) -> list:
         return items
+
+    def first_groups(self, kept: list, n: int) -> list:
+        return kept[:n]
 
     def normalizer(self, mask: torch.Tensor, mode: str, max_len: int | None) -> float:
         return step_normalizer(mask, mode, max_len=max_len)
@@ -126,8 +145,12 @@ class LocalPlacement:
     def reduce_update(self, metrics: dict[str, float], tokens: float) -> dict[str, float]:
         return metrics
 
-    def reduce_step(self, metrics: dict[str, float], exclude: Any = ()) -> dict[str, float]:
+    def reduce_step(self, metrics: dict[str, float], exclude: Any = (), rows: int = 1) -> dict[str, float]:
         return metrics
+
+    def gather(self, obj: Any) -> list:
+        """[every rank's `obj`] in rank order."""
+        return [obj]
 
     def sync_engine(self, engine: Any, model: torch.nn.Module) -> None:
         engine.update_weights(model)
@@ -186,10 +209,21 @@ class TorchPlacement(LocalPlacement):
             self._ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
             self._ddp.register_comm_hook(None, _sum_allreduce_hook)
             return model
-        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
-
         self._rollout = copy.deepcopy(model).eval().requires_grad_(False)
         apply_memory(model, self.memory, autocast=False)
+        return self._shard(model)
+
+    def prepare_trained(self, module: torch.nn.Module, backbone: torch.nn.Module | None = None) -> torch.nn.Module:
+        """ddp: replicated like the policy (same initial weights on every rank), its gradients summed by
+        `reduce_gradients` before the optimizer step (no DDP wrapper: a separate critic's unused lm_head
+        would stall DDP's reducer); fsdp: sharded like the policy, per decoder layer and the root."""
+        if backbone is not None:
+            apply_memory(backbone, self.memory, autocast=not self._fsdp)
+        return self._shard(module) if self._fsdp else module
+
+    def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
         policies: dict[str, Any] = {"offload_policy": CPUOffloadPolicy()} if self.cfg.cpu_offload else {}
         if self.memory.precision == "bf16":
             policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -202,20 +236,40 @@ class TorchPlacement(LocalPlacement):
                 module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
         return model
 
+    def reduce_gradients(self, module: torch.nn.Module) -> None:
+        """ddp: sum a `prepare_trained` module's gradients over ranks, one flat all-reduce (fsdp's
+        reduce-scatter already did)."""
+        if self._fsdp:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]  # the same parameters on every rank
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            self.dist.all_reduce(flat)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        total = torch.tensor(values, dtype=torch.float64)
+        self.dist.all_reduce(total)
+        return total.tolist()
+
     def rollout_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return self._rollout if self._rollout is not None else model
 
     def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self._ddp if self._ddp is not None else model
+        return self._ddp if self._ddp is not None and model is self._ddp.module else model
 
     def sampler_seed(self, seed: int) -> int:
         return seed + 1_000_003 * self.rank  # rank 0 samples exactly as a single process would
 
     def before_micro_batch(self, model: torch.nn.Module, last: bool) -> None:
-        if self._ddp is not None:
-            self._ddp.require_backward_grad_sync = last  # what DDP.no_sync() sets
-        else:
+        if self._fsdp:
             model.set_requires_gradient_sync(last)
+        elif self._ddp is not None and model is self._ddp.module:
+            self._ddp.require_backward_grad_sync = last  # what DDP.no_sync() sets
+        # (a replicated `prepare_trained` module syncs once, in reduce_gradients)
 
     def sync_engine(self, engine: Any, model: torch.nn.Module) -> None:
         if self._rollout is not None:
@@ -229,10 +283,22 @@ class TorchPlacement(LocalPlacement):
 
     # -- the step ----------------------------------------------------------------------------------
     def shard(self, items: list) -> list:
-        share = len(items) // self.world_size
-        if share * self.world_size != len(items):
-            raise ValueError(f"{len(items)} prompts do not split evenly over {self.world_size} ranks")
-        return items[self.rank * share : (self.rank + 1) * share]
+        """Rank r's contiguous share: items[n*r//N : n*(r+1)//N] (equal for the step's prompts, whose count
+        is a multiple of N; a dynamic-sampling refill of n not a multiple of N leaves some ranks one fewer)."""
+        n, w = len(items), self.world_size
+        return items[n * self.rank // w : n * (self.rank + 1) // w]
+
+    def first_groups(self, kept: list, n: int) -> list:
+        """Dynamic sampling: the first `n` kept groups of the global batch (every rank's kept groups in rank
+        order: the single-process order), redealt in equal contiguous shares. n is cut to a multiple of N
+        so that every rank trains on the same number of rows (FSDP2 needs the same forward calls); only
+        when refills ran out before n reached prompts_per_step can that drop up to N-1 groups (0: the
+        caller trains on the originals)."""
+        n -= n % self.world_size
+        if n == 0:
+            return []
+        everyone = [grp for part in self.gather(kept) for grp in part][:n]
+        return self.shard(everyone)
 
     def normalizer(self, mask: torch.Tensor, mode: str, max_len: int | None) -> float:
         """`step_normalizer` of the global step: the token and sequence counts summed over ranks."""
@@ -242,7 +308,7 @@ class TorchPlacement(LocalPlacement):
         tokens, n_seq = float(counts[0]), float(counts[1])
         return global_normalizer(tokens, n_seq, mode, max_len if max_len is not None else mask.shape[-1])
 
-    def _gather(self, obj: Any) -> list:
+    def gather(self, obj: Any) -> list:
         out: list[Any] = [None] * self.world_size
         self.dist.all_gather_object(out, obj)
         return out
@@ -253,7 +319,7 @@ class TorchPlacement(LocalPlacement):
         T. Batch-wide statistics (std_mode=batch, reward_norm=running, REINFORCE's batch mean, whitening)
         and the carried states are then the single process's on every rank; this rank's rows come back."""
         tensors = {f.name: getattr(inp, f.name) for f in fields(inp) if isinstance(getattr(inp, f.name), torch.Tensor)}
-        parts = self._gather(({k: v.cpu() for k, v in tensors.items()}, inp.group_sizes))
+        parts = self.gather(({k: v.cpu() for k, v in tensors.items()}, inp.group_sizes))
         width = max(p["mask"].shape[1] for p, _ in parts)
         merged = {k: torch.cat([_pad_columns(p[k], width) for p, _ in parts]) for k in tensors}
         out = estimate(estimator, replace(inp, group_sizes=tuple(g for _, sizes in parts for g in sizes), **merged))
@@ -265,7 +331,7 @@ class TorchPlacement(LocalPlacement):
     def reduce_update(self, metrics: dict[str, float], tokens: float) -> dict[str, float]:
         """'loss' summed (each rank holds its share of the globally normalised loss), every other update
         metric a token-weighted mean, as a single process computes them over the whole batch."""
-        parts = self._gather((metrics, tokens))
+        parts = self.gather((metrics, tokens))
         total = max(sum(t for _, t in parts), 1.0)
         keys = sorted({k for m, _ in parts for k in m})
         out = {}
@@ -274,20 +340,22 @@ class TorchPlacement(LocalPlacement):
             out[k] = sum(v for v, _ in values) if k == "loss" else sum(v * t for v, t in values) / total
         return out
 
-    def reduce_step(self, metrics: dict[str, float], exclude: Any = ()) -> dict[str, float]:
+    def reduce_step(self, metrics: dict[str, float], exclude: Any = (), rows: int = 1) -> dict[str, float]:
         """Rank-local step metrics made global: maxima for */max and time/*, sums for tokens_per_s, means
-        (exact for the equal shards of every rank) for the rest; keys in `exclude` are already global."""
+        weighted by each rank's `rows` for the rest (exact for per-row means, e.g. reward/mean, also when
+        adaptive groups give ranks different row counts; reward/std is the mean of per-rank stds); keys in
+        `exclude` are already global."""
         local = {k: v for k, v in metrics.items() if k not in exclude}
-        parts = self._gather(local)
+        parts = self.gather((local, rows))
         out = dict(metrics)
         for k in local:
-            values = [p[k] for p in parts if k in p]
+            values = [(p[k], n) for p, n in parts if k in p]
             if k.endswith("/max") or k.startswith("time/"):
-                out[k] = max(values)
+                out[k] = max(v for v, _ in values)
             elif k == "tokens_per_s":
-                out[k] = sum(values)
+                out[k] = sum(v for v, _ in values)
             else:
-                out[k] = sum(values) / len(values)
+                out[k] = sum(v * n for v, n in values) / max(sum(n for _, n in values), 1)
         return out
 
     # -- the run directory -------------------------------------------------------------------------

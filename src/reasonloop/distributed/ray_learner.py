@@ -20,10 +20,12 @@ loaded by each worker before its next generation): no disk round trip.
   updates behind the learner; its behaviour log-probs (what the worker sampled with) drive the trainer's
   truncated importance-sampling correction (`tis_cap`, required). `rollout/staleness` is logged per step.
 
-- **several learners** (`distributed.ray.learners=N`, sync mode): N learner actors (`learner_gpus` each) form
+- **several learners** (`distributed.ray.learners=N`): N learner actors (`learner_gpus` each) form
   one torch.distributed group and train as N torchrun ranks do (`distributed.strategy=ddp|fsdp`,
   distributed/placement.py), each rank with its own rollout and reward workers sampling its shard of the
   step's prompts; rank 0 writes the run directory. The learners are one unit: one dies, all restart.
+  In async mode each rank's engine looks ahead on its own shard (the same shard its next steps will
+  take: every rank peeks the same global prompt list), so every rank's batch has the same staleness.
 
 A dead rollout or reward worker (`ray.kill`, a crashed node) is replaced by a fresh actor (with the current
 weights) and its request re-issued, up to `max_restarts` times per pool; the run goes on. A dead learner is
@@ -170,9 +172,9 @@ class _Pending:
 class RemoteRolloutEngine:
     """A RolloutEngine whose generations run on rollout workers (sync, or async with look-ahead)."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, rank: int = 0):
         ray = _ray()
-        self.cfg, self.rc = cfg, cfg.distributed.ray
+        self.cfg, self.rc, self.rank = cfg, cfg.distributed.ray, rank
         self.version = 0
         self._model: torch.nn.Module | None = None
         self._weights_ref = None
@@ -244,7 +246,8 @@ class RemoteRolloutEngine:
     def _launch(self, prompts: list[str], n: int, sampling: Any) -> None:
         i = self._next % len(self.pool.actors)
         self._next += 1
-        seed = int(torch.randint(0, 2**62, (1,)).item())
+        # learner ranks share the global RNG's seed: each rank's look-ahead is offset (rank 0: as one learner)
+        seed = (int(torch.randint(0, 2**62, (1,)).item()) + 1_000_003 * self.rank) % 2**62
         submit = self._submit(i, prompts, n, sampling, None, seed)
         ref = submit(self.pool.actors[i])
         self.queue.append(_Pending(prompts, n, i, (submit, ref), self.version, time.time()))
@@ -335,7 +338,7 @@ class Learner:
             os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
                               MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
             cfg = replace(cfg, distributed=replace(cfg.distributed, backend="torch"))
-        engine = RemoteRolloutEngine(cfg)
+        engine = RemoteRolloutEngine(cfg, self.rank)
         self.trainer = trainer = self.trainer_cls(cfg, engine=engine)
         engine.attach(trainer.model, trainer.tokenizer.pad_token_id)
         rc = cfg.distributed.ray
@@ -351,9 +354,12 @@ class Learner:
         run_log = trainer.run.log
 
         def log_with_rollout_metrics(step: int, metrics: dict) -> None:  # staleness and restarts, per step
-            if "loss" in metrics:
-                metrics = {**metrics, **engine.metrics(), "reward_worker_restarts": float(self.rewards.restarts),
-                           "time/wait_for_rollout": engine.wait_s}
+            if "loss" in metrics:  # every learner rank comes here once per step: the ranks' figures combined
+                ranks = trainer.dist.gather({**engine.metrics(), "reward_worker_restarts": float(self.rewards.restarts),
+                                             "time/wait_for_rollout": engine.wait_s})
+                metrics = {**metrics, **ranks[0], **{k: max(r[k] for r in ranks) for k in
+                                                     ("rollout/staleness", "time/wait_for_rollout")},
+                           **{k: sum(r[k] for r in ranks) for k in ("rollout/worker_restarts", "reward_worker_restarts")}}
                 engine.wait_s = 0.0
             run_log(step, metrics)
 

@@ -15,11 +15,13 @@ class Critic(nn.Module):
 
     `shared=True` reads the policy's last hidden state (one forward serves both; the value loss also
     shapes the trunk). `shared=False` deep-copies the policy at construction as an independent critic
-    backbone, as in classic RLHF PPO, at the cost of a second forward/backward.
+    backbone, as in classic RLHF PPO, at the cost of a second forward/backward. `share_prompts` and
+    `bucket_lengths` are the separate backbone's forward switches (models/forward.py; FSDP2 needs both off).
     """
 
-    def __init__(self, policy: nn.Module, shared: bool = True):
+    def __init__(self, policy: nn.Module, shared: bool = True, share_prompts: bool = True, bucket_lengths: bool = True):
         super().__init__()
+        self.forward_options = {"share_prompts": share_prompts, "bucket_lengths": bucket_lengths}
         hidden = policy.config.hidden_size
         self.shared = shared
         self.backbone = None if shared else copy.deepcopy(policy)
@@ -36,4 +38,5 @@ class Critic(nn.Module):
             if policy_hidden is None:
                 raise ValueError("a shared critic needs the policy's hidden states")
             return self.values_from_hidden(policy_hidden)
-        return self.values_from_hidden(policy_forward(self.backbone, batch, with_hidden=True).hidden)
+        hidden = policy_forward(self.backbone, batch, with_hidden=True, **self.forward_options).hidden
+        return self.values_from_hidden(hidden)

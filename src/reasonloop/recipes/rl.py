@@ -451,21 +451,23 @@ class Trainer:
         self.task_specs = list(self.task.rewards())  # trained on, or (task_rewards=false) only logged
         self.reward_specs = self._reward_specs()
         self.use_lora = cfg.model.lora.r > 0
+        prime = cfg.process_reward == "prime"  # PRIME: pi_phi starts as the policy; pi_ref is the frozen initial one
+        if prime and "accuracy" not in [s.name for s in self.task_specs]:
+            raise ConfigError(f"process_reward=prime trains on verified outcomes, but task {cfg.task!r} has no "
+                              "'accuracy' reward component")
+        # the copies are taken before the placement wraps (DDP) or shards (FSDP2) the policy
         self.ref = None
-        if cfg.kl_coef > 0 and not self.use_lora:  # with LoRA the reference is the adapter-free model
+        if (cfg.kl_coef > 0 or prime) and not self.use_lora:  # with LoRA the reference is the adapter-free model
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        critic = (Critic(self.model, shared=cfg.critic == "head", share_prompts=cfg.forward.share_prompts,
+                         bucket_lengths=cfg.forward.bucket_lengths) if cfg.critic != "none" else None)
+        self.implicit_prm = copy.deepcopy(self.model).train() if prime else None
         self.model = self.dist.prepare(self.model)  # DDP / FSDP2 on torchrun ranks; as is in one process
-        self.critic = Critic(self.model, shared=cfg.critic == "head") if cfg.critic != "none" else None
+        self.critic = self.dist.prepare_trained(critic, critic.backbone) if critic is not None else None
         self.step_scorer = self._step_scorer() if cfg.process_reward == "prm" else None
         self.step_delimiters = list(cfg.prm_delimiters or getattr(self.step_scorer, "delimiters", DEFAULT_DELIMITERS))
-        self.implicit_prm = None
-        if cfg.process_reward == "prime":  # PRIME: pi_phi starts as the policy; pi_ref is the frozen initial one
-            if "accuracy" not in [s.name for s in self.task_specs]:
-                raise ConfigError(f"process_reward=prime trains on verified outcomes, but task {cfg.task!r} has no "
-                                  "'accuracy' reward component")
-            self.implicit_prm = copy.deepcopy(self.model).train()
-            if self.ref is None:
-                self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if prime:
+            self.implicit_prm = self.dist.prepare_trained(self.implicit_prm, self.implicit_prm)
             self.prm_optimizer, self.prm_scheduler = build_optimizer(
                 list(self.implicit_prm.parameters()),
                 dataclasses.replace(cfg.optim, lr=cfg.prime_lr or cfg.optim.lr), cfg.steps)
@@ -538,7 +540,7 @@ class Trainer:
 
     # -- data --------------------------------------------------------------------------------------
     def next_prompts(self, n: int) -> list[Example]:
-        """The next `n` train prompts of a reshuffled pass over the pool."""
+        """The next `n` train prompts of a reshuffled pass over the pool (torchrun: this rank's contiguous share)."""
         return [self.pool[i] for i in self.dist.shard(self.prompts.next(n))]  # this rank's share
 
     def render(self, prompt: str) -> str:
@@ -602,20 +604,25 @@ class Trainer:
         cfg = self.cfg
         timing: dict[str, float] = {}
         groups = self.rollout(self.next_prompts(cfg.prompts_per_step), timing)
-        stats = {"zero_variance_frac": sum(not grp.informative for grp in groups) / len(groups)}
+        uninformative, n_groups = self.dist.sum_over_ranks([sum(not grp.informative for grp in groups), len(groups)])
+        stats = {"zero_variance_frac": uninformative / n_groups}  # of the global batch
         self._update_level_pass(groups)
         self._observe(groups)
         if cfg.dynamic_sampling or self._filtering():
+            # torchrun: each rank keeps from its shard; the counts, hence the refills, are the global batch's
             kept = [grp for grp in groups if self._keep(grp)]
-            refills = 0
-            while len(kept) < cfg.prompts_per_step and refills < cfg.max_refills:
+            n_kept, refills = int(self.dist.sum_over_ranks([len(kept)])[0]), 0
+            while n_kept < cfg.prompts_per_step and refills < cfg.max_refills:
                 refills += 1
-                extra = self.rollout(self.next_prompts(cfg.prompts_per_step - len(kept)), timing)
+                extra = self.rollout(self.next_prompts(cfg.prompts_per_step - n_kept), timing)
                 self._observe(extra)
-                kept += [grp for grp in extra if self._keep(grp)]
+                new = [grp for grp in extra if self._keep(grp)]
+                kept += new
+                n_kept += int(self.dist.sum_over_ranks([len(new)])[0])
             stats["dynamic_sampling/refills"] = refills
-            stats["dynamic_sampling/kept_groups"] = min(len(kept), cfg.prompts_per_step)
-            groups = kept[: cfg.prompts_per_step] or groups  # nothing informative: train on the originals
+            stats["dynamic_sampling/kept_groups"] = min(n_kept, cfg.prompts_per_step)
+            # the first prompts_per_step kept groups (torchrun: redealt, an equal share per rank)
+            groups = self.dist.first_groups(kept, min(n_kept, cfg.prompts_per_step)) or groups  # none: the originals
         if isinstance(self.prompts, CurriculumSampler):
             stats.update(self.prompts.metrics())
         return self._assemble(groups), {**stats, **timing}
@@ -638,12 +645,15 @@ class Trainer:
                                  [r for r in rates if r is not None])
 
     def _update_level_pass(self, groups: list[ScoredGroup]) -> None:
+        """The running pass rate per level. torchrun: every rank's groups in rank order, which within a level
+        is the single-process order (a level's prompts share one group size, so one rollout bucket)."""
         if "accuracy" not in groups[0].components:
             return
-        for grp in groups:
-            key = str(grp.example.meta.get("level", "all"))
+        observed = [(str(grp.example.meta.get("level", "all")), float(grp.components["accuracy"].mean()))
+                    for grp in groups]
+        for key, rate in (pair for part in self.dist.gather(observed) for pair in part):
             old = self.state.level_pass.get(key, 0.5)
-            self.state.level_pass[key] = 0.9 * old + 0.1 * float(grp.components["accuracy"].mean())
+            self.state.level_pass[key] = 0.9 * old + 0.1 * rate
 
     def _assemble(self, groups: list[ScoredGroup]) -> StepData:
         batch = RolloutBatch.concat([grp.batch for grp in groups], self.tokenizer.pad_token_id)
@@ -744,22 +754,30 @@ class Trainer:
         ref = scores.ref if scores.ref is not None else torch.cat(ref_lp)
         rewards = implicit_process_rewards(torch.cat(prm_lp), ref, mask, cfg.prime_beta)
         self.implicit_prm.train()
+        n_all = self.dist.sum_over_ranks([float(N)])[0]  # torchrun: every rank's rows (the global batch)
         sums = {"loss": 0.0, "accuracy": 0.0}
-        for rows in self._micro_batches(N):
+        batches = self._micro_batches(N)
+        for rows in batches:
             mb = tokens.select(rows)
             width = mb.completion_ids.shape[1]
+            self.dist.before_micro_batch(self.implicit_prm, last=rows == batches[-1])
             fwd = self._forward(self.implicit_prm, mb, temp)
             loss, m = implicit_prm_loss(fwd.logprobs, ref[rows, :width], mask[rows, :width], labels[rows],
-                                        cfg.prime_beta, normalizer=N)
+                                        cfg.prime_beta, normalizer=n_all)
             loss.backward()
             sums["loss"] += float(loss.detach())
-            sums["accuracy"] += float(m["accuracy"]) * (rows.stop - rows.start) / N
+            sums["accuracy"] += float(m["accuracy"]) * (rows.stop - rows.start) / n_all
+        self.dist.reduce_gradients(self.implicit_prm)  # ddp: summed over ranks
         grad_norm, _ = clip_and_step(self.implicit_prm, self.prm_optimizer, self.prm_scheduler, cfg.optim.max_grad_norm)
-        seq = rewards.sum(-1)
+        seq = rewards.sum(-1).double()
+        right = labels > 0.5
+        loss, accuracy, sum_right, n_right, sum_wrong, n_wrong = self.dist.sum_over_ranks([
+            sums["loss"], sums["accuracy"], float(seq[right].sum()), float(right.sum()), float(seq[~right].sum()),
+            float((~right).sum())])
         return ProcessRewards(rewards, mask), {
-            "prime/loss": sums["loss"], "prime/accuracy": sums["accuracy"], "prime/grad_norm": grad_norm,
-            "prime/reward_correct": float(seq[labels > 0.5].mean()) if bool((labels > 0.5).any()) else 0.0,
-            "prime/reward_wrong": float(seq[labels <= 0.5].mean()) if bool((labels <= 0.5).any()) else 0.0,
+            "prime/loss": loss, "prime/accuracy": accuracy, "prime/grad_norm": grad_norm,
+            "prime/reward_correct": sum_right / n_right if n_right else 0.0,
+            "prime/reward_wrong": sum_wrong / n_wrong if n_wrong else 0.0,
         }
 
     # -- advantages -----------------------------------------------------------------------------------
@@ -808,7 +826,7 @@ class Trainer:
         t_train = time.time() - t2
         self.dist.sync_engine(self.engine, self.model)
         kl = update_metrics.get("kl", 0.0)
-        self.kl_ctl = self.kl_ctl.update(kl, len(data.tokens))
+        self.kl_ctl = self.kl_ctl.update(kl, int(self.dist.sum_over_ranks([len(data.tokens)])[0]))  # global rows
         n_tokens = float(mask.sum())
         elapsed = time.time() - t0
         lengths = mask.sum(-1)
@@ -828,11 +846,14 @@ class Trainer:
         accuracy = data.components.get("accuracy", data.components.get("task/accuracy"))
         if accuracy is not None:  # the verifier's verdict on the training samples, trained on or not
             metrics["accuracy"] = float(accuracy.mean())
-        return self.dist.reduce_step(metrics, exclude=update_metrics), data
+        already_global = {*update_metrics, *(k for k in process_metrics if k.startswith("prime/"))}
+        return self.dist.reduce_step(metrics, exclude=already_global, rows=len(data.tokens)), data
 
     def _update(self, update: UpdateBatch) -> dict[str, float]:
         """One optimizer step over the whole batch; a non-finite loss or gradient skips it (counted)."""
         out = self.dist.reduce_update(self.accumulate_gradients(update), float(update.loss_mask.sum()))
+        if self.critic is not None:
+            self.dist.reduce_gradients(self.critic)  # ddp: the critic's gradients summed over ranks
         if not math.isfinite(out["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             self.state.bad_steps += 1
@@ -867,6 +888,8 @@ class Trainer:
             m = update.loss_mask[rows, :T]
             adv = update.advantages[rows, :T]
             self.dist.before_micro_batch(self.model, last=rows == batches[-1])  # gradients sync once per step
+            if self.critic is not None:
+                self.dist.before_micro_batch(self.critic, last=rows == batches[-1])
             fwd = self._forward(self.dist.training_module(self.model), mb, temp, with_entropy=True,
                                 with_hidden=self.critic is not None)
             old = scores.old[rows, :T] if scores.old is not None else fwd.logprobs.detach()
