@@ -779,7 +779,7 @@ class Trainer:
             reward_norm=cfg.reward_norm, reward_norm_state=self.state.reward_norm, gamma=cfg.gamma, lam=cfg.lam,
             whiten=cfg.whiten_advantages, state=self.state.baseline,
             process_rewards=process.rewards if process else None, process_mask=process.mask if process else None,
-            process_coef=cfg.prm_coef))
+            process_coef=cfg.prm_coef, turn_rewards=data.batch.turn_rewards))
         self.state.baseline, self.state.reward_norm = out.state, out.reward_norm_state
         return out
 

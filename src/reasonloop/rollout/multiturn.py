@@ -104,6 +104,7 @@ class Episode:
         self.turn_tokens = 0
         self.turns = 0
         self.rewards: list[float] = []  # one per env.step
+        self.turn_ends: list[int] = []  # index in `tokens` of the last token of each turn that got a step
         self.observations: list[str] = []
         self.finish = ""  # '' running | stop | length
         self.ended_by_eos = False
@@ -220,6 +221,7 @@ class MultiTurnEngine:
             return None
         action, start = ep.turn_text, time.perf_counter()
         ep.turn_text, ep.turn_tokens = "", 0
+        ep.turn_ends.append(len(ep.tokens) - 1)  # this step's reward sits on the turn's last token
 
         def step():
             out = ep.env.step(action)
@@ -474,6 +476,7 @@ class MultiTurnEngine:
         mask = torch.zeros((len(eps), T), dtype=torch.long)
         policy = torch.zeros((len(eps), T), dtype=torch.long)
         lps = torch.zeros((len(eps), T))
+        turn_rewards = torch.zeros((len(eps), T))
         eos = self.tokenizer.eos_token_id
         texts = []
         for i, ep in enumerate(eps):
@@ -483,13 +486,15 @@ class MultiTurnEngine:
                 mask[i, :L] = 1
                 policy[i, :L] = torch.tensor(ep.policy)
                 lps[i, :L] = torch.tensor(ep.logprobs)
+            for end, reward in zip(ep.turn_ends, ep.rewards):
+                turn_rewards[i, end] += reward
             texts.append(self.tokenizer.decode([t for t in ep.tokens if t != eos], skip_special_tokens=True))
         returns = torch.tensor([sum(ep.rewards) for ep in eps])
         self.last = {"returns": returns, "turn_rewards": [list(ep.rewards) for ep in eps],
                      "observations": [list(ep.observations) for ep in eps]}
         self._count(eps, mask, policy)
         return RolloutBatch(p_ids, p_mask, ids, mask, lps, [ep.finish or "stop" for ep in eps], texts, n,
-                            policy_mask=mask.clone() if self.obs_in_loss else policy)
+                            policy_mask=mask.clone() if self.obs_in_loss else policy, turn_rewards=turn_rewards)
 
     def _count(self, eps: list[Episode], mask, policy) -> None:
         t = self._totals
