@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 
 from reasonloop.config import require
-from reasonloop.data.records import Example, RolloutBatch, left_padded
+from reasonloop.data.records import Example, RolloutBatch, TokenBatch, left_padded
 from reasonloop.rollout import kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import filter_logits
@@ -131,9 +131,12 @@ class MultiTurnEngine:
     each environment its example (a game that needs the answer)."""
 
     def __init__(self, model, tokenizer, make_env: Callable[[], object], budget: EpisodeBudget = EpisodeBudget(),
-                 reuse_kv: bool = True, obs_in_loss: bool = False, workers: int = 8, choose=None):
+                 reuse_kv: bool = True, obs_in_loss: bool = False, workers: int = 8, choose=None,
+                 remember: bool = False):
         """`choose(logits [m, V], episodes) -> logits`: what the tokens are picked from (a scripted policy in the
-        tests forces its text this way); log-probs stay those of the model's own logits."""
+        tests forces its text this way); log-probs stay those of the model's own logits. `remember`: keep each
+        episode's tokens and policy mask in `transcripts`, by its text (a self-training loop fine-tunes on them
+        with `encode_episodes`, observations masked; it clears them when it likes)."""
         self.model = model
         self.choose = choose
         self.tokenizer = tokenizer
@@ -148,6 +151,8 @@ class MultiTurnEngine:
         self.prefilled = 0  # tokens read without sampling (prompts, observations, re-prefills)
         self.generated = 0  # tokens sampled
         self.compactions = 0  # times the cache was squeezed
+        self.remember = remember
+        self.transcripts: dict[str, tuple[list[int], list[int]]] = {}  # text -> (token ids, policy mask)
 
     # -- the RolloutEngine seam ------------------------------------------------------------------------
     def update_weights(self, model) -> None:
@@ -489,6 +494,8 @@ class MultiTurnEngine:
             for end, reward in zip(ep.turn_ends, ep.rewards):
                 turn_rewards[i, end] += reward
             texts.append(self.tokenizer.decode([t for t in ep.tokens if t != eos], skip_special_tokens=True))
+            if self.remember:
+                self.transcripts[texts[-1]] = (list(ep.tokens), list(ep.policy))
         returns = torch.tensor([sum(ep.rewards) for ep in eps])
         self.last = {"returns": returns, "turn_rewards": [list(ep.rewards) for ep in eps],
                      "observations": [list(ep.observations) for ep in eps]}
@@ -512,7 +519,36 @@ class MultiTurnEngine:
             add("calling_episodes", int(stats.get("calls", 0) > 0))
 
 
-def build_agent_engine(cfg: AgentConfig, model, tokenizer) -> MultiTurnEngine:
+def encode_episodes(tokenizer, prompts: list[str], episodes: list[tuple[list[int], list[int]]]
+                    ) -> tuple[TokenBatch, torch.Tensor]:
+    """The masked SFT encoding of episodes: (rendered prompt, the episode's token ids) with the loss on the
+    policy's tokens only. `episodes[i]` is (token ids, policy mask) as `MultiTurnEngine.transcripts` keeps them.
+
+    Returns (batch, loss_mask [N, T]): `batch.completion_mask` is 1 on every episode token (observations are
+    context, attended to as in the rollout); `loss_mask` is the policy mask, 0 exactly on observation tokens.
+    An episode that does not end in EOS gets one, trained on (as `encode_pairs` ends every completion)."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    rows = []
+    for ids, policy in episodes:
+        if len(ids) != len(policy):
+            raise ValueError(f"an episode has {len(ids)} tokens but {len(policy)} mask entries")
+        if not ids or ids[-1] != eos:
+            ids, policy = list(ids) + [eos], list(policy) + [1]
+        rows.append((ids, policy))
+    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    prompt_ids, prompt_mask = left_padded(p_ids, pad)
+    T = max(len(ids) for ids, _ in rows)
+    completion_ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), T), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, (ids, policy) in enumerate(rows):
+        completion_ids[i, : len(ids)] = torch.tensor(ids)
+        completion_mask[i, : len(ids)] = 1
+        loss_mask[i, : len(ids)] = torch.tensor(policy)
+    return TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask), loss_mask
+
+
+def build_agent_engine(cfg: AgentConfig, model, tokenizer, remember: bool = False) -> MultiTurnEngine:
     """The multi-turn engine `cfg` describes, sampling from `model`."""
     from reasonloop.agents.envs import tool_env_factory
 
@@ -524,5 +560,5 @@ def build_agent_engine(cfg: AgentConfig, model, tokenizer) -> MultiTurnEngine:
     except ValueError as exc:
         raise ConfigError(f"agent.env={cfg.env!r} agent.tools={list(cfg.tools)}: {exc}") from exc
     return MultiTurnEngine(model, tokenizer, make_env, EpisodeBudget.of(cfg), reuse_kv=cfg.reuse_kv,
-                           obs_in_loss=cfg.obs_in_loss)
+                           obs_in_loss=cfg.obs_in_loss, remember=remember)
 
