@@ -61,7 +61,8 @@ class AgentConfig:
     """Completion tokens per episode, policy and observation tokens together (each turn is also capped at
     sampling.max_new_tokens)."""
     max_obs_tokens: int = 32
-    """Tokens of one observation; longer ones are cut."""
+    """Tokens of one observation; longer ones are cut (with tool_format=chat: of the tool's text; the template's
+    tool-turn frame around it comes on top)."""
     tool_timeout: float = 2.0
     """Seconds a tool call may run; past it the call becomes an error observation ('timeout')."""
     reuse_kv: bool = True
@@ -69,6 +70,10 @@ class AgentConfig:
     tokens, slower)."""
     obs_in_loss: bool = False
     """ABLATION ONLY: train on the observation tokens too (they are the environment's, not the policy's)."""
+    tool_format: str = "auto"
+    """env=tools: how calls are written. tags (`<tool name="calc">...</tool>`, any tokenizer) | chat (the chat
+    template's own Qwen/Hermes format: `<tool_call>{json}</tool_call>`, answered in its tool turn, the tools
+    declared in the prompt) | auto (chat when the chat template has that format and is used, else tags)."""
 
     def __post_init__(self):
         require(self.max_turns >= 1, "agent.max_turns must be >= 1")
@@ -77,6 +82,7 @@ class AgentConfig:
         require(self.tool_timeout > 0, "agent.tool_timeout must be > 0 seconds")
         require(self.env in ("", "tools") or ":" in self.env,
                 f"agent.env={self.env!r}: use '' (off), tools, or 'module:function' returning an environment")
+        require(self.tool_format in ("auto", "tags", "chat"), f"agent.tool_format={self.tool_format!r}: auto, tags or chat")
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ class MultiTurnEngine:
         self.generated = 0  # tokens sampled
         self.compactions = 0  # times the cache was squeezed
         self.remember = remember
+        self.tool_specs: list[dict] | None = None  # tools the prompt declares (chat templates' `tools=`), if any
         self.transcripts: dict[str, tuple[list[int], list[int]]] = {}  # text -> (token ids, policy mask)
 
     # -- the RolloutEngine seam ------------------------------------------------------------------------
@@ -548,17 +555,45 @@ def encode_episodes(tokenizer, prompts: list[str], episodes: list[tuple[list[int
     return TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask), loss_mask
 
 
-def build_agent_engine(cfg: AgentConfig, model, tokenizer, remember: bool = False) -> MultiTurnEngine:
-    """The multi-turn engine `cfg` describes, sampling from `model`."""
+def tool_format(cfg: AgentConfig, tokenizer, chat_template: bool = True):
+    """The tool-call format `cfg.tool_format` names for this tokenizer (`agents.envs.TagFormat` or `HermesFormat`);
+    `chat_template`: whether prompts are rendered with the tokenizer's chat template (model.use_chat_template)."""
+    from reasonloop.agents.envs import HermesFormat, TagFormat, has_tool_call_format
+    from reasonloop.config import ConfigError
+
+    has_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    if cfg.tool_format == "tags" or (cfg.tool_format == "auto" and not (has_template and has_tool_call_format(tokenizer))):
+        return TagFormat()
+    if not has_template:
+        raise ConfigError("agent.tool_format=chat needs a tokenizer with a chat template, used "
+                          "(model.use_chat_template=true); agent.tool_format=tags works with any tokenizer")
+    try:
+        return HermesFormat(tokenizer, cfg.tools)
+    except ValueError as exc:
+        raise ConfigError(f"agent.tool_format=chat: {exc}") from exc
+
+
+def build_agent_engine(cfg: AgentConfig, model, tokenizer, remember: bool = False,
+                       chat_template: bool = True) -> MultiTurnEngine:
+    """The multi-turn engine `cfg` describes, sampling from `model`; with the chat tool format its `tool_specs`
+    are the tool declarations the prompt must carry (`models.loading.render_prompt(..., tools=)`)."""
     from reasonloop.agents.envs import tool_env_factory
 
     from reasonloop.config import ConfigError
     from reasonloop.rewards.core import load_function
 
+    fmt = tool_format(cfg, tokenizer, chat_template) if cfg.env == "tools" else None
     try:
-        make_env = tool_env_factory(cfg.tools, cfg.tool_timeout) if cfg.env == "tools" else load_function(cfg.env)
+        make_env = (tool_env_factory(cfg.tools, cfg.tool_timeout, format=fmt) if cfg.env == "tools"
+                    else load_function(cfg.env))
     except ValueError as exc:
         raise ConfigError(f"agent.env={cfg.env!r} agent.tools={list(cfg.tools)}: {exc}") from exc
-    return MultiTurnEngine(model, tokenizer, make_env, EpisodeBudget.of(cfg), reuse_kv=cfg.reuse_kv,
-                           obs_in_loss=cfg.obs_in_loss, remember=remember)
+    budget = EpisodeBudget.of(cfg)
+    if fmt is not None and hasattr(fmt, "before"):  # max_obs_tokens counts the tool's text; the tool turn's frame is extra
+        frame = len(tokenizer(fmt.before + fmt.after, add_special_tokens=False)["input_ids"])
+        budget = EpisodeBudget(cfg.max_turns, cfg.max_tokens, cfg.max_obs_tokens + frame)
+    engine = MultiTurnEngine(model, tokenizer, make_env, budget, reuse_kv=cfg.reuse_kv,
+                             obs_in_loss=cfg.obs_in_loss, remember=remember)
+    engine.tool_specs = getattr(fmt, "tool_specs", None)
+    return engine
 

@@ -130,7 +130,8 @@ class Loop:
         self.base_state = copy.deepcopy(self.model.state_dict())  # for ReST-EM's restart from the base
         self.sampler = TreeEngine(self.model, self.tokenizer)  # the torch sampler; step-level search reuses K/V
         agent = getattr(cfg, "agent", None)  # multi-turn episodes (tools): recipes that offer them have cfg.agent
-        self.agent_engine = (build_agent_engine(agent, self.model, self.tokenizer, remember=True)
+        self.agent_engine = (build_agent_engine(agent, self.model, self.tokenizer, remember=True,
+                                                chat_template=cfg.model.use_chat_template)
                              if agent is not None and agent.env else None)
         self.agent_metrics: dict[str, float] = {}  # the episode counters of this iteration (sampling, held-out)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -149,8 +150,9 @@ class Loop:
         self.run.start()  # after loading: bad input writes nothing
 
     # -- generate and score ---------------------------------------------------------------------
-    def render(self, prompt: str) -> str:
-        return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template)
+    def render(self, prompt: str) -> str:  # with a chat tool format, the prompt declares the tools
+        specs = self.agent_engine.tool_specs if self.agent_engine is not None else None
+        return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template, tools=specs)
 
     @property
     def engine(self):
