@@ -10,19 +10,23 @@ An environment is any object with
   the others into the episode's return), `done` ends the episode;
 - optionally `stats`: a dict of counters (tool calls, errors ...) that the engine sums into its metrics.
 
-`ToolEnv` turns a set of tools into an environment: a turn that ends with `<tool name="NAME">ARG</tool>`
-is a call, whose result comes back as `<result>TEXT</result>`; a turn without a call is the final answer
-(done). Malformed calls, unknown tools, tool errors and timeouts come back as `<result>error: ...</result>`
+`ToolEnv` turns a set of tools into an environment: a turn that ends with a tool call is a call, whose
+result is appended; a turn without a call is the final answer (done). The call's format is the env's
+`format`: `TagFormat` (any tokenizer: `<tool name="NAME">ARG</tool>`, answered `<result>TEXT</result>`), or
+`HermesFormat`, the tokenizer's own format where its chat template has one (Qwen/Hermes:
+`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, answered in the template's tool turn, with the
+tools declared in the prompt through the template's `tools=`). Malformed calls, unknown tools, tool errors and timeouts come back as `<result>error: ...</result>`
 and are counted by kind in `stats`; none of them ends the episode or raises. `GuessEnv` is a game with no
 tools (guess a number, told higher/lower each turn): the API is not tied to tools.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Protocol, runtime_checkable
 
-from reasonloop.agents.tools import BUILTIN_TOOLS, Tool, builtin_tool, call_tool
+from reasonloop.agents.tools import BUILTIN_TOOLS, TOOL_SIGNATURES, Tool, builtin_tool, call_tool, tool_schema
 from reasonloop.data.records import Example
 
 CALL_RE = re.compile(r'<tool name="(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)">(?P<arg>.*)</tool>$', re.S)
@@ -43,49 +47,131 @@ def observation(text: str) -> str:
     return f"<result>{text.replace('</result>', '</ result>')}</result>"
 
 
+class TagFormat:
+    """reasonloop's tool-call format, for any tokenizer: `<tool name="NAME">ARG</tool>`, answered
+    `<result>TEXT</result>`."""
+
+    open, close = "<tool", "</tool>"
+    tool_specs = None  # nothing to declare in the prompt
+
+    def parse(self, call: str) -> tuple[str, str]:
+        """(tool name, argument) of a call (the text from `open` to the closing tag); ValueError if malformed."""
+        match = CALL_RE.match(call)
+        if match is None or "<tool" in match["arg"]:
+            raise ValueError("malformed tool call")
+        return match["name"], match["arg"]
+
+    def observation(self, text: str) -> str:
+        return observation(text)
+
+
+class HermesFormat:
+    """The tool-call format of chat templates in the Qwen/Hermes family: the policy writes
+    `<tool_call>{"name": "calc", "arguments": {"expression": "37+28"}}</tool_call>` and the result comes back as
+    the template's tool turn (for Qwen: `<|im_end|>` + a user turn `<tool_response>...</tool_response>` + a new
+    assistant header), cut out of the template's own rendering (`tool_turn`). `tool_specs` are the JSON schemas
+    the prompt declares (`apply_chat_template(..., tools=tool_specs)`)."""
+
+    open, close = "<tool_call>", "</tool_call>"
+
+    def __init__(self, tokenizer, names: list[str] | tuple[str, ...]):
+        self.before, self.after = tool_turn(tokenizer)
+        self.names = tuple(names)
+        self.tool_specs = [tool_schema(n) for n in names]
+
+    def parse(self, call: str) -> tuple[str, str]:
+        body = json.loads(call[len(self.open): -len(self.close)].strip())  # JSONDecodeError is a ValueError
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise ValueError("a tool call is a JSON object with a string 'name'")
+        name, args = body["name"], body.get("arguments", body.get("parameters", {}))
+        if isinstance(args, str):  # some models write the arguments as a JSON string
+            try:
+                args = json.loads(args)
+            except ValueError:
+                return name, args
+        if not isinstance(args, dict):
+            raise ValueError("'arguments' must be an object")
+        param = TOOL_SIGNATURES.get(name, ("",))[0]
+        if param in args:
+            return name, str(args[param])
+        if len(args) == 1:
+            return name, str(next(iter(args.values())))
+        raise ValueError(f"tool {name!r} takes one argument ({param or 'any name'}), got {sorted(args)}")
+
+    def observation(self, text: str) -> str:
+        return self.before + text + self.after
+
+
+def tool_turn(tokenizer) -> tuple[str, str]:
+    """(what comes between the assistant's call and the tool's answer, what follows the answer up to the next
+    assistant turn), as the tokenizer's chat template renders a tool message after an assistant message."""
+    action, result = "ACTION_7c1e", "RESULT_7c1e"
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": action},
+                {"role": "tool", "content": result}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # noqa: BLE001 - templates raise anything (jinja's TemplateError, ValueError ...)
+        raise ValueError(f"the chat template cannot render a tool message: {exc}") from exc
+    i, j = text.find(action), text.find(result)
+    if i < 0 or j < i:
+        raise ValueError("the chat template does not render a tool message after the assistant's turn")
+    return text[i + len(action): j], text[j + len(result):]
+
+
+def has_tool_call_format(tokenizer) -> bool:
+    """True when the tokenizer's chat template uses the Qwen/Hermes `<tool_call>` format."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = " ".join(map(str, template.values()))
+    return bool(template) and "<tool_call>" in template
+
+
 class ToolEnv:
     """Tools as an environment (see the module docstring).
 
     `tools`: name -> function `fn(argument) -> str`; `timeout`: seconds per call; `call_reward` and
     `error_reward`: per-turn rewards for a working call and for a failed one (0 by default: the task's
-    reward on the final transcript does the teaching)."""
-
-    stop = ["</tool>"]
+    reward on the final transcript does the teaching); `format`: how calls are written and answered
+    (`TagFormat()` by default, `HermesFormat` for chat templates with a tool-call format)."""
 
     def __init__(self, tools: dict[str, Tool], timeout: float = 2.0, call_reward: float = 0.0,
-                 error_reward: float = 0.0):
+                 error_reward: float = 0.0, format: TagFormat | HermesFormat | None = None):
         self.tools = dict(tools)
         self.timeout = timeout
         self.call_reward = call_reward
         self.error_reward = error_reward
+        self.format = format if format is not None else TagFormat()
+        self.stop = [self.format.close]
         self.stats = {"calls": 0, "errors": 0, **{k: 0 for k in ERROR_KINDS}}
 
     def reset(self, example: Example) -> str:
         return example.prompt
 
     def step(self, action: str) -> tuple[str, float, bool]:
-        start = action.rfind("<tool")
-        if not action.endswith("</tool>"):
-            if start >= 0 and "</tool>" not in action[start:]:  # an unclosed call at the end of the answer
+        fmt = self.format
+        start = action.rfind(fmt.open)
+        if not action.endswith(fmt.close):
+            if start >= 0 and fmt.close not in action[start:]:  # an unclosed call at the end of the answer
                 self.stats["calls"] += 1
                 self._count("malformed")
             return "", 0.0, True
         self.stats["calls"] += 1
-        match = CALL_RE.match(action[start:]) if start >= 0 else None
-        if match is None or "<tool" in match["arg"]:
+        try:
+            if start < 0:
+                raise ValueError("no opening tag")
+            name, argument = fmt.parse(action[start:])
+        except ValueError:
             self._count("malformed")
-            return observation("error: malformed tool call"), \
-                self.error_reward, False
-        name, argument = match["name"], match["arg"]
+            return fmt.observation("error: malformed tool call"), self.error_reward, False
         if name not in self.tools:
             self._count("unknown_tool")
-            return observation(f"error: unknown tool {name!r}; tools: {', '.join(sorted(self.tools))}"), \
+            return fmt.observation(f"error: unknown tool {name!r}; tools: {', '.join(sorted(self.tools))}"), \
                 self.error_reward, False
         outcome = call_tool(self.tools[name], argument, self.timeout)
         if outcome.error:
             self._count(outcome.error)
-            return observation(outcome.text), self.error_reward, False
-        return observation(outcome.text), self.call_reward, False
+            return fmt.observation(outcome.text), self.error_reward, False
+        return fmt.observation(outcome.text), self.call_reward, False
 
     def _count(self, kind: str) -> None:
         self.stats[kind] += 1
@@ -93,7 +179,8 @@ class ToolEnv:
 
 
 def tool_env_factory(names: list[str] | tuple[str, ...], timeout: float = 2.0, **kwargs):
-    """A function making a fresh `ToolEnv` with the built-in tools `names` (one per episode)."""
+    """A function making a fresh `ToolEnv` with the built-in tools `names` (one per episode); `kwargs` go to
+    `ToolEnv` (rewards, `format`)."""
     unknown = [n for n in names if n not in BUILTIN_TOOLS]
     if unknown:
         raise ValueError(f"unknown tools {unknown}; built-in: {list(BUILTIN_TOOLS)}")

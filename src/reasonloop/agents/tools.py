@@ -154,6 +154,21 @@ def builtin_tool(name: str) -> Tool:
 
 BUILTIN_TOOLS = ("calc", "python", "lookup")
 
+# each built-in's signature, for a chat template's tool declarations: (its one string parameter, description)
+TOOL_SIGNATURES = {
+    "calc": ("expression", "Evaluate an arithmetic expression (integers, + - * / // % **, parentheses)."),
+    "python": ("code", "Run a Python program in a sandbox; returns what it prints."),
+    "lookup": ("query", "Look a fact up in a local reference corpus."),
+}
+
+
+def tool_schema(name: str) -> dict:
+    """The JSON schema (OpenAI/Hugging Face `tools=` style) declaring tool `name`: one string parameter."""
+    param, description = TOOL_SIGNATURES.get(name, ("input", f"The tool {name}."))
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": {param: {"type": "string"}}, "required": [param]}}}
+
 
 @dataclass(frozen=True)
 class ToolOutcome:

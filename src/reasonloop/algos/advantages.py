@@ -269,10 +269,11 @@ def reinforce_pp_advantages(
     gamma: float = 1.0,
     kl_estimator: str = "k1",
     eps: float = 1e-8,
+    token_rewards: torch.Tensor | None = None,  # [N, T] extra rewards on their tokens (multi-turn: per turn)
 ) -> torch.Tensor:  # [N, T] token-level advantages, 0 at masked positions
     """REINFORCE++ (Hu 2025), token-level:
 
-        r_t   = -beta * KL_t + 1[t = last valid token] * R          (KL_t: k1 by default)
+        r_t   = -beta * KL_t + 1[t = last valid token] * R  (+ token_rewards_t)   (KL_t: k1 by default)
         G_t   = sum_{k >= t} gamma^(k-t) r_k                         (returns-to-go)
         A_t   = (G_t - mean(G)) / (std(G) + eps)                     (global whitening over all
                                                                       valid tokens of the batch)
@@ -290,11 +291,16 @@ def reinforce_pp_advantages(
     dtype = torch.promote_types(logprobs.dtype, torch.float32)
     valid = mask.bool()
     kl = kl_estimate(logprobs.detach().to(dtype), ref_logprobs.detach().to(dtype), kl_estimator)
+    extra = token_rewards
+    if extra is not None:
+        check_same_shape(logprobs=logprobs, token_rewards=extra)
     token_rewards = torch.where(valid, -beta * kl, torch.zeros_like(kl))
     last = _last_valid_index(mask)  # [N]
     has_token = last >= 0
     rows = torch.arange(N, device=mask.device)[has_token]
     token_rewards[rows, last[has_token]] += seq_rewards.to(dtype)[has_token]
+    if extra is not None:
+        token_rewards = token_rewards + torch.where(valid, extra.detach().to(dtype), torch.zeros_like(token_rewards))
     returns = discounted_returns(token_rewards, mask, gamma)
     return masked_whiten(returns, mask, eps)
 

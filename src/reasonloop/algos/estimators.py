@@ -26,6 +26,11 @@ process-supervision advantage (step rewards normalised per group, summed from ea
 its outcome advantage; `prime` folds them into its leave-one-out returns. `reinforce_pp` and `gae` do not
 read them.
 
+Per-turn rewards of multi-turn episodes (`turn_rewards [N, T]`, each on the last token of its turn): the
+sequence reward `rewards` already includes their sum, which is all a sequence estimator sees; the
+token-level ones (`reinforce_pp`, `gae`) take that sum off the last token and put each turn's reward on
+its own token instead, so a turn's reward reaches the returns of the tokens before it and not after.
+
 All are pure: tensors and explicit scalars in, tensors and the next state out; nothing here sees a
 config, a model or a file. The raw formulas (and their references) are in `algos.advantages`.
 """
@@ -72,6 +77,8 @@ class AdvantageInput:
     process_rewards: torch.Tensor | None = None  # [N, T] token-level process rewards (0 where none sits)
     process_mask: torch.Tensor | None = None  # [N, T] 1 where a process reward sits (a step's last token)
     process_coef: float = 1.0  # weight of the process-reward advantage next to the outcome one
+    turn_rewards: torch.Tensor | None = None  # [N, T] multi-turn episodes: each turn's reward on the turn's last
+    # token. `rewards` already holds their sum; gae and reinforce_pp move that share onto these tokens
 
     def __post_init__(self):
         check_shape("rewards", self.rewards, (None,))
@@ -81,6 +88,8 @@ class AdvantageInput:
         if self.process_rewards is not None:
             check_shape("process_rewards", self.process_rewards, tuple(self.mask.shape))
             check_shape("process_mask", self.process_mask, tuple(self.mask.shape))
+        if self.turn_rewards is not None:
+            check_shape("turn_rewards", self.turn_rewards, tuple(self.mask.shape))
         if sum(self.group_sizes) != self.rewards.shape[0]:
             raise ValueError(f"group sizes sum to {sum(self.group_sizes)} but there are {self.rewards.shape[0]} rewards")
 
@@ -203,9 +212,19 @@ def reinforce(rewards, inp, levels, pass_rates, state):
 def reinforce_pp(inp: AdvantageInput) -> AdvantageOutput:
     """REINFORCE++: token rewards -beta*KL_t (+ R on the last token), returns-to-go, global whitening."""
     ref = inp.ref_logprobs if inp.ref_logprobs is not None else inp.logprobs
-    advantages = adv.reinforce_pp_advantages(inp.rewards, inp.logprobs, ref, inp.mask, inp.kl_coef, inp.gamma,
-                                             inp.kl_estimator)
+    outcome, turns = _split_turn_rewards(inp)
+    advantages = adv.reinforce_pp_advantages(outcome, inp.logprobs, ref, inp.mask, inp.kl_coef, inp.gamma,
+                                             inp.kl_estimator, token_rewards=turns)
     return AdvantageOutput(advantages, state=inp.state, reward_norm_state=inp.reward_norm_state)
+
+
+def _split_turn_rewards(inp: AdvantageInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the sequence rewards without the per-turn rewards that sit on trained tokens, those per-turn rewards);
+    (rewards, None) without turn rewards. A turn reward on a token outside `mask` stays in the sequence reward."""
+    if inp.turn_rewards is None:
+        return inp.rewards, None
+    placed = inp.turn_rewards.to(inp.rewards.dtype) * inp.mask.to(inp.rewards.dtype)
+    return inp.rewards - placed.sum(-1), placed
 
 
 @register_advantage("gae")
@@ -214,9 +233,10 @@ def gae(inp: AdvantageInput) -> AdvantageOutput:
     if inp.values is None:
         raise ValueError("advantage=gae needs critic values")
     mask = inp.mask
-    token_rewards = torch.zeros_like(inp.values)
+    outcome, turns = _split_turn_rewards(inp)
+    token_rewards = torch.zeros_like(inp.values) if turns is None else turns.to(inp.values.dtype) * mask
     last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask.bool()
-    token_rewards[last] = inp.rewards[last.any(-1)]
+    token_rewards[last] += outcome[last.any(-1)].to(token_rewards.dtype)
     if inp.kl_coef > 0:
         token_rewards = token_rewards - inp.kl_coef * kl_estimate(inp.logprobs, inp.ref_logprobs, inp.kl_estimator) * mask
     advantages, returns = adv.gae_advantages(token_rewards, inp.values, mask, inp.gamma, inp.lam)

@@ -94,6 +94,8 @@ class RolloutBatch:
     group_size: int  # G
     policy_mask: torch.Tensor | None = None  # [N, T] multi-turn episodes: 1 on the policy's tokens, 0 on the
     # environment's observations (which completion_mask keeps attended to); None: every completion token
+    turn_rewards: torch.Tensor | None = None  # [N, T] multi-turn episodes: each env.step's reward on the last
+    # token of the turn it answered (0 elsewhere); the token-level estimators (gae, reinforce_pp) place them there
 
     @property
     def loss_mask(self) -> torch.Tensor:  # [N, T] the tokens that are trained on
@@ -116,7 +118,8 @@ class RolloutBatch:
         return RolloutBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
                             self.completion_mask[idx], self.logprobs[idx], self.finish_reasons[idx],
                             self.completions[idx], group_size=self.group_size,
-                            policy_mask=None if self.policy_mask is None else self.policy_mask[idx])
+                            policy_mask=None if self.policy_mask is None else self.policy_mask[idx],
+                            turn_rewards=None if self.turn_rewards is None else self.turn_rewards[idx])
 
     @staticmethod
     def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
@@ -135,4 +138,7 @@ class RolloutBatch:
             group_size=batches[0].group_size,
             policy_mask=None if all(b.policy_mask is None for b in batches)
             else torch.cat([pad_right(b.loss_mask, T, 0) for b in batches]),
+            turn_rewards=None if all(b.turn_rewards is None for b in batches)
+            else torch.cat([pad_right(b.turn_rewards if b.turn_rewards is not None else torch.zeros(b.completion_ids.shape),
+                                      T, 0.0) for b in batches]),
         )

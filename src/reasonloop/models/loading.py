@@ -265,11 +265,14 @@ def drop_long_prompts(examples: list, tokenizer: PreTrainedTokenizerBase, render
     return kept
 
 
-def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool = True) -> str:
-    """The text the model is conditioned on: the chat template around `prompt` when the tokenizer has one."""
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool = True,
+                  tools: list[dict] | None = None) -> str:
+    """The text the model is conditioned on: the chat template around `prompt` when the tokenizer has one;
+    `tools`: JSON schemas of the tools the template declares (multi-turn episodes in its tool-call format)."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
+        extra = {"tools": tools} if tools else {}
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, **extra
         )
     return prompt
 

@@ -76,7 +76,9 @@ def run(cfg: Config) -> dict:
     label = model_label(cfg.model.name, task)
     result = {"model": label, "task": cfg.task, "split": cfg.split, "eval": summary}
     if cfg.agent.env:  # the same problems again, as multi-turn episodes with the environment's tools
-        agent_engine = build_agent_engine(cfg.agent, model, tokenizer)
+        agent_engine = build_agent_engine(cfg.agent, model, tokenizer, chat_template=cfg.model.use_chat_template)
+        if agent_engine.tool_specs:  # the chat template's tool-call format: the prompt declares the tools
+            render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template, tools=agent_engine.tool_specs)  # noqa: E731
         with_tools, tool_rows = evaluate(agent_engine, task, examples, render=render, sampling=cfg.sampling, k=cfg.k,
                                          greedy=cfg.greedy, batch_prompts=cfg.batch_prompts, seed=cfg.seed)
         rows += [{**r, "mode": f"{r['mode']}+{cfg.agent.env}"} for r in tool_rows]

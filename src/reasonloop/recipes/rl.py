@@ -477,7 +477,8 @@ class Trainer:
         self.engine = engine or build_engine(cfg.rollout, self.dist.rollout_model(self.model), self.tokenizer)
         self._policy_sampler: RolloutEngine | None = None  # eval_engine()'s, where the engine is a served model
         if cfg.agent.env:  # multi-turn episodes with tools or another environment (rollout/multiturn.py)
-            self.engine = build_agent_engine(cfg.agent, self.dist.rollout_model(self.model), self.tokenizer)
+            self.engine = build_agent_engine(cfg.agent, self.dist.rollout_model(self.model), self.tokenizer,
+                                             chat_template=cfg.model.use_chat_template)
         self.generator = torch.Generator().manual_seed(self.dist.sampler_seed(cfg.seed))
         fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
                                                      cfg.sampling.max_new_tokens, f"{cfg.task}/{split}")
@@ -543,8 +544,9 @@ class Trainer:
         """The next `n` train prompts of a reshuffled pass over the pool (torchrun: this rank's contiguous share)."""
         return [self.pool[i] for i in self.dist.shard(self.prompts.next(n))]  # this rank's share
 
-    def render(self, prompt: str) -> str:
-        return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template)
+    def render(self, prompt: str) -> str:  # with a chat tool format, the prompt declares the tools
+        return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template,
+                             tools=getattr(self.engine, "tool_specs", None))
 
     # -- rollout + reward ----------------------------------------------------------------------------
     def group_size_for(self, ex: Example) -> int:
@@ -798,7 +800,7 @@ class Trainer:
             reward_norm=cfg.reward_norm, reward_norm_state=self.state.reward_norm, gamma=cfg.gamma, lam=cfg.lam,
             whiten=cfg.whiten_advantages, state=self.state.baseline,
             process_rewards=process.rewards if process else None, process_mask=process.mask if process else None,
-            process_coef=cfg.prm_coef))
+            process_coef=cfg.prm_coef, turn_rewards=data.batch.turn_rewards))
         self.state.baseline, self.state.reward_norm = out.state, out.reward_norm_state
         return out
 

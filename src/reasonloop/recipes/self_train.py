@@ -26,6 +26,10 @@ iteration: generated, kept, duplicates dropped, prompts covered, train-sample ac
 pass@1. Departures from the papers: one fixed small budget per iteration (fine-tune steps =
 min(sft_max_steps, sft_epochs * kept / batch_size)); rewards are the task's (near-binary) verifier
 reward, not a learned reward model; STaR samples `samples_per_prompt` per prompt, not one greedy one.
+
+With `agent.env=tools` (docs/agents.md) every method but v_star samples, searches and evaluates on multi-turn
+episodes and fine-tunes on the kept episodes' tokens with the observation tokens masked out of the loss;
+expert_iteration's search is then one that only samples (majority, best_of_n, weighted_best_of_n, adaptive).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 from reasonloop.config import require, require_choice
 from reasonloop.recipes.search import search_kwargs
+from reasonloop.rollout.multiturn import AgentConfig
 from reasonloop.search import SearchConfig, majority_vote, search
 from reasonloop.selfimprove.loop import Loop, LoopConfig
 from reasonloop.selfimprove.selection import (
@@ -56,6 +61,7 @@ from reasonloop.train.evaluation import answer_key
 from reasonloop.train.optim import OptimConfig
 
 METHODS = ["rft", "raft", "rest", "rest_em", "star", "expert_iteration", "v_star"]
+EPISODE_SEARCH = ["majority", "best_of_n", "weighted_best_of_n", "adaptive"]  # strategies that only sample
 
 
 @dataclass
@@ -95,6 +101,9 @@ class Config(LoopConfig):
     """v_star: the verifier's optimiser."""
     best_of_n: int = 8
     """v_star: candidates per held-out problem for verifier best-of-N at the end."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """Multi-turn episodes (docs/agents.md): with agent.env set, samples, the expert's search and the held-out
+    evaluation are episodes, and fine-tuning masks the observation tokens out of the loss."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -107,6 +116,12 @@ class Config(LoopConfig):
         require(self.rest_threshold_stop >= self.rest_threshold_start, "ReST thresholds must rise")
         require("{question}" in self.hint_template and "{answer}" in self.hint_template,
                 "hint_template needs {question} and {answer}")
+        if self.agent.env:
+            require(self.method != "v_star", "method=v_star does not run on multi-turn episodes (agent.env): its DPO "
+                    "verifier would train on the observation tokens")
+            require(self.method != "expert_iteration" or self.search.strategy in EPISODE_SEARCH,
+                    f"expert_iteration with agent.env: search.strategy={self.search.strategy!r} searches over steps; "
+                    f"on episodes use one that only samples: {', '.join(EPISODE_SEARCH)}")
 
     @property
     def restarts(self) -> bool:
@@ -140,7 +155,7 @@ def star_step(loop: Loop, cfg: Config, examples, samples: list[Sample]) -> tuple
 
 def expert_step(loop: Loop, cfg: Config, examples) -> tuple[list[Sample], list[Sample], dict]:
     """(the expert's scored picks, the kept ones, stats)."""
-    results = search(loop.sampler, examples, loop.render, loop.sampling, cfg.search,
+    results = search(loop.engine, examples, loop.render, loop.sampling, cfg.search,
                      lambda c: answer_key(loop.task, c), generator=loop.generator, **search_kwargs(cfg.search, loop.task))
     picks = [(r.example, r.completion) for r in results if r.completion is not None]
     samples = loop.score([ex for ex, _ in picks], [c for _, c in picks])

@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 
 from reasonloop.config import require
-from reasonloop.data.records import Example, RolloutBatch, left_padded
+from reasonloop.data.records import Example, RolloutBatch, TokenBatch, left_padded
 from reasonloop.rollout import kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import filter_logits
@@ -61,7 +61,8 @@ class AgentConfig:
     """Completion tokens per episode, policy and observation tokens together (each turn is also capped at
     sampling.max_new_tokens)."""
     max_obs_tokens: int = 32
-    """Tokens of one observation; longer ones are cut."""
+    """Tokens of one observation; longer ones are cut (with tool_format=chat: of the tool's text; the template's
+    tool-turn frame around it comes on top)."""
     tool_timeout: float = 2.0
     """Seconds a tool call may run; past it the call becomes an error observation ('timeout')."""
     reuse_kv: bool = True
@@ -69,6 +70,10 @@ class AgentConfig:
     tokens, slower)."""
     obs_in_loss: bool = False
     """ABLATION ONLY: train on the observation tokens too (they are the environment's, not the policy's)."""
+    tool_format: str = "auto"
+    """env=tools: how calls are written. tags (`<tool name="calc">...</tool>`, any tokenizer) | chat (the chat
+    template's own Qwen/Hermes format: `<tool_call>{json}</tool_call>`, answered in its tool turn, the tools
+    declared in the prompt) | auto (chat when the chat template has that format and is used, else tags)."""
 
     def __post_init__(self):
         require(self.max_turns >= 1, "agent.max_turns must be >= 1")
@@ -77,6 +82,7 @@ class AgentConfig:
         require(self.tool_timeout > 0, "agent.tool_timeout must be > 0 seconds")
         require(self.env in ("", "tools") or ":" in self.env,
                 f"agent.env={self.env!r}: use '' (off), tools, or 'module:function' returning an environment")
+        require(self.tool_format in ("auto", "tags", "chat"), f"agent.tool_format={self.tool_format!r}: auto, tags or chat")
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ class Episode:
         self.turn_tokens = 0
         self.turns = 0
         self.rewards: list[float] = []  # one per env.step
+        self.turn_ends: list[int] = []  # index in `tokens` of the last token of each turn that got a step
         self.observations: list[str] = []
         self.finish = ""  # '' running | stop | length
         self.ended_by_eos = False
@@ -130,9 +137,12 @@ class MultiTurnEngine:
     each environment its example (a game that needs the answer)."""
 
     def __init__(self, model, tokenizer, make_env: Callable[[], object], budget: EpisodeBudget = EpisodeBudget(),
-                 reuse_kv: bool = True, obs_in_loss: bool = False, workers: int = 8, choose=None):
+                 reuse_kv: bool = True, obs_in_loss: bool = False, workers: int = 8, choose=None,
+                 remember: bool = False):
         """`choose(logits [m, V], episodes) -> logits`: what the tokens are picked from (a scripted policy in the
-        tests forces its text this way); log-probs stay those of the model's own logits."""
+        tests forces its text this way); log-probs stay those of the model's own logits. `remember`: keep each
+        episode's tokens and policy mask in `transcripts`, by its text (a self-training loop fine-tunes on them
+        with `encode_episodes`, observations masked; it clears them when it likes)."""
         self.model = model
         self.choose = choose
         self.tokenizer = tokenizer
@@ -147,6 +157,9 @@ class MultiTurnEngine:
         self.prefilled = 0  # tokens read without sampling (prompts, observations, re-prefills)
         self.generated = 0  # tokens sampled
         self.compactions = 0  # times the cache was squeezed
+        self.remember = remember
+        self.tool_specs: list[dict] | None = None  # tools the prompt declares (chat templates' `tools=`), if any
+        self.transcripts: dict[str, tuple[list[int], list[int]]] = {}  # text -> (token ids, policy mask)
 
     # -- the RolloutEngine seam ------------------------------------------------------------------------
     def update_weights(self, model) -> None:
@@ -220,6 +233,7 @@ class MultiTurnEngine:
             return None
         action, start = ep.turn_text, time.perf_counter()
         ep.turn_text, ep.turn_tokens = "", 0
+        ep.turn_ends.append(len(ep.tokens) - 1)  # this step's reward sits on the turn's last token
 
         def step():
             out = ep.env.step(action)
@@ -474,6 +488,7 @@ class MultiTurnEngine:
         mask = torch.zeros((len(eps), T), dtype=torch.long)
         policy = torch.zeros((len(eps), T), dtype=torch.long)
         lps = torch.zeros((len(eps), T))
+        turn_rewards = torch.zeros((len(eps), T))
         eos = self.tokenizer.eos_token_id
         texts = []
         for i, ep in enumerate(eps):
@@ -483,13 +498,17 @@ class MultiTurnEngine:
                 mask[i, :L] = 1
                 policy[i, :L] = torch.tensor(ep.policy)
                 lps[i, :L] = torch.tensor(ep.logprobs)
+            for end, reward in zip(ep.turn_ends, ep.rewards):
+                turn_rewards[i, end] += reward
             texts.append(self.tokenizer.decode([t for t in ep.tokens if t != eos], skip_special_tokens=True))
+            if self.remember:
+                self.transcripts[texts[-1]] = (list(ep.tokens), list(ep.policy))
         returns = torch.tensor([sum(ep.rewards) for ep in eps])
         self.last = {"returns": returns, "turn_rewards": [list(ep.rewards) for ep in eps],
                      "observations": [list(ep.observations) for ep in eps]}
         self._count(eps, mask, policy)
         return RolloutBatch(p_ids, p_mask, ids, mask, lps, [ep.finish or "stop" for ep in eps], texts, n,
-                            policy_mask=mask.clone() if self.obs_in_loss else policy)
+                            policy_mask=mask.clone() if self.obs_in_loss else policy, turn_rewards=turn_rewards)
 
     def _count(self, eps: list[Episode], mask, policy) -> None:
         t = self._totals
@@ -507,17 +526,74 @@ class MultiTurnEngine:
             add("calling_episodes", int(stats.get("calls", 0) > 0))
 
 
-def build_agent_engine(cfg: AgentConfig, model, tokenizer) -> MultiTurnEngine:
-    """The multi-turn engine `cfg` describes, sampling from `model`."""
+def encode_episodes(tokenizer, prompts: list[str], episodes: list[tuple[list[int], list[int]]]
+                    ) -> tuple[TokenBatch, torch.Tensor]:
+    """The masked SFT encoding of episodes: (rendered prompt, the episode's token ids) with the loss on the
+    policy's tokens only. `episodes[i]` is (token ids, policy mask) as `MultiTurnEngine.transcripts` keeps them.
+
+    Returns (batch, loss_mask [N, T]): `batch.completion_mask` is 1 on every episode token (observations are
+    context, attended to as in the rollout); `loss_mask` is the policy mask, 0 exactly on observation tokens.
+    An episode that does not end in EOS gets one, trained on (as `encode_pairs` ends every completion)."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    rows = []
+    for ids, policy in episodes:
+        if len(ids) != len(policy):
+            raise ValueError(f"an episode has {len(ids)} tokens but {len(policy)} mask entries")
+        if not ids or ids[-1] != eos:
+            ids, policy = list(ids) + [eos], list(policy) + [1]
+        rows.append((ids, policy))
+    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    prompt_ids, prompt_mask = left_padded(p_ids, pad)
+    T = max(len(ids) for ids, _ in rows)
+    completion_ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), T), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, (ids, policy) in enumerate(rows):
+        completion_ids[i, : len(ids)] = torch.tensor(ids)
+        completion_mask[i, : len(ids)] = 1
+        loss_mask[i, : len(ids)] = torch.tensor(policy)
+    return TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask), loss_mask
+
+
+def tool_format(cfg: AgentConfig, tokenizer, chat_template: bool = True):
+    """The tool-call format `cfg.tool_format` names for this tokenizer (`agents.envs.TagFormat` or `HermesFormat`);
+    `chat_template`: whether prompts are rendered with the tokenizer's chat template (model.use_chat_template)."""
+    from reasonloop.agents.envs import HermesFormat, TagFormat, has_tool_call_format
+    from reasonloop.config import ConfigError
+
+    has_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    if cfg.tool_format == "tags" or (cfg.tool_format == "auto" and not (has_template and has_tool_call_format(tokenizer))):
+        return TagFormat()
+    if not has_template:
+        raise ConfigError("agent.tool_format=chat needs a tokenizer with a chat template, used "
+                          "(model.use_chat_template=true); agent.tool_format=tags works with any tokenizer")
+    try:
+        return HermesFormat(tokenizer, cfg.tools)
+    except ValueError as exc:
+        raise ConfigError(f"agent.tool_format=chat: {exc}") from exc
+
+
+def build_agent_engine(cfg: AgentConfig, model, tokenizer, remember: bool = False,
+                       chat_template: bool = True) -> MultiTurnEngine:
+    """The multi-turn engine `cfg` describes, sampling from `model`; with the chat tool format its `tool_specs`
+    are the tool declarations the prompt must carry (`models.loading.render_prompt(..., tools=)`)."""
     from reasonloop.agents.envs import tool_env_factory
 
     from reasonloop.config import ConfigError
     from reasonloop.rewards.core import load_function
 
+    fmt = tool_format(cfg, tokenizer, chat_template) if cfg.env == "tools" else None
     try:
-        make_env = tool_env_factory(cfg.tools, cfg.tool_timeout) if cfg.env == "tools" else load_function(cfg.env)
+        make_env = (tool_env_factory(cfg.tools, cfg.tool_timeout, format=fmt) if cfg.env == "tools"
+                    else load_function(cfg.env))
     except ValueError as exc:
         raise ConfigError(f"agent.env={cfg.env!r} agent.tools={list(cfg.tools)}: {exc}") from exc
-    return MultiTurnEngine(model, tokenizer, make_env, EpisodeBudget.of(cfg), reuse_kv=cfg.reuse_kv,
-                           obs_in_loss=cfg.obs_in_loss)
+    budget = EpisodeBudget.of(cfg)
+    if fmt is not None and hasattr(fmt, "before"):  # max_obs_tokens counts the tool's text; the tool turn's frame is extra
+        frame = len(tokenizer(fmt.before + fmt.after, add_special_tokens=False)["input_ids"])
+        budget = EpisodeBudget(cfg.max_turns, cfg.max_tokens, cfg.max_obs_tokens + frame)
+    engine = MultiTurnEngine(model, tokenizer, make_env, budget, reuse_kv=cfg.reuse_kv,
+                             obs_in_loss=cfg.obs_in_loss, remember=remember)
+    engine.tool_specs = getattr(fmt, "tool_specs", None)
+    return engine
 

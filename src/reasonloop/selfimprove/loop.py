@@ -21,11 +21,18 @@ loop's state — the prompt pass in progress, RNG states, history, and whatever 
 
 Held-out pass@1 is greedy decoding on the task's test split (`pass@1_greedy`); `eval_k` > 0 adds
 sampled pass@1, pass@k and maj@k.
+
+Multi-turn episodes: a recipe whose config has an `agent` (`rollout.multiturn.AgentConfig`) with `agent.env`
+set samples, evaluates and searches on episodes (`loop.engine` is then the multi-turn engine), and
+`finetune` trains on the episodes' own tokens with the observation tokens masked out of the loss
+(`encode_episodes`); per iteration the rows gain the episode counters (`agent/*` while sampling,
+`eval/agent/*` on the held-out set).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -48,6 +55,7 @@ from reasonloop.models.loading import (
 )
 from reasonloop.rewards.core import compute_rewards
 from reasonloop.rollout.engine import SamplingConfig
+from reasonloop.rollout.multiturn import build_agent_engine, encode_episodes
 from reasonloop.rollout.prefix_cache import TreeEngine
 from reasonloop.selfimprove.selection import Sample
 from reasonloop.train.checkpoint import load_model_weights, reading, write_checkpoint_dir
@@ -121,6 +129,11 @@ class Loop:
         self.tokenizer, self.model = load_policy(cfg.model, self.task)
         self.base_state = copy.deepcopy(self.model.state_dict())  # for ReST-EM's restart from the base
         self.sampler = TreeEngine(self.model, self.tokenizer)  # the torch sampler; step-level search reuses K/V
+        agent = getattr(cfg, "agent", None)  # multi-turn episodes (tools): recipes that offer them have cfg.agent
+        self.agent_engine = (build_agent_engine(agent, self.model, self.tokenizer, remember=True,
+                                                chat_template=cfg.model.use_chat_template)
+                             if agent is not None and agent.env else None)
+        self.agent_metrics: dict[str, float] = {}  # the episode counters of this iteration (sampling, held-out)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         fits = lambda exs, split: drop_long_prompts(exs, self.tokenizer, self.render, self.model,  # noqa: E731
@@ -137,17 +150,32 @@ class Loop:
         self.run.start()  # after loading: bad input writes nothing
 
     # -- generate and score ---------------------------------------------------------------------
-    def render(self, prompt: str) -> str:
-        return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template)
+    def render(self, prompt: str) -> str:  # with a chat tool format, the prompt declares the tools
+        specs = self.agent_engine.tool_specs if self.agent_engine is not None else None
+        return render_prompt(self.tokenizer, prompt, self.cfg.model.use_chat_template, tools=specs)
+
+    @property
+    def engine(self):
+        """What generates: the multi-turn engine with agent.env set, else the sampler."""
+        return self.agent_engine if self.agent_engine is not None else self.sampler
 
     def next_prompts(self, n: int | None = None) -> list[Example]:
-        """`n` train examples, a reshuffled pass over the pool."""
+        """`n` train examples, a reshuffled pass over the pool (a new iteration: episodes kept so far are dropped)."""
+        if self.agent_engine is not None:
+            self.agent_engine.transcripts.clear()
         return [self.train_pool[i] for i in self.prompts.next(n or self.cfg.prompts_per_iteration)]
 
     def generate(self, examples: Sequence[Example], n: int, prompts: Sequence[str] | None = None,
                  chunk: int = 64) -> list[str]:
         """n completions per example, prompt-major. `prompts` overrides the (rendered) prompt text, e.g.
         a hinted prompt for STaR's rationalisation; it is rendered here too."""
+        if self.agent_engine is not None:  # episodes: each environment gets its example (with the given prompt)
+            exs = list(examples) if prompts is None else [dataclasses.replace(ex, prompt=p) for ex, p in zip(examples, prompts)]
+            out = []
+            for start in range(0, len(exs), chunk):
+                out += self.agent_engine.episodes(exs[start : start + chunk], n, self.sampling, self.generator,
+                                                  render=self.render).completions
+            return out
         texts = [self.render(p) for p in (prompts if prompts is not None else [ex.prompt for ex in examples])]
         out: list[str] = []
         for start in range(0, len(texts), chunk):
@@ -187,24 +215,49 @@ class Loop:
         steps = self.sft_steps_for(len(records)) if steps is None else steps
         if not records or steps == 0:
             return {"sft_steps": 0.0}
+        episodes = self._episodes(samples) if self.agent_engine is not None else None
         optimizer, scheduler = build_optimizer(self.model.parameters(), optim or self.cfg.optim, steps)
         batches = ShuffledPasses(len(records), StreamShuffle(self._rng))
         metrics: dict[str, float] = {}
         losses = []
         for _ in range(steps):
-            picked = [records[i] for i in batches.next(self.cfg.batch_size)]
-            batch = encode_pairs(self.tokenizer, [self.render(p) for p, _ in picked], [c for _, c in picked])
+            chosen = batches.next(self.cfg.batch_size)
+            picked = [records[i] for i in chosen]
+            loss_mask = None
+            if episodes is not None:  # the sampled tokens, observation tokens masked out of the loss
+                batch, loss_mask = encode_episodes(self.tokenizer, [self.render(p) for p, _ in picked],
+                                                   [episodes[i] for i in chosen])
+            else:
+                batch = encode_pairs(self.tokenizer, [self.render(p) for p, _ in picked], [c for _, c in picked])
             metrics = supervised_step(self.model, batch, self.cfg.micro_batch_size, optimizer, scheduler,
-                                      self.cfg.optim.max_grad_norm)
+                                      self.cfg.optim.max_grad_norm, loss_mask=loss_mask)
             losses.append(metrics["loss"])
         return {"sft_steps": float(steps), "sft_loss_first": losses[0], "sft_loss_last": losses[-1]}
 
+    def _episodes(self, samples: Sequence[Sample]) -> list[tuple[list[int], list[int]]]:
+        """Each sample's episode (token ids, policy mask), as the multi-turn engine sampled it this iteration."""
+        found = [self.agent_engine.transcripts.get(s.completion) for s in samples]
+        missing = sum(e is None for e in found)
+        if missing:
+            raise ValueError(f"{missing} of {len(samples)} samples to fine-tune on are not episodes sampled this "
+                             "iteration: their observation tokens cannot be masked out of the loss")
+        return found
+
     # -- observe --------------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        summary, _ = evaluate(self.sampler, self.task, self.held_out, self.render,
+        if self.agent_engine is not None:
+            self._agent_counters("agent")  # what sampling counted so far belongs to the iteration, not the eval
+        summary, _ = evaluate(self.engine, self.task, self.held_out, self.render,
                               SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.max_new_tokens),
                               k=self.cfg.eval_k, seed=self.cfg.seed)
+        if self.agent_engine is not None:
+            self._agent_counters("eval/agent")
         return summary
+
+    def _agent_counters(self, prefix: str) -> None:
+        """Add the multi-turn engine's counters since they were last read to this iteration's (as `prefix/...`)."""
+        for k, v in self.agent_engine.metrics().items():
+            self.agent_metrics[prefix + k[len("agent"):]] = v
 
     def begin(self) -> dict:
         """Evaluate the base model (iteration 0), or restore the last finished iteration's checkpoint."""
@@ -212,7 +265,8 @@ class Loop:
             print(f"{self.command}: resumed after iteration {self.start_iteration - 1}")
             return self.before
         self.before = self.evaluate()
-        self.run.log(0, {"iteration": 0, **flat_metrics(self.before)})
+        self.run.log(0, {"iteration": 0, **flat_metrics(self.before), **self.agent_metrics})
+        self.agent_metrics = {}
         print(f"{self.command}: base model, held-out\n{format_table(self.before)}")
         return self.before
 
@@ -251,6 +305,10 @@ class Loop:
         if evaluate_now:
             self.last_eval = self.evaluate()
             row.update(flat_metrics(self.last_eval))
+        if self.agent_engine is not None:
+            self._agent_counters("agent")
+            row.update(self.agent_metrics)
+            self.agent_metrics = {}
         self.run.log(iteration, row)
         self.history.append(row)
         self._checkpoint(iteration)

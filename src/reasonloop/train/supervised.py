@@ -10,21 +10,26 @@ from reasonloop.train.optim import clip_and_step
 
 
 def supervised_step(
-    model: torch.nn.Module, batch: TokenBatch, micro_batch_size: int, optimizer, scheduler, max_grad_norm: float
+    model: torch.nn.Module, batch: TokenBatch, micro_batch_size: int, optimizer, scheduler, max_grad_norm: float,
+    loss_mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Token-mean NLL over every completion token of `batch`; gradients accumulate across micro-batches.
+    `loss_mask` [N, T] (multi-turn episodes, `encode_episodes`): the loss on these completion tokens only; the
+    others stay context.
 
     The normaliser is the step's total token count, so the update does not depend on
     `micro_batch_size`. A non-finite gradient skips the optimizer step (reported as `skipped`).
     """
     device = next(model.parameters()).device
-    normalizer = float(batch.completion_mask.sum())
+    normalizer = float((batch.completion_mask if loss_mask is None else loss_mask).sum())
     model.train()
     total = 0.0
     for start in range(0, len(batch), micro_batch_size):
-        mb = batch.select(slice(start, start + micro_batch_size)).to(device)
+        rows = slice(start, start + micro_batch_size)
+        mb = batch.select(rows).to(device)
+        mask = mb.completion_mask if loss_mask is None else loss_mask[rows, : mb.completion_ids.shape[1]].to(device)
         logprobs = completion_logprobs(model, mb)
-        loss, _ = sft_loss(logprobs, mb.completion_mask, normalizer)
+        loss, _ = sft_loss(logprobs, mask, normalizer)
         loss.backward()
         total += float(loss.detach())
     lr = scheduler.get_last_lr()[0]
