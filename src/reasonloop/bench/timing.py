@@ -31,6 +31,27 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def rss_mb() -> float:
+    """Resident set size of this process now, in MiB (Linux; elsewhere the peak so far)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak `peak_rss_mb` reads to the current RSS (Linux: `5` into /proc/self/clear_refs),
+    so a later reading is the peak of what ran in between. False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def cuda_peak_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
