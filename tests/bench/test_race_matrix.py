@@ -68,7 +68,7 @@ def test_matrix_cells_shrink_the_batch_as_they_grow():
     assert (cfg.matrix_sizes, cfg.matrix_lengths, cfg.matrix_part) == (["tiny", "small", "base"], [64, 256, 1024], "all")
     small = cell_config(cfg, "tiny", 64)
     assert (small.model, small.max_new_tokens, small.prompts, small.group_size, small.micro_batch_size) == (
-        "tiny", 64, 8, 8, 32)
+        "tiny", 64, 4, 4, 16)
     big = cell_config(cfg, "base", 1024)
     assert (big.prompts, big.group_size, big.micro_batch_size, big.warmup, big.steps) == (1, 2, 2, 0, 1)
     assert len(CELLS) == 9

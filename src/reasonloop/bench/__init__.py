@@ -27,6 +27,12 @@ which=grpo (the default; `bench/grpo.py`) runs, in one process and with `threads
 8. ablation   (ablation=true) trainers stepping in turn in one process: baseline, + static KV cache
               sampler, + shared-prompt training forward, + length buckets, + compiled decode step.
 
+race=true (`bench/race.py`, keys `race_*`) instead trains reasonloop and TRL's GRPOTrainer with the same
+GRPO configuration from the same model until held-out greedy pass@1 reaches `race_target`: wall time and
+samples to the target for both. matrix=true (`bench/matrix.py`, keys `matrix_*`) instead times the GRPO
+step against TRL, the sampler against `generate` and its matmul bound, and peak RSS, for random ~2M/~20M/
+~100M Llama-shaped models x forced completion lengths 64/256/1024 (docs/speed.md, "Speed II").
+
 which=grader (`bench/grader.py`, keys `grader.*`): answers graded per second by the math grader, with
 a share of symbolic answers that need math-verify. which=sandbox (`bench/sandbox.py`, keys
 `sandbox.*`): sandboxed executions per second for trivial, sleeping and busy programs. which=search
