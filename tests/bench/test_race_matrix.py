@@ -119,3 +119,15 @@ def test_the_race_runs_both_trainers_in_tiny_form(tmp_path, capsys):
     assert res["reasonloop"]["curve"][0] == res["trl"]["curve"][0]  # the same start, evaluated once
     assert res["trl"]["curve"][2]["samples"] == 2 * 2 * 2
     assert "race: target 1.0 reached by reasonloop" in capsys.readouterr().out
+
+
+def test_gemm_replay_with_distinct_reuses_that_many_tensor_sets_in_turn():
+    from reasonloop.bench.timing import _replay, gemm_replay_seconds
+
+    pool: dict = {}
+    calls = [_replay("aten::mm", [[4, 8], [8, 3]], torch.device("cpu"), pool, 2) for _ in range(5)]
+    assert len(pool[("aten::mm", ((4, 8), (8, 3)))]["calls"]) == 2
+    assert calls[0] is calls[2] is calls[4] and calls[1] is calls[3] and calls[0] is not calls[1]
+    assert calls[0]().shape == (4, 3)
+    a, b = torch.randn(16, 16), torch.randn(16, 16)
+    assert gemm_replay_seconds(lambda: [a @ b for _ in range(50)], 2, torch.device("cpu"), distinct=4) > 0

@@ -105,7 +105,7 @@ def sampler_vs_generate(cfg: Config, model_dir: str, reps: int) -> dict:
             sync()
             rate[name].append(n / (time.perf_counter() - t))
     tokens = len(prompts) * G * T
-    gemm_s = gemm_replay_seconds(lambda: ours(reps + 1), 2, model.device)
+    gemm_s = gemm_replay_seconds(lambda: ours(reps + 1), 2, model.device, distinct=model.config.num_hidden_layers)
     sampler_tps = statistics.median(rate["sampler"])
     return {"tokens": tokens, "sampler_tokens_per_s": sampler_tps,
             "generate_tokens_per_s": statistics.median(rate["hf_generate"]),
