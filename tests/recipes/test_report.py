@@ -128,6 +128,34 @@ def test_search_runs_plot_accuracy_against_compute_and_loops_get_a_section_per_i
     assert "<p>No samples.jsonl.</p>" in page
 
 
+def test_an_r1_run_gets_a_section_per_stage_with_its_held_out_table_and_curves(tmp_path):
+    held = {"arithmetic": TABLE_BEFORE, "code_arith": {"overall": {"n": 4, "pass@1_greedy": 0.25}}}
+    records = {"start": {"name": "start", "command": "", "seconds": 0.0, "held_out": held},
+               "cold_start": {"name": "cold_start", "command": "sft", "seconds": 68.4, "resumed": True,
+                              "summary": {"steps": 2}, "held_out": {"arithmetic": TABLE_AFTER}},
+               "rejection": {"name": "rejection", "command": "rejection_sample", "seconds": 30.0, "summary": {"kept": 7}}}
+    run = write_run(tmp_path / "r1", command="r1", rows=[{"step": i, "stage": n, "seconds": r["seconds"]}
+                                                         for i, (n, r) in enumerate(records.items())],
+                    samples=False, summary={"stages": records})
+    (run / "stages.json").write_text(json.dumps(records))
+    sft_rows = [{"step": 0, "eval/pass@1_greedy": 0.75}, {"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25},
+                {"step": 2, "eval/pass@1_greedy": 1.0}]
+    write_run(run / "stages" / "01-cold_start", command="sft", rows=sft_rows, samples=False, summary={})
+    page = report.write_report([run], tmp_path / "r.html").read_text()
+    assert '<section id="stages">' in page
+    assert [f'data-stage="{n}"' in page for n in records] == [True, True, True]
+    start = page[page.index('data-stage="start"'):page.index('data-stage="cold_start"')]
+    assert "<th>arithmetic pass@1 (greedy)</th><th>code_arith pass@1 (greedy)</th>" in start
+    assert "<td>level/2</td><td>0.500</td><td>-</td>" in start and "<td>overall</td><td>0.750</td><td>0.250</td>" in start
+    cold = page[page.index('data-stage="cold_start"'):page.index('data-stage="rejection"')]
+    assert "stage 1: cold_start (sft)" in cold and "wall time 68 s (resumed)" in cold
+    assert "<td>level/2</td><td>1.000</td>" in cold and "<td>steps</td><td>2</td>" in cold
+    assert "cold_start_loss" in cold and 'data-points="2"' in cold  # its training curve, from its sub-run
+    assert "cold_start_eval_pass_1_greedy" in cold  # held-out logged twice: a curve too
+    rejection = page[page.index('data-stage="rejection"'):]
+    assert "<p>not evaluated</p>" in rejection and "<td>kept</td><td>7</td>" in rejection
+
+
 def test_what_is_not_a_run_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "plain").mkdir()
     with pytest.raises(UserError) as exc:

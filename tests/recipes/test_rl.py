@@ -304,3 +304,33 @@ def killed_at_third_step_and_reloaded(monkeypatch, cfg):
         victim.train()
     monkeypatch.setattr(rl.Trainer, "step", real_step)
     return rl.Trainer(cfg)
+
+
+def test_a_served_engine_that_keeps_its_weights_is_not_what_the_held_out_tables_measure(nano_model_dir, tmp_path,
+                                                                                        toy_task):
+    """rollout.engine=openai samples a served model that training never updates: held-out tables come from an
+    in-process sampler over the trained policy instead (same numbers as the torch engine's), never the server."""
+
+    class Served:
+        follows_policy = False
+
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def generate(self, *args, **kwargs):
+            self.calls += 1
+            return self.inner.generate(*args, **kwargs)
+
+        def update_weights(self, model):
+            pass
+
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "eval_n=8"))
+    served = trainer.engine = Served(trainer.engine)
+    trainer.step()
+    assert served.calls == 1  # rollouts come from the served engine
+    with torch.no_grad():  # the policy moves away from what the server holds
+        next(trainer.model.parameters()).add_(0.5)
+    local = trainer.evaluate()
+    assert served.calls == 1 and trainer.eval_engine() is not served
+    trainer.engine = served.inner  # the torch engine samples the same trained policy: the same table
+    assert trainer.evaluate() == local

@@ -12,7 +12,9 @@ browser is a few lines of inline JavaScript over the samples embedded as JSON. I
   every curve and listed in a table;
 - the before/after held-out table (`summary.json`, or `before.json` for an unfinished run);
 - for `reasonloop search` runs, accuracy against compute per strategy (`summary.json` rows);
-- for the self-improvement loops (`self_train`, `dpo`, `distill`), one section per iteration;
+- for the self-improvement loops (`self_train`, `dpo`, `distill`), one section per iteration; for a staged
+  `reasonloop r1` run, one section per stage (its held-out table per eval task and level, its wall time, its
+  summary and its own training curves from the stage's sub-run);
 - a browser of `samples.jsonl`: filter by correct/incorrect, level, step, run and text; prompt,
   completion, reward and its components side by side.
 
@@ -404,6 +406,52 @@ def iterations_section(runs: list[RunData]) -> str:
     return "".join(parts)
 
 
+STAGE_TRAINING = ("reward/accuracy", "accuracy", "loss")  # a stage's training curve: the first of these it logged
+
+
+def stage_dir(run: Path, number: int, name: str) -> Path:
+    """Stage `number` (from 1) of an r1 run: `stages/NN-<name>` under the run, wherever the run was moved."""
+    return run / "stages" / f"{number:02d}-{name}"
+
+
+def stages_section(runs: list[RunData], figs: Figures) -> str:
+    """One section per stage of every `reasonloop r1` run (its `stages.json` records)."""
+    parts = []
+    for r in runs:
+        records = _read_json(r.path / "stages.json")
+        if not isinstance(records, dict) or not records:
+            continue
+        parts.append(f"<h3>{esc(r.name)}</h3>")
+        for number, (name, rec) in enumerate(records.items()):
+            if not isinstance(rec, dict):
+                continue
+            held = rec.get("held_out") or {}
+            tasks = [t for t, table in held.items() if isinstance(table, dict)]
+            groups = list(dict.fromkeys(g for t in tasks for g in held[t]))
+            rows = [[g, *[_num((held[t].get(g) or {}).get("pass@1_greedy")) for t in tasks]] for g in groups]
+            title = "start model" if number == 0 and name == "start" else f"stage {number}: {name} ({rec.get('command')})"
+            wall = rec.get("seconds")
+            body = [f"<p>wall time {wall:.0f} s" + (" (resumed)" if rec.get("resumed") else "") + "</p>"
+                    if numeric(wall) and wall > 0 else ""]
+            body.append(html_table(["group", *[f"{t} pass@1 (greedy)" for t in tasks]], rows, "heldout") if rows
+                        else "<p>not evaluated</p>")
+            if rec.get("summary"):
+                body.append("<details><summary>summary</summary>"
+                            + html_table(["key", "value"], [[k, v] for k, v in rec["summary"].items()], "kv")
+                            + "</details>")
+            curves = series(read_jsonl(stage_dir(r.path, number, name) / "metrics.jsonl"))
+            shown = [k for k in STAGE_TRAINING if k in curves][:1]
+            if len(curves.get("eval/pass@1_greedy", [])) > 1:
+                shown.append("eval/pass@1_greedy")
+            stage_figs = [figs.curves(f"{name}: {k}", [(k, curves[k], {"color": f"C{i}"})], [], "step")
+                          for i, k in enumerate(shown)]
+            if stage_figs:
+                body.append(figure_grid(stage_figs))
+            parts.append(f'<section class="stage" data-stage="{esc(name)}"><h4>{esc(title)}</h4>{"".join(body)}'
+                         "</section>")
+    return "".join(parts)
+
+
 def search_section(runs: list[RunData], figures: list[Figure]) -> str:
     parts = [figure_grid(figures)]
     for r in runs:
@@ -455,6 +503,9 @@ def build_html(runs: list[RunData], figs: Figures) -> str:
     its = iterations_section(runs)
     if its:
         sections.append(("iterations", "Iterations", its))
+    stages = stages_section(runs, figs)
+    if stages:
+        sections.append(("stages", "Stages", stages))
     sections.append(("samples", f"Samples ({len(samples)})", SAMPLES_HTML if samples else "<p>No samples.jsonl.</p>"))
     config = config_section(runs)
     sections.append(("config", "Config" + (" (keys that differ)" if len(runs) > 1 else ""),

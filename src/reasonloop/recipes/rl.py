@@ -473,6 +473,7 @@ class Trainer:
         total_updates = cfg.steps * cfg.epochs
         self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
         self.engine = engine or build_engine(cfg.rollout, self.dist.rollout_model(self.model), self.tokenizer)
+        self._policy_sampler: RolloutEngine | None = None  # eval_engine()'s, where the engine is a served model
         if cfg.agent.env:  # multi-turn episodes with tools or another environment (rollout/multiturn.py)
             self.engine = build_agent_engine(cfg.agent, self.dist.rollout_model(self.model), self.tokenizer)
         self.generator = torch.Generator().manual_seed(self.dist.sampler_seed(cfg.seed))
@@ -953,11 +954,21 @@ class Trainer:
         return True
 
     # -- evaluation ------------------------------------------------------------------------------------
+    def eval_engine(self) -> RolloutEngine:
+        """The rollout engine, or, where it does not follow the trained weights (a served model), an in-process
+        sampler over the policy: the held-out tables always measure the model being trained."""
+        if getattr(self.engine, "follows_policy", True):
+            return self.engine
+        if self._policy_sampler is None:
+            self._policy_sampler = build_engine(dataclasses.replace(self.cfg.rollout, engine="torch"),
+                                                self.dist.rollout_model(self.model), self.tokenizer)
+        return self._policy_sampler
+
     def evaluate(self) -> dict:
         if not self.dist.is_main:  # rank 0 evaluates (on the rollout engine) and logs; the others: an empty table
             return {"overall": {"n": 0}}
         sampling = SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.sampling.max_new_tokens)
-        summary, _ = evaluate(self.engine, self.task, self.held_out, self.render, sampling, k=self.cfg.eval_k,
+        summary, _ = evaluate(self.eval_engine(), self.task, self.held_out, self.render, sampling, k=self.cfg.eval_k,
                               seed=self.cfg.seed)
         agent = {f"eval/{k}": v for k, v in self.engine.metrics().items()} if self.cfg.agent.env else {}
         self.run.log(self.state.step, {**flat_metrics(summary), **agent})

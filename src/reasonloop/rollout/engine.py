@@ -119,6 +119,10 @@ def build_engine(cfg: RolloutConfig, model: torch.nn.Module, tokenizer) -> "Roll
 
 
 class RolloutEngine(Protocol):
+    follows_policy: bool
+    """Whether `update_weights` makes it sample from the trained weights (False: a served model that stays as it
+    was; the trainer then evaluates its policy in process). Engines without the attribute follow the policy."""
+
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingConfig, generator: torch.Generator | None = None
     ) -> RolloutBatch:

@@ -134,6 +134,8 @@ def request_body(prompt: list[int], n: int, sampling: SamplingConfig, seed: int 
 class OpenAIEngine:
     """`RolloutEngine` over an OpenAI-compatible completions server; the server's weights never change."""
 
+    follows_policy = False  # so the trainer's held-out tables sample the trained policy in process
+
     def __init__(self, cfg: RolloutConfig, tokenizer):
         openai = _import_openai()
         self.cfg = cfg
