@@ -27,6 +27,12 @@ which=grpo (the default; `bench/grpo.py`) runs, in one process and with `threads
 8. ablation   (ablation=true) trainers stepping in turn in one process: baseline, + static KV cache
               sampler, + shared-prompt training forward, + length buckets, + compiled decode step.
 
+race=true (`bench/race.py`, keys `race_*`) instead trains reasonloop and TRL's GRPOTrainer with the same
+GRPO configuration from the same model until held-out greedy pass@1 reaches `race_target`: wall time and
+samples to the target for both. matrix=true (`bench/matrix.py`, keys `matrix_*`) instead times the GRPO
+step against TRL, the sampler against `generate` and its matmul bound, and peak RSS, for random ~2M/~20M/
+~100M Llama-shaped models x forced completion lengths 64/256/1024 (docs/speed.md, "Speed II").
+
 which=grader (`bench/grader.py`, keys `grader.*`): answers graded per second by the math grader, with
 a share of symbolic answers that need math-verify. which=sandbox (`bench/sandbox.py`, keys
 `sandbox.*`): sandboxed executions per second for trivial, sleeping and busy programs. which=search
@@ -42,6 +48,7 @@ Results go to `<output_dir>/bench.json` (+ `profile_*.txt` torch.profiler tables
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -104,6 +111,31 @@ class Config:
     ablation: bool = False
     """Interleave steps of trainers in one process (baseline, +static cache, +shared prompts, +length
     buckets, +compiled decode step) so that load changes hit all of them alike; prints what each optimisation buys."""
+    race: bool = False
+    """Train reasonloop and TRL's GRPOTrainer with the same GRPO configuration from the embedded model until
+    held-out greedy pass@1 reaches `race_target` (or `race_max_steps`); wall time and samples to the target
+    (bench/race.py). Runs instead of the GRPO-step parts above."""
+    race_target: float = 0.75
+    """Held-out greedy pass@1 that ends the race."""
+    race_max_steps: int = 150
+    """Step cap of each side of the race."""
+    race_eval_every: int = 2
+    """Steps between held-out evaluations (both sides; not counted in the training time)."""
+    race_eval_n: int = 200
+    """Held-out problems per evaluation (the same ones, the same greedy decode, for both sides)."""
+    race_prompts: int = 16
+    """B of the race (its G is `group_size`)."""
+    matrix: bool = False
+    """The workload matrix (bench/matrix.py): GRPO step vs TRL, sampler vs generate and vs its matmul bound, and
+    peak RSS, for random ~2M/~20M/~100M models x forced completion lengths. Runs instead of the parts above."""
+    matrix_sizes: list[str] = field(default_factory=lambda: ["tiny", "small", "base"])
+    """Model presets of the matrix: tiny (~2M), small (~20M), base (~100M)."""
+    matrix_lengths: list[int] = field(default_factory=lambda: [64, 256, 1024])
+    """Forced completion lengths of the matrix."""
+    matrix_part: str = "all"
+    """all | time (step and sampler timings) | memory (peak RSS per framework, fresh processes)."""
+    matrix_side: str = "both"
+    """Internal: the framework of an only=memory process (reasonloop | trl)."""
     profile: bool = False
     """Save torch.profiler tables of one GRPO step and one training step to the output directory."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -111,7 +143,8 @@ class Config:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     """The training forward of the timed trainers (the same keys as `train`'s)."""
     only: str = ""
-    """Internal: 'grpo' runs just the GRPO timing and prints JSON (used by the memory/scaling subprocesses)."""
+    """Internal: 'grpo' runs just the GRPO timing and prints JSON (used by the memory/scaling subprocesses);
+    'cell' / 'memory' one cell of the workload matrix."""
     grader: GraderBenchConfig = field(default_factory=GraderBenchConfig)
     """which=grader: the grading workload."""
     sandbox: SandboxBenchConfig = field(default_factory=SandboxBenchConfig)
@@ -130,7 +163,13 @@ class Config:
     def __post_init__(self):
         require_choice("which", self.which, ["grpo", "grader", "sandbox", "search", "bitnet", "multiturn"])
         require_choice("vs", self.vs, ["", "trl"])
-        require_choice("only", self.only, ["", "grpo"])
+        require_choice("only", self.only, ["", "grpo", "cell", "memory"])
+        require_choice("matrix_part", self.matrix_part, ["all", "time", "memory"])
+        require_choice("matrix_side", self.matrix_side, ["both", "reasonloop", "trl"])
+        require(0 < self.race_target <= 1, "race_target must be in (0, 1]")
+        require(self.race_max_steps > 0 and self.race_eval_every > 0 and self.race_eval_n > 0,
+                "race_max_steps, race_eval_every and race_eval_n must be > 0")
+        require(all(t > 0 for t in self.matrix_lengths), "matrix_lengths must be > 0")
         require(self.prompts > 0 and self.group_size >= 2, "need prompts > 0 and group_size >= 2")
         require(self.steps > 0 and self.warmup >= 0, "need steps > 0 and warmup >= 0")
         require(self.threads > 0 and self.interop_threads > 0, "threads must be > 0")
@@ -165,6 +204,32 @@ def run(cfg: Config) -> dict:
 
         results = search.run(cfg, prepare_model(cfg.model, Path(tempfile.gettempdir()) / "reasonloop-bench-models",
                                                 cfg.seed))
+    elif cfg.only in ("cell", "memory"):  # a matrix cell's subprocess: its caller reads the JSON line
+        from reasonloop.bench import matrix
+        from reasonloop.train.run import set_threads
+
+        set_threads(cfg.threads)
+        results = matrix.run_cell(cfg, out)
+        print(json.dumps(results, default=str))
+        return results
+    elif cfg.race or cfg.matrix:
+        import torch
+
+        from reasonloop.bench.timing import matmul_gflops
+        from reasonloop.train.run import set_threads
+
+        set_threads(cfg.threads)
+        results = {"config": dataclasses.asdict(cfg), "torch": torch.__version__, "threads": cfg.threads,
+                   "matmul_gflops": matmul_gflops()}
+        print(f"fp32 matmul (1024^3, best of 10): {results['matmul_gflops']:.1f} GFLOP/s on {cfg.threads} thread(s)")
+        if cfg.race:
+            from reasonloop.bench import race
+
+            results["race"] = race.run(cfg, out)
+        if cfg.matrix:
+            from reasonloop.bench import matrix
+
+            results["matrix"] = matrix.run(cfg, out)
     else:
         from reasonloop.bench import grpo
 

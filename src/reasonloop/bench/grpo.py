@@ -39,11 +39,16 @@ if TYPE_CHECKING:
 _START_ENV = dict(os.environ)  # subprocesses get the environment as it was before TRL/accelerate ran
 
 
-def prepare_model(name: str, workdir: Path, seed: int) -> str:
-    """A loadable model directory: the embedded asset, a directory, or a random tiny preset saved now."""
+# random Llama-shaped models the benchmarks build besides models/tiny.py's presets: (hidden, layers, heads, intermediate)
+BENCH_SHAPES = {"base": (768, 12, 12, 2560)}  # ~99M parameters (the workload matrix's "100M")
+
+
+def prepare_model(name: str, workdir: Path, seed: int, max_positions: int = 256) -> str:
+    """A loadable model directory: the embedded asset, a directory, or a random preset saved now
+    (nano|tiny|small from models/tiny.py, base from BENCH_SHAPES) with `max_positions` positions."""
     from reasonloop.models.loading import resolve_model_path
 
-    if name not in ("nano", "tiny", "small"):
+    if name not in ("nano", "tiny", "small", *BENCH_SHAPES):
         path = resolve_model_path(name)
         if not Path(path, "config.json").exists():
             raise UserError(f"no model at {path} (give a model directory, or model=nano|tiny|small for a random one)")
@@ -52,11 +57,17 @@ def prepare_model(name: str, workdir: Path, seed: int) -> str:
 
     from reasonloop.models.tiny import build_config, build_tokenizer
 
-    path = workdir / f"random-{name}-seed{seed}"
+    path = workdir / (f"random-{name}-seed{seed}" + (f"-pos{max_positions}" if max_positions != 256 else ""))
     if not (path / "config.json").exists():
         tok = build_tokenizer()
         torch.manual_seed(seed)
-        LlamaForCausalLM(build_config(tok, name)).save_pretrained(str(path))
+        conf = build_config(tok, "small" if name in BENCH_SHAPES else name, max_positions=max_positions)
+        if name in BENCH_SHAPES:
+            hidden, layers, heads, inter = BENCH_SHAPES[name]
+            conf.hidden_size, conf.num_hidden_layers, conf.intermediate_size = hidden, layers, inter
+            conf.num_attention_heads = conf.num_key_value_heads = heads
+            conf.head_dim = hidden // heads
+        LlamaForCausalLM(conf).save_pretrained(str(path))
         tok.save_pretrained(str(path))
     return str(path)
 
@@ -261,25 +272,21 @@ def bench_train(cfg: Config, gflops: float, out: Path) -> dict:
             "achieved_gflops": achieved, "mfu": achieved / gflops}
 
 
-def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
-    """TRL's GRPOTrainer on the same model, prompts (in the same order), rewards and hyper-parameters."""
+def trl_trainer(cfg: Config, model_dir: str, out_dir: Path, examples: list, specs: list, max_steps: int,
+                callbacks: list, min_new_tokens: int = 0, logging_steps: int = 1) -> tuple:
+    """TRL's GRPOTrainer on `examples` (in this order) with the bench's hyper-parameters, and a dict
+    its timing wrappers fill: seconds in `generate` and in no-grad (reference/old) log-prob passes.
+    `min_new_tokens` forces every completion to that many tokens (EOS masked, transformers' switch)."""
     try:
         from datasets import Dataset
-        from transformers import AutoModelForCausalLM, TrainerCallback
+        from transformers import AutoModelForCausalLM
         from trl import GRPOConfig, GRPOTrainer
     except ImportError as exc:
         raise UserError(f"vs=trl needs TRL (pip install -e .[trl]): {exc}") from None
     from reasonloop.models.loading import load_tokenizer, render_prompt
-    from reasonloop.recipes.rl import Trainer
 
-    # the prompts reasonloop's trainer draws, in its order (same seed, same pool), read from a first
-    # trainer of the same config; the paired one then draws the same prompts, one step after each TRL step
-    drawer = Trainer(rl_config(cfg, model_dir, out / "reasonloop-prompts"))
-    examples = drawer.next_prompts((cfg.warmup + cfg.steps) * cfg.prompts)
-    drawer.run.close()
-    del drawer
-    ours = Trainer(rl_config(cfg, model_dir, out / "reasonloop-paired"))
-    specs = ours.task.rewards()
+    require(cfg.prompts * cfg.group_size % cfg.micro_batch_size == 0,
+            "vs=trl needs prompts*group_size divisible by micro_batch_size")
     tok = load_tokenizer(model_dir)
     rows = [{"prompt": render_prompt(tok, e.prompt), "answer": e.answer, **e.meta} for e in examples]
     columns = ["answer", *{k for e in examples for k in e.meta}]
@@ -292,18 +299,58 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
         return fn
 
     args = GRPOConfig(
-        output_dir=str(out / "trl-run"), per_device_train_batch_size=cfg.micro_batch_size,
+        output_dir=str(out_dir), per_device_train_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.prompts * cfg.group_size // cfg.micro_batch_size,
         num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens, learning_rate=cfg.lr,
         lr_scheduler_type="constant", warmup_steps=0, beta=cfg.beta, temperature=cfg.temperature, top_k=0,
         top_p=1.0, num_iterations=1, loss_type="grpo", scale_rewards="group", epsilon=0.2, use_vllm=False,
-        use_cpu=not torch.cuda.is_available(), bf16=False, max_steps=cfg.warmup + cfg.steps, logging_steps=1,
+        use_cpu=not torch.cuda.is_available(), bf16=False, max_steps=max_steps, logging_steps=logging_steps,
         save_strategy="no", report_to="none", shuffle_dataset=False, seed=cfg.seed, dataloader_num_workers=0,
         reward_weights=[s.weight for s in specs], max_grad_norm=1.0, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.999, disable_tqdm=True,
+        generation_kwargs={"min_new_tokens": min_new_tokens} if min_new_tokens else None,
     )
-    require(cfg.prompts * cfg.group_size % cfg.micro_batch_size == 0,
-            "vs=trl needs prompts*group_size divisible by micro_batch_size")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    trainer = GRPOTrainer(model=model, reward_funcs=[wrap(s) for s in specs], args=args,
+                          train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=callbacks)
+    parts = {"generation_s": 0.0, "nograd_logprobs_s": 0.0}
+    inner_generate, inner_logps = trainer.model.generate, trainer._get_per_token_logps_and_entropies
+
+    def timed_generate(*a, **k):
+        t = time.perf_counter()
+        try:
+            return inner_generate(*a, **k)
+        finally:
+            parts["generation_s"] += time.perf_counter() - t
+
+    def timed_logps(*a, **k):
+        if torch.is_grad_enabled():
+            return inner_logps(*a, **k)
+        t = time.perf_counter()
+        try:
+            return inner_logps(*a, **k)
+        finally:
+            parts["nograd_logprobs_s"] += time.perf_counter() - t
+
+    trainer.model.generate = timed_generate
+    trainer._get_per_token_logps_and_entropies = timed_logps
+    torch.set_num_threads(cfg.threads)  # TrainingArguments may reset threads; keep the comparison fair
+    return trainer, parts
+
+
+def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
+    """TRL's GRPOTrainer on the same model, prompts (in the same order), rewards and hyper-parameters."""
+    from transformers import TrainerCallback
+
+    from reasonloop.recipes.rl import Trainer
+
+    # the prompts reasonloop's trainer draws, in its order (same seed, same pool), read from a first
+    # trainer of the same config; the paired one then draws the same prompts, one step after each TRL step
+    drawer = Trainer(rl_config(cfg, model_dir, out / "reasonloop-prompts"))
+    examples = drawer.next_prompts((cfg.warmup + cfg.steps) * cfg.prompts)
+    drawer.run.close()
+    del drawer
+    ours = Trainer(rl_config(cfg, model_dir, out / "reasonloop-paired"))
 
     class StepTimer(TrainerCallback):
         """Times each TRL step, then runs one reasonloop step on the same prompts: paired under one load."""
@@ -324,21 +371,8 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
             self.ours.append(time.perf_counter() - t)
 
     timer = StepTimer()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    trainer = GRPOTrainer(model=model, reward_funcs=[wrap(s) for s in specs], args=args,
-                          train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer])
-    generated = {"s": 0.0}
-    inner_generate = trainer.model.generate
-
-    def timed_generate(*a, **k):
-        t = time.perf_counter()
-        try:
-            return inner_generate(*a, **k)
-        finally:
-            generated["s"] += time.perf_counter() - t
-
-    trainer.model.generate = timed_generate
-    torch.set_num_threads(cfg.threads)  # TrainingArguments may reset threads; keep the comparison fair
+    trainer, parts = trl_trainer(cfg, model_dir, out / "trl-run", examples, ours.task.rewards(),
+                                 cfg.warmup + cfg.steps, [timer])
     trainer.train()
     timed, paired = timer.times[cfg.warmup:], timer.ours[cfg.warmup:]
     ours.run.close()
@@ -346,7 +380,7 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
             "paired_reasonloop_steps_s": paired,
             "paired_speedup_median": statistics.median(t / o for t, o in zip(timed, paired)),
             "paired_speedup_of_minima": min(timed) / min(paired),
-            "generation_s_per_step": generated["s"] / max(1, len(timer.times)), "peak_rss_mb": peak_rss_mb(),
+            "generation_s_per_step": parts["generation_s"] / max(1, len(timer.times)), "peak_rss_mb": peak_rss_mb(),
             "trl_version": __import__("trl").__version__}
 
 

@@ -31,6 +31,27 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def rss_mb() -> float:
+    """Resident set size of this process now, in MiB (Linux; elsewhere the peak so far)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak `peak_rss_mb` reads to the current RSS (Linux: `5` into /proc/self/clear_refs),
+    so a later reading is the peak of what ran in between. False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def cuda_peak_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
@@ -70,9 +91,19 @@ def recorded_gemms(fn) -> list[tuple[str, list[list[int]]]]:
             if e.name in GEMM_OPS or e.name == ONEDNN_LINEAR]
 
 
-def _replay(name: str, shapes: list[list[int]], device: torch.device):
+def _replay(name: str, shapes: list[list[int]], device: torch.device, pool: dict | None = None, distinct: int = 0):
     """A call of op `name` on random tensors of `shapes`; oneDNN linears get a weight prepacked as the
-    decode step's are, so the replay costs what the original call did."""
+    decode step's are, so the replay costs what the original call did. With `distinct` > 0 the tensors
+    come from `pool`, at most `distinct` sets per op and shapes, used in turn (a long decode loop makes
+    thousands of calls on the same few weights: one fresh copy per call would not fit in memory)."""
+    if distinct:
+        key = (name, tuple(map(tuple, shapes)))
+        sets = pool.setdefault(key, {"calls": [], "next": 0})
+        if len(sets["calls"]) < distinct:
+            sets["calls"].append(_replay(name, shapes, device))
+        call = sets["calls"][sets["next"] % distinct] if len(sets["calls"]) == distinct else sets["calls"][-1]
+        sets["next"] += 1
+        return call
     if name != ONEDNN_LINEAR:
         op, args = GEMM_OPS[name], [torch.randn(*shape, device=device) for shape in shapes]
         return lambda: op(*args)
@@ -84,11 +115,13 @@ def _replay(name: str, shapes: list[list[int]], device: torch.device):
     return lambda: torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
 
 
-def gemm_replay_seconds(fn, reps: int, device: torch.device) -> float:
+def gemm_replay_seconds(fn, reps: int, device: torch.device, distinct: int = 0) -> float:
     """Median time of `fn`'s matrix multiplies alone, replayed back to back on random tensors of the
     recorded shapes. Time outside them is all a faster implementation could still remove, so
-    `call time / this` bounds its speed-up."""
-    calls = [_replay(name, shapes, device) for name, shapes in recorded_gemms(fn)]
+    `call time / this` bounds its speed-up. `distinct` > 0: at most that many tensor sets per shape,
+    used in turn (pass the model's layer count: each layer's weights are distinct, as in the call)."""
+    pool: dict = {}
+    calls = [_replay(name, shapes, device, pool, distinct) for name, shapes in recorded_gemms(fn)]
     times = []
     for _ in range(reps + 1):
         sync()

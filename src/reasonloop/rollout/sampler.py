@@ -97,15 +97,19 @@ class TorchSampler:
     it builds. Other models use transformers' forward with a `DynamicCache`. All paths draw the same
     random numbers, so under one seed they produce the same samples (`static_cache=False` forces the
     generic path).
+
+    `min_new_tokens`: EOS is masked out (logit -inf) for the first `min_new_tokens` tokens of every row,
+    as transformers' `min_new_tokens` does; the benchmarks force equal completion lengths with it.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, share_prefill: bool = True,
-                 static_cache: bool = True, fused_decode: bool = True):
+                 static_cache: bool = True, fused_decode: bool = True, min_new_tokens: int = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.share_prefill = share_prefill
         self.static_cache = static_cache
         self.fused_decode = fused_decode
+        self.min_new_tokens = min_new_tokens
         self._token_text: dict[int, str] = {}
         # the previous call's K/V cache memory, reused to avoid page faults (CPU only; see StaticDecoder)
         self._kv_storage: torch.Tensor | None = None
@@ -175,6 +179,8 @@ class TorchSampler:
         position = prompt_mask.sum(-1) - 1  # [live] position of the last token fed
         used = T
         for t in range(T):
+            if t < self.min_new_tokens:
+                logits[:, eos] = float("-inf")
             tokens, lps = sample_next(logits, sampling, generator, rows, None if len(active) == rows else active)
             out_ids[active, t] = tokens
             out_lp[active, t] = lps
@@ -234,7 +240,9 @@ class TorchSampler:
         reasons = ["length"] * rows
         out_ids, out_lp, out_mask = [], [], []
 
-        for _ in range(sampling.max_new_tokens):
+        for t in range(sampling.max_new_tokens):
+            if t < self.min_new_tokens:
+                logits[:, eos] = float("-inf")
             tokens, lps = sample_next(logits, sampling, generator)
             tokens = tokens.masked_fill(finished, pad)
             lps = lps.masked_fill(finished, 0.0)
