@@ -15,31 +15,34 @@ from reasonloop.data.records import RolloutBatch
 from reasonloop.rollout.engine import RolloutEngine, SamplingConfig
 
 
+def _status_mb(field: str) -> float | None:
+    """A `/proc/self/status` memory field (VmHWM, VmRSS) in MiB; None where there is no /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB.
 
     Linux: VmHWM from /proc (reset by exec; `ru_maxrss` is not: a subprocess would inherit the peak of
     the parent it was forked from). Elsewhere `ru_maxrss` (KiB on Linux, bytes on macOS).
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def rss_mb() -> float:
     """Resident set size of this process now, in MiB (Linux; elsewhere the peak so far)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mb()
+    now = _status_mb("VmRSS")
+    return now if now is not None else peak_rss_mb()
 
 
 def reset_peak_rss() -> bool:
