@@ -279,6 +279,11 @@ def rejection_sample(cfg: RejectionConfig) -> dict:
 STAGE_RECORDS = "stages.json"
 
 
+def stage_path(run_dir: Path, number: int, name: str) -> Path:
+    """The sub-run of stage `number` (from 1) named `name`: `<run>/stages/NN-<name>` (the report reads it too)."""
+    return run_dir / "stages" / f"{number:02d}-{name}"
+
+
 class Pipeline:
     """One r1 run: resolves each stage's config, runs or skips it, evaluates and records it."""
 
@@ -290,7 +295,7 @@ class Pipeline:
         self.records: dict[str, dict] = {}
 
     def stage_dir(self, i: int) -> Path:
-        return self.dir / "stages" / f"{i + 1:02d}-{self.cfg.stages[i].name}"
+        return stage_path(self.dir, i + 1, self.cfg.stages[i].name)
 
     def resolve(self, value: str) -> str:
         """`@start`, `@NAME`, `@NAME/FILE` -> paths; anything else as is."""

@@ -409,16 +409,11 @@ def iterations_section(runs: list[RunData]) -> str:
 STAGE_TRAINING = ("reward/accuracy", "accuracy", "loss")  # a stage's training curve: the first of these it logged
 
 
-def stage_dir(run: Path, number: int, name: str) -> Path:
-    """Stage `number` (from 1) of an r1 run: `stages/NN-<name>` under the run, wherever the run was moved."""
-    return run / "stages" / f"{number:02d}-{name}"
-
-
 def stages_section(runs: list[RunData], figs: Figures) -> str:
     """One section per stage of every `reasonloop r1` run (its `stages.json` records)."""
     parts = []
     for r in runs:
-        records = _read_json(r.path / "stages.json")
+        records = _read_json(r.path / "stages.json")  # recipes/r1.py's STAGE_RECORDS
         if not isinstance(records, dict) or not records:
             continue
         parts.append(f"<h3>{esc(r.name)}</h3>")
@@ -439,7 +434,9 @@ def stages_section(runs: list[RunData], figs: Figures) -> str:
                 body.append("<details><summary>summary</summary>"
                             + html_table(["key", "value"], [[k, v] for k, v in rec["summary"].items()], "kv")
                             + "</details>")
-            curves = series(read_jsonl(stage_dir(r.path, number, name) / "metrics.jsonl"))
+            from reasonloop.recipes.r1 import stage_path  # only for r1 runs: it imports the training stack
+
+            curves = series(read_jsonl(stage_path(r.path, number, name) / "metrics.jsonl"))
             shown = [k for k in STAGE_TRAINING if k in curves][:1]
             if len(curves.get("eval/pass@1_greedy", [])) > 1:
                 shown.append("eval/pass@1_greedy")
