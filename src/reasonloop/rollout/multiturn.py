@@ -374,6 +374,11 @@ class MultiTurnEngine:
         idx = torch.tensor(rows, device=device)
         d.valid[:n, start:end] = False
         d.valid[idx, start:end] = pad_mask
+        # The other rows never write these columns, yet every later step reads them with weight 0: zero them,
+        # or recycled memory (NaN/Inf left by an earlier allocation) turns 0 * stale into NaN in `probs @ V`
+        for kc, vc in zip(d.k, d.v):
+            kc[:n, :, start:end] = 0
+            vc[:n, :, start:end] = 0
         first = torch.tensor([position[r] + 1 for r in rows], device=device)
         pos = (first[:, None] + pad_mask.long().cumsum(-1) - 1).clamp(min=0)  # [m, t]
         cos, sin = d.cos[pos].unsqueeze(2), d.sin[pos].unsqueeze(2)
