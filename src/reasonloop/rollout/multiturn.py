@@ -38,6 +38,7 @@ import torch
 
 from reasonloop.config import require
 from reasonloop.data.records import Example, RolloutBatch, TokenBatch, left_padded
+from reasonloop.models.forward import cache_arg
 from reasonloop.rollout import kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import filter_logits
@@ -467,7 +468,7 @@ class MultiTurnEngine:
 
         state = {"attn": mask, "cache": DynamicCache()}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         past_key_values=state["cache"], use_cache=True)
+                         use_cache=True, **cache_arg(self.model, state["cache"]))
 
         def step(keep):
             order = keep.nonzero().flatten()
@@ -477,7 +478,7 @@ class MultiTurnEngine:
             def feed(tokens, position):
                 state["attn"] = torch.cat([state["attn"], torch.ones_like(state["attn"][:, :1])], dim=-1)
                 o = self.model(input_ids=tokens[:, None], attention_mask=state["attn"], position_ids=position[:, None],
-                               past_key_values=state["cache"], use_cache=True)
+                               use_cache=True, **cache_arg(self.model, state["cache"]))
                 return o.logits[:, -1]
 
             return order.tolist(), feed
