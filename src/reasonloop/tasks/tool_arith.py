@@ -9,18 +9,38 @@ the environment (`agents.ToolEnv` with the `calc` tool) appends. The transcript 
 `<think>...</think><answer>...</answer>` shape, so `ArithmeticTask.is_correct` grades it unchanged,
 with or without tools. Only the length limit is looser (a call and its result cost ~40 characters).
 
-`pretraining_records(p_tool=...)` mixes a small share of such solutions into the ordinary corpus of
-careful and lazy traces: the corpus `reasonloop pretrain_tool` continues tiny-arith on to build the
-`tiny-tool` asset (docs/agents.md), whose base calls the calculator only sometimes.
+`pretraining_records(p_tool=..., p_tool_hard=...)` mixes a share of such solutions into the ordinary corpus
+of careful and lazy traces (`p_tool_hard` on the levels in-head arithmetic fails, `HARD_LEVELS`): the corpus
+`reasonloop pretrain_tool` continues tiny-arith on to build the `tiny-tool` asset (docs/agents.md), whose
+base calls the calculator only sometimes. `segments(completion)` cuts a completion into the policy's text
+and the environment's observations (`<result>...</result>`), so pretraining can leave the observations
+out of the loss as RL does: the model learns to read the calculator's result, not to predict it.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
 from reasonloop.tasks.arithmetic import LEVELS, ArithmeticTask, Problem, format_prompt, parse_levels
 
 TOOL_NAME = "calc"
+HARD_LEVELS = (4, 5)  # where in-head arithmetic fails (docs/agents.md): `p_tool_hard` applies here
+OBSERVATION_RE = re.compile(r"<result>.*?</result>", re.S)
+
+
+def segments(completion: str) -> list[tuple[str, bool]]:
+    """`completion` cut into (text, is_observation) pieces, in order, empty pieces dropped; an observation is
+    `<result>...</result>`, the text the environment appends after a call (`agents.envs`)."""
+    out, at = [], 0
+    for m in OBSERVATION_RE.finditer(completion):
+        if m.start() > at:
+            out.append((completion[at:m.start()], False))
+        out.append((m.group(0), True))
+        at = m.end()
+    if at < len(completion):
+        out.append((completion[at:], False))
+    return out
 
 
 def tool_call(expression: str, name: str = TOOL_NAME) -> str:
@@ -44,13 +64,17 @@ class ToolArithTask(ArithmeticTask):
     def __init__(self, levels: tuple[int, ...] = tuple(LEVELS), max_completion_chars: int = 240):
         super().__init__(levels, max_completion_chars)
 
-    def pretraining_records(self, n: int, seed: int = 0, p_careful: float = 0.4, p_tool: float = 0.1) -> list[dict]:
-        """The arithmetic corpus (careful or lazy traces) with a share `p_tool` of calculator solutions."""
+    def pretraining_records(self, n: int, seed: int = 0, p_careful: float = 0.4, p_tool: float = 0.1,
+                            p_tool_hard: float | None = None) -> list[dict]:
+        """The arithmetic corpus (careful or lazy traces) with a share `p_tool` of calculator solutions on
+        levels 1-3 and `p_tool_hard` (None: `p_tool`) on `HARD_LEVELS`. The same draws decide either way,
+        so `p_tool_hard=None` is the corpus of the first tiny-tool builds."""
         rng = random.Random(f"{seed}:tool")
         records = super().pretraining_records(n, seed, p_careful)
         problems = self.problems("train", n, seed, distinct=False)
         for i, p in enumerate(problems):
-            if rng.random() < p_tool:
+            share = p_tool if p_tool_hard is None or p.level not in HARD_LEVELS else p_tool_hard
+            if rng.random() < share:
                 records[i] = {"prompt": format_prompt(p), "completion": tool_completion(p)}
         return records
 
