@@ -82,3 +82,23 @@ def test_pretrain_tool_trains_on_the_policys_tokens_only(tmp_path):
                    for r in records for t, obs in segments(r["completion"]) if obs)
     assert any("<tool" in r["completion"] for r in records) and observed > 0
     assert row["tokens"] == want - observed
+
+
+def test_counterfactual_results_are_copied_into_the_answer():
+    p = Problem((37, 28, 15), ("+", "-"), 5)
+    assert tool_completion(p, 57) == '<think><tool name="calc">37+28-15</tool><result>57</result></think><answer>57</answer>'
+    task = ToolArithTask()
+    problems = task.problems("train", 400, 0, distinct=False)
+    plain = task.pretraining_records(400, p_tool=0.5)
+    mixed = task.pretraining_records(400, p_tool=0.5, p_counterfactual=0.5)
+    moved = 0
+    for p, a, b in zip(problems, plain, mixed):
+        assert ("<tool" in a["completion"]) == ("<tool" in b["completion"])  # the same solutions call the tool
+        if "<tool" not in b["completion"]:
+            assert a == b
+            continue
+        result = int(b["completion"].split("<result>")[1].split("</result>")[0])
+        assert b["completion"] == tool_completion(p, result) and result >= 0 and abs(result - p.answer) <= 20
+        moved += result != p.answer
+    calls = sum("<tool" in b["completion"] for b in mixed)
+    assert 0.35 < moved / calls < 0.65, (moved, calls)

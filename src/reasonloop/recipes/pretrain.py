@@ -79,6 +79,9 @@ class Config(RunConfig):
     p_tool_hard: float = -1.0
     """corpus=tool: the share of calculator solutions on levels 4 and 5 (tool_arith.HARD_LEVELS, where in-head
     arithmetic fails); < 0: p_tool there too."""
+    p_counterfactual: float = 0.0
+    """corpus=tool: the share of calculator solutions whose result is another number (true +- 1..20) that the
+    answer copies: the data teaches that the answer is the tool's result (tasks/tool_arith.py)."""
     mask_observations: bool = False
     """corpus=tool: leave the calculator's results (`<result>...</result>`, the environment's text) out of the
     loss, as RL does; they stay in the context."""
@@ -97,6 +100,7 @@ class Config(RunConfig):
         require(0.0 <= self.p_careful <= 1.0, "p_careful must be in [0, 1]")
         require(0.0 <= self.p_tool <= 1.0, "p_tool must be in [0, 1]")
         require(self.p_tool_hard <= 1.0, "p_tool_hard must be <= 1 (< 0: p_tool)")
+        require(0.0 <= self.p_counterfactual <= 1.0, "p_counterfactual must be in [0, 1]")
         require(self.corpus_size > 0 and self.eval_per_level > 0 and self.eval_every >= 0,
                 "corpus_size and eval_per_level must be > 0, eval_every >= 0")
 
@@ -137,7 +141,8 @@ def run(cfg: Config) -> dict:
     if cfg.bitnet:
         to_bitnet(model, sub_norm=cfg.corpus == "arithmetic")
     run_.start()
-    extra = {"p_tool": cfg.p_tool, "p_tool_hard": cfg.p_tool_hard if cfg.p_tool_hard >= 0 else None} \
+    extra = {"p_tool": cfg.p_tool, "p_tool_hard": cfg.p_tool_hard if cfg.p_tool_hard >= 0 else None,
+             "p_counterfactual": cfg.p_counterfactual} \
         if cfg.corpus == "tool" else {}
     masked = cfg.corpus == "tool" and cfg.mask_observations
     corpus = task.pretraining_records(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful, **extra)

@@ -48,10 +48,12 @@ def tool_call(expression: str, name: str = TOOL_NAME) -> str:
     return f'<tool name="{name}">{expression}</tool>'
 
 
-def tool_completion(problem: Problem) -> str:
-    """A solution that hands the whole chain to the calculator, with the result the calculator returns."""
-    return (f"<think>{tool_call(problem.text)}<result>{problem.answer}</result></think>"
-            f"<answer>{problem.answer}</answer>")
+def tool_completion(problem: Problem, result: int | None = None) -> str:
+    """A solution that hands the whole chain to the calculator and answers with its result: the value the
+    calculator returns, or `result` (a counterfactual observation: the answer still copies it)."""
+    value = problem.answer if result is None else result
+    return (f"<think>{tool_call(problem.text)}<result>{value}</result></think>"
+            f"<answer>{value}</answer>")
 
 
 class ToolArithTask(ArithmeticTask):
@@ -65,17 +67,23 @@ class ToolArithTask(ArithmeticTask):
         super().__init__(levels, max_completion_chars)
 
     def pretraining_records(self, n: int, seed: int = 0, p_careful: float = 0.4, p_tool: float = 0.1,
-                            p_tool_hard: float | None = None) -> list[dict]:
+                            p_tool_hard: float | None = None, p_counterfactual: float = 0.0) -> list[dict]:
         """The arithmetic corpus (careful or lazy traces) with a share `p_tool` of calculator solutions on
         levels 1-3 and `p_tool_hard` (None: `p_tool`) on `HARD_LEVELS`. The same draws decide either way,
-        so `p_tool_hard=None` is the corpus of the first tiny-tool builds."""
+        so `p_tool_hard=None` is the corpus of the first tiny-tool builds. A share `p_counterfactual` of the
+        calculator solutions shows another result (the true value moved by 1-20, never below 0) and answers
+        with it: the answer is the tool's result whatever it says, so only copying it predicts the answer."""
         rng = random.Random(f"{seed}:tool")
+        planted = random.Random(f"{seed}:counterfactual")
         records = super().pretraining_records(n, seed, p_careful)
         problems = self.problems("train", n, seed, distinct=False)
         for i, p in enumerate(problems):
             share = p_tool if p_tool_hard is None or p.level not in HARD_LEVELS else p_tool_hard
             if rng.random() < share:
-                records[i] = {"prompt": format_prompt(p), "completion": tool_completion(p)}
+                result = None
+                if p_counterfactual and planted.random() < p_counterfactual:
+                    result = p.answer + planted.choice([d for d in range(-20, 21) if d and p.answer + d >= 0])
+                records[i] = {"prompt": format_prompt(p), "completion": tool_completion(p, result)}
         return records
 
 
