@@ -3,7 +3,7 @@
 (true +- 1..20, copied into the answer), observations out of the loss (`recipes/pretrain.encode_masked`), and prints
 every 20 steps the batch loss and the mean NLL per answer digit on 40 held-out level-5 problems [true result,
 result + 7] (chance: ln 10 = 2.30; a model that copies: ~0).
-Usage: PYTHONPATH=src python scripts/tool_copy_train.py MODEL_DIR LR STEPS"""
+Usage: PYTHONPATH=src python scripts/tool_copy_train.py MODEL_DIR LR STEPS [OUT_DIR: save the model there]"""
 import sys, random, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from reasonloop.recipes.pretrain import encode_masked
@@ -34,3 +34,5 @@ for step in range(1,steps+1):
     b,mask=encode_masked(tok,[rec(p, rng.random()<0.5) for p in rng.sample(train,32)])
     met=supervised_step(m,b,32,opt,sch,1.0,loss_mask=mask)
     if step%20==0: print(step, round(met["loss"],3), nll(), flush=True)
+if len(sys.argv) > 4:
+    m.save_pretrained(sys.argv[4], safe_serialization=True); tok.save_pretrained(sys.argv[4])
