@@ -52,8 +52,19 @@ def reference_step(nano_model_dir, tmp_path, strategy, extra):
     return one_step(trainer, data, repeats(extra))
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-@pytest.mark.parametrize("extra", [
+# the default suite runs every setting once (grpo under both strategies): the placement code a setting adds is
+# shared by DDP and FSDP2 (gathers, counts, reduce_gradients for ddp); the other strategy is marked slow
+SLOW_UNDER = {"reinforce_pp-batch_stats": "fsdp", "ppo-head": "fsdp", "prime": "fsdp"}
+
+
+def strategies(params):
+    """Each param under ddp and fsdp, slow under the strategy SLOW_UNDER names (or already slow)."""
+    return [pytest.param(strategy, *p.values, id=f"{p.id}-{strategy}",
+                         marks=[*p.marks, *([pytest.mark.slow] if SLOW_UNDER.get(p.id) == strategy else [])])
+            for p in params for strategy in ("ddp", "fsdp")]
+
+
+@pytest.mark.parametrize("strategy,extra", strategies([
     pytest.param((), id="grpo"),
     pytest.param(("agg_mode=token_mean", "epochs=2"), id="token_mean-2epochs", marks=pytest.mark.slow),
     pytest.param(("agg_mode=seq_mean_token_sum_norm", "kl_coef=0"), id="dr_grpo_norm-no_kl", marks=pytest.mark.slow),
@@ -65,7 +76,7 @@ def reference_step(nano_model_dir, tmp_path, strategy, extra):
     pytest.param(("advantage=gae", "critic=separate", "kl_coef=0"), id="ppo-separate_critic", marks=pytest.mark.slow),
     # PRIME: the implicit PRM's cross-entropy step on every rank's rows, then its token rewards in the estimator
     pytest.param(("process_reward=prime", "advantage=prime", "prime_lr=0.01"), id="prime"),
-])
+]))
 def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, nano_model_dir, tmp_path, toy_task):
     metrics, grads = reference_step(nano_model_dir, tmp_path, strategy, extra)
     mp.spawn(step_worker, args=(2, free_port(), nano_model_dir, str(tmp_path), str(tmp_path / "data.pt"), strategy,
@@ -250,8 +261,10 @@ CURRICULUM = ("curriculum.enabled=true", "curriculum.window=4", "curriculum.mile
 @pytest.mark.parametrize("strategy,extra,steps", [
     # DAPO's dynamic sampling: keep/refill decided on the global batch, kept groups redealt in equal shares
     # (seed 2: 1 of the first 4 groups is informative, rank 0 holds it; the refill of 3 splits 1 + 2)
+    # (ddp slow: the curriculum-ddp test below runs the same keep/refill loop on global counts under DDP)
     *[pytest.param(strategy, ("dynamic_sampling=true", "group_size=2", "max_refills=4", "seed=2"), 1,
-                   id=f"dynamic_sampling-{strategy}") for strategy in ("ddp", "fsdp")],
+                   id=f"dynamic_sampling-{strategy}", marks=[pytest.mark.slow] if strategy == "ddp" else [])
+      for strategy in ("ddp", "fsdp")],
     # adaptive group sizes from the global per-level pass rates: step 2's sizes come from step 1's rates
     pytest.param("ddp", ADAPTIVE, 2, id="adaptive_group-ddp"),
     # the curriculum: windows fed every rank's groups, the same global draws on every rank, the online filter's
