@@ -209,7 +209,8 @@ class TorchPlacement(LocalPlacement):
 
             apply_memory(model, self.memory)
             device = next(model.parameters()).device
-            self._ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self._ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                **_no_forward_buffer_sync())
             self._ddp.register_comm_hook(None, _sum_allreduce_hook)
             return model
         self._rollout = copy.deepcopy(model).eval().requires_grad_(False)
@@ -424,6 +425,22 @@ def global_normalizer(tokens: float, n_seq: float, mode: str, max_len: int) -> f
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated transformer blocks (FSDP2 shards each as its own unit), found by class name."""
     return [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "Block"))]
+
+
+def _no_forward_buffer_sync() -> dict[str, bool]:
+    """DDP keywords that turn off its buffer broadcast in forward (the buffers are still synced once, when DDP
+    wraps the model). DDP broadcasts the buffers (a causal LM's are constants: rotary frequencies) in every
+    forward call that follows a gradient-syncing one, and the number of calls is data-dependent here: a
+    micro-batch may make 1 call or 2 (shared prompts) or one per length bucket, and under adaptive group sizes
+    ranks make different numbers of micro-batches. Unpaired broadcasts deadlock the ranks (seen at 2 ranks of
+    12 and 4 rows); without them the only DDP collective left is each rank's one gradient all-reduce per
+    optimizer step, on its own last micro-batch. (`forward_sync_buffers` replaced `broadcast_buffers`.)"""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def _sum_allreduce_hook(process_group, bucket):
