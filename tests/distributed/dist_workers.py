@@ -28,11 +28,13 @@ def forward_for(strategy: str) -> tuple[str, ...]:
     return FSDP_FORWARD if strategy == "fsdp" else ()
 
 
-def shard_of(data: rl.StepData, rank: int, world: int) -> rl.StepData:
-    """Rank `rank`'s rows of a prompt-major StepData (whole groups), as `TorchPlacement.shard` splits prompts."""
-    per = len(data.group_sizes) // world
-    groups = data.group_sizes[rank * per : (rank + 1) * per]
-    start = sum(data.group_sizes[: rank * per])
+def shard_of(data: rl.StepData, rank: int, world: int, split: tuple[int, ...] = ()) -> rl.StepData:
+    """Rank `rank`'s rows of a prompt-major StepData (whole groups), as `TorchPlacement.shard` splits prompts;
+    `split`: each rank's number of groups instead (ranks of unequal rows, as adaptive group sizes make them)."""
+    counts = split or (len(data.group_sizes) // world,) * world
+    first = sum(counts[:rank])
+    groups = data.group_sizes[first : first + counts[rank]]
+    start = sum(data.group_sizes[:first])
     rows = slice(start, start + sum(groups))
     batch = data.batch.rows(rows)
     return rl.StepData(batch.tokens, data.examples[rows], batch, data.rewards[rows],
@@ -89,6 +91,24 @@ def seeded(trainer: rl.Trainer) -> rl.Trainer:
     return trainer
 
 
+def recorded(trainer: rl.Trainer) -> tuple[rl.Trainer, dict[str, list]]:
+    """The trainer, with a log of every global prompt draw (the pool indices its sampler hands out, before the
+    placement shards them) and of the padding passes its placement adds (FSDP2, ranks of unequal rows)."""
+    log: dict[str, list] = {"draws": [], "padding": []}
+    draw, pad = trainer.prompts.next, trainer.dist.micro_batch_padding
+
+    def next_recorded(n):
+        log["draws"].append(list(draw(n)))
+        return log["draws"][-1]
+
+    def pad_recorded(count):
+        log["padding"].append(pad(count))
+        return log["padding"][-1]
+
+    trainer.prompts.next, trainer.dist.micro_batch_padding = next_recorded, pad_recorded
+    return trainer, log
+
+
 def _init(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -96,18 +116,19 @@ def _init(rank: int, world: int, port: int) -> None:
 
 
 def step_worker(rank: int, world: int, port: int, model_dir: str, out: str, data_file: str, strategy: str,
-                extra: tuple[str, ...]) -> None:
-    """One rank: build the trainer under torch.distributed, take its shard of the saved batch, step, and
-    (rank 0) save the metrics and gradients for the test to compare."""
+                extra: tuple[str, ...], split: tuple[int, ...] = ()) -> None:
+    """One rank: build the trainer under torch.distributed, take its shard of the saved batch (`split`: see
+    shard_of), step, and (rank 0) save the metrics, the gradients and every rank's padding passes."""
     _init(rank, world, port)
     rl.make_task = lambda spec, data_dir=None: LetterFirstTask()
     cfg = load_config(rl.Config, trainer_args(model_dir, Path(out) / "run", f"distributed.strategy={strategy}",
                                               "distributed.backend=torch", *forward_for(strategy), *extra))
-    trainer = rl.Trainer(cfg)
+    trainer, log = recorded(rl.Trainer(cfg))
     data = torch.load(data_file, weights_only=False)
-    metrics, grads = one_step(trainer, shard_of(data, rank, world), repeats(extra))
+    metrics, grads = one_step(trainer, shard_of(data, rank, world, split), repeats(extra))
+    padding = trainer.dist.gather(log["padding"])
     if rank == 0:
-        torch.save({"metrics": metrics, "grads": grads}, Path(out) / "result.pt")
+        torch.save({"metrics": metrics, "grads": grads, "padding": padding}, Path(out) / "result.pt")
     import torch.distributed as dist
 
     dist.barrier()
@@ -117,16 +138,17 @@ def step_worker(rank: int, world: int, port: int, model_dir: str, out: str, data
 def full_step_worker(rank: int, world: int, port: int, model_dir: str, out: str, strategy: str,
                      extra: tuple[str, ...], steps: int) -> None:
     """One rank: `steps` whole steps (its own rollouts, PerPromptSeeded) under torch.distributed; rank 0 saves
-    every step's metrics and the last step's gradients."""
+    every step's metrics, the last step's gradients, and every rank's prompt sampler state, draws and padding."""
     _init(rank, world, port)
     rl.make_task = lambda spec, data_dir=None: LetterFirstTask()
     cfg = load_config(rl.Config, trainer_args(model_dir, Path(out) / "run", f"distributed.strategy={strategy}",
                                               "distributed.backend=torch", *forward_for(strategy), *extra))
-    trainer = seeded(rl.Trainer(cfg))
+    trainer, log = recorded(seeded(rl.Trainer(cfg)))
     history = [one_step(trainer, None) for _ in range(steps)]
+    everyone = trainer.dist.gather({"prompts": trainer.prompts.state_dict(), **log})
     if rank == 0:
         torch.save({"metrics": [m for m, _ in history], "grads": history[-1][1],
-                    "level_pass": trainer.state.level_pass}, Path(out) / "result.pt")
+                    "level_pass": trainer.state.level_pass, "ranks": everyone}, Path(out) / "result.pt")
     import torch.distributed as dist
 
     dist.barrier()

@@ -102,6 +102,7 @@ def test_async_mode_overlaps_and_logs_bounded_staleness(nano_model_dir, tmp_path
     assert result["after"]["overall"]["n"] == 8
 
 
+@pytest.mark.slow  # the suite keeps async mode (one learner) and two learner ranks (sync) each in its own test
 def test_async_mode_with_two_learner_ranks(nano_model_dir, tmp_path, letter_reward_importable):
     """learners=2 in async mode: each rank looks ahead on its own shard; every batch after the first is one
     update behind on both ranks (rank 0 logs; the loss is the global batch's), and the run trains and evaluates."""

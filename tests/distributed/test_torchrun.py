@@ -8,6 +8,7 @@ agree to float32 rounding: losses within 1e-6 relative, gradients within atol 1e
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -18,8 +19,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dist_workers import (FSDP_FORWARD, forward_for, full_step_worker, one_step, repeats, seeded, step_worker,
-                          trainer_args)
+from dist_workers import (FSDP_FORWARD, forward_for, full_step_worker, one_step, recorded, repeats, seeded,
+                          step_worker, trainer_args)
 from reasonloop.algos.aggregation import step_normalizer
 from reasonloop.config import load_config
 from reasonloop.data.records import Example
@@ -51,20 +52,33 @@ def reference_step(nano_model_dir, tmp_path, strategy, extra):
     return one_step(trainer, data, repeats(extra))
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-@pytest.mark.parametrize("extra", [
+# the default suite runs every setting once (grpo under both strategies): the placement code a setting adds is
+# shared by DDP and FSDP2 (gathers, counts, reduce_gradients for ddp); the other strategy is marked slow
+SLOW_UNDER = {"ppo-head": "fsdp", "prime": "fsdp"}
+
+
+def strategies(params):
+    """Each param under ddp and fsdp, slow under the strategy SLOW_UNDER names (or already slow)."""
+    return [pytest.param(strategy, *p.values, id=f"{p.id}-{strategy}",
+                         marks=[*p.marks, *([pytest.mark.slow] if SLOW_UNDER.get(p.id) == strategy else [])])
+            for p in params for strategy in ("ddp", "fsdp")]
+
+
+@pytest.mark.parametrize("strategy,extra", strategies([
     pytest.param((), id="grpo"),
     pytest.param(("agg_mode=token_mean", "epochs=2"), id="token_mean-2epochs", marks=pytest.mark.slow),
     pytest.param(("agg_mode=seq_mean_token_sum_norm", "kl_coef=0"), id="dr_grpo_norm-no_kl", marks=pytest.mark.slow),
     # batch-wide statistics: the ranks' rows are gathered for the estimator (placement.estimate)
-    pytest.param(("advantage=reinforce_pp", "kl_in=reward", "reward_norm=running"), id="reinforce_pp-batch_stats"),
+    # (slow: ppo-head below runs GAE's whitening over the gathered global batch in the default suite)
+    pytest.param(("advantage=reinforce_pp", "kl_in=reward", "reward_norm=running"), id="reinforce_pp-batch_stats",
+                 marks=pytest.mark.slow),
     pytest.param(("std_mode=batch",), id="grpo-std_batch", marks=pytest.mark.slow),
     # PPO's critic: a value head on the policy trunk (the ppo preset) and a separate critic backbone
     pytest.param(("advantage=gae", "critic=head", "kl_in=reward", "kl_estimator=k1"), id="ppo-head"),
     pytest.param(("advantage=gae", "critic=separate", "kl_coef=0"), id="ppo-separate_critic", marks=pytest.mark.slow),
     # PRIME: the implicit PRM's cross-entropy step on every rank's rows, then its token rewards in the estimator
     pytest.param(("process_reward=prime", "advantage=prime", "prime_lr=0.01"), id="prime"),
-])
+]))
 def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, nano_model_dir, tmp_path, toy_task):
     metrics, grads = reference_step(nano_model_dir, tmp_path, strategy, extra)
     mp.spawn(step_worker, args=(2, free_port(), nano_model_dir, str(tmp_path), str(tmp_path / "data.pt"), strategy,
@@ -91,6 +105,26 @@ def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, n
     assert max(float(g.abs().max()) for g in grads.values()) > 1e-3, "a vanishing gradient would prove nothing"
 
 
+@pytest.mark.parametrize("strategy", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
+def test_ranks_of_unequal_rows_give_the_single_process_step(strategy, nano_model_dir, tmp_path, toy_task):
+    """Adaptive group sizes leave ranks with different row counts. Here rank 0 takes 3 of the 4 groups (12 rows:
+    4 micro-batches of 3) and rank 1 one (4 rows: 2): under FSDP2 rank 1 pads each pass (the old log-probs, which
+    truncated importance sampling needs before the update, and the update) with two 1-row passes, so both ranks
+    make the same forward/backward calls; DDP needs no padding. Either way the step is the single process's."""
+    extra = ("tis_cap=2.0",)
+    metrics, grads = reference_step(nano_model_dir, tmp_path, strategy, extra)
+    mp.spawn(step_worker, args=(2, free_port(), nano_model_dir, str(tmp_path), str(tmp_path / "data.pt"), strategy,
+                                extra, (3, 1)), nprocs=2, join=True)
+    dist = torch.load(tmp_path / "result.pt", weights_only=False)
+    assert dist["padding"] == ([[0, 0], [2, 2]] if strategy == "fsdp" else [[0, 0], [0, 0]])
+    assert dist["metrics"]["loss"] == pytest.approx(metrics["loss"], rel=1e-6, abs=1e-8)
+    assert dist["metrics"]["grad_norm"] == pytest.approx(metrics["grad_norm"], rel=1e-5)
+    for key in ("reward/mean", "accuracy", "entropy", "kl"):
+        assert dist["metrics"][key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
+    for name, g in grads.items():
+        torch.testing.assert_close(dist["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_the_global_normaliser_from_counts_is_step_normalizer_over_all_ranks(mode):
     a = torch.tensor([[1, 1, 0], [0, 0, 0]])  # rank 0: 2 tokens, 1 sequence (the empty row is not counted)
@@ -110,10 +144,12 @@ def test_unsupported_settings_are_named_before_a_step_runs():
         check_shardable(cfg, 2)
     assert str(err.value) == (
         "torch.distributed training (2 ranks) does not support: prompts_per_step=5 is not a multiple of the world "
-        "size 2; curriculum.enabled=true (its pass-rate windows are rank-local)")
+        "size 2")
     check_shardable(load_config(rl.Config, ["dynamic_sampling=true", "process_reward=prime", "advantage=prime"]), 2)
     check_shardable(load_config(rl.Config, ["advantage=gae", "critic=separate"]), 2)
     check_shardable(load_config(rl.Config, ["advantage=reinforce_pp", "reward_norm=running"]), 2)  # gathered
+    check_shardable(load_config(rl.Config, ["curriculum.enabled=true", "adaptive_group=true", "distributed.strategy=fsdp",
+                                            *FSDP_FORWARD]), 2)  # global windows; padded micro-batches
     check_shardable(cfg, 1)  # one rank: anything goes
     qlora = load_config(rl.Config, ["distributed.strategy=fsdp", "model.load_in_4bit=true", "model.lora.r=4",
                                     *FSDP_FORWARD])
@@ -162,6 +198,32 @@ def test_torchrun_fsdp_run_checkpoints_shards_that_resume_in_one_process(nano_mo
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("extra", [
+    pytest.param(("distributed.strategy=ddp",), id="ddp"),
+    pytest.param(("distributed.strategy=fsdp", *FSDP_FORWARD), id="fsdp"),
+    pytest.param(("distributed.strategy=fsdp", "distributed.cpu_offload=true", *FSDP_FORWARD), id="fsdp-cpu_offload"),
+    # padding passes: the curriculum's kept groups of adaptive sizes leave the ranks unequal rows
+    pytest.param(("distributed.strategy=fsdp", *FSDP_FORWARD, "curriculum.enabled=true", "adaptive_group=true",
+                  "group_size_min=2", "group_size_max=16"), id="fsdp-curriculum-adaptive_group"),
+])
+def test_torchrun_on_the_gpus(extra, nano_model_dir, tmp_path):
+    """On CUDA (never run here): one rank per GPU (at most 2), a cpu:gloo,cuda:nccl process group, bf16 compute with
+    fp32 master weights, 2 steps, a DCP checkpoint: the run finishes with finite losses."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    out = tmp_path / "run"
+    done = torchrun(min(2, torch.cuda.device_count()), f"model.name={nano_model_dir}", f"output_dir={out}", "steps=2",
+                    "prompts_per_step=4", "group_size=4", "sampling.max_new_tokens=8", "eval_n=4", "eval_k=0",
+                    "eval_every=0", "save_every=2", "samples_every=0", "train_pool=32", "micro_batch_size=3",
+                    "threads=1", "memory.precision=bf16", *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses), rows
+    assert (out / "checkpoints" / "step-000002" / "dcp" / ".metadata").is_file()
+
+
 @pytest.mark.parametrize("strategy,extra", [
     pytest.param("fsdp", ("process_reward=prime", "advantage=prime", "prime_lr=0.01"), id="prime-fsdp"),
     # overlong shaping gives the (else all-zero) arithmetic rewards of the random model something for V to fit
@@ -194,19 +256,31 @@ def test_torchrun_checkpoints_hold_the_critic_and_the_implicit_prm(strategy, ext
     trainer.train()
 
 
+ADAPTIVE = ("adaptive_group=true", "group_size_min=2", "group_size_max=16")
+CURRICULUM = ("curriculum.enabled=true", "curriculum.window=4", "curriculum.milestones=[0.2]", "seed=1")
+
+
 @pytest.mark.parametrize("strategy,extra,steps", [
     # DAPO's dynamic sampling: keep/refill decided on the global batch, kept groups redealt in equal shares
     # (seed 2: 1 of the first 4 groups is informative, rank 0 holds it; the refill of 3 splits 1 + 2)
+    # (ddp slow: the curriculum-ddp test below runs the same keep/refill loop on global counts under DDP)
     *[pytest.param(strategy, ("dynamic_sampling=true", "group_size=2", "max_refills=4", "seed=2"), 1,
-                   id=f"dynamic_sampling-{strategy}") for strategy in ("ddp", "fsdp")],
+                   id=f"dynamic_sampling-{strategy}", marks=[pytest.mark.slow] if strategy == "ddp" else [])
+      for strategy in ("ddp", "fsdp")],
     # adaptive group sizes from the global per-level pass rates: step 2's sizes come from step 1's rates
-    pytest.param("ddp", ("adaptive_group=true", "group_size_min=2", "group_size_max=16"), 2, id="adaptive_group-ddp"),
+    pytest.param("ddp", ADAPTIVE, 2, id="adaptive_group-ddp"),
+    # the curriculum: windows fed every rank's groups, the same global draws on every rank, the online filter's
+    # keep/refill on global counts (seed 1: level 2 unlocks in step 1, step 2 draws both levels; the filter refills)
+    pytest.param("ddp", CURRICULUM, 2, id="curriculum-ddp"),
+    # with adaptive groups under FSDP2 (refills of larger groups, as the level's pass rate moved)
+    pytest.param("fsdp", (*CURRICULUM, "adaptive_group=true", "group_size_min=2", "group_size_max=6"), 2,
+                 id="curriculum-adaptive_group-fsdp", marks=pytest.mark.slow),
 ])
 def test_two_ranks_take_the_single_process_whole_step(strategy, extra, steps, nano_model_dir, tmp_path, toy_task):
     """Rollout included: every prompt's group comes from a generator seeded by its text (PerPromptSeeded), so
     one process and 2 ranks sample the same completions and must keep, refill and train on the same groups."""
-    trainer = seeded(rl.Trainer(load_config(rl.Config, trainer_args(nano_model_dir, tmp_path / "single",
-                                                                     *forward_for(strategy), *extra))))
+    trainer, log = recorded(seeded(rl.Trainer(load_config(rl.Config, trainer_args(
+        nano_model_dir, tmp_path / "single", *forward_for(strategy), *extra)))))
     history, sizes = [], []
     for _ in range(steps):
         sizes.append({trainer.group_size_for(Example("", "", {"level": level})) for level in (1, 2)})
@@ -216,7 +290,7 @@ def test_two_ranks_take_the_single_process_whole_step(strategy, extra, steps, na
     dist = torch.load(tmp_path / "result.pt", weights_only=False)
     for step, ((single, _), ranks) in enumerate(zip(history, dist["metrics"])):
         keys = [k for k in single if k.startswith(("dynamic_sampling/", "reward/mean", "accuracy", "length/mean",
-                                                   "zero_variance_frac"))]
+                                                   "zero_variance_frac", "curriculum/"))]
         for key in keys:
             assert ranks[key] == pytest.approx(single[key], rel=1e-6), key
         rel = 1e-6 if step == 0 else 2e-5  # after an update: see the test above
@@ -232,3 +306,14 @@ def test_two_ranks_take_the_single_process_whole_step(strategy, extra, steps, na
     if "dynamic_sampling=true" in extra:
         first = history[0][0]
         assert first["dynamic_sampling/refills"] >= 1 and first["dynamic_sampling/kept_groups"] == 4, first
+    for rank in dist["ranks"]:  # every rank drew the single process's global prompt lists, and holds its sampler
+        assert rank["draws"] == log["draws"]
+        assert rank["prompts"] == trainer.prompts.state_dict()
+    if "curriculum.enabled=true" in extra:  # the windows moved (alone: level 2 unlocked, was drawn), the filter refilled
+        levels = trainer.prompts.state_dict()["levels"]
+        assert levels["1"]["window"], levels
+        if "adaptive_group=true" not in extra:
+            assert levels["2"]["window"] and levels["2"]["unlocked"], levels
+        assert sum(m["dynamic_sampling/refills"] for m, _ in history) >= 1, [m for m, _ in history]
+    if strategy == "ddp" or "adaptive_group=true" not in extra:  # equal rows (or DDP): no padding pass
+        assert [sum(rank["padding"]) for rank in dist["ranks"]] == [0, 0]

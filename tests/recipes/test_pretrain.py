@@ -74,3 +74,27 @@ def test_embedded_resolves_to_the_tasks_asset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny-code").mkdir()
     assert resolve_model_path("tiny-code") == "tiny-code"  # a local directory of that name wins
+
+
+def test_the_shipped_bitnet_model_loads_ternary_and_solves_level_one():
+    """assets/tiny-bitnet: `pretrain bitnet=true` (2 000 steps) exported packed; it loads as Llama + BitLinear."""
+    import torch
+
+    from reasonloop.models import bitnet
+    from reasonloop.models.bitnet_pack import is_packed
+    from reasonloop.models.loading import load_model, load_tokenizer
+    from reasonloop.rollout.engine import SamplingConfig
+    from reasonloop.rollout.sampler import TorchSampler
+
+    path = resolve_model_path("tiny-bitnet")
+    assert is_packed(path)
+    model, tok = load_model(ModelConfig(name="tiny-bitnet")), load_tokenizer(path)
+    layers = bitnet.bit_linears(model)
+    assert len(layers) == 4 * 7 and bitnet.is_bitnet(model)
+    for _, layer in layers:  # the master weights are rebuilt ternary: {-c, 0, c} per tensor
+        values = layer.weight.detach().unique()
+        assert len(values) == 3 and values[1] == 0 and torch.equal(values[0], -values[2])
+    task = make_task("arithmetic")
+    examples = [e for e in task.examples("test", 60, seed=0) if e.meta["level"] == 1][:8]
+    batch = TorchSampler(model, tok).generate([e.prompt for e in examples], 1, SamplingConfig(temperature=0.0))
+    assert all(task.is_correct(c, e) for c, e in zip(batch.completions, examples))  # level 1: 26 of 26 held out

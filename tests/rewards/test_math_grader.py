@@ -18,6 +18,7 @@ from reasonloop.rewards.math_grader import (
     grade_batch,
     parse_number,
 )
+from reasonloop.sandbox.records import MAX_WALL_STRETCH
 
 
 def wrap(answer: str) -> str:
@@ -127,7 +128,8 @@ def test_symbolic_comparison_that_hangs_times_out_and_scores_wrong():
     start = time.monotonic()
     verdict = grade(wrap("1"), "9^{9^{9^9}}", policy=policy)
     assert (verdict.correct, verdict.reason) == (False, "timeout")
-    assert time.monotonic() - start < 10
+    # cut off: at most the deadline stretched by a fully overloaded machine, plus the pool's start
+    assert time.monotonic() - start < policy.symbolic_timeout_s * MAX_WALL_STRETCH + 10
     assert grade(wrap("(x+1)^2"), "x^2+2x+1").correct  # the replaced worker serves the next job
 
 

@@ -14,6 +14,8 @@ The trainer (`recipes/rl.py`) runs the same step either way; it asks its placeme
 - `sum_over_ranks(values)`: as is | each float summed over ranks (global counts and sums)
 - `normalizer(mask, ...)`: `step_normalizer(mask)` | the same from token / sequence counts all-reduced
 - `before_micro_batch(last)`: nothing | gradients sync on the last micro-batch only
+- `micro_batch_padding(count)`: 0 | fsdp: the passes this rank adds to make as many forward/backward calls as
+  the rank with the most micro-batches (adaptive group sizes give ranks different row counts)
 - `estimate(estimator, input)`: the estimator | on every rank's rows gathered (batch-wide statistics as one
   process has them), this rank's rows back
 - `reduce_update(metrics)`: as is | loss summed over ranks, other update metrics token-weighted
@@ -75,12 +77,6 @@ def check_shardable(cfg: Any, world_size: int) -> None:
     problems = []
     if cfg.prompts_per_step % world_size:
         problems.append(f"prompts_per_step={cfg.prompts_per_step} is not a multiple of the world size {world_size}")
-    if cfg.adaptive_group and cfg.distributed.strategy == "fsdp":
-        problems.append("adaptive_group=true under distributed.strategy=fsdp (group sizes give ranks different row "
-                        "counts, hence different numbers of forward calls, and FSDP2 all-gathers in each): use "
-                        "distributed.strategy=ddp")
-    if cfg.curriculum.enabled:
-        problems.append("curriculum.enabled=true (its pass-rate windows are rank-local)")
     if cfg.distributed.strategy == "fsdp" and cfg.model.load_in_4bit:
         problems.append("model.load_in_4bit under distributed.strategy=fsdp (FSDP2 cannot shard bitsandbytes' packed "
                         "4-bit weights): use distributed.strategy=ddp")
@@ -139,6 +135,10 @@ class LocalPlacement:
     def before_micro_batch(self, model: torch.nn.Module, last: bool) -> None:
         pass
 
+    def micro_batch_padding(self, count: int) -> int:
+        """Padding passes to add to a pass of `count` micro-batches: none in one process."""
+        return 0
+
     def estimate(self, estimator: str, inp: AdvantageInput) -> AdvantageOutput:
         return estimate(estimator, inp)
 
@@ -179,7 +179,8 @@ class LocalPlacement:
 
 
 class TorchPlacement(LocalPlacement):
-    """torch.distributed ranks (torchrun): gloo on CPU, nccl on GPU; DDP or FSDP2 (docs/scale.md)."""
+    """torch.distributed ranks (torchrun): gloo on CPU, nccl (+ gloo for CPU tensors) on GPU; DDP or FSDP2
+    (docs/scale.md)."""
 
     def __init__(self, cfg: DistributedConfig, memory: MemoryConfig | None = None):
         import torch.distributed as dist
@@ -190,7 +191,9 @@ class TorchPlacement(LocalPlacement):
         if not dist.is_initialized():
             if torch.cuda.is_available():
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # on GPU: nccl for CUDA tensors (DDP, FSDP2) and gloo for the CPU tensors of the counts and gathers
+            # (sum_over_ranks, normalizer, gather), which nccl alone refuses
+            dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self._ddp: torch.nn.Module | None = None
@@ -206,7 +209,8 @@ class TorchPlacement(LocalPlacement):
 
             apply_memory(model, self.memory)
             device = next(model.parameters()).device
-            self._ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self._ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                **_no_forward_buffer_sync())
             self._ddp.register_comm_hook(None, _sum_allreduce_hook)
             return model
         self._rollout = copy.deepcopy(model).eval().requires_grad_(False)
@@ -270,6 +274,17 @@ class TorchPlacement(LocalPlacement):
         elif self._ddp is not None and model is self._ddp.module:
             self._ddp.require_backward_grad_sync = last  # what DDP.no_sync() sets
         # (a replicated `prepare_trained` module syncs once, in reduce_gradients)
+
+    def micro_batch_padding(self, count: int) -> int:
+        """fsdp: every forward and backward call all-gathers the shards (and the last backward reduce-scatters),
+        so every rank must make as many as the rank with the most micro-batches; with adaptive group sizes the
+        ranks' row counts differ, and this rank pads its pass with max - count dropped 1-row passes (one
+        all-reduce per pass). ddp needs none: each rank all-reduces once, on its own last micro-batch."""
+        if not self._fsdp:
+            return 0
+        most = torch.tensor([count], dtype=torch.int64)
+        self.dist.all_reduce(most, op=self.dist.ReduceOp.MAX)
+        return int(most) - count
 
     def sync_engine(self, engine: Any, model: torch.nn.Module) -> None:
         if self._rollout is not None:
@@ -410,6 +425,22 @@ def global_normalizer(tokens: float, n_seq: float, mode: str, max_len: int) -> f
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated transformer blocks (FSDP2 shards each as its own unit), found by class name."""
     return [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "Block"))]
+
+
+def _no_forward_buffer_sync() -> dict[str, bool]:
+    """DDP keywords that turn off its buffer broadcast in forward (the buffers are still synced once, when DDP
+    wraps the model). DDP broadcasts the buffers (a causal LM's are constants: rotary frequencies) in every
+    forward call that follows a gradient-syncing one, and the number of calls is data-dependent here: a
+    micro-batch may make 1 call or 2 (shared prompts) or one per length bucket, and under adaptive group sizes
+    ranks make different numbers of micro-batches. Unpaired broadcasts deadlock the ranks (seen at 2 ranks of
+    12 and 4 rows); without them the only DDP collective left is each rank's one gradient all-reduce per
+    optimizer step, on its own last micro-batch. (`forward_sync_buffers` replaced `broadcast_buffers`.)"""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def _sum_allreduce_hook(process_group, bucket):

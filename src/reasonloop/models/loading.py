@@ -26,7 +26,7 @@ from reasonloop.errors import UserError, first_line
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "embedded"  # the task's shipped tiny model (a task names it as `embedded_model`)
-ASSETS = ("tiny-arith", "tiny-code", "tiny-tool")  # model directories shipped in reasonloop/assets
+ASSETS = ("tiny-arith", "tiny-code", "tiny-tool", "tiny-bitnet")  # model directories shipped in reasonloop/assets
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_PATTERN = r"auto|cpu|mps|(cuda|xpu)(:\d+)?"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")

@@ -27,7 +27,8 @@ from reasonloop.tasks.arithmetic import ArithmeticTask
 from reasonloop.tasks.code import CodeArithTask
 from reasonloop.models.bitnet import to_bitnet
 from reasonloop.models.bitnet_pack import export_hf
-from reasonloop.tasks.tool_arith import ToolArithTask
+from reasonloop.tasks.tool_arith import ToolArithTask, segments
+from reasonloop.rollout.multiturn import encode_episodes
 from reasonloop.models.loading import resolve_model_path
 from reasonloop.models.tiny import SIZES, build_config, build_tokenizer
 from reasonloop.rollout.engine import SamplingConfig
@@ -73,7 +74,17 @@ class Config(RunConfig):
     corpus=arithmetic; corpus=code converts the tiny-arith asset (no SubLN). export=true then writes
     assets/tiny-bitnet, packed (corpus=arithmetic)."""
     p_tool: float = 0.1
-    """corpus=tool: the share of solutions that call the calculator (tasks/tool_arith.py)."""
+    """corpus=tool: the share of solutions that call the calculator (tasks/tool_arith.py); on levels 1-3 only
+    when p_tool_hard >= 0."""
+    p_tool_hard: float = -1.0
+    """corpus=tool: the share of calculator solutions on levels 4 and 5 (tool_arith.HARD_LEVELS, where in-head
+    arithmetic fails); < 0: p_tool there too."""
+    p_counterfactual: float = 0.0
+    """corpus=tool: the share of calculator solutions whose result is another number (true +- 1..20) that the
+    answer copies: the data teaches that the answer is the tool's result (tasks/tool_arith.py)."""
+    mask_observations: bool = False
+    """corpus=tool: leave the calculator's results (`<result>...</result>`, the environment's text) out of the
+    loss, as RL does; they stay in the context."""
     export: bool = False
     """Copy the final model over the shipped asset of its corpus (tiny-arith or tiny-code)."""
 
@@ -88,11 +99,28 @@ class Config(RunConfig):
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
         require(0.0 <= self.p_careful <= 1.0, "p_careful must be in [0, 1]")
         require(0.0 <= self.p_tool <= 1.0, "p_tool must be in [0, 1]")
+        require(self.p_tool_hard <= 1.0, "p_tool_hard must be <= 1 (< 0: p_tool)")
+        require(0.0 <= self.p_counterfactual <= 1.0, "p_counterfactual must be in [0, 1]")
         require(self.corpus_size > 0 and self.eval_per_level > 0 and self.eval_every >= 0,
                 "corpus_size and eval_per_level must be > 0, eval_every >= 0")
 
 
 CORPORA = {"arithmetic": "tiny-arith", "code": "tiny-code", "tool": "tiny-tool"}  # corpus -> the asset it rebuilds
+
+
+def encode_masked(tokenizer, records: list[dict]):
+    """(batch, loss_mask) for tool-corpus records with the observations (`tool_arith.segments`) out of the loss:
+    each piece is tokenised on its own, as the multi-turn engine tokenises an observation, and the rows go
+    through `encode_episodes` (observations are context, loss mask 0; the EOS is trained on)."""
+    episodes = []
+    for r in records:
+        ids, policy = [], []
+        for text, is_obs in segments(r["completion"]):
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            policy += [0 if is_obs else 1] * len(piece)
+        episodes.append((ids, policy))
+    return encode_episodes(tokenizer, [r["prompt"] for r in records], episodes)
 
 
 def run(cfg: Config) -> dict:
@@ -113,7 +141,10 @@ def run(cfg: Config) -> dict:
     if cfg.bitnet:
         to_bitnet(model, sub_norm=cfg.corpus == "arithmetic")
     run_.start()
-    extra = {"p_tool": cfg.p_tool} if cfg.corpus == "tool" else {}
+    extra = {"p_tool": cfg.p_tool, "p_tool_hard": cfg.p_tool_hard if cfg.p_tool_hard >= 0 else None,
+             "p_counterfactual": cfg.p_counterfactual} \
+        if cfg.corpus == "tool" else {}
+    masked = cfg.corpus == "tool" and cfg.mask_observations
     corpus = task.pretraining_records(cfg.corpus_size, seed=cfg.seed, p_careful=cfg.p_careful, **extra)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"pretrain ({cfg.corpus}{', BitNet b1.58' if cfg.bitnet else ''}): {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} sequences")
@@ -135,8 +166,12 @@ def run(cfg: Config) -> dict:
     with progress("pretrain", cfg.steps) as bar:
         for step in range(1, cfg.steps + 1):
             records = rng.sample(corpus, cfg.batch_size)
-            batch = encode_pairs(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records])
-            metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm)
+            if masked:
+                batch, loss_mask = encode_masked(tokenizer, records)
+            else:
+                batch, loss_mask = encode_pairs(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records]), None
+            metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm,
+                                      loss_mask=loss_mask)
             tokens += metrics["tokens"]
             metrics["tokens_per_s"] = tokens / (time.time() - start)
             run_.log(step, metrics)

@@ -640,11 +640,16 @@ class Trainer:
         return grp.informative if rate is None else 0.0 < rate < 1.0
 
     def _observe(self, groups: list[ScoredGroup]) -> None:
-        """Feed the curriculum its training pass rates (a no-op for uniform sampling)."""
+        """Feed the curriculum its training pass rates (a no-op for uniform sampling). torchrun: every rank's
+        groups in rank order (within a level, the single-process order), as pool positions, so every rank's
+        windows, locks and skip list stay the single process's and the ranks keep drawing the same prompts."""
         if isinstance(self.prompts, CurriculumSampler):
-            rates = [group_pass_rate(grp.components) for grp in groups]
-            self.prompts.observe([g.example for g, r in zip(groups, rates) if r is not None],
-                                 [r for r in rates if r is not None])
+            position = {id(ex): i for i, ex in enumerate(self.pool)}
+            rates = [(position.get(id(grp.example), grp.example), rate) for grp in groups  # not a pool object: as is
+                     if (rate := group_pass_rate(grp.components)) is not None]
+            observed = [pair for part in self.dist.gather(rates) for pair in part]
+            self.prompts.observe([self.pool[k] if isinstance(k, int) else k for k, _ in observed],
+                                 [rate for _, rate in observed])
 
     def _update_level_pass(self, groups: list[ScoredGroup]) -> None:
         """The running pass rate per level. torchrun: every rank's groups in rank order, which within a level
@@ -672,15 +677,19 @@ class Trainer:
         T = data.tokens.completion_ids.shape[1]
         out: dict[str, list] = {"old": [], "ref": [], "values": []}
         self.model.eval()
-        for rows in self._micro_batches(len(data.tokens)):
+        for rows, real in self._passes(len(data.tokens)):
             mb = data.tokens.select(rows)
+            part: dict[str, torch.Tensor] = {}
             if not self._old_is_current():
                 fwd = self._forward(self.model, mb, temp, with_hidden=self.critic is not None)
-                out["old"].append(pad_right(fwd.logprobs, T, 0.0))
+                part["old"] = pad_right(fwd.logprobs, T, 0.0)
             if self.critic is not None:
-                out["values"].append(pad_right(self.critic(mb, fwd.hidden), T, 0.0))
+                part["values"] = pad_right(self.critic(mb, fwd.hidden), T, 0.0)
             if cfg.kl_coef > 0:
-                out["ref"].append(pad_right(self._ref_logprobs(mb, temp), T, 0.0))
+                part["ref"] = pad_right(self._ref_logprobs(mb, temp), T, 0.0)
+            if real:  # a padding pass (FSDP2) makes the same calls; its outputs are dropped
+                for k, v in part.items():
+                    out[k].append(v)
         return TokenScores(**{k: torch.cat(v) for k, v in out.items() if v})
 
     def _old_is_current(self) -> bool:
@@ -704,6 +713,15 @@ class Trainer:
     def _micro_batches(self, n: int) -> list[slice]:
         step = self.cfg.micro_batch_size
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+    def _passes(self, n: int) -> list[tuple[slice, bool]]:
+        """The micro-batches of one pass over the step's n rows, each with True; under FSDP2, a rank whose rows
+        make fewer micro-batches than another rank's (adaptive group sizes) adds 1-row padding passes (False)
+        whose outputs and gradients are dropped, so every rank makes the same forward and backward calls,
+        each of which all-gathers the shards (placement.micro_batch_padding)."""
+        batches = self._micro_batches(n)
+        padding = self.dist.micro_batch_padding(len(batches))
+        return [(rows, True) for rows in batches] + [(slice(0, 1), False)] * padding
 
     # -- process rewards ------------------------------------------------------------------------------
     def process_rewards(self, data: StepData, scores: TokenScores) -> tuple[ProcessRewards | None, dict[str, float]]:
@@ -748,24 +766,29 @@ class Trainer:
         prm_lp, ref_lp = [], []
         self.implicit_prm.eval()
         with torch.no_grad():
-            for rows in self._micro_batches(N):
+            for rows, real in self._passes(N):
                 mb = tokens.select(rows)
-                prm_lp.append(pad_right(self._forward(self.implicit_prm, mb, temp).logprobs, T, 0.0))
-                if scores.ref is None:
-                    ref_lp.append(pad_right(self._ref_logprobs(mb, temp), T, 0.0))
+                prm = pad_right(self._forward(self.implicit_prm, mb, temp).logprobs, T, 0.0)
+                ref_part = pad_right(self._ref_logprobs(mb, temp), T, 0.0) if scores.ref is None else None
+                if real:  # a padding pass (FSDP2) only makes the calls
+                    prm_lp.append(prm)
+                    ref_lp += [ref_part] if ref_part is not None else []
         ref = scores.ref if scores.ref is not None else torch.cat(ref_lp)
         rewards = implicit_process_rewards(torch.cat(prm_lp), ref, mask, cfg.prime_beta)
         self.implicit_prm.train()
         n_all = self.dist.sum_over_ranks([float(N)])[0]  # torchrun: every rank's rows (the global batch)
         sums = {"loss": 0.0, "accuracy": 0.0}
-        batches = self._micro_batches(N)
-        for rows in batches:
+        passes = self._passes(N)
+        for i, (rows, real) in enumerate(passes):
             mb = tokens.select(rows)
             width = mb.completion_ids.shape[1]
-            self.dist.before_micro_batch(self.implicit_prm, last=rows == batches[-1])
+            self.dist.before_micro_batch(self.implicit_prm, last=i == len(passes) - 1)
             fwd = self._forward(self.implicit_prm, mb, temp)
             loss, m = implicit_prm_loss(fwd.logprobs, ref[rows, :width], mask[rows, :width], labels[rows],
                                         cfg.prime_beta, normalizer=n_all)
+            if not real:  # FSDP2 padding: the same forward and backward calls, no gradient
+                (loss * 0.0).backward()
+                continue
             loss.backward()
             sums["loss"] += float(loss.detach())
             sums["accuracy"] += float(m["accuracy"]) * (rows.stop - rows.start) / n_all
@@ -848,7 +871,8 @@ class Trainer:
         accuracy = data.components.get("accuracy", data.components.get("task/accuracy"))
         if accuracy is not None:  # the verifier's verdict on the training samples, trained on or not
             metrics["accuracy"] = float(accuracy.mean())
-        already_global = {*update_metrics, *(k for k in process_metrics if k.startswith("prime/"))}
+        already_global = {*update_metrics,  # and the PRM's sums, the curriculum's state (the same on every rank)
+                          *(k for k in {**process_metrics, **stats} if k.startswith(("prime/", "curriculum/")))}
         return self.dist.reduce_step(metrics, exclude=already_global, rows=len(data.tokens)), data
 
     def _update(self, update: UpdateBatch) -> dict[str, float]:
@@ -883,15 +907,16 @@ class Trainer:
         self.model.train()
         sums: dict[str, float] = {}
         total_loss = 0.0
-        batches = self._micro_batches(len(tokens))
-        for rows in batches:
+        passes = self._passes(len(tokens))
+        for i, (rows, real) in enumerate(passes):
             mb = tokens.select(rows)
             T = mb.completion_ids.shape[1]
             m = update.loss_mask[rows, :T]
             adv = update.advantages[rows, :T]
-            self.dist.before_micro_batch(self.model, last=rows == batches[-1])  # gradients sync once per step
+            last = i == len(passes) - 1  # gradients sync once per step, on every rank's last pass
+            self.dist.before_micro_batch(self.model, last=last)
             if self.critic is not None:
-                self.dist.before_micro_batch(self.critic, last=rows == batches[-1])
+                self.dist.before_micro_batch(self.critic, last=last)
             fwd = self._forward(self.dist.training_module(self.model), mb, temp, with_entropy=True,
                                 with_hidden=self.critic is not None)
             old = scores.old[rows, :T] if scores.old is not None else fwd.logprobs.detach()
@@ -917,6 +942,9 @@ class Trainer:
                                                clip_range=cfg.value_clip, **agg)
                 loss = loss + cfg.vf_coef * vloss
                 metrics.update({f"value/{k}": float(v) for k, v in vm.items()})
+            if not real:  # FSDP2 padding: the same forward and backward calls as the other ranks', no gradient
+                (loss * 0.0).backward()
+                continue
             if not torch.isfinite(loss):
                 total_loss = math.nan
                 break

@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Sequence
 
 from reasonloop.rewards.answer_format import answer_blocks, last_answer, think_blocks
+from reasonloop.sandbox.records import load_stretch
 
 PHRASE_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:)?\s*[:=]?\s*([^\n]+)", re.I)
 NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
@@ -406,7 +407,9 @@ class VerifierPool:
         self.replaced += 1
 
     def map(self, fn: Callable[[Any], Any], args: Sequence[Any], timeout_s: float) -> list[JobOutcome]:
-        """`fn(arg)` for each arg (fn must be a picklable module-level function), in order."""
+        """`fn(arg)` for each arg (fn must be a picklable module-level function), in order. The deadline is
+        `timeout_s` stretched by the machine's overload (`sandbox.records.load_stretch`): a starved worker is not
+        a runaway one."""
         results: list[JobOutcome | None] = [None] * len(args)
         queue = deque(enumerate(args))
         busy: dict[int, tuple[int, float]] = {}  # slot -> (job index, deadline)
@@ -415,7 +418,7 @@ class VerifierPool:
                 if w.ready and slot not in busy and queue:
                     idx, arg = queue.popleft()
                     w.conn.send((fn, arg))
-                    busy[slot] = (idx, time.monotonic() + timeout_s)
+                    busy[slot] = (idx, time.monotonic() + timeout_s * load_stretch())
             waiting = [w.conn for s, w in enumerate(self._workers) if s in busy or not w.ready]
             next_deadline = min((d for _, d in busy.values()), default=time.monotonic() + 60.0)
             ready = wait(waiting, max(0.0, next_deadline - time.monotonic()))

@@ -52,10 +52,15 @@ class Limits:
         Why: on an overloaded machine a correct program is starved of CPU, not slow, and was graded a timeout
         (code verdicts moved 3-9 points with the load). A CPU-bound runaway is still stopped by `cpu_time_s`,
         which load does not stretch; only a program that sleeps or blocks gets the longer wall clock."""
-        if not self.load_scaled_wall:
-            return self.wall_time_s
-        overload = os.getloadavg()[0] / max(len(os.sched_getaffinity(0)), 1)
-        return self.wall_time_s * min(max(overload, 1.0), MAX_WALL_STRETCH)
+        return self.wall_time_s * load_stretch() if self.load_scaled_wall else self.wall_time_s
+
+
+def load_stretch() -> float:
+    """How overloaded the machine is: the 1-minute load average per usable core, clamped to [1, MAX_WALL_STRETCH].
+    Wall-clock deadlines for work whose CPU need is bounded otherwise (sandboxed programs, symbolic checks) are
+    multiplied by it, so a starved job is not mistaken for a runaway."""
+    overload = os.getloadavg()[0] / max(len(os.sched_getaffinity(0)), 1)
+    return min(max(overload, 1.0), MAX_WALL_STRETCH)
 
 
 @dataclass(frozen=True)
