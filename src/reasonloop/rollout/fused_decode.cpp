@@ -35,7 +35,32 @@
 
 namespace {
 
-constexpr int64_t W = 16;  // positions per chunk in the attention loops (one AVX-512 register)
+constexpr int64_t W = 16;  // positions per block of keys in the cache layout (two 8-float vectors)
+
+// 8 floats (one AVX2 register): GCC/Clang vector extensions, so one source serves every x86 build
+// (-march=native gives AVX2 + FMA here; without AVX they split into SSE halves). An earlier version
+// used 16-float vectors, which on AVX2 (no AVX-512) kept every accumulator on the stack: each FMA went
+// through a store and a reload, and the attention ran at ~1 GFMA/s (docs/speed.md, "Speed II").
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+constexpr int64_t V = 8;
+inline v8 load(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
+inline v8 splat(float x) { return v8{} + x; }
+inline float hsum(v8 v) {
+  float s = 0.f;
+  for (int l = 0; l < V; ++l) s += v[l];
+  return s;
+}
+inline float hmax(v8 v) {
+  float m = v[0];
+  for (int l = 1; l < V; ++l) m = v[l] > m ? v[l] : m;
+  return m;
+}
 
 // exp(x), 0 below -87.3 (so exp(-inf) == 0), within ~2 ulp of expf elsewhere
 inline float exp_poly(float x) {
@@ -56,6 +81,138 @@ inline float exp_poly(float x) {
   return under ? 0.f : p * scale;
 }
 
+// exp_poly on 8 lanes, the same operations per lane (floor done exactly: truncate, then step down
+// where the truncation rounded up)
+inline v8 exp_v8(v8 x) {
+  const v8i under = x < splat(-87.3f);
+  x = x < splat(-87.3f) ? splat(-87.3f) : x;
+  x = x > splat(88.7f) ? splat(88.7f) : x;
+  const v8 y = x * 1.44269504088896341f + 0.5f;
+  v8 k = __builtin_convertvector(__builtin_convertvector(y, v8i), v8);
+  k = k > y ? k - 1.f : k;
+  const v8 r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  v8 p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const v8i bits = (__builtin_convertvector(k, v8i) + 127) << 23;
+  v8 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return under ? v8{} : p * scale;
+}
+
+// out[c * W + l] = scale * sum_e q[e] * k[c, e, l] for the first `chunks` [D, W] blocks of k. Two
+// blocks at a time (four 8-lane halves) and even/odd e apart: eight independent FMA chains, all in
+// registers (FMA latency x throughput on this CPU). D is even.
+inline void dot_chunks(const float* q, const float* k, int64_t chunks, int64_t D, float scale, float* out) {
+  int64_t c = 0;
+  for (; c + 2 <= chunks; c += 2) {
+    const float* k0 = k + c * D * W;
+    const float* k1 = k0 + D * W;
+    v8 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+    for (int64_t e = 0; e < D; e += 2) {
+      const v8 qe = splat(q[e]), qo = splat(q[e + 1]);
+      a0 += qe * load(k0 + e * W);
+      a1 += qe * load(k0 + e * W + V);
+      a2 += qo * load(k0 + (e + 1) * W);
+      a3 += qo * load(k0 + (e + 1) * W + V);
+      b0 += qe * load(k1 + e * W);
+      b1 += qe * load(k1 + e * W + V);
+      b2 += qo * load(k1 + (e + 1) * W);
+      b3 += qo * load(k1 + (e + 1) * W + V);
+    }
+    store(out + c * W, (a0 + a2) * scale);
+    store(out + c * W + V, (a1 + a3) * scale);
+    store(out + (c + 1) * W, (b0 + b2) * scale);
+    store(out + (c + 1) * W + V, (b1 + b3) * scale);
+  }
+  if (c < chunks) {
+    const float* k0 = k + c * D * W;
+    v8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t e = 0; e < D; e += 2) {
+      const v8 qe = splat(q[e]), qo = splat(q[e + 1]);
+      a0 += qe * load(k0 + e * W);
+      a1 += qe * load(k0 + e * W + V);
+      a2 += qo * load(k0 + (e + 1) * W);
+      a3 += qo * load(k0 + (e + 1) * W + V);
+    }
+    store(out + c * W, (a0 + a2) * scale);
+    store(out + c * W + V, (a1 + a3) * scale);
+  }
+}
+
+// acc[j] += sum_u w[u] * v[u, e + j * V .. e + (j + 1) * V) for j < J, positions two at a time into
+// separate accumulators (2 * J independent FMA chains, in registers for J <= 4)
+template <int J>
+inline void accumulate(const float* w, const float* v, int64_t n, int64_t D, int64_t e, v8* even, v8* odd) {
+  int64_t u = 0;
+  for (; u + 2 <= n; u += 2) {
+    const float* r0 = v + u * D + e;
+    const float* r1 = r0 + D;
+    const v8 w0 = splat(w[u]), w1 = splat(w[u + 1]);
+    for (int j = 0; j < J; ++j) {
+      even[j] += w0 * load(r0 + j * V);
+      odd[j] += w1 * load(r1 + j * V);
+    }
+  }
+  if (u < n) {
+    const v8 w0 = splat(w[u]);
+    for (int j = 0; j < J; ++j) even[j] += w0 * load(v + u * D + e + j * V);
+  }
+}
+
+template <int J>
+inline void weighted_block(const float* w1, const float* v1, int64_t n1, const float* w2, const float* v2,
+                           int64_t n2, int64_t D, int64_t e, float* out) {
+  v8 even[J] = {}, odd[J] = {};
+  accumulate<J>(w1, v1, n1, D, e, even, odd);
+  accumulate<J>(w2, v2, n2, D, e, even, odd);
+  for (int j = 0; j < J; ++j) store(out + e + j * V, even[j] + odd[j]);
+}
+
+// out[e] = sum_u w1[u] * v1[u, e] + sum_u w2[u] * v2[u, e]: 32 columns at a time, then 8, then single
+inline void weighted_sum(const float* w1, const float* v1, int64_t n1, const float* w2, const float* v2,
+                         int64_t n2, int64_t D, float* out) {
+  int64_t e = 0;
+  for (; e + 4 * V <= D; e += 4 * V) weighted_block<4>(w1, v1, n1, w2, v2, n2, D, e, out);
+  for (; e + V <= D; e += V) weighted_block<1>(w1, v1, n1, w2, v2, n2, D, e, out);
+  for (; e < D; ++e) {
+    float acc = 0.f;
+    for (int64_t u = 0; u < n1; ++u) acc += w1[u] * v1[u * D + e];
+    for (int64_t u = 0; u < n2; ++u) acc += w2[u] * v2[u * D + e];
+    out[e] = acc;
+  }
+}
+
+// s[0..len) <- softmax(s) in place; len is a multiple of V; -inf lanes become 0
+inline void softmax(float* s, int64_t len) {
+  v8 m8 = splat(-INFINITY);
+  for (int64_t u = 0; u < len; u += V) {
+    const v8 x = load(s + u);
+    m8 = x > m8 ? x : m8;
+  }
+  const v8 m = splat(hmax(m8));
+  v8 s0 = {}, s1 = {};
+  int64_t u = 0;
+  for (; u + 2 * V <= len; u += 2 * V) {
+    const v8 e0 = exp_v8(load(s + u) - m), e1 = exp_v8(load(s + u + V) - m);
+    store(s + u, e0);
+    store(s + u + V, e1);
+    s0 += e0;
+    s1 += e1;
+  }
+  for (; u < len; u += V) {
+    const v8 e0 = exp_v8(load(s + u) - m);
+    store(s + u, e0);
+    s0 += e0;
+  }
+  const v8 inv = splat(1.f / hsum(s0 + s1));
+  for (u = 0; u < len; u += V) store(s + u, load(s + u) * inv);
+}
+
 void rms_norm(const float* x, const float* w, float* y, int64_t n, int64_t C, float eps) {
   at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
@@ -67,87 +224,6 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, int64_t C, fl
       for (int64_t c = 0; c < C; ++c) yi[c] = (xi[c] * r) * w[c];
     }
   });
-}
-
-// W floats in one vector register (GCC/Clang vector extension: AVX-512 where the CPU has it, split
-// into narrower registers elsewhere)
-typedef float vecf __attribute__((vector_size(W * sizeof(float))));
-inline vecf load(const float* p) {
-  vecf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void store(float* p, vecf v) { std::memcpy(p, &v, sizeof(v)); }
-
-// out[c * W + l] = scale * sum_e q[e] * k[c, e, l] for the first `chunks` [D, W] blocks of k. Each
-// block is contiguous; two blocks at a time and even/odd e apart give four independent FMA chains
-// (one chain would wait on the FMA latency at every step). D is even.
-inline void dot_chunks(const float* q, const float* k, int64_t chunks, int64_t D, float scale, float* out) {
-  int64_t c = 0;
-  for (; c + 2 <= chunks; c += 2) {
-    const float* k0 = k + c * D * W;
-    const float* k1 = k0 + D * W;
-    vecf a0 = {}, a1 = {}, b0 = {}, b1 = {};
-    for (int64_t e = 0; e < D; e += 2) {
-      a0 += q[e] * load(k0 + e * W);
-      a1 += q[e + 1] * load(k0 + (e + 1) * W);
-      b0 += q[e] * load(k1 + e * W);
-      b1 += q[e + 1] * load(k1 + (e + 1) * W);
-    }
-    store(out + c * W, (a0 + a1) * scale);
-    store(out + (c + 1) * W, (b0 + b1) * scale);
-  }
-  if (c < chunks) {
-    const float* k0 = k + c * D * W;
-    vecf a0 = {}, a1 = {};
-    for (int64_t e = 0; e < D; e += 2) {
-      a0 += q[e] * load(k0 + e * W);
-      a1 += q[e + 1] * load(k0 + (e + 1) * W);
-    }
-    store(out + c * W, (a0 + a1) * scale);
-  }
-}
-
-// acc[j] += sum_u w[u] * v[u, e + j * W .. e + (j + 1) * W) for j < J, positions two at a time into
-// separate accumulators (2 * J independent FMA chains)
-template <int J>
-inline void accumulate(const float* w, const float* v, int64_t n, int64_t D, int64_t e, vecf* even, vecf* odd) {
-  int64_t u = 0;
-  for (; u + 2 <= n; u += 2) {
-    const float* r0 = v + u * D + e;
-    const float* r1 = r0 + D;
-    for (int j = 0; j < J; ++j) {
-      even[j] += w[u] * load(r0 + j * W);
-      odd[j] += w[u + 1] * load(r1 + j * W);
-    }
-  }
-  if (u < n)
-    for (int j = 0; j < J; ++j) even[j] += w[u] * load(v + u * D + e + j * W);
-}
-
-// out[e] = sum_u w1[u] * v1[u, e] + sum_u w2[u] * v2[u, e]
-inline void weighted_sum(const float* w1, const float* v1, int64_t n1, const float* w2, const float* v2,
-                         int64_t n2, int64_t D, float* out) {
-  int64_t e = 0;
-  for (; e + 2 * W <= D; e += 2 * W) {
-    vecf even[2] = {}, odd[2] = {};
-    accumulate<2>(w1, v1, n1, D, e, even, odd);
-    accumulate<2>(w2, v2, n2, D, e, even, odd);
-    store(out + e, even[0] + odd[0]);
-    store(out + e + W, even[1] + odd[1]);
-  }
-  for (; e + W <= D; e += W) {
-    vecf even[1] = {}, odd[1] = {};
-    accumulate<1>(w1, v1, n1, D, e, even, odd);
-    accumulate<1>(w2, v2, n2, D, e, even, odd);
-    store(out + e, even[0] + odd[0]);
-  }
-  for (; e < D; ++e) {
-    float acc = 0.f;
-    for (int64_t u = 0; u < n1; ++u) acc += w1[u] * v1[u * D + e];
-    for (int64_t u = 0; u < n2; ++u) acc += w2[u] * v2[u * D + e];
-    out[e] = acc;
-  }
 }
 
 struct Dims {
@@ -197,16 +273,7 @@ void attend(float* qkv, const float* cos, const float* sin, const int64_t* pos, 
           dot_chunks(q, kt, tw / W, D, d.scaling, sc);
           for (int64_t u = 0; u < p0; ++u) sp[u] = -INFINITY;
           for (int64_t u = t + 1; u < tw; ++u) sc[u] = -INFINITY;
-          const int64_t len = P + tw;
-          float m = -INFINITY;
-          for (int64_t u = 0; u < len; ++u) m = sp[u] > m ? sp[u] : m;
-          float sum = 0.f;
-          for (int64_t u = 0; u < len; ++u) {
-            sp[u] = exp_poly(sp[u] - m);
-            sum += sp[u];
-          }
-          const float inv = 1.f / sum;
-          for (int64_t u = 0; u < len; ++u) sp[u] *= inv;
+          softmax(sp, P + tw);
           float* out = o + i * H * D + qh * D;
           weighted_sum(sp + p0, vpb + p0 * D, P - p0, sc, vr, t + 1, D, out);
         }
@@ -221,7 +288,12 @@ void silu_mul(const float* gu, float* a, int64_t n, int64_t I) {
       const float* gate = gu + i * 2 * I;
       const float* up = gate + I;
       float* ai = a + i * I;
-      for (int64_t c = 0; c < I; ++c) ai[c] = gate[c] / (1.f + exp_poly(-gate[c])) * up[c];
+      int64_t c = 0;
+      for (; c + V <= I; c += V) {
+        const v8 g = load(gate + c);
+        store(ai + c, g / (1.f + exp_v8(-g)) * load(up + c));
+      }
+      for (; c < I; ++c) ai[c] = gate[c] / (1.f + exp_poly(-gate[c])) * up[c];
     }
   });
 }
