@@ -301,7 +301,7 @@ void silu_mul(const float* gu, float* a, int64_t n, int64_t I) {
 // x @ w^T (+ b) (+ residual, in place when w is plain). A weight in MKLDNN layout (prepacked by
 // mkldnn::_reorder_linear_weight) runs through oneDNN's linear, which skips re-packing the weight at
 // every call; a plain [N, K] weight through at::mm (MKL/BLAS).
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* residual = nullptr) {
+at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* residual) {
   const std::optional<at::Tensor> bias = b.numel() ? std::optional<at::Tensor>(b) : std::nullopt;
   if (w.is_mkldnn()) {
     if (residual != nullptr) {
@@ -324,16 +324,44 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   return *residual;
 }
 
-// layers: per layer 8 tensors: norm_in, w_qkv, b_qkv (or empty), w_o, b_o (or empty), norm_post,
-// w_gu, w_down. kp/vp/kc/vc: one per layer. Returns logits [n, V].
+// A projection: 4 tensors (weight, bias, scale, sub_norm), empty where absent.
+// - weight float32 (plain or MKLDNN): `dense`; scale and sub_norm empty.
+// - weight uint8: a BitNet b1.58 projection, packed by rollout/ternary.py (2-bit codes, [N, Kp / 4]) with
+//   one float32 scale per output row; sub_norm: BitNet's SubLN weight (an RMSNorm of the input before
+//   quantising), or empty. Computed by the ternary kernel's own op (reasonloop_ternary::ternary_linear:
+//   int8 activations per row by absmax, integer sign/add products, acc * (s_w / s_x) + bias), so its
+//   integers are those of the kernel and of bitnet.integer_linear bit for bit; the residual is added after.
+at::Tensor project(const at::Tensor& x, const at::Tensor* p, double eps, at::Tensor* residual = nullptr) {
+  const at::Tensor& w = p[0];
+  if (w.scalar_type() != at::kByte) return dense(x, w, p[1], residual);
+  static auto ternary = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("reasonloop_ternary::ternary_linear", "")
+                            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&)>();
+  at::Tensor in = x;
+  if (p[3].numel()) {  // SubLN
+    in = at::empty_like(x);
+    rms_norm(x.data_ptr<float>(), p[3].data_ptr<float>(), in.data_ptr<float>(), x.size(0), x.size(1), eps);
+  }
+  at::Tensor y = ternary.call(in, w, p[2], p[1]);
+  if (residual == nullptr) return y;
+  residual->add_(y);
+  return *residual;
+}
+
+constexpr int64_t PER_LAYER = 18;  // norm_in, norm_post, then 4 tensors for each of qkv, o, gate|up, down
+
+// layers: per layer PER_LAYER tensors: norm_in, norm_post, qkv (4), o (4), gate|up (4), down (4) (see
+// `project`). head: the LM head's 4. kp/vp/kc/vc: one per layer. Returns logits [n, V].
 at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::TensorList layers,
                        at::TensorList kp, at::TensorList vp, at::TensorList kc, at::TensorList vc,
                        const at::Tensor& pstart, const at::Tensor& grp, const at::Tensor& pos,
                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& norm_out,
-                       const at::Tensor& lm_head, int64_t heads, int64_t t, double eps, double scaling) {
+                       at::TensorList head, int64_t heads, int64_t t, double eps, double scaling) {
   TORCH_CHECK(embed.scalar_type() == at::kFloat && embed.is_cpu(), "decode_step: float32 CPU only");
   const int64_t n = tokens.size(0), C = embed.size(1), L = static_cast<int64_t>(kp.size());
-  TORCH_CHECK(static_cast<int64_t>(layers.size()) == 8 * L, "decode_step: 8 tensors per layer");
+  TORCH_CHECK(static_cast<int64_t>(layers.size()) == PER_LAYER * L, "decode_step: ", PER_LAYER, " tensors per layer");
+  TORCH_CHECK(head.size() == 4, "decode_step: 4 tensors for the head");
   Dims d{n, heads, vp[0].size(1), vp[0].size(3), vp[0].size(2), vc[0].size(2), t,
          static_cast<float>(scaling)};
   TORCH_CHECK(t < d.T, "decode_step: the completion cache is full");
@@ -341,27 +369,33 @@ at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::Te
   at::Tensor h = at::index_select(embed, 0, tokens);
   at::Tensor x = at::empty_like(h);
   at::Tensor o = at::empty({n, d.H * d.D}, h.options());
-  const at::Tensor none = at::empty({0}, h.options());
   const int64_t* grp_p = grp.data_ptr<int64_t>();
   const int64_t* pos_p = pos.data_ptr<int64_t>();
   const int64_t* pstart_p = pstart.data_ptr<int64_t>();
   for (int64_t l = 0; l < L; ++l) {
-    const at::Tensor* w = &layers[8 * l];
+    const at::Tensor* w = &layers[PER_LAYER * l];
     rms_norm(h.data_ptr<float>(), w[0].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
-    at::Tensor qkv = linear(x, w[1], w[2]);
+    at::Tensor qkv = project(x, w + 2, eps);
     attend(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), pos_p, grp_p, pstart_p,
            kp[l].data_ptr<float>(), vp[l].data_ptr<float>(), kc[l].data_ptr<float>(), vc[l].data_ptr<float>(),
            o.data_ptr<float>(), d);
-    h = linear(o, w[3], w[4], &h);
-    rms_norm(h.data_ptr<float>(), w[5].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
-    at::Tensor gu = linear(x, w[6], none);
+    h = project(o, w + 6, eps, &h);
+    rms_norm(h.data_ptr<float>(), w[1].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
+    at::Tensor gu = project(x, w + 10, eps);
     const int64_t I = gu.size(1) / 2;
     at::Tensor a = at::empty({n, I}, h.options());
     silu_mul(gu.data_ptr<float>(), a.data_ptr<float>(), n, I);
-    h = linear(a, w[7], none, &h);
+    h = project(a, w + 14, eps, &h);
   }
   rms_norm(h.data_ptr<float>(), norm_out.data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
-  return at::mm(x, lm_head.t());
+  return project(x, head.data(), eps);
+}
+
+// One projection alone (tests: the ternary one against the kernel's reference)
+at::Tensor projection(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& s,
+                      const at::Tensor& sub, double eps) {
+  const at::Tensor p[4] = {w, b, s, sub};
+  return project(x.contiguous(), p, eps);
 }
 
 }  // namespace
@@ -369,6 +403,7 @@ at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::Te
 TORCH_LIBRARY(reasonloop_decode, m) {
   m.def("decode_step(Tensor tokens, Tensor embed, Tensor[] layers, Tensor[] kp, Tensor[] vp, Tensor[] kc, "
         "Tensor[] vc, Tensor pstart, Tensor grp, Tensor pos, Tensor cos, Tensor sin, Tensor norm_out, "
-        "Tensor lm_head, int heads, int t, float eps, float scaling) -> Tensor",
+        "Tensor[] head, int heads, int t, float eps, float scaling) -> Tensor",
         &decode_step);  // one kernel for every dispatch key: the weights may be MKLDNN tensors
+  m.def("projection(Tensor x, Tensor w, Tensor b, Tensor s, Tensor sub, float eps) -> Tensor", &projection);
 }
