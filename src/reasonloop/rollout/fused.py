@@ -7,6 +7,11 @@ loops, and the G samples of a prompt read that prompt's keys/values from one sha
 G repeated ones. Results match `StaticDecoder` within float rounding (tests/rollout/test_speed_equivalence.py),
 not bit for bit. Design and measurements: docs/speed.md, "The compiled decode step".
 
+A BitNet b1.58 model (models/bitnet.py) decodes through the same step: its projections are the ternary
+kernel's packed codes (rollout/ternary.py; q|k|v and gate|up concatenated by rows with per-row scales,
+SubLN weights alongside), computed by the kernel's op from inside the C++ step, so a BitNet policy also
+decodes one call per token (tests/rollout/test_ternary.py; docs/bitnet.md).
+
 The extension is compiled with torch's C++ extension loader (needs a C++ compiler and `ninja`; ~10 s
 once per machine, then cached under torch's extensions directory). Where it cannot be built, or with
 `REASONLOOP_FUSED_DECODE=0`, `available()` is False and the sampler keeps the pure-torch decoder.

@@ -6,6 +6,8 @@
 // projections stay MKL/oneDNN matmuls (at::mm / addmm) and everything between them is one loop over
 // rows each, and attention reads each prompt's keys/values once per group instead of once per sample
 // (the G samples of a prompt share the prompt part of the cache; only completion tokens are per row).
+// A BitNet b1.58 model's projections are packed ternary codes instead, run through the ternary
+// kernel's op (rollout/ternary_decode.cpp) from inside this step: one call per token either way.
 //
 // Layout (all float32, contiguous):
 //   h        [n, C]                   hidden states of the n live rows (updated in place)
@@ -20,8 +22,9 @@
 // The token fed at step t is written at completion column t and attends to prompt columns
 // pstart[b]..P-1 and completion columns 0..t.
 //
-// Exponentials use a Cephes-style polynomial (within ~2 ulp of expf) so that the loops vectorise;
-// results match the torch path within float rounding, not bit for bit.
+// The attention, softmax and SiLU loops run on 8-float vectors (AVX2 registers) with independent
+// accumulators; exponentials use a Cephes-style polynomial (within ~2 ulp of expf) so they vectorise.
+// Results match the torch path within float rounding, not bit for bit.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
