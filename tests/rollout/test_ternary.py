@@ -53,6 +53,17 @@ def test_kernel_integers_equal_the_reference_exactly(n, k, n_out):
 
 
 @needs_kernel
+def test_kernel_integers_are_exact_at_minus_128_too():
+    """The code-times-activation form has no sign step, so even -128 (outside absmax scaling's range) is exact."""
+    codes = torch.tensor([[-1, 0, 1] * 50], dtype=torch.int8)
+    x_q = torch.full((3, 150), -128, dtype=torch.int8)
+    x_q[1, ::2] = 127
+    got = ternary.gemm(x_q, ternary.pack(codes))
+    assert torch.equal(got, bitnet.integer_linear(x_q, codes))
+    assert got[0, 0].item() == 0 and got[2, 0].item() == 0  # -128 * (-1 + 0 + 1) * 50
+
+
+@needs_kernel
 @pytest.mark.parametrize("n,k", [(1, 7), (4, 130), (3, 1000)])
 def test_kernel_activation_codes_equal_torch_bit_for_bit(n, k):
     torch.manual_seed(k)
