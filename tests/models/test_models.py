@@ -42,3 +42,30 @@ def test_lora_reference_is_the_adapter_free_model(nano_model_dir, tmp_path, monk
         policy = policy_forward(trainer.model, batch).logprobs
     torch.testing.assert_close(ref, base, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(policy, base, atol=1e-4)  # the adapters did learn something
+
+
+def test_the_cache_goes_under_the_name_the_installed_transformers_takes(nano_model_dir):
+    """transformers renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40); older releases
+    (the package allows >=4.50) know only the old one. Passed under the right name, no deprecation warning fires."""
+    import inspect
+    import warnings
+
+    from transformers import DynamicCache
+
+    from reasonloop.models.forward import cache_arg
+
+    model = load_model(ModelConfig(name=nano_model_dir))
+    cache = DynamicCache()
+    takes_cache = "cache" in inspect.signature(model.forward).parameters
+    assert cache_arg(model, cache) == {("cache" if takes_cache else "past_key_values"): cache}
+
+    class Old(torch.nn.Module):  # a forward from before the rename
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return None
+
+    assert cache_arg(Old(), cache) == {"past_key_values": cache}
+    ids = torch.tensor([[1, 2, 3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(input_ids=ids, use_cache=True, **cache_arg(model, cache))
+    assert cache.get_seq_length() == 3  # filled in place: the caller's reference is the cache

@@ -352,6 +352,19 @@ def test_prepacked_weights_follow_in_place_updates(tokenizer):
     assert sampler._packed is not packed
     assert torch.equal(after.completion_ids, fresh.completion_ids) and torch.equal(after.logprobs, fresh.logprobs)
     assert not torch.equal(after.logprobs, first.logprobs)
+    # torch's fused AdamW updates in place without bumping the version counters: still seen (this left TRL's
+    # evaluations in `bench race` half stale - fresh embeddings, prepacked projections from before)
+    versions = [p._version for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert [p._version for p in model.parameters()] == versions  # the premise: no counter moved
+    packed = sampler._packed
+    stepped = sampler.generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    fresh = TorchSampler(model, tokenizer).generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    assert sampler._packed is not packed
+    assert torch.equal(stepped.completion_ids, fresh.completion_ids) and torch.equal(stepped.logprobs, fresh.logprobs)
 
 
 def test_without_the_compiled_step_the_sampler_keeps_the_torch_decoder(nano_model, tokenizer, monkeypatch, caplog):

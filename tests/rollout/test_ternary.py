@@ -116,7 +116,13 @@ def test_packing_is_reused_until_the_weights_change(nano_model):
     assert ternary.packed_layers(nano_model) is first
     with torch.no_grad():
         nano_model.model.layers[0].self_attn.q_proj.weight.mul_(2.0)
-    assert ternary.packed_layers(nano_model) is not first
+    second = ternary.packed_layers(nano_model)
+    assert second is not first
+    weight = nano_model.model.layers[1].mlp.down_proj.weight  # an update that leaves the version counter alone
+    version = weight._version
+    weight.grad = torch.ones_like(weight)
+    torch.optim.AdamW([weight], lr=1e-2, fused=True).step()
+    assert weight._version == version and ternary.packed_layers(nano_model) is not second
 
 
 @needs_kernel

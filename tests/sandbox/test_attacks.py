@@ -154,7 +154,7 @@ def test_attack_is_contained(attack_name, sandbox, verifier, host_file):
     result = sandbox.run(attack.code)
 
     assert result.status in attack.statuses, (result.status, result.stderr[-500:])
-    assert time.monotonic() - start < LIMITS.wall_time_s + 2
+    assert time.monotonic() - start < LIMITS.wall_limit() + 2  # the wall clock stretches on a loaded machine
     assert attack.stdout_must_not_contain not in result.stdout
     assert SECRET not in result.stderr
     assert host_file.read_text() == SECRET  # host file unchanged

@@ -279,7 +279,7 @@ def trl_trainer(cfg: Config, model_dir: str, out_dir: Path, examples: list, spec
     `min_new_tokens` forces every completion to that many tokens (EOS masked, transformers' switch)."""
     try:
         from datasets import Dataset
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, PrinterCallback
         from trl import GRPOConfig, GRPOTrainer
     except ImportError as exc:
         raise UserError(f"vs=trl needs TRL (pip install -e .[trl]): {exc}") from None
@@ -313,6 +313,7 @@ def trl_trainer(cfg: Config, model_dir: str, out_dir: Path, examples: list, spec
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     trainer = GRPOTrainer(model=model, reward_funcs=[wrap(s) for s in specs], args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # its per-step log dicts would interleave with the bench's lines
     parts = {"generation_s": 0.0, "nograd_logprobs_s": 0.0}
     inner_generate, inner_logps = trainer.model.generate, trainer._get_per_token_logps_and_entropies
 

@@ -142,6 +142,14 @@ def _policy_forward(model, batch: TokenBatch, temperature: float, with_entropy: 
     return ForwardOut(token_logprobs(logits, batch.completion_ids), entropy, hidden)
 
 
+def cache_arg(model, cache) -> dict:
+    """The K/V cache keyword for `model(...)`: transformers renamed `past_key_values` to `cache` (the old name is
+    deprecated and goes in 5.40), and `transformers>=4.50` only knows the old one. The cache object is updated in
+    place, so callers keep their own reference to it rather than reading it back from the output."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values": cache}
+
+
 def _last_logits_only(model) -> dict:
     """`logits_to_keep=1` where the model takes it: the prompt pass needs only its last position's logits."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -162,9 +170,7 @@ def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool):
     P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     cache = DynamicCache()
     first = model(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-                  past_key_values=cache, use_cache=True, output_hidden_states=with_hidden,
-                  **_last_logits_only(model))
-    cache = first.past_key_values
+                  use_cache=True, output_hidden_states=with_hidden, **cache_arg(model, cache), **_last_logits_only(model))
     if type(cache) is not DynamicCache or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
         return None
     for layer in cache.layers:  # differentiable repeat: prompt gradients sum over the group
@@ -173,7 +179,7 @@ def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool):
     mask = torch.cat([batch.prompt_mask, batch.completion_mask[:, : T - 1]], dim=1)
     position = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
     rest = model(input_ids=batch.completion_ids[:, : T - 1], attention_mask=mask, position_ids=position,
-                 past_key_values=cache, use_cache=True, output_hidden_states=with_hidden)
+                 use_cache=True, output_hidden_states=with_hidden, **cache_arg(model, cache))
     logits = torch.cat([first.logits[:, -1:].repeat_interleave(counts, dim=0), rest.logits], dim=1)
     hidden = None
     if with_hidden:

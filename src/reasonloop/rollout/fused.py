@@ -229,7 +229,7 @@ class FusedDecoder:
         self.k_all = storage[: n_layers * per].view(n_layers, self.rows, kv, width // CHUNK, d, CHUNK)
         self.v_all = storage[n_layers * per : 2 * n_layers * per].view(n_layers, self.rows, kv, width, d)
         self.kc, self.vc = list(self.k_all.unbind(0)), list(self.v_all.unbind(0))
-        key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        key = kv_cache.weights_key(model.parameters())
         if packed is None or packed[0] != key:
             packed = (key, self._weights())
         self.packed = packed  # hand it to the next decoder

@@ -285,6 +285,14 @@ class StaticDecoder:
         return order[:m]
 
 
+def weights_key(tensors) -> tuple:
+    """What a cache of weights' derived copies (prepacked, ternarised) checks before reuse: each tensor's storage,
+    in-place version counter and float64 sum. The version alone misses in-place updates that do not bump it
+    (torch's fused AdamW on CPU, writes through `.data`), and a sampler would then decode with stale weights."""
+    with torch.no_grad():
+        return tuple((t.data_ptr(), t._version, float(t.sum(dtype=torch.float64))) for t in tensors)
+
+
 def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """HF's RMSNorm as one fused op for float32 (same maths: x * rsqrt(mean(x^2) + eps) * weight)."""
     eps = getattr(norm, "variance_epsilon", None)

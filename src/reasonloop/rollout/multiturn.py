@@ -38,6 +38,7 @@ import torch
 
 from reasonloop.config import require
 from reasonloop.data.records import Example, RolloutBatch, TokenBatch, left_padded
+from reasonloop.models.forward import cache_arg
 from reasonloop.rollout import kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import filter_logits
@@ -374,6 +375,11 @@ class MultiTurnEngine:
         idx = torch.tensor(rows, device=device)
         d.valid[:n, start:end] = False
         d.valid[idx, start:end] = pad_mask
+        # The other rows never write these columns, yet every later step reads them with weight 0: zero them,
+        # or recycled memory (NaN/Inf left by an earlier allocation) turns 0 * stale into NaN in `probs @ V`
+        for kc, vc in zip(d.k, d.v):
+            kc[:n, :, start:end] = 0
+            vc[:n, :, start:end] = 0
         first = torch.tensor([position[r] + 1 for r in rows], device=device)
         pos = (first[:, None] + pad_mask.long().cumsum(-1) - 1).clamp(min=0)  # [m, t]
         cos, sin = d.cos[pos].unsqueeze(2), d.sin[pos].unsqueeze(2)
@@ -462,7 +468,7 @@ class MultiTurnEngine:
 
         state = {"attn": mask, "cache": DynamicCache()}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         past_key_values=state["cache"], use_cache=True)
+                         use_cache=True, **cache_arg(self.model, state["cache"]))
 
         def step(keep):
             order = keep.nonzero().flatten()
@@ -472,7 +478,7 @@ class MultiTurnEngine:
             def feed(tokens, position):
                 state["attn"] = torch.cat([state["attn"], torch.ones_like(state["attn"][:, :1])], dim=-1)
                 o = self.model(input_ids=tokens[:, None], attention_mask=state["attn"], position_ids=position[:, None],
-                               past_key_values=state["cache"], use_cache=True)
+                               use_cache=True, **cache_arg(self.model, state["cache"]))
                 return o.logits[:, -1]
 
             return order.tolist(), feed

@@ -36,6 +36,7 @@ import torch
 from transformers import DynamicCache
 
 from reasonloop.data.records import RolloutBatch
+from reasonloop.models.forward import cache_arg
 from reasonloop.rollout import fused, kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler, _StopStrings, sample_next
@@ -323,10 +324,10 @@ class _Dynamic:
 
     def prefill_segments(self, ids, mask) -> list[Segment]:
         position = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=DynamicCache(),
-                         use_cache=True)
+        cache = DynamicCache()
+        self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **cache_arg(self.model, cache))
         P = ids.shape[1]
-        layers = out.past_key_values.layers
+        layers = cache.layers
         return [[(layer.keys[b, :, P - L:P], layer.values[b, :, P - L:P]) for layer in layers]
                 for b, L in enumerate(mask.sum(-1).tolist())]
 
@@ -350,7 +351,7 @@ class _Dynamic:
     def step(self, tokens, position):
         self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], dim=-1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.attn, position_ids=position[:, None],
-                         past_key_values=self.cache, use_cache=True)
+                         use_cache=True, **cache_arg(self.model, self.cache))
         self.length += 1
         return out.logits[:, -1, :]
 

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from reasonloop.data.records import RolloutBatch, left_padded
+from reasonloop.models.forward import cache_arg
 from reasonloop.rollout import fused, kv_cache, ternary
 from reasonloop.rollout.engine import SamplingConfig
 
@@ -263,7 +264,7 @@ class TorchSampler:
             position = position + 1
             out = self.model(
                 input_ids=tokens.unsqueeze(-1), attention_mask=attn, position_ids=position,
-                past_key_values=cache, use_cache=True,
+                use_cache=True, **cache_arg(self.model, cache),
             )
             logits = out.logits[:, -1, :]
 
@@ -273,9 +274,9 @@ class TorchSampler:
     def _prefill(self, ids: torch.Tensor, mask: torch.Tensor):
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                         use_cache=True)
-        return out.logits[:, -1, :], out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
+                         **cache_arg(self.model, cache))
+        return out.logits[:, -1, :], cache
 
     def _decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         texts, eos = [], self.tokenizer.eos_token_id  # read once: a tokenizer attribute lookup is slow

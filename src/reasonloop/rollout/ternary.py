@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reasonloop.models import bitnet
+from reasonloop.rollout import kv_cache
 from reasonloop.rollout.fused import build_extension
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,9 @@ _packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (we
 
 def packed_layers(model: nn.Module) -> dict[str, PackedLinear]:
     """Each BitLinear of `model` packed, reusing the previous packing while its weights are unchanged
-    (same tensors, same in-place version counters: an optimizer step changes them)."""
+    (`kv_cache.weights_key`)."""
     layers = bitnet.bit_linears(model)
-    key = tuple((m.weight.data_ptr(), m.weight._version) for _, m in layers)
+    key = kv_cache.weights_key(m.weight for _, m in layers)
     cached = _packed.get(model)
     if cached is None or cached[0] != key:
         with torch.no_grad():

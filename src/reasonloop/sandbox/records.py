@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
+
+MAX_WALL_STRETCH = 10.0  # `Limits.wall_limit`: at most this many times wall_time_s, however loaded the machine
 
 # Every status an `ExecResult` can carry. Anything but "ok" means the program failed.
 STATUSES = (
@@ -34,12 +37,25 @@ class Limits:
     max_open_files: int = 64  # RLIMIT_NOFILE
     max_output_bytes: int = 1 << 20  # per stream; also RLIMIT_FSIZE for any file the program writes
     scratch_mb: int = 32  # size of the tmpfs scratch (namespaces level only)
+    load_scaled_wall: bool = True  # stretch wall_time_s on an overloaded machine (see `wall_limit`)
 
     def __post_init__(self) -> None:
         for name in ("wall_time_s", "cpu_time_s", "memory_mb", "max_processes", "max_open_files",
                      "max_output_bytes", "scratch_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive, got {getattr(self, name)}")
+
+    def wall_limit(self) -> float:
+        """The wall-clock seconds a run gets now: `wall_time_s` times the machine's overload (1-minute load
+        average per usable core, between 1 and MAX_WALL_STRETCH) when `load_scaled_wall`.
+
+        Why: on an overloaded machine a correct program is starved of CPU, not slow, and was graded a timeout
+        (code verdicts moved 3-9 points with the load). A CPU-bound runaway is still stopped by `cpu_time_s`,
+        which load does not stretch; only a program that sleeps or blocks gets the longer wall clock."""
+        if not self.load_scaled_wall:
+            return self.wall_time_s
+        overload = os.getloadavg()[0] / max(len(os.sched_getaffinity(0)), 1)
+        return self.wall_time_s * min(max(overload, 1.0), MAX_WALL_STRETCH)
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,7 @@ def _execute(argv: list[str], io: _Streams, lim: Limits, *, cwd: str, env: dict[
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=io.stdin, stdout=io.stdout, stderr=io.stderr,
                             pass_fds=(io.code, io.status), start_new_session=True, cwd=cwd, env=env)
-    timed_out = not _wait(proc.pid, lim.wall_time_s)
+    timed_out = not _wait(proc.pid, lim.wall_limit())
     if timed_out:
         os.killpg(proc.pid, signal.SIGKILL)
     _, status, usage = os.wait4(proc.pid, 0)
