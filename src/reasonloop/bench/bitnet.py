@@ -10,10 +10,11 @@ Per size, in one fresh subprocess each (so RSS figures are the process's own):
             packed model (the fp32 master weights of the linear layers freed after packing);
 2. decode   tokens/s of one-token decode steps for `rows` sequences after a `prompt_len`-token
             prefill, fp32 (the compiled decode step `fused.FusedDecoder` where it applies, else
-            `kv_cache.StaticDecoder`; which one is reported) vs ternary (StaticDecoder with every
-            BitLinear on the kernel), alternating `repeats` times in the same process so that load
-            changes hit both, for each thread count in `threads`; the ratio is the median of the paired
-            ratios;
+            `kv_cache.StaticDecoder`; which one is reported) vs ternary (the compiled one-call step with
+            the kernel's projections, what the sampler uses) vs ternary inside StaticDecoder's torch ops
+            (every BitLinear on the kernel: the path before the compiled step took BitNet models),
+            alternating `repeats` times in the same process so that load changes hit all three, for each
+            thread count in `threads`; ratios are medians of the paired ratios;
 3. roofline the machine's memory bandwidth (a large copy, best of 5) and, per token, the bytes each
             path must read (weights, head, K/V): bandwidth / bytes is the tokens/s ceiling for rows=1.
 
