@@ -267,3 +267,25 @@ def test_the_compiled_step_declines_bitnet_models_it_does_not_implement(tokenize
     model = bitnet_model(tokenizer)
     monkeypatch.setattr(ternary, "available", lambda: False)  # no ternary kernel: no ternary step either
     assert not fused.supports(model, 64)
+
+
+@needs_step
+def test_the_compiled_ternary_step_repacks_after_an_in_place_update(tokenizer):
+    """An optimizer step changes the master weights in place: the next sampler call must decode the new
+    ternary codes (the sampler keeps the step's packed weights only while the parameters are unchanged)."""
+    from reasonloop.rollout.engine import SamplingConfig
+    from reasonloop.rollout.sampler import TorchSampler
+
+    model = bitnet_model(tokenizer)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=10)
+    sampler = TorchSampler(model, tokenizer)
+    first = sampler.generate(LONG_PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    packed = sampler._packed
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * p.abs().mean())  # enough to change many ternary codes
+    after = sampler.generate(LONG_PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    fresh = TorchSampler(model, tokenizer).generate(LONG_PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    assert sampler._packed is not packed
+    assert torch.equal(after.completion_ids, fresh.completion_ids) and torch.equal(after.logprobs, fresh.logprobs)
+    assert not torch.equal(after.logprobs, first.logprobs)
