@@ -53,6 +53,17 @@ def test_kernel_integers_equal_the_reference_exactly(n, k, n_out):
 
 
 @needs_kernel
+def test_kernel_integers_are_exact_at_minus_128_too():
+    """The code-times-activation form has no sign step, so even -128 (outside absmax scaling's range) is exact."""
+    codes = torch.tensor([[-1, 0, 1] * 50], dtype=torch.int8)
+    x_q = torch.full((3, 150), -128, dtype=torch.int8)
+    x_q[1, ::2] = 127
+    got = ternary.gemm(x_q, ternary.pack(codes))
+    assert torch.equal(got, bitnet.integer_linear(x_q, codes))
+    assert got[0, 0].item() == 0 and got[2, 0].item() == 0  # -128 * (-1 + 0 + 1) * 50
+
+
+@needs_kernel
 @pytest.mark.parametrize("n,k", [(1, 7), (4, 130), (3, 1000)])
 def test_kernel_activation_codes_equal_torch_bit_for_bit(n, k):
     torch.manual_seed(k)
@@ -138,3 +149,143 @@ def test_sampler_uses_the_kernel_for_a_bitnet_policy_and_samples_what_torch_samp
     assert calls["n"] == 0
     assert torch.equal(fast.completion_ids, slow.completion_ids)  # greedy: the same tokens
     torch.testing.assert_close(fast.logprobs, slow.logprobs, rtol=1e-3, atol=1e-3)
+
+
+# -- ternary projections inside the compiled decode step (rollout/fused.py, fused_decode.cpp) ---------------
+from reasonloop.rollout import fused, kv_cache  # noqa: E402
+
+needs_step = pytest.mark.skipif(not (ternary.available() and fused.available()),
+                                reason="no C++ compiler to build the compiled decode step and the ternary kernel")
+
+
+@needs_step
+@pytest.mark.parametrize("n,k,n_out,bias", [(1, 1, 1, False), (1, 5, 3, True), (3, 130, 7, False), (8, 128, 16, True),
+                                            (9, 257, 33, True), (2, 96, 40, False)])
+def test_compiled_step_projection_equals_the_reference_bit_for_bit(n, k, n_out, bias):
+    """The step's ternary projection (per-row scales, as a fused q|k|v has) is the reference's float maths
+    on the reference's exact integers."""
+    torch.manual_seed(n * 100 + k)
+    codes = torch.randint(-1, 2, (n_out, k), dtype=torch.int8)
+    s_w = torch.rand(n_out) + 0.05  # a different scale per output row
+    b = torch.randn(n_out) if bias else torch.empty(0)
+    x = torch.randn(n, k) * 3
+    x[0, 0] = 0.0
+    y = torch.ops.reasonloop_decode.projection(x, ternary.pack(codes), b, s_w, torch.empty(0), 1e-5)
+    x_q, s_x = bitnet.quantize_activations(x)
+    ref = bitnet.dequantize(bitnet.integer_linear(x_q, codes), s_x, s_w[None, :])
+    if bias:
+        ref = ref + b
+    assert torch.equal(y, ref)
+
+
+@needs_step
+def test_compiled_step_projection_with_sub_norm_matches_the_bitlinear_forward():
+    torch.manual_seed(0)
+    layer = bitnet.BitLinear(150, 20, bias=False, norm_eps=1e-6)
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 1.5)
+    k = ternary.PackedLinear(layer)
+    x = torch.randn(4, 150)
+    y = torch.ops.reasonloop_decode.projection(x, k.packed, k.bias, k.scale, layer.norm.weight.detach(), 1e-6)
+    torch.testing.assert_close(y, layer(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+def bitnet_model(tokenizer, arch="llama", kv_heads=2, hidden=96, sub_norm=True, head=False):
+    """A small random BitNet model; hidden 96 and MLP 136: no projection's K is a multiple of 128."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    common = {"vocab_size": len(tokenizer), "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": kv_heads, "intermediate_size": 136, "max_position_embeddings": 128,
+              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    model = (LlamaForCausalLM(LlamaConfig(**common)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**common)))
+    return bitnet.to_bitnet(model.eval(), head=head, sub_norm=sub_norm)
+
+
+LONG_PROMPTS = ["Q: " + "1+" * 9 + "2=?\n", "Q: 3=?\n", "Q: 12*3-4+5-6+7=?\n"]
+
+
+@needs_step
+@pytest.mark.parametrize("arch,kv_heads,sub_norm,head", [("llama", 2, True, False), ("llama", 4, False, False),
+                                                         ("qwen2", 2, True, False), ("llama", 2, True, True)])
+def test_compiled_ternary_step_matches_the_kernel_in_the_static_decoder(tokenizer, arch, kv_heads, sub_norm, head):
+    model = bitnet_model(tokenizer, arch, kv_heads, sub_norm=sub_norm, head=head)
+    assert fused.supports(model, 64)
+    enc = tokenizer(LONG_PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    (B, P), G, T = ids.shape, 3, 20
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode(), ternary.attached(model):
+        ref, new = kv_cache.StaticDecoder(model, B * G, P + T), fused.FusedDecoder(model, B, G, P, T)
+        first = ref.prefill(ids, mask, repeat=G)
+        assert torch.equal(first, new.prefill(ids, mask, repeat=G))
+        logits, position = first.repeat_interleave(G, 0), (mask.sum(-1) - 1).repeat_interleave(G)
+        for t in range(T):
+            tokens = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+            if t in (5, 11, 17):  # rows finish: both decoders compact the same way
+                live = torch.rand(len(tokens), generator=gen) > 0.3
+                live[0] = True
+                order = ref.keep(live)
+                assert torch.equal(order, new.keep(live))
+                tokens, position = tokens[order], position[order]
+            position = position + 1
+            logits = ref.step(tokens, position)
+            torch.testing.assert_close(new.step(tokens, position), logits, atol=2e-6, rtol=1e-5)
+
+
+@needs_step
+def test_sampler_decodes_a_bitnet_policy_in_one_compiled_call_per_token(tokenizer, monkeypatch):
+    from reasonloop.rollout.engine import SamplingConfig
+    from reasonloop.rollout.sampler import TorchSampler
+
+    model = bitnet_model(tokenizer)
+    steps, kernel_calls = [], {"n": 0}
+    step, real = fused.FusedDecoder.step, ternary.PackedLinear.__call__
+    monkeypatch.setattr(fused.FusedDecoder, "step", lambda self, *a: steps.append(1) or step(self, *a))
+    monkeypatch.setattr(ternary.PackedLinear, "__call__",
+                        lambda self, x: kernel_calls.__setitem__("n", kernel_calls["n"] + 1) or real(self, x))
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=16)
+    new = TorchSampler(model, tokenizer).generate(LONG_PROMPTS, 4, sampling, torch.Generator().manual_seed(1))
+    # the prefill runs the BitLinear modules (7 per layer, 2 layers); every decode step is one compiled call
+    assert kernel_calls["n"] == 14 and len(steps) == new.completion_mask.sum(1).max().item() - 1
+    monkeypatch.setattr(fused, "supports", lambda *a: False)  # the previous path: StaticDecoder around the kernel
+    old = TorchSampler(model, tokenizer).generate(LONG_PROMPTS, 4, sampling, torch.Generator().manual_seed(1))
+    assert torch.equal(new.completion_ids, old.completion_ids) and new.finish_reasons == old.finish_reasons
+    torch.testing.assert_close(new.logprobs, old.logprobs, atol=1e-5, rtol=1e-5)
+
+
+@needs_step
+def test_the_compiled_step_declines_bitnet_models_it_does_not_implement(tokenizer, monkeypatch):
+    mixed = bitnet_model(tokenizer)
+    layer = mixed.model.layers[1].mlp
+    plain = torch.nn.Linear(layer.down_proj.in_features, layer.down_proj.out_features, bias=False)
+    layer.down_proj = plain  # one projection left in full precision
+    assert not fused.supports(mixed, 64)
+    normed = bitnet_model(tokenizer, sub_norm=False)
+    normed.model.layers[0].self_attn.q_proj.norm = bitnet.RMSNorm(96, 1e-6)  # SubLN where q/k/v share an input
+    assert not fused.supports(normed, 64)
+    model = bitnet_model(tokenizer)
+    monkeypatch.setattr(ternary, "available", lambda: False)  # no ternary kernel: no ternary step either
+    assert not fused.supports(model, 64)
+
+
+@needs_step
+def test_the_compiled_ternary_step_repacks_after_an_in_place_update(tokenizer):
+    """An optimizer step changes the master weights in place: the next sampler call must decode the new
+    ternary codes (the sampler keeps the step's packed weights only while the parameters are unchanged)."""
+    from reasonloop.rollout.engine import SamplingConfig
+    from reasonloop.rollout.sampler import TorchSampler
+
+    model = bitnet_model(tokenizer)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=10)
+    sampler = TorchSampler(model, tokenizer)
+    first = sampler.generate(LONG_PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    packed = sampler._packed
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * p.abs().mean())  # enough to change many ternary codes
+    after = sampler.generate(LONG_PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    fresh = TorchSampler(model, tokenizer).generate(LONG_PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    assert sampler._packed is not packed
+    assert torch.equal(after.completion_ids, fresh.completion_ids) and torch.equal(after.logprobs, fresh.logprobs)
+    assert not torch.equal(after.logprobs, first.logprobs)

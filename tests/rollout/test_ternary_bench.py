@@ -28,7 +28,9 @@ def test_speed_child_times_both_paths_on_the_tiny_shape():
     out = bench.child("tiny", "speed", cfg)
     row = out["threads"][1]
     assert row["fp32_tokens_per_s"] > 0 and row["ternary_tokens_per_s"] > 0 and row["bandwidth_gb_s"] > 0
-    assert row["paths"]["ternary"] == "ternary kernel + StaticDecoder"
+    assert row["ternary_torch_tokens_per_s"] > 0 and row["compiled_vs_torch_ternary"] > 0
+    assert row["paths"] == {"fp32": "fp32 compiled decode step", "ternary": "ternary compiled decode step",
+                            "ternary_torch": "ternary kernel + StaticDecoder"}
 
 
 def test_config_names_a_bad_size():

@@ -10,10 +10,11 @@ Per size, in one fresh subprocess each (so RSS figures are the process's own):
             packed model (the fp32 master weights of the linear layers freed after packing);
 2. decode   tokens/s of one-token decode steps for `rows` sequences after a `prompt_len`-token
             prefill, fp32 (the compiled decode step `fused.FusedDecoder` where it applies, else
-            `kv_cache.StaticDecoder`; which one is reported) vs ternary (StaticDecoder with every
-            BitLinear on the kernel), alternating `repeats` times in the same process so that load
-            changes hit both, for each thread count in `threads`; the ratio is the median of the paired
-            ratios;
+            `kv_cache.StaticDecoder`; which one is reported) vs ternary (the compiled one-call step with
+            the kernel's projections, what the sampler uses) vs ternary inside StaticDecoder's torch ops
+            (every BitLinear on the kernel: the path before the compiled step took BitNet models),
+            alternating `repeats` times in the same process so that load changes hit all three, for each
+            thread count in `threads`; ratios are medians of the paired ratios;
 3. roofline the machine's memory bandwidth (a large copy, best of 5) and, per token, the bytes each
             path must read (weights, head, K/V): bandwidth / bytes is the tokens/s ceiling for rows=1.
 
@@ -120,8 +121,11 @@ def weight_bytes(model: nn.Module) -> dict:
             "total_fp32": fp32 + other, "total_packed": packed + other}
 
 
-def _decode_rate(model: nn.Module, cfg: BitNetBenchConfig, ternary_path: bool) -> tuple[float, str]:
-    from reasonloop.rollout import fused, kv_cache, ternary
+def _decode_rate(model: nn.Module, cfg: BitNetBenchConfig, ternary_path: bool, compiled: bool = True
+                 ) -> tuple[float, str]:
+    """Decode tokens/s and the path: fp32 (`ternary_path=False`) or the ternary kernel, through the
+    compiled one-call step where it applies (`compiled`) or StaticDecoder's torch ops around the kernel."""
+    from reasonloop.rollout import fused, kv_cache
 
     P, T, rows = cfg.prompt_len, cfg.tokens, cfg.rows
     vocab = model.config.vocab_size
@@ -129,7 +133,9 @@ def _decode_rate(model: nn.Module, cfg: BitNetBenchConfig, ternary_path: bool) -
     ids = torch.randint(3, vocab, (1, P), generator=gen)
     mask = torch.ones_like(ids)
     with torch.inference_mode():
-        if ternary_path:
+        if ternary_path and compiled and fused.supports(model, P + T) and fused.available():
+            decoder, kind = fused.FusedDecoder(model, 1, rows, P, T), "ternary compiled decode step"
+        elif ternary_path:
             decoder, kind = kv_cache.StaticDecoder(model, rows, P + T), "ternary kernel + StaticDecoder"
         elif (fused.supports(model, P + T) and fused.available()
               and sum(p.numel() * 4 for p in model.parameters()) <= kv_cache.FUSE_MAX_BYTES):
@@ -190,7 +196,7 @@ def child(size: str, mode: str, cfg: BitNetBenchConfig) -> dict:
     out: dict = {"weights": weight_bytes(model), "threads": {}}
     for threads in cfg.threads:
         torch.set_num_threads(threads)
-        rates: dict[str, list[float]] = {"fp32": [], "ternary": []}
+        rates: dict[str, list[float]] = {"fp32": [], "ternary": [], "ternary_torch": []}
         kinds = {}
         for _ in range(cfg.repeats):
             swap.use(False)
@@ -199,11 +205,17 @@ def child(size: str, mode: str, cfg: BitNetBenchConfig) -> dict:
             swap.use(True)
             with ternary.attached(model):
                 rate, kinds["ternary"] = _decode_rate(model, cfg, True)
-            rates["ternary"].append(rate)
+                rates["ternary"].append(rate)
+                rate, kinds["ternary_torch"] = _decode_rate(model, cfg, True, compiled=False)
+                rates["ternary_torch"].append(rate)
         out["threads"][threads] = {
             "fp32_tokens_per_s": statistics.median(rates["fp32"]),
             "ternary_tokens_per_s": statistics.median(rates["ternary"]),
+            "ternary_torch_tokens_per_s": statistics.median(rates["ternary_torch"]),
             "ratio": statistics.median(t / f for t, f in zip(rates["ternary"], rates["fp32"])),
+            # the compiled ternary step against the ternary kernel inside StaticDecoder's torch ops
+            "compiled_vs_torch_ternary": statistics.median(
+                t / f for t, f in zip(rates["ternary"], rates["ternary_torch"])),
             "paths": kinds,
             "bandwidth_gb_s": memory_bandwidth(),
         }
@@ -246,7 +258,8 @@ def run(cfg: BitNetBenchConfig) -> dict:
               f"{w['linear_packed'] / 2**20:.1f} MiB); RSS {mem['fp32']:.0f} -> {mem['packed']:.0f} MB")
         for threads, d in speed["threads"].items():
             print(f"  threads={threads}: decode {d['fp32_tokens_per_s']:.1f} tok/s fp32 ({d['paths']['fp32']}) vs "
-                  f"{d['ternary_tokens_per_s']:.1f} ternary: x{d['ratio']:.2f}; bandwidth {d['bandwidth_gb_s']:.1f} GB/s, "
+                  f"{d['ternary_tokens_per_s']:.1f} ternary ({d['paths']['ternary']}): x{d['ratio']:.2f}; ternary in "
+                  f"StaticDecoder {d['ternary_torch_tokens_per_s']:.1f} tok/s (compiled x{d['compiled_vs_torch_ternary']:.2f}); bandwidth {d['bandwidth_gb_s']:.1f} GB/s, "
                   f"ceilings {d['fp32_ceiling_tokens_per_s']:.1f} / {d['ternary_ceiling_tokens_per_s']:.1f} tok/s")
     return results
 

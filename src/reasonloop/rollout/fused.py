@@ -7,6 +7,11 @@ loops, and the G samples of a prompt read that prompt's keys/values from one sha
 G repeated ones. Results match `StaticDecoder` within float rounding (tests/rollout/test_speed_equivalence.py),
 not bit for bit. Design and measurements: docs/speed.md, "The compiled decode step".
 
+A BitNet b1.58 model (models/bitnet.py) decodes through the same step: its projections are the ternary
+kernel's packed codes (rollout/ternary.py; q|k|v and gate|up concatenated by rows with per-row scales,
+SubLN weights alongside), computed by the kernel's op from inside the C++ step, so a BitNet policy also
+decodes one call per token (tests/rollout/test_ternary.py; docs/bitnet.md).
+
 The extension is compiled with torch's C++ extension loader (needs a C++ compiler and `ninja`; ~10 s
 once per machine, then cached under torch's extensions directory). Where it cannot be built, or with
 `REASONLOOP_FUSED_DECODE=0`, `available()` is False and the sampler keeps the pure-torch decoder.
@@ -113,21 +118,38 @@ def _machine_tag() -> str:
 
 
 def supports(model: nn.Module, max_len: int) -> bool:
-    """`kv_cache.supports` plus what the C++ step assumes: fp32 on CPU, fused projections, one eps,
-    no lm_head bias, plain llama/mistral/qwen2 layers (qwen3's q/k norms are not implemented)."""
+    """`kv_cache.supports` plus what the C++ step assumes: fp32 on CPU, one eps, no lm_head bias, plain
+    llama/mistral/qwen2 layers (qwen3's q/k norms are not implemented); and either fused fp32 projections
+    or, for a BitNet b1.58 model (models/bitnet.py), every projection a BitLinear and the ternary kernel
+    built (rollout/ternary.py)."""
     if not kv_cache.supports(model, max_len):
         return False
     p = next(model.parameters())
     if p.device.type != "cpu" or p.dtype != torch.float32:
         return False
-    if sum(q.numel() * q.element_size() for q in model.parameters()) > kv_cache.FUSE_MAX_BYTES:
+    if _is_bitnet(model):
+        from reasonloop.rollout import ternary
+
+        if not ternary.usable(model):
+            return False
+    elif sum(q.numel() * q.element_size() for q in model.parameters()) > kv_cache.FUSE_MAX_BYTES:
         return False  # StaticDecoder does not fuse the projections of larger models, and this step needs them
-    if model not in _structure_ok:  # the layer structure does not change: check it once per model
-        _structure_ok[model] = _structure_supported(model)
-    return _structure_ok[model]
+    # the layer structure does not change (short of swapping BitLinear in and out: bench which=bitnet does):
+    # check it once per model and kind
+    known = _structure_ok.setdefault(model, {})
+    kind = _is_bitnet(model)
+    if kind not in known:
+        known[kind] = _structure_supported(model)
+    return known[kind]
 
 
 _structure_ok: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _is_bitnet(model: nn.Module) -> bool:
+    from reasonloop.models import bitnet
+
+    return bitnet.is_bitnet(model)
 
 
 def _structure_supported(model: nn.Module) -> bool:
@@ -135,10 +157,48 @@ def _structure_supported(model: nn.Module) -> bool:
         return False
     inner = kv_cache.backbone(model)
     norms = [inner.norm] + [m for layer in inner.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+    if _is_bitnet(model):
+        return _ternary_structure(model, norms)
     eps = {getattr(m, "variance_epsilon", None) for m in norms}
     if len(eps) != 1 or None in eps:
         return False
     return all(kv_cache.lean_weights(kv_cache.fuse_projections(layer)) is not None for layer in inner.layers)
+
+
+def _ternary_structure(model: nn.Module, norms: list) -> bool:
+    """A BitNet model the step implements: per layer q/k/v/o/gate/up/down all BitLinear, SubLN (if any)
+    only before o and down (where `bitnet.to_bitnet` puts it), biases on q/k/v all or none and none on the
+    MLP, SiLU, no q/k norms; the head plain (no bias) or a BitLinear without SubLN; one eps throughout."""
+    from reasonloop.models.bitnet import BitLinear
+
+    head = model.lm_head
+    if not (type(head) is nn.Linear or (isinstance(head, BitLinear) and head.norm is None)):
+        return False
+    for layer in kv_cache.backbone(model).layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        proj = _projections(layer)
+        if proj is None or not all(isinstance(m, BitLinear) for group in proj for m in group):
+            return False
+        (q, k, v), (o,), (gate, up), (down,) = proj
+        if any(m.norm is not None for m in (q, k, v, gate, up)) or hasattr(attn, "q_norm"):
+            return False
+        if len({m.bias is None for m in (q, k, v)}) != 1 or any(m.bias is not None for m in (gate, up, down)):
+            return False
+        if type(getattr(mlp, "act_fn", None)).__name__ not in ("SiLU", "SiLUActivation"):
+            return False
+        norms = norms + [m.norm for m in (o, down) if m.norm is not None]
+    eps = {getattr(m, "variance_epsilon", None) for m in norms}
+    return len(eps) == 1 and None not in eps
+
+
+def _projections(layer):
+    """((q, k, v), (o,), (gate, up), (down,)) modules of a Llama-family layer, or None."""
+    attn, mlp = layer.self_attn, layer.mlp
+    mods = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    mods += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    if any(m is None for m in mods):
+        return None
+    return tuple(mods[:3]), (mods[3],), tuple(mods[4:6]), (mods[6],)
 
 
 class FusedDecoder:
@@ -154,6 +214,7 @@ class FusedDecoder:
                  storage: torch.Tensor | None = None, packed: tuple | None = None):
         """`storage`: as `StaticDecoder`'s. `packed`: a previous decoder's `packed`, reused when the
         model's weights have not changed since (same tensors, same in-place version counters)."""
+        self.model = model
         self.prompt = kv_cache.StaticDecoder(model, prompts, prompt_len)  # prefill into the shared prompt cache
         inner, cfg = self.prompt.inner, model.config
         self.rows, self.max_new, self.t = prompts * group, max_new, 0
@@ -172,27 +233,59 @@ class FusedDecoder:
         if packed is None or packed[0] != key:
             packed = (key, self._weights())
         self.packed = packed  # hand it to the next decoder
-        self.weights = packed[1]
+        self.weights, self.head = packed[1]
         positions = torch.arange(prompt_len + max_new).unsqueeze(0)
         cos, sin = inner.rotary_emb(inner.embed_tokens.weight[:1].unsqueeze(0), positions)
         half = self.prompt.head_dim // 2
         self.cos = cos[0].contiguous()
         self.sin_signed = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).contiguous()
         self.eps = inner.norm.variance_epsilon
-        self.embed, self.lm_head = inner.embed_tokens.weight, model.lm_head.weight
+        self.embed = inner.embed_tokens.weight
         self.heads = cfg.num_attention_heads
         self.op = torch.ops.reasonloop_decode.decode_step
 
-    def _weights(self) -> list[torch.Tensor]:
-        """The step's 8 tensors per layer; projection weights prepacked for oneDNN where it is there
-        (packing costs ~5% of a sampler call on the embedded model, hence `packed`)."""
+    def _weights(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The step's tensors: 18 per layer (norm_in, norm_post, then weight, bias, scale, sub-norm for each
+        of q|k|v, o, gate|up and down; empty tensors where absent) and the head's 4. fp32 projection weights
+        are prepacked for oneDNN where it is there (packing costs ~5% of a sampler call on the embedded
+        model, hence `packed`); a BitNet model's are its packed ternary codes (`_ternary_weights`)."""
+        if _is_bitnet(self.model):
+            return self._ternary_weights()
         empty = torch.empty(0)
         pack = _packer(self.rows)
         weights = []
         for norm_in, w_qkv, b_qkv, w_o, b_o, norm_post, w_gu, w_down, _ in self.prompt.lean:
-            weights += [norm_in.weight, pack(w_qkv), empty if b_qkv is None else b_qkv, pack(w_o),
-                        empty if b_o is None else b_o, norm_post.weight, pack(w_gu), pack(w_down)]
-        return weights
+            weights += [norm_in.weight, norm_post.weight,
+                        pack(w_qkv), empty if b_qkv is None else b_qkv, empty, empty,
+                        pack(w_o), empty if b_o is None else b_o, empty, empty,
+                        pack(w_gu), empty, empty, empty,
+                        pack(w_down), empty, empty, empty]
+        return weights, [self.model.lm_head.weight, empty, empty, empty]
+
+    def _ternary_weights(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A BitNet model's projections as the ternary kernel packs them (`ternary.packed_layers`), q|k|v
+        and gate|up concatenated by output rows (each keeps its own per-tensor scale in the per-row scales;
+        the three share one activation quantisation, as their separate BitLinears would compute the same)."""
+        from reasonloop.models import bitnet
+        from reasonloop.rollout import ternary
+
+        empty = torch.empty(0)
+        packed = ternary.packed_layers(self.model)
+        by_module = {m: packed[n] for n, m in bitnet.bit_linears(self.model)}
+
+        def group(mods) -> list[torch.Tensor]:
+            ks = [by_module[m] for m in mods]
+            bias = empty if ks[0].bias.numel() == 0 else torch.cat([k.bias for k in ks])
+            sub = mods[0].norm.weight.detach() if mods[0].norm is not None else empty
+            return [torch.cat([k.packed for k in ks]), bias, torch.cat([k.scale for k in ks]), sub]
+
+        weights = []
+        for layer in self.prompt.inner.layers:
+            qkv, o, gu, down = _projections(layer)
+            weights += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                        *group(qkv), *group(o), *group(gu), *group(down)]
+        head = self.model.lm_head
+        return weights, (group((head,)) if isinstance(head, bitnet.BitLinear) else [head.weight, empty, empty, empty])
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, repeat: int) -> torch.Tensor:
@@ -217,7 +310,7 @@ class FusedDecoder:
             raise ValueError("the cache is full")
         logits = self.op(tokens, self.embed, self.weights, self.kp, self.vp, self.kc, self.vc,
                          self.pstart, self.grp, position, self.cos, self.sin_signed, self.prompt.inner.norm.weight,
-                         self.lm_head, self.heads, self.t, self.eps, self.prompt.scaling)
+                         self.head, self.heads, self.t, self.eps, self.prompt.scaling)
         self.t += 1
         return logits
 

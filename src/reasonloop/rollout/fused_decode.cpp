@@ -6,6 +6,8 @@
 // projections stay MKL/oneDNN matmuls (at::mm / addmm) and everything between them is one loop over
 // rows each, and attention reads each prompt's keys/values once per group instead of once per sample
 // (the G samples of a prompt share the prompt part of the cache; only completion tokens are per row).
+// A BitNet b1.58 model's projections are packed ternary codes instead, run through the ternary
+// kernel's op (rollout/ternary_decode.cpp) from inside this step: one call per token either way.
 //
 // Layout (all float32, contiguous):
 //   h        [n, C]                   hidden states of the n live rows (updated in place)
@@ -20,8 +22,9 @@
 // The token fed at step t is written at completion column t and attends to prompt columns
 // pstart[b]..P-1 and completion columns 0..t.
 //
-// Exponentials use a Cephes-style polynomial (within ~2 ulp of expf) so that the loops vectorise;
-// results match the torch path within float rounding, not bit for bit.
+// The attention, softmax and SiLU loops run on 8-float vectors (AVX2 registers) with independent
+// accumulators; exponentials use a Cephes-style polynomial (within ~2 ulp of expf) so they vectorise.
+// Results match the torch path within float rounding, not bit for bit.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -35,7 +38,32 @@
 
 namespace {
 
-constexpr int64_t W = 16;  // positions per chunk in the attention loops (one AVX-512 register)
+constexpr int64_t W = 16;  // positions per block of keys in the cache layout (two 8-float vectors)
+
+// 8 floats (one AVX2 register): GCC/Clang vector extensions, so one source serves every x86 build
+// (-march=native gives AVX2 + FMA here; without AVX they split into SSE halves). An earlier version
+// used 16-float vectors, which on AVX2 (no AVX-512) kept every accumulator on the stack: each FMA went
+// through a store and a reload, and the attention ran at ~1 GFMA/s (docs/speed.md, "Speed II").
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+constexpr int64_t V = 8;
+inline v8 load(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
+inline v8 splat(float x) { return v8{} + x; }
+inline float hsum(v8 v) {
+  float s = 0.f;
+  for (int l = 0; l < V; ++l) s += v[l];
+  return s;
+}
+inline float hmax(v8 v) {
+  float m = v[0];
+  for (int l = 1; l < V; ++l) m = v[l] > m ? v[l] : m;
+  return m;
+}
 
 // exp(x), 0 below -87.3 (so exp(-inf) == 0), within ~2 ulp of expf elsewhere
 inline float exp_poly(float x) {
@@ -56,6 +84,138 @@ inline float exp_poly(float x) {
   return under ? 0.f : p * scale;
 }
 
+// exp_poly on 8 lanes, the same operations per lane (floor done exactly: truncate, then step down
+// where the truncation rounded up)
+inline v8 exp_v8(v8 x) {
+  const v8i under = x < splat(-87.3f);
+  x = x < splat(-87.3f) ? splat(-87.3f) : x;
+  x = x > splat(88.7f) ? splat(88.7f) : x;
+  const v8 y = x * 1.44269504088896341f + 0.5f;
+  v8 k = __builtin_convertvector(__builtin_convertvector(y, v8i), v8);
+  k = k > y ? k - 1.f : k;
+  const v8 r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  v8 p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const v8i bits = (__builtin_convertvector(k, v8i) + 127) << 23;
+  v8 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return under ? v8{} : p * scale;
+}
+
+// out[c * W + l] = scale * sum_e q[e] * k[c, e, l] for the first `chunks` [D, W] blocks of k. Two
+// blocks at a time (four 8-lane halves) and even/odd e apart: eight independent FMA chains, all in
+// registers (FMA latency x throughput on this CPU). D is even.
+inline void dot_chunks(const float* q, const float* k, int64_t chunks, int64_t D, float scale, float* out) {
+  int64_t c = 0;
+  for (; c + 2 <= chunks; c += 2) {
+    const float* k0 = k + c * D * W;
+    const float* k1 = k0 + D * W;
+    v8 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+    for (int64_t e = 0; e < D; e += 2) {
+      const v8 qe = splat(q[e]), qo = splat(q[e + 1]);
+      a0 += qe * load(k0 + e * W);
+      a1 += qe * load(k0 + e * W + V);
+      a2 += qo * load(k0 + (e + 1) * W);
+      a3 += qo * load(k0 + (e + 1) * W + V);
+      b0 += qe * load(k1 + e * W);
+      b1 += qe * load(k1 + e * W + V);
+      b2 += qo * load(k1 + (e + 1) * W);
+      b3 += qo * load(k1 + (e + 1) * W + V);
+    }
+    store(out + c * W, (a0 + a2) * scale);
+    store(out + c * W + V, (a1 + a3) * scale);
+    store(out + (c + 1) * W, (b0 + b2) * scale);
+    store(out + (c + 1) * W + V, (b1 + b3) * scale);
+  }
+  if (c < chunks) {
+    const float* k0 = k + c * D * W;
+    v8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t e = 0; e < D; e += 2) {
+      const v8 qe = splat(q[e]), qo = splat(q[e + 1]);
+      a0 += qe * load(k0 + e * W);
+      a1 += qe * load(k0 + e * W + V);
+      a2 += qo * load(k0 + (e + 1) * W);
+      a3 += qo * load(k0 + (e + 1) * W + V);
+    }
+    store(out + c * W, (a0 + a2) * scale);
+    store(out + c * W + V, (a1 + a3) * scale);
+  }
+}
+
+// acc[j] += sum_u w[u] * v[u, e + j * V .. e + (j + 1) * V) for j < J, positions two at a time into
+// separate accumulators (2 * J independent FMA chains, in registers for J <= 4)
+template <int J>
+inline void accumulate(const float* w, const float* v, int64_t n, int64_t D, int64_t e, v8* even, v8* odd) {
+  int64_t u = 0;
+  for (; u + 2 <= n; u += 2) {
+    const float* r0 = v + u * D + e;
+    const float* r1 = r0 + D;
+    const v8 w0 = splat(w[u]), w1 = splat(w[u + 1]);
+    for (int j = 0; j < J; ++j) {
+      even[j] += w0 * load(r0 + j * V);
+      odd[j] += w1 * load(r1 + j * V);
+    }
+  }
+  if (u < n) {
+    const v8 w0 = splat(w[u]);
+    for (int j = 0; j < J; ++j) even[j] += w0 * load(v + u * D + e + j * V);
+  }
+}
+
+template <int J>
+inline void weighted_block(const float* w1, const float* v1, int64_t n1, const float* w2, const float* v2,
+                           int64_t n2, int64_t D, int64_t e, float* out) {
+  v8 even[J] = {}, odd[J] = {};
+  accumulate<J>(w1, v1, n1, D, e, even, odd);
+  accumulate<J>(w2, v2, n2, D, e, even, odd);
+  for (int j = 0; j < J; ++j) store(out + e + j * V, even[j] + odd[j]);
+}
+
+// out[e] = sum_u w1[u] * v1[u, e] + sum_u w2[u] * v2[u, e]: 32 columns at a time, then 8, then single
+inline void weighted_sum(const float* w1, const float* v1, int64_t n1, const float* w2, const float* v2,
+                         int64_t n2, int64_t D, float* out) {
+  int64_t e = 0;
+  for (; e + 4 * V <= D; e += 4 * V) weighted_block<4>(w1, v1, n1, w2, v2, n2, D, e, out);
+  for (; e + V <= D; e += V) weighted_block<1>(w1, v1, n1, w2, v2, n2, D, e, out);
+  for (; e < D; ++e) {
+    float acc = 0.f;
+    for (int64_t u = 0; u < n1; ++u) acc += w1[u] * v1[u * D + e];
+    for (int64_t u = 0; u < n2; ++u) acc += w2[u] * v2[u * D + e];
+    out[e] = acc;
+  }
+}
+
+// s[0..len) <- softmax(s) in place; len is a multiple of V; -inf lanes become 0
+inline void softmax(float* s, int64_t len) {
+  v8 m8 = splat(-INFINITY);
+  for (int64_t u = 0; u < len; u += V) {
+    const v8 x = load(s + u);
+    m8 = x > m8 ? x : m8;
+  }
+  const v8 m = splat(hmax(m8));
+  v8 s0 = {}, s1 = {};
+  int64_t u = 0;
+  for (; u + 2 * V <= len; u += 2 * V) {
+    const v8 e0 = exp_v8(load(s + u) - m), e1 = exp_v8(load(s + u + V) - m);
+    store(s + u, e0);
+    store(s + u + V, e1);
+    s0 += e0;
+    s1 += e1;
+  }
+  for (; u < len; u += V) {
+    const v8 e0 = exp_v8(load(s + u) - m);
+    store(s + u, e0);
+    s0 += e0;
+  }
+  const v8 inv = splat(1.f / hsum(s0 + s1));
+  for (u = 0; u < len; u += V) store(s + u, load(s + u) * inv);
+}
+
 void rms_norm(const float* x, const float* w, float* y, int64_t n, int64_t C, float eps) {
   at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
@@ -67,87 +227,6 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, int64_t C, fl
       for (int64_t c = 0; c < C; ++c) yi[c] = (xi[c] * r) * w[c];
     }
   });
-}
-
-// W floats in one vector register (GCC/Clang vector extension: AVX-512 where the CPU has it, split
-// into narrower registers elsewhere)
-typedef float vecf __attribute__((vector_size(W * sizeof(float))));
-inline vecf load(const float* p) {
-  vecf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void store(float* p, vecf v) { std::memcpy(p, &v, sizeof(v)); }
-
-// out[c * W + l] = scale * sum_e q[e] * k[c, e, l] for the first `chunks` [D, W] blocks of k. Each
-// block is contiguous; two blocks at a time and even/odd e apart give four independent FMA chains
-// (one chain would wait on the FMA latency at every step). D is even.
-inline void dot_chunks(const float* q, const float* k, int64_t chunks, int64_t D, float scale, float* out) {
-  int64_t c = 0;
-  for (; c + 2 <= chunks; c += 2) {
-    const float* k0 = k + c * D * W;
-    const float* k1 = k0 + D * W;
-    vecf a0 = {}, a1 = {}, b0 = {}, b1 = {};
-    for (int64_t e = 0; e < D; e += 2) {
-      a0 += q[e] * load(k0 + e * W);
-      a1 += q[e + 1] * load(k0 + (e + 1) * W);
-      b0 += q[e] * load(k1 + e * W);
-      b1 += q[e + 1] * load(k1 + (e + 1) * W);
-    }
-    store(out + c * W, (a0 + a1) * scale);
-    store(out + (c + 1) * W, (b0 + b1) * scale);
-  }
-  if (c < chunks) {
-    const float* k0 = k + c * D * W;
-    vecf a0 = {}, a1 = {};
-    for (int64_t e = 0; e < D; e += 2) {
-      a0 += q[e] * load(k0 + e * W);
-      a1 += q[e + 1] * load(k0 + (e + 1) * W);
-    }
-    store(out + c * W, (a0 + a1) * scale);
-  }
-}
-
-// acc[j] += sum_u w[u] * v[u, e + j * W .. e + (j + 1) * W) for j < J, positions two at a time into
-// separate accumulators (2 * J independent FMA chains)
-template <int J>
-inline void accumulate(const float* w, const float* v, int64_t n, int64_t D, int64_t e, vecf* even, vecf* odd) {
-  int64_t u = 0;
-  for (; u + 2 <= n; u += 2) {
-    const float* r0 = v + u * D + e;
-    const float* r1 = r0 + D;
-    for (int j = 0; j < J; ++j) {
-      even[j] += w[u] * load(r0 + j * W);
-      odd[j] += w[u + 1] * load(r1 + j * W);
-    }
-  }
-  if (u < n)
-    for (int j = 0; j < J; ++j) even[j] += w[u] * load(v + u * D + e + j * W);
-}
-
-// out[e] = sum_u w1[u] * v1[u, e] + sum_u w2[u] * v2[u, e]
-inline void weighted_sum(const float* w1, const float* v1, int64_t n1, const float* w2, const float* v2,
-                         int64_t n2, int64_t D, float* out) {
-  int64_t e = 0;
-  for (; e + 2 * W <= D; e += 2 * W) {
-    vecf even[2] = {}, odd[2] = {};
-    accumulate<2>(w1, v1, n1, D, e, even, odd);
-    accumulate<2>(w2, v2, n2, D, e, even, odd);
-    store(out + e, even[0] + odd[0]);
-    store(out + e + W, even[1] + odd[1]);
-  }
-  for (; e + W <= D; e += W) {
-    vecf even[1] = {}, odd[1] = {};
-    accumulate<1>(w1, v1, n1, D, e, even, odd);
-    accumulate<1>(w2, v2, n2, D, e, even, odd);
-    store(out + e, even[0] + odd[0]);
-  }
-  for (; e < D; ++e) {
-    float acc = 0.f;
-    for (int64_t u = 0; u < n1; ++u) acc += w1[u] * v1[u * D + e];
-    for (int64_t u = 0; u < n2; ++u) acc += w2[u] * v2[u * D + e];
-    out[e] = acc;
-  }
 }
 
 struct Dims {
@@ -197,16 +276,7 @@ void attend(float* qkv, const float* cos, const float* sin, const int64_t* pos, 
           dot_chunks(q, kt, tw / W, D, d.scaling, sc);
           for (int64_t u = 0; u < p0; ++u) sp[u] = -INFINITY;
           for (int64_t u = t + 1; u < tw; ++u) sc[u] = -INFINITY;
-          const int64_t len = P + tw;
-          float m = -INFINITY;
-          for (int64_t u = 0; u < len; ++u) m = sp[u] > m ? sp[u] : m;
-          float sum = 0.f;
-          for (int64_t u = 0; u < len; ++u) {
-            sp[u] = exp_poly(sp[u] - m);
-            sum += sp[u];
-          }
-          const float inv = 1.f / sum;
-          for (int64_t u = 0; u < len; ++u) sp[u] *= inv;
+          softmax(sp, P + tw);
           float* out = o + i * H * D + qh * D;
           weighted_sum(sp + p0, vpb + p0 * D, P - p0, sc, vr, t + 1, D, out);
         }
@@ -221,7 +291,12 @@ void silu_mul(const float* gu, float* a, int64_t n, int64_t I) {
       const float* gate = gu + i * 2 * I;
       const float* up = gate + I;
       float* ai = a + i * I;
-      for (int64_t c = 0; c < I; ++c) ai[c] = gate[c] / (1.f + exp_poly(-gate[c])) * up[c];
+      int64_t c = 0;
+      for (; c + V <= I; c += V) {
+        const v8 g = load(gate + c);
+        store(ai + c, g / (1.f + exp_v8(-g)) * load(up + c));
+      }
+      for (; c < I; ++c) ai[c] = gate[c] / (1.f + exp_poly(-gate[c])) * up[c];
     }
   });
 }
@@ -229,7 +304,7 @@ void silu_mul(const float* gu, float* a, int64_t n, int64_t I) {
 // x @ w^T (+ b) (+ residual, in place when w is plain). A weight in MKLDNN layout (prepacked by
 // mkldnn::_reorder_linear_weight) runs through oneDNN's linear, which skips re-packing the weight at
 // every call; a plain [N, K] weight through at::mm (MKL/BLAS).
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* residual = nullptr) {
+at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* residual) {
   const std::optional<at::Tensor> bias = b.numel() ? std::optional<at::Tensor>(b) : std::nullopt;
   if (w.is_mkldnn()) {
     if (residual != nullptr) {
@@ -252,16 +327,44 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   return *residual;
 }
 
-// layers: per layer 8 tensors: norm_in, w_qkv, b_qkv (or empty), w_o, b_o (or empty), norm_post,
-// w_gu, w_down. kp/vp/kc/vc: one per layer. Returns logits [n, V].
+// A projection: 4 tensors (weight, bias, scale, sub_norm), empty where absent.
+// - weight float32 (plain or MKLDNN): `dense`; scale and sub_norm empty.
+// - weight uint8: a BitNet b1.58 projection, packed by rollout/ternary.py (2-bit codes, [N, Kp / 4]) with
+//   one float32 scale per output row; sub_norm: BitNet's SubLN weight (an RMSNorm of the input before
+//   quantising), or empty. Computed by the ternary kernel's own op (reasonloop_ternary::ternary_linear:
+//   int8 activations per row by absmax, integer sign/add products, acc * (s_w / s_x) + bias), so its
+//   integers are those of the kernel and of bitnet.integer_linear bit for bit; the residual is added after.
+at::Tensor project(const at::Tensor& x, const at::Tensor* p, double eps, at::Tensor* residual = nullptr) {
+  const at::Tensor& w = p[0];
+  if (w.scalar_type() != at::kByte) return dense(x, w, p[1], residual);
+  static auto ternary = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("reasonloop_ternary::ternary_linear", "")
+                            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&)>();
+  at::Tensor in = x;
+  if (p[3].numel()) {  // SubLN
+    in = at::empty_like(x);
+    rms_norm(x.data_ptr<float>(), p[3].data_ptr<float>(), in.data_ptr<float>(), x.size(0), x.size(1), eps);
+  }
+  at::Tensor y = ternary.call(in, w, p[2], p[1]);
+  if (residual == nullptr) return y;
+  residual->add_(y);
+  return *residual;
+}
+
+constexpr int64_t PER_LAYER = 18;  // norm_in, norm_post, then 4 tensors for each of qkv, o, gate|up, down
+
+// layers: per layer PER_LAYER tensors: norm_in, norm_post, qkv (4), o (4), gate|up (4), down (4) (see
+// `project`). head: the LM head's 4. kp/vp/kc/vc: one per layer. Returns logits [n, V].
 at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::TensorList layers,
                        at::TensorList kp, at::TensorList vp, at::TensorList kc, at::TensorList vc,
                        const at::Tensor& pstart, const at::Tensor& grp, const at::Tensor& pos,
                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& norm_out,
-                       const at::Tensor& lm_head, int64_t heads, int64_t t, double eps, double scaling) {
+                       at::TensorList head, int64_t heads, int64_t t, double eps, double scaling) {
   TORCH_CHECK(embed.scalar_type() == at::kFloat && embed.is_cpu(), "decode_step: float32 CPU only");
   const int64_t n = tokens.size(0), C = embed.size(1), L = static_cast<int64_t>(kp.size());
-  TORCH_CHECK(static_cast<int64_t>(layers.size()) == 8 * L, "decode_step: 8 tensors per layer");
+  TORCH_CHECK(static_cast<int64_t>(layers.size()) == PER_LAYER * L, "decode_step: ", PER_LAYER, " tensors per layer");
+  TORCH_CHECK(head.size() == 4, "decode_step: 4 tensors for the head");
   Dims d{n, heads, vp[0].size(1), vp[0].size(3), vp[0].size(2), vc[0].size(2), t,
          static_cast<float>(scaling)};
   TORCH_CHECK(t < d.T, "decode_step: the completion cache is full");
@@ -269,27 +372,33 @@ at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::Te
   at::Tensor h = at::index_select(embed, 0, tokens);
   at::Tensor x = at::empty_like(h);
   at::Tensor o = at::empty({n, d.H * d.D}, h.options());
-  const at::Tensor none = at::empty({0}, h.options());
   const int64_t* grp_p = grp.data_ptr<int64_t>();
   const int64_t* pos_p = pos.data_ptr<int64_t>();
   const int64_t* pstart_p = pstart.data_ptr<int64_t>();
   for (int64_t l = 0; l < L; ++l) {
-    const at::Tensor* w = &layers[8 * l];
+    const at::Tensor* w = &layers[PER_LAYER * l];
     rms_norm(h.data_ptr<float>(), w[0].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
-    at::Tensor qkv = linear(x, w[1], w[2]);
+    at::Tensor qkv = project(x, w + 2, eps);
     attend(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), pos_p, grp_p, pstart_p,
            kp[l].data_ptr<float>(), vp[l].data_ptr<float>(), kc[l].data_ptr<float>(), vc[l].data_ptr<float>(),
            o.data_ptr<float>(), d);
-    h = linear(o, w[3], w[4], &h);
-    rms_norm(h.data_ptr<float>(), w[5].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
-    at::Tensor gu = linear(x, w[6], none);
+    h = project(o, w + 6, eps, &h);
+    rms_norm(h.data_ptr<float>(), w[1].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
+    at::Tensor gu = project(x, w + 10, eps);
     const int64_t I = gu.size(1) / 2;
     at::Tensor a = at::empty({n, I}, h.options());
     silu_mul(gu.data_ptr<float>(), a.data_ptr<float>(), n, I);
-    h = linear(a, w[7], none, &h);
+    h = project(a, w + 14, eps, &h);
   }
   rms_norm(h.data_ptr<float>(), norm_out.data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
-  return at::mm(x, lm_head.t());
+  return project(x, head.data(), eps);
+}
+
+// One projection alone (tests: the ternary one against the kernel's reference)
+at::Tensor projection(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& s,
+                      const at::Tensor& sub, double eps) {
+  const at::Tensor p[4] = {w, b, s, sub};
+  return project(x.contiguous(), p, eps);
 }
 
 }  // namespace
@@ -297,6 +406,7 @@ at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::Te
 TORCH_LIBRARY(reasonloop_decode, m) {
   m.def("decode_step(Tensor tokens, Tensor embed, Tensor[] layers, Tensor[] kp, Tensor[] vp, Tensor[] kc, "
         "Tensor[] vc, Tensor pstart, Tensor grp, Tensor pos, Tensor cos, Tensor sin, Tensor norm_out, "
-        "Tensor lm_head, int heads, int t, float eps, float scaling) -> Tensor",
+        "Tensor[] head, int heads, int t, float eps, float scaling) -> Tensor",
         &decode_step);  // one kernel for every dispatch key: the weights may be MKLDNN tensors
+  m.def("projection(Tensor x, Tensor w, Tensor b, Tensor s, Tensor sub, float eps) -> Tensor", &projection);
 }

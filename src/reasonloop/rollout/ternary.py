@@ -6,8 +6,10 @@ quantises the activations to int8 per token and multiplies them by the packed we
 adds and subtracts (no float multiply in the inner loop), then scales once per output. Integer
 results equal `bitnet.integer_linear` exactly and the activation codes equal
 `bitnet.quantize_activations` bit for bit, so outputs match the torch forward within float rounding
-(tests/rollout/test_ternary.py). Everything else in the decode step (norms, RoPE, attention, the
-full-precision LM head) is `kv_cache.StaticDecoder`'s torch code.
+(tests/rollout/test_ternary.py). Decode steps of a supported Llama-family BitNet model run inside the
+compiled one-call step (`fused.FusedDecoder`), which calls this kernel's `ternary_linear` op for every
+projection; the prefill (and models that step declines) use the BitLinear modules with `kernel` set,
+inside `kv_cache.StaticDecoder`'s torch code.
 
 Built like the compiled decode step (`fused.py`): torch's C++ extension loader, ~10 s once per machine,
 cached; without a compiler, or with `REASONLOOP_TERNARY=0`, `available()` is False and the sampler runs

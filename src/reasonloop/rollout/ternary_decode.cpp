@@ -6,11 +6,14 @@
 // block (i = 0..3) in bits 2i..2i+1, as the code w + 1 in {0, 1, 2} (padding: code 1, weight 0). So one
 // 32-byte load, shifted by 0, 2, 4, 6 and masked, gives four vectors of 32 *consecutive* weights.
 //
-// Product: x * w for w in {-1, 0, 1} is the byte sign operation (vpsignb: x, -x or 0; exact because
-// absmax-scaled activations stay in [-127, 127]); the 32 products of a vector are summed pairwise into
-// int16 (vpmaddubsw with a vector of ones: an add, not a multiply), the four vectors of a block added
-// in int16 (at most 4 * 2 * 127 per lane), widened to int32 once per block (vpmaddwd with ones) and
-// accumulated. The scalar fallback (no AVX2) computes the same integers with adds and subtracts.
+// Product: the codes c = w + 1 in {0, 1, 2} times the activations, 32 pairs at a time summed into
+// int16 (vpmaddubsw: unsigned codes times signed bytes; a "multiply" by 0, 1 or 2), the four vectors of
+// a block added in int16 (at most 4 * 2 * 2 * 128 per lane), widened to int32 once per block (vpmaddwd
+// with ones) and accumulated; sum c x = sum w x + sum x, so the exact product is the sum minus the
+// activation row's own sum, computed once per call (bitnet.cpp's I2_S kernel does the same). An
+// earlier version used the byte sign operation (vpsignb: x, -x or 0) on decoded weights instead: 1.2-1.6x
+// slower at one row (docs/bitnet.md). The scalar fallback (no AVX2) computes the same integers with adds
+// and subtracts.
 //
 // Integer results equal the reference (bitnet.integer_linear) exactly; the float wrapper quantises
 // activations with torch's operations in torch's order (scale = (1 / max(absmax, eps)) * 127, round
@@ -45,32 +48,53 @@ inline int32_t hsum(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// acc[t] = sum_k x[t, k] * w[k] for t < rows (<= TILE), one packed weight row
-inline void dot_row(const int8_t* x, int64_t ldx, int64_t rows, const uint8_t* w, int64_t blocks, int32_t* acc) {
-  const __m256i mask = _mm256_set1_epi8(3), one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
-  __m256i a[TILE];
-  for (int64_t t = 0; t < rows; ++t) a[t] = _mm256_setzero_si256();
+// acc[t] = sum_k x[t, k] * w[k] for t < R (<= TILE), one packed weight row; xsum[t] = sum_k x[t, k].
+// The codes c = w + 1 in {0, 1, 2} multiply the activations directly (vpmaddubsw: unsigned codes times
+// signed activations, pairs summed into int16, at most 2 * 2 * 127 per pair), so sum_k c_k x_k =
+// sum_k w_k x_k + sum_k x_k and the exact product is that minus xsum: no sign step, no code decoding
+// beyond a shift and a mask (the trick of bitnet.cpp's I2_S kernel). R is a template argument so that
+// the R accumulators stay in registers (indexed by a run-time count they lived on the stack).
+template <int R>
+inline void dot_rows(const int8_t* x, int64_t ldx, const uint8_t* w, int64_t blocks, const int32_t* xsum,
+                     int32_t* acc) {
+  const __m256i mask = _mm256_set1_epi8(3), one16 = _mm256_set1_epi16(1);
+  __m256i a[R];
+  for (int t = 0; t < R; ++t) a[t] = _mm256_setzero_si256();
   for (int64_t b = 0; b < blocks; ++b) {
     const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * BLOCK_BYTES));
-    const __m256i w0 = _mm256_sub_epi8(_mm256_and_si256(bytes, mask), one8);
-    const __m256i w1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(bytes, 2), mask), one8);
-    const __m256i w2 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask), one8);
-    const __m256i w3 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(bytes, 6), mask), one8);
-    for (int64_t t = 0; t < rows; ++t) {
+    const __m256i c0 = _mm256_and_si256(bytes, mask);
+    const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(bytes, 2), mask);
+    const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+    const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(bytes, 6), mask);
+    for (int t = 0; t < R; ++t) {
       const int8_t* xb = x + t * ldx + b * BLOCK;
-      const __m256i p0 = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb)), w0);
-      const __m256i p1 = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 32)), w1);
-      const __m256i p2 = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 64)), w2);
-      const __m256i p3 = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 96)), w3);
-      const __m256i s = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(one8, p0), _mm256_maddubs_epi16(one8, p1)),
-                                         _mm256_add_epi16(_mm256_maddubs_epi16(one8, p2), _mm256_maddubs_epi16(one8, p3)));
+      const __m256i p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb)));
+      const __m256i p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 32)));
+      const __m256i p2 = _mm256_maddubs_epi16(c2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 64)));
+      const __m256i p3 = _mm256_maddubs_epi16(c3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 96)));
+      const __m256i s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));  // |s| <= 2032
       a[t] = _mm256_add_epi32(a[t], _mm256_madd_epi16(s, one16));
     }
   }
-  for (int64_t t = 0; t < rows; ++t) acc[t] = hsum(a[t]);
+  for (int t = 0; t < R; ++t) acc[t] = hsum(a[t]) - xsum[t];
+}
+
+inline void dot_row(const int8_t* x, int64_t ldx, int64_t rows, const uint8_t* w, int64_t blocks,
+                    const int32_t* xsum, int32_t* acc) {
+  switch (rows) {
+    case 1: return dot_rows<1>(x, ldx, w, blocks, xsum, acc);
+    case 2: return dot_rows<2>(x, ldx, w, blocks, xsum, acc);
+    case 3: return dot_rows<3>(x, ldx, w, blocks, xsum, acc);
+    case 4: return dot_rows<4>(x, ldx, w, blocks, xsum, acc);
+    case 5: return dot_rows<5>(x, ldx, w, blocks, xsum, acc);
+    case 6: return dot_rows<6>(x, ldx, w, blocks, xsum, acc);
+    case 7: return dot_rows<7>(x, ldx, w, blocks, xsum, acc);
+    default: return dot_rows<TILE>(x, ldx, w, blocks, xsum, acc);
+  }
 }
 #else
-inline void dot_row(const int8_t* x, int64_t ldx, int64_t rows, const uint8_t* w, int64_t blocks, int32_t* acc) {
+inline void dot_row(const int8_t* x, int64_t ldx, int64_t rows, const uint8_t* w, int64_t blocks,
+                    const int32_t* /*xsum*/, int32_t* acc) {
   for (int64_t t = 0; t < rows; ++t) acc[t] = 0;
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* wb = w + b * BLOCK_BYTES;
@@ -93,12 +117,18 @@ inline void dot_row(const int8_t* x, int64_t ldx, int64_t rows, const uint8_t* w
 template <typename Emit>
 void gemm(const int8_t* xq, int64_t n, int64_t kp, const uint8_t* packed, int64_t N, Emit emit) {
   const int64_t blocks = kp / BLOCK;
+  std::vector<int32_t> xsum(n);  // sum_k x[i, k] (the padding is zero), for the code-times-activation form
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t sum = 0;
+    for (int64_t k = 0; k < kp; ++k) sum += xq[i * kp + k];
+    xsum[i] = sum;
+  }
   at::parallel_for(0, N, 16, [&](int64_t lo, int64_t hi) {
     int32_t acc[TILE];
     for (int64_t t0 = 0; t0 < n; t0 += TILE) {
       const int64_t rows = n - t0 < TILE ? n - t0 : TILE;
       for (int64_t j = lo; j < hi; ++j) {
-        dot_row(xq + t0 * kp, kp, rows, packed + j * (kp / 4), blocks, acc);
+        dot_row(xq + t0 * kp, kp, rows, packed + j * (kp / 4), blocks, xsum.data() + t0, acc);
         for (int64_t t = 0; t < rows; ++t) emit(t0 + t, j, acc[t]);
       }
     }
