@@ -152,7 +152,9 @@ def test_sampler_uses_the_kernel_for_a_bitnet_policy_and_samples_what_torch_samp
 
 
 # -- ternary projections inside the compiled decode step (rollout/fused.py, fused_decode.cpp) ---------------
-from reasonloop.rollout import fused, kv_cache  # noqa: E402
+from reasonloop.rollout import fused  # noqa: E402
+
+from decoder_check import LONG_PROMPTS, compiled_step_follows_the_static_decoder  # noqa: E402
 
 needs_step = pytest.mark.skipif(not (ternary.available() and fused.available()),
                                 reason="no C++ compiler to build the compiled decode step and the ternary kernel")
@@ -202,7 +204,6 @@ def bitnet_model(tokenizer, arch="llama", kv_heads=2, hidden=96, sub_norm=True, 
     return bitnet.to_bitnet(model.eval(), head=head, sub_norm=sub_norm)
 
 
-LONG_PROMPTS = ["Q: " + "1+" * 9 + "2=?\n", "Q: 3=?\n", "Q: 12*3-4+5-6+7=?\n"]
 
 
 @needs_step
@@ -211,26 +212,8 @@ LONG_PROMPTS = ["Q: " + "1+" * 9 + "2=?\n", "Q: 3=?\n", "Q: 12*3-4+5-6+7=?\n"]
 def test_compiled_ternary_step_matches_the_kernel_in_the_static_decoder(tokenizer, arch, kv_heads, sub_norm, head):
     model = bitnet_model(tokenizer, arch, kv_heads, sub_norm=sub_norm, head=head)
     assert fused.supports(model, 64)
-    enc = tokenizer(LONG_PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    (B, P), G, T = ids.shape, 3, 20
-    gen = torch.Generator().manual_seed(0)
-    with torch.inference_mode(), ternary.attached(model):
-        ref, new = kv_cache.StaticDecoder(model, B * G, P + T), fused.FusedDecoder(model, B, G, P, T)
-        first = ref.prefill(ids, mask, repeat=G)
-        assert torch.equal(first, new.prefill(ids, mask, repeat=G))
-        logits, position = first.repeat_interleave(G, 0), (mask.sum(-1) - 1).repeat_interleave(G)
-        for t in range(T):
-            tokens = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
-            if t in (5, 11, 17):  # rows finish: both decoders compact the same way
-                live = torch.rand(len(tokens), generator=gen) > 0.3
-                live[0] = True
-                order = ref.keep(live)
-                assert torch.equal(order, new.keep(live))
-                tokens, position = tokens[order], position[order]
-            position = position + 1
-            logits = ref.step(tokens, position)
-            torch.testing.assert_close(new.step(tokens, position), logits, atol=2e-6, rtol=1e-5)
+    with ternary.attached(model):
+        compiled_step_follows_the_static_decoder(model, tokenizer, atol=2e-6, rtol=1e-5)
 
 
 @needs_step

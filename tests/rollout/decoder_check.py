@@ -1,0 +1,37 @@
+"""Shared by the compiled-step tests (test_speed_equivalence, test_ternary): prompts that exercise chunk
+padding, and a step-by-step comparison of `fused.FusedDecoder` with `kv_cache.StaticDecoder`."""
+
+import torch
+
+from reasonloop.rollout import fused, kv_cache
+
+# longer than one 16-position chunk and of uneven lengths, so chunk padding is exercised
+LONG_PROMPTS = ["Q: " + "1+" * 9 + "2=?\n", "Q: 3=?\n", "Q: 12*3-4+5-6+7=?\n"]
+
+
+def compiled_step_follows_the_static_decoder(model, tokenizer, atol: float, rtol: float, G: int = 3, T: int = 20):
+    """Prefill LONG_PROMPTS (G rows each) into both decoders, then feed both the same sampled tokens for T steps
+    (20: the completion crosses a chunk boundary), some rows finishing at steps 5, 11 and 17 (both compact the
+    same way): equal prefill logits, every step's logits within (atol, rtol)."""
+    enc = tokenizer(LONG_PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    B, P = ids.shape
+    assert P > fused.CHUNK
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        ref, new = kv_cache.StaticDecoder(model, B * G, P + T), fused.FusedDecoder(model, B, G, P, T)
+        first = ref.prefill(ids, mask, repeat=G)
+        assert torch.equal(first, new.prefill(ids, mask, repeat=G))
+        logits, position = first.repeat_interleave(G, 0), (mask.sum(-1) - 1).repeat_interleave(G)
+        for t in range(T):
+            tokens = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+            if t in (5, 11, 17):
+                live = torch.rand(len(tokens), generator=gen) > 0.3
+                live[0] = True
+                order = ref.keep(live)
+                assert torch.equal(order, new.keep(live))
+                tokens, position = tokens[order], position[order]
+            position = position + 1
+            logits = ref.step(tokens, position)
+            torch.testing.assert_close(new.step(tokens, position), logits, atol=atol, rtol=rtol)
+    assert len(tokens) < B * G  # rows did finish
