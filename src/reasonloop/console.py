@@ -19,16 +19,20 @@ THIRD_PARTY = ("transformers", "torch", "peft", "datasets", "huggingface_hub", "
                "wandb", "mlflow", "alembic", "trackio", "openai", "httpx", "httpx2", "vllm")
 
 
+# environment variables `quiet_libraries` sets (child processes inherit them: sandbox and grader workers, ranks)
+QUIET_ENV = {"TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "MLFLOW_LOGGING_LEVEL": "ERROR",  # mlflow sets its logger's level when imported
+             "WANDB_QUIET": "true"}  # W&B: where the run is, not its history tables
+
+
 def verbose_requested(argv: list[str]) -> bool:
     return "--verbose" in argv or os.environ.get("REASONLOOP_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def quiet_libraries() -> None:
     """Silence third-party progress bars, log chatter and deprecation warnings (see the module docstring)."""
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # mlflow sets its logger's level when imported
-    os.environ.setdefault("WANDB_QUIET", "true")  # W&B: where the run is, not its history tables
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         for package in THIRD_PARTY:
             warnings.filterwarnings("ignore", category=category, module=rf"{package}(\.|$)")
