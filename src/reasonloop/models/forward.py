@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -146,14 +147,24 @@ def cache_arg(model, cache) -> dict:
     """The K/V cache keyword for `model(...)`: transformers renamed `past_key_values` to `cache` (the old name is
     deprecated and goes in 5.40), and `transformers>=4.50` only knows the old one. The cache object is updated in
     place, so callers keep their own reference to it rather than reading it back from the output."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values": cache}
+    return {"cache" if _forward_takes(model, "cache") else "past_key_values": cache}
 
 
 def _last_logits_only(model) -> dict:
     """`logits_to_keep=1` where the model takes it: the prompt pass needs only its last position's logits."""
+    return {"logits_to_keep": 1} if _forward_takes(model, "logits_to_keep") else {}
+
+
+def _forward_takes(model, keyword: str) -> bool:
+    """Whether the forward of `model` (of the base model under a PEFT wrapper) has the parameter `keyword`; read
+    once per class (decode loops ask at every token, and `inspect.signature` costs ~0.1 ms)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    return _class_takes(type(base), keyword)
+
+
+@functools.lru_cache(maxsize=None)
+def _class_takes(cls: type, keyword: str) -> bool:
+    return keyword in inspect.signature(cls.forward).parameters
 
 
 def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool):
