@@ -412,13 +412,14 @@ class VerifierPool:
         a runaway one."""
         results: list[JobOutcome | None] = [None] * len(args)
         queue = deque(enumerate(args))
+        deadline_s = timeout_s * load_stretch()  # read once per call: a syscall pair, not one per job
         busy: dict[int, tuple[int, float]] = {}  # slot -> (job index, deadline)
         while queue or busy:
             for slot, w in enumerate(self._workers):
                 if w.ready and slot not in busy and queue:
                     idx, arg = queue.popleft()
                     w.conn.send((fn, arg))
-                    busy[slot] = (idx, time.monotonic() + timeout_s * load_stretch())
+                    busy[slot] = (idx, time.monotonic() + deadline_s)
             waiting = [w.conn for s, w in enumerate(self._workers) if s in busy or not w.ready]
             next_deadline = min((d for _, d in busy.values()), default=time.monotonic() + 60.0)
             ready = wait(waiting, max(0.0, next_deadline - time.monotonic()))
