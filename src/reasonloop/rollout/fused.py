@@ -213,7 +213,7 @@ class FusedDecoder:
     def __init__(self, model: nn.Module, prompts: int, group: int, prompt_len: int, max_new: int,
                  storage: torch.Tensor | None = None, packed: tuple | None = None):
         """`storage`: as `StaticDecoder`'s. `packed`: a previous decoder's `packed`, reused when the
-        model's weights have not changed since (same tensors, same in-place version counters)."""
+        model's weights have not changed since (`kv_cache.weights_key`: same tensors, version counters and sums)."""
         self.model = model
         self.prompt = kv_cache.StaticDecoder(model, prompts, prompt_len)  # prefill into the shared prompt cache
         inner, cfg = self.prompt.inner, model.config
