@@ -1,11 +1,16 @@
 """Print docs/curriculum.md's tables from run directories.
 
     python scripts/curriculum_table.py runs/curriculum/arithmetic-uniform runs/curriculum/arithmetic-curriculum ...
+    python scripts/curriculum_table.py --mixed runs/curriculum/mix-uniform runs/curriculum/mix-curriculum ...
     python scripts/curriculum_table.py --travel runs/travel
 
 Curriculum vs uniform (the first form): the first run is the uniform baseline; for each run, the held-out greedy
 pass@1 curve (metrics.jsonl), the first evaluated step at which it reaches the baseline's final accuracy, its final
 accuracy and the prompts drawn (x G = samples).
+
+The mixed task (`--mixed`, runs of `task=mix:A+B`): the same, per part. A part's held-out accuracy at a step is
+its levels' greedy pass@1 weighted by their problem counts (summary.json's evaluation; the k-th part's levels are
+10k + level, tasks/mixture.py), so each part is compared with the baseline's final accuracy on that part.
 
 Defaults that travel (`--travel DIR`, the runs of scripts/defaults_travel.sh): per task, greedy pass@1 / sampled
 pass@1 / pass@k of the SFT model (the default RL run's "before" evaluation), after RL with the defaults and after
@@ -47,6 +52,52 @@ def main(runs: list[str]) -> None:
         reach = next((s for s in sorted(ev) if ev[s] >= target), None)
         points = " ".join(f"{s}:{v:.2f}" for s, v in sorted(ev.items()))
         print(f"| {Path(r).name} | {points} | {reach if reach is not None else 'not reached'} | {ev[max(ev)]:.3f} | {prompts} |")
+
+
+LEVEL_OFFSET = 10  # tasks/mixture.py: the k-th part's levels are 10k + level
+
+
+def part_curves(run: Path) -> dict[int, dict[int, float]]:
+    """part -> {step: held-out greedy pass@1 on that part}: per-level accuracies weighted by the level's count."""
+    summary = json.loads((run / "summary.json").read_text())
+    counts = {int(key.split("/")[1]): row["n"] for key, row in (summary.get("before") or summary["after"]).items()
+              if key.startswith("level/")}
+    curves: dict[int, dict[int, float]] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        levels = {int(k.split("/")[2]): v for k, v in row.items()
+                  if k.startswith("eval/level/") and k.endswith("/pass@1_greedy")}
+        for part in sorted({level // LEVEL_OFFSET for level in levels}):
+            mine = [level for level in levels if level // LEVEL_OFFSET == part]
+            n = sum(counts[level] for level in mine)
+            curves.setdefault(part, {})[row["step"]] = sum(levels[level] * counts[level] for level in mine) / n
+    return curves
+
+
+def part_names(run: Path) -> list[str]:
+    """The parts of the run's `task: mix:A+B` (config.yaml), by name."""
+    task = next(line.split(":", 1)[1].strip() for line in (run / "config.yaml").read_text().splitlines()
+                if line.startswith("task:"))
+    return [spec.partition(":")[0] for spec in task.removeprefix("mix:").split("+")]
+
+
+def mixed(runs: list[str]) -> list[str]:
+    """Per part of a mixed task: each run's curve, the first step at the baseline's (runs[0]) final accuracy on
+    that part, and its final accuracy on it."""
+    curves = [part_curves(Path(r)) for r in runs]
+    names = part_names(Path(runs[0]))
+    lines = ["| part | run | greedy pass@1 by step | first step >= baseline final | final |", "|---|---|---|---|---|"]
+    for part in sorted(curves[0]):
+        base = curves[0][part]
+        target = base[max(base)]
+        label = names[part] if part < len(names) else f"part {part}"
+        for r, c in zip(runs, curves):
+            ev = c[part]
+            reach = next((s for s in sorted(ev) if ev[s] >= target - 1e-9), None)
+            points = " / ".join(f"{v:.2f}" for _, v in sorted(ev.items()))
+            lines.append(f"| {label} | {Path(r).name} | {points} | {reach if reach is not None else 'not reached'} "
+                         f"| {ev[max(ev)]:.3f} |")
+    return lines
 
 
 def cell(overall: dict | None) -> str:
@@ -97,7 +148,9 @@ def travel(root: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--travel"]:
+    if sys.argv[1:2] == ["--mixed"]:
+        print("\n".join(mixed(sys.argv[2:])))
+    elif sys.argv[1:2] == ["--travel"]:
         print("\n".join(travel(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/travel"))))
     else:
         main(sys.argv[1:])

@@ -4,6 +4,9 @@
 # candidate setting; held-out greedy pass@1, sampled pass@1 (mean of 8) and pass@8 on EVAL_N test problems.
 # Usage: scripts/defaults_travel.sh [RUNS_DIR] [RL_STEPS] [SFT_STEPS] [TASK_NAMES...]
 # Environment: SFT_LR (default 3e-4, sft's default), EVAL_N (100), CANDIDATE (the candidate run's overrides),
+# SFT_FORM (answer: <think>A</think><answer>A</answer>, the default; worked: a question ending in a sum of
+# integers, chain_sum's "... problem: 8 + 4 =", gets the sum written in the embedded model's notation as its
+# thought, <think>8+4=12</think>; other questions stay answer-only),
 # REASONLOOP / PYTHON (launchers; may be several words, e.g. "taskset -c 1 nice reasonloop").
 # The table: python scripts/curriculum_table.py --travel RUNS_DIR
 set -euo pipefail
@@ -23,13 +26,17 @@ for entry in "${TASKS[@]}"; do
   t=${entry%%=*}
   if [ ${#ONLY[@]} -gt 0 ] && [[ " ${ONLY[*]} " != *" $t "* ]]; then continue; fi
   task="reasoning_gym:${entry#*=},template=raw"
-  [ -f "$R/$t-sft.jsonl" ] || "${PY[@]}" - "$task" "$R/$t-sft.jsonl" <<'PY'
-import json, sys
+  [ -f "$R/$t-sft.jsonl" ] || "${PY[@]}" - "$task" "$R/$t-sft.jsonl" "${SFT_FORM:-answer}" <<'PY'
+import json, re, sys
 from reasonloop.tasks import make_task
-task, out = sys.argv[1], sys.argv[2]
+task, out, form = sys.argv[1], sys.argv[2], sys.argv[3]
+SUM = re.compile(r":\s*(-?\d+(?:\s*[-+]\s*\d+)+)\s*=\s*$")  # "...: 8 + 4 =" -> "8 + 4"
+def thought(ex):
+    m = SUM.search(ex.prompt) if form == "worked" else None
+    return "".join(m.group(1).split()) + f"={ex.answer}" if m else ex.answer
 with open(out, "w") as f:
-    for ex in make_task(task).examples("train", 2000, seed=0):  # answer-only: no worked solution
-        f.write(json.dumps({"prompt": ex.prompt, "completion": f"<think>{ex.answer}</think><answer>{ex.answer}</answer>"}) + "\n")
+    for ex in make_task(task).examples("train", 2000, seed=0):
+        f.write(json.dumps({"prompt": ex.prompt, "completion": f"<think>{thought(ex)}</think><answer>{ex.answer}</answer>"}) + "\n")
 PY
   # the SFT row of the table is the RL runs' "before" evaluation (same held-out problems and k)
   [ -f "$R/$t-sft/model/config.json" ] || "${RL[@]}" sft task="$task" data="$R/$t-sft.jsonl" threads=1 steps="$SFT_STEPS" \

@@ -50,3 +50,33 @@ def test_travel_row_with_only_the_candidate_finished(tmp_path):
     write_run(tmp_path / "chain_sum-rl-candidate", overall(0.02, 0.03, 0.2, n=60), overall(0.05, 0.04, 0.2, n=60),
               steps([0.1], [0.9]))
     assert table.travel(tmp_path)[2] == "| chain_sum (60) | 0.020 / 0.030 / 0.200 | - | 0.050 / 0.040 / 0.200 |"
+
+
+def write_mixed_run(d: Path, evals: dict[int, dict[int, float]], counts: dict[int, int]) -> None:
+    """A mix:arithmetic+code_arith run: metrics.jsonl rows with per-level greedy pass@1, summary.json's counts."""
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text("seed: 0\ntask: mix:arithmetic:1-2+code_arith\nsteps: 20\n")
+    before = {f"level/{level}": {"n": n, "pass@1_greedy": 0.0} for level, n in counts.items()}
+    (d / "summary.json").write_text(json.dumps({"before": before, "after": before}))
+    rows = [{"step": s, **{f"eval/level/{level}/pass@1_greedy": v for level, v in by_level.items()}}
+            for s, by_level in evals.items()]
+    rows.insert(1, {"step": 1, "loss": 0.5})  # training rows carry no evaluation
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_mixed_rows_weight_levels_by_count_per_part(tmp_path):
+    counts = {1: 2, 2: 2, 11: 3, 12: 1}  # arithmetic: 4 problems, code: 4
+    write_mixed_run(tmp_path / "mix-uniform", {0: {1: 0.5, 2: 0.0, 11: 0.0, 12: 0.0},
+                                               10: {1: 1.0, 2: 0.5, 11: 1 / 3, 12: 1.0},
+                                               20: {1: 1.0, 2: 0.0, 11: 2 / 3, 12: 0.0}}, counts)
+    write_mixed_run(tmp_path / "mix-curriculum", {0: {1: 0.5, 2: 0.0, 11: 0.0, 12: 0.0},
+                                                  10: {1: 0.5, 2: 0.5, 11: 0.0, 12: 0.0},
+                                                  20: {1: 1.0, 2: 1.0, 11: 1 / 3, 12: 0.0}}, counts)
+    lines = table.mixed([str(tmp_path / "mix-uniform"), str(tmp_path / "mix-curriculum")])
+    # arithmetic at step 10: (2*1.0 + 2*0.5)/4 = 0.75; final (2*1.0 + 0)/4 = 0.5, reached at step 10
+    assert lines[2] == "| arithmetic | mix-uniform | 0.25 / 0.75 / 0.50 | 10 | 0.500 |"
+    assert lines[3] == "| arithmetic | mix-curriculum | 0.25 / 0.50 / 1.00 | 10 | 1.000 |"
+    # code at step 10: (3*(1/3) + 1*1.0)/4 = 0.5; final (3*(2/3) + 0)/4 = 0.5; the curriculum's 0.25 never reaches it
+    assert lines[4] == "| code_arith | mix-uniform | 0.00 / 0.50 / 0.50 | 10 | 0.500 |"
+    assert lines[5] == "| code_arith | mix-curriculum | 0.00 / 0.00 / 0.25 | not reached | 0.250 |"
+    assert len(lines) == 6
