@@ -2,6 +2,7 @@
 
     python scripts/curriculum_table.py runs/curriculum/arithmetic-uniform runs/curriculum/arithmetic-curriculum ...
     python scripts/curriculum_table.py --mixed runs/curriculum/mix-uniform runs/curriculum/mix-curriculum ...
+    python scripts/curriculum_table.py --mixed --upto=40 ...     # only the evaluations up to step 40
     python scripts/curriculum_table.py --travel runs/travel
 
 Curriculum vs uniform (the first form): the first run is the uniform baseline; for each run, the held-out greedy
@@ -9,7 +10,7 @@ pass@1 curve (metrics.jsonl), the first evaluated step at which it reaches the b
 accuracy and the prompts drawn (x G = samples).
 
 The mixed task (`--mixed`, runs of `task=mix:A+B`): the same, per part. A part's held-out accuracy at a step is
-its levels' greedy pass@1 weighted by their problem counts (summary.json's evaluation; the k-th part's levels are
+its levels' greedy pass@1 weighted by their problem counts (summary.json's evaluation, before.json while a run is going; the k-th part's levels are
 10k + level, tasks/mixture.py), so each part is compared with the baseline's final accuracy on that part.
 
 Defaults that travel (`--travel DIR`, the runs of scripts/defaults_travel.sh): per task, greedy pass@1 / sampled
@@ -59,9 +60,12 @@ LEVEL_OFFSET = 10  # tasks/mixture.py: the k-th part's levels are 10k + level
 
 def part_curves(run: Path) -> dict[int, dict[int, float]]:
     """part -> {step: held-out greedy pass@1 on that part}: per-level accuracies weighted by the level's count."""
-    summary = json.loads((run / "summary.json").read_text())
-    counts = {int(key.split("/")[1]): row["n"] for key, row in (summary.get("before") or summary["after"]).items()
-              if key.startswith("level/")}
+    if (run / "summary.json").exists():
+        summary = json.loads((run / "summary.json").read_text())
+        table = summary.get("before") or summary["after"]
+    else:  # a run still going: its step-0 evaluation
+        table = json.loads((run / "before.json").read_text())
+    counts = {int(key.split("/")[1]): row["n"] for key, row in table.items() if key.startswith("level/")}
     curves: dict[int, dict[int, float]] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -81,10 +85,11 @@ def part_names(run: Path) -> list[str]:
     return [spec.partition(":")[0] for spec in task.removeprefix("mix:").split("+")]
 
 
-def mixed(runs: list[str]) -> list[str]:
+def mixed(runs: list[str], upto: int | None = None) -> list[str]:
     """Per part of a mixed task: each run's curve, the first step at the baseline's (runs[0]) final accuracy on
-    that part, and its final accuracy on it."""
-    curves = [part_curves(Path(r)) for r in runs]
+    that part, and its final accuracy on it; `upto`: only evaluations at steps <= upto (runs still going)."""
+    curves = [{part: {s: v for s, v in c.items() if upto is None or s <= upto} for part, c in part_curves(Path(r)).items()}
+              for r in runs]
     names = part_names(Path(runs[0]))
     lines = ["| part | run | greedy pass@1 by step | first step >= baseline final | final |", "|---|---|---|---|---|"]
     for part in sorted(curves[0]):
@@ -149,7 +154,8 @@ def travel(root: Path) -> list[str]:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--mixed"]:
-        print("\n".join(mixed(sys.argv[2:])))
+        upto = int(sys.argv[2].removeprefix("--upto=")) if sys.argv[2].startswith("--upto=") else None
+        print("\n".join(mixed([r for r in sys.argv[2:] if not r.startswith("--upto=")], upto)))
     elif sys.argv[1:2] == ["--travel"]:
         print("\n".join(travel(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/travel"))))
     else:

@@ -80,3 +80,17 @@ def test_mixed_rows_weight_levels_by_count_per_part(tmp_path):
     assert lines[4] == "| code_arith | mix-uniform | 0.00 / 0.50 / 0.50 | 10 | 0.500 |"
     assert lines[5] == "| code_arith | mix-curriculum | 0.00 / 0.00 / 0.25 | not reached | 0.250 |"
     assert len(lines) == 6
+
+
+def test_mixed_reads_a_running_run_from_before_json(tmp_path):
+    counts = {1: 1, 11: 3}
+    write_mixed_run(tmp_path / "a", {0: {1: 0.0, 11: 1 / 3}, 10: {1: 1.0, 11: 2 / 3}}, counts)
+    write_mixed_run(tmp_path / "b", {0: {1: 0.0, 11: 1 / 3}}, counts)
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    (tmp_path / "b" / "summary.json").unlink()  # still running: only the step-0 evaluation is on disk
+    (tmp_path / "b" / "before.json").write_text(json.dumps(summary["before"]))
+    lines = table.mixed([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert lines[2:] == ["| arithmetic | a | 0.00 / 1.00 | 10 | 1.000 |", "| arithmetic | b | 0.00 | not reached | 0.000 |",
+                         "| code_arith | a | 0.33 / 0.67 | 10 | 0.667 |", "| code_arith | b | 0.33 | not reached | 0.333 |"]
+    # up to step 0 only: a's curve is cut to its step-0 evaluation
+    assert table.mixed([str(tmp_path / "a"), str(tmp_path / "b")], upto=0)[2] == "| arithmetic | a | 0.00 | 0 | 0.000 |"
