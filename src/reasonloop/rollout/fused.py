@@ -80,7 +80,9 @@ def build_extension(prefix: str, source: Path, flags: list[str], switch: str, wh
         return False
 
 
-STALE_LOCK_S = 300  # a build takes ~10 s (a minute on a loaded machine): an older lock is a dead builder's
+# a build takes ~10 s on a quiet machine, but 15 min were measured on a core shared by ~10 jobs (2026-12-03);
+# breaking a live builder's lock would start a second build in the same directory: an older lock is a dead builder's
+STALE_LOCK_S = 1800
 
 
 def _break_stale_lock(name: str) -> None:
