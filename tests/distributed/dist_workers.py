@@ -82,6 +82,21 @@ class PerPromptSeeded:
         return RolloutBatch.concat([self.inner.generate([p], n, sampling, torch.Generator().manual_seed(
             zlib.crc32(p.encode()))) for p in prompts], self.pad_id)
 
+    def episodes(self, examples, n, sampling, generator=None, render=lambda s: s) -> RolloutBatch:
+        """A multi-turn engine's episodes, each example's group seeded by its rendered prompt; `last` (the
+        episodes' returns and turn records, which the trainer reads) covers all of them."""
+        batches, lasts = [], []
+        for ex in examples:
+            seed = torch.Generator().manual_seed(zlib.crc32(render(ex.prompt).encode()))
+            batches.append(self.inner.episodes([ex], n, sampling, seed, render))
+            lasts.append(self.inner.last)
+        self.last = {k: torch.cat([last[k] for last in lasts]) if k == "returns" else sum((last[k] for last in lasts), [])
+                     for k in lasts[0]}
+        return RolloutBatch.concat(batches, self.pad_id)
+
+    def metrics(self, *args):
+        return self.inner.metrics(*args)
+
     def update_weights(self, model) -> None:
         self.inner.update_weights(model)
 

@@ -124,6 +124,12 @@ def test_async_mode_requires_the_importance_correction(nano_model_dir, tmp_path)
         rl.run(cfg)
 
 
+def test_multi_turn_episodes_are_refused_before_ray_starts(nano_model_dir, tmp_path):
+    cfg = load_config(rl.Config, args(nano_model_dir, tmp_path, "distributed.backend=ray", "agent.env=tools"))
+    with pytest.raises(ConfigError, match="single-turn completions only"):
+        rl.run(cfg)
+
+
 def run_in_thread(cfg) -> tuple[ActorLearner, threading.Thread, dict]:
     driver = ActorLearner(cfg, rl.Trainer)
     driver.start()

@@ -256,6 +256,7 @@ def test_torchrun_checkpoints_hold_the_critic_and_the_implicit_prm(strategy, ext
     trainer.train()
 
 
+TWO_TURNS = "toy_tasks:two_turns"
 ADAPTIVE = ("adaptive_group=true", "group_size_min=2", "group_size_max=16")
 CURRICULUM = ("curriculum.enabled=true", "curriculum.window=4", "curriculum.milestones=[0.2]", "seed=1")
 
@@ -275,6 +276,10 @@ CURRICULUM = ("curriculum.enabled=true", "curriculum.window=4", "curriculum.mile
     # with adaptive groups under FSDP2 (refills of larger groups, as the level's pass rate moved)
     pytest.param("fsdp", (*CURRICULUM, "adaptive_group=true", "group_size_min=2", "group_size_max=6"), 2,
                  id="curriculum-adaptive_group-fsdp", marks=pytest.mark.slow),
+    # multi-turn episodes (a toy environment: two turns, an observation, a per-turn reward): every rank plays its
+    # prompts' episodes; the agent/* counters are summed over ranks before they become rates
+    *[pytest.param(strategy, (f"agent.env={TWO_TURNS}", "sampling.max_new_tokens=4"), 1, id=f"multiturn-{strategy}",
+                   marks=[pytest.mark.slow] if strategy == "fsdp" else []) for strategy in ("ddp", "fsdp")],
 ])
 def test_two_ranks_take_the_single_process_whole_step(strategy, extra, steps, nano_model_dir, tmp_path, toy_task):
     """Rollout included: every prompt's group comes from a generator seeded by its text (PerPromptSeeded), so
@@ -290,7 +295,8 @@ def test_two_ranks_take_the_single_process_whole_step(strategy, extra, steps, na
     dist = torch.load(tmp_path / "result.pt", weights_only=False)
     for step, ((single, _), ranks) in enumerate(zip(history, dist["metrics"])):
         keys = [k for k in single if k.startswith(("dynamic_sampling/", "reward/mean", "accuracy", "length/mean",
-                                                   "zero_variance_frac", "curriculum/"))]
+                                                   "zero_variance_frac", "curriculum/", "agent/"))
+                and k != "agent/env_seconds_per_episode"]
         for key in keys:
             assert ranks[key] == pytest.approx(single[key], rel=1e-6), key
         rel = 1e-6 if step == 0 else 2e-5  # after an update: see the test above
@@ -303,6 +309,10 @@ def test_two_ranks_take_the_single_process_whole_step(strategy, extra, steps, na
         torch.testing.assert_close(dist["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
     if "adaptive_group=true" in extra:  # step 2 drew groups of two sizes (the levels' rates after step 1 differ)
         assert len(sizes[1]) == 2, sizes
+    if f"agent.env={TWO_TURNS}" in extra:  # episodes of two turns, some first turns counted as calls
+        first = history[0][0]
+        assert first["agent/turns_per_episode"] == 2.0 and 0 < first["agent/tool_call_rate"] < 1, first
+        assert first["agent/errors/tool_error"] >= 1, "a count: summed over ranks, not averaged"
     if "dynamic_sampling=true" in extra:
         first = history[0][0]
         assert first["dynamic_sampling/refills"] >= 1 and first["dynamic_sampling/kept_groups"] == 4, first

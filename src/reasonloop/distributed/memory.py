@@ -17,7 +17,11 @@ def apply_memory(model: torch.nn.Module, memory: MemoryConfig, autocast: bool = 
         if not getattr(model, "supports_gradient_checkpointing", False) and not hasattr(model, "get_base_model"):
             raise ConfigError(f"memory.activation_checkpointing: {type(model).__name__} does not support HF gradient "
                               "checkpointing")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns, gone in v6
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if memory.precision == "bf16" and autocast:
         bf16_forward(model)
     return model

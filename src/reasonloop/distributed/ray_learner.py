@@ -59,6 +59,9 @@ def _ray():
 
 def check_config(cfg: Any) -> None:
     rc = cfg.distributed.ray
+    if cfg.agent.env:
+        raise ConfigError(f"agent.env={cfg.agent.env!r}: the Ray rollout workers generate single-turn completions "
+                          "only; run multi-turn episodes in one process or under torchrun (docs/scale.md)")
     if rc.mode == "async" and cfg.tis_cap <= 0:
         raise ConfigError("distributed.ray.mode=async trains on samples up to max_staleness updates old: set tis_cap "
                           "(e.g. tis_cap=2.0) so the trainer corrects them with truncated importance sampling")

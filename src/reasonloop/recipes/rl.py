@@ -870,12 +870,13 @@ class Trainer:
             "repetition_rate": sum(map(repetition_rate, data.batch.completions)) / len(data.batch.completions),
             "tokens_per_s": n_tokens / elapsed, "time/rollout": t_rollout, "time/logprobs": t_score,
             "time/train": t_train, "time/step": elapsed,
-            **(self.engine.metrics() if cfg.agent.env else {}),
         }
+        agent = self.engine.metrics(self.dist.gather) if cfg.agent.env else {}  # counters summed over ranks
+        metrics.update(agent)
         accuracy = data.components.get("accuracy", data.components.get("task/accuracy"))
         if accuracy is not None:  # the verifier's verdict on the training samples, trained on or not
             metrics["accuracy"] = float(accuracy.mean())
-        already_global = {*update_metrics,  # and the PRM's sums, the curriculum's state (the same on every rank)
+        already_global = {*update_metrics, *agent,  # and the PRM's sums, the curriculum's state (the same on every rank)
                           *(k for k in {**process_metrics, **stats} if k.startswith(("prime/", "curriculum/")))}
         return self.dist.reduce_step(metrics, exclude=already_global, rows=len(data.tokens)), data
 

@@ -190,9 +190,15 @@ class MultiTurnEngine:
             self.model.train(was_training)
         return self._batch(eps, prompt_ids, n)
 
-    def metrics(self) -> dict[str, float]:
-        """Episode metrics summed since the last call, as rates and means (then reset)."""
-        t, self._totals = self._totals, {}
+    def metrics(self, gather: Callable[[dict], list[dict]] | None = None) -> dict[str, float]:
+        """Episode metrics summed since the last call, as rates and means (then reset). `gather` (a placement's:
+        every rank's object, in rank order; a collective, so every rank calls it) sums the counters of all
+        ranks first: the rates are then the global batch's, exactly."""
+        local, self._totals = self._totals, {}
+        t: dict[str, float] = {}
+        for part in gather(local) if gather is not None else [local]:
+            for k, v in part.items():
+                t[k] = t.get(k, 0) + v
         episodes = t.get("episodes", 0)
         if not episodes:
             return {}

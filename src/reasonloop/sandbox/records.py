@@ -31,7 +31,7 @@ class Limits:
     """
 
     wall_time_s: float = 5.0  # wall clock, enforced by the parent with SIGKILL to the whole sandbox
-    cpu_time_s: int = 5  # RLIMIT_CPU seconds, soft == hard: SIGKILL when reached
+    cpu_time_s: int = 5  # RLIMIT_CPU seconds: SIGKILL when reached (rlimits level: SIGXCPU, SIGKILL a second later)
     memory_mb: int = 512  # RLIMIT_AS per process
     max_processes: int = 16  # RLIMIT_NPROC: processes + threads of this run (per user namespace)
     max_open_files: int = 64  # RLIMIT_NOFILE

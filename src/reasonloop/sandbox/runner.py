@@ -8,16 +8,18 @@ Design choices (see docs/sandbox.md):
 - rlimits are applied *inside* the user namespace, where the kernel counts RLIMIT_NPROC per
   namespace, so a fork bomb in one run cannot starve concurrent runs of processes.
 - The program is pid 1 of its pid namespace (`--as-pid-1`), so bwrap reaps it directly and its CPU
-  time reaches us through `wait4`; pid 1 ignores SIGXCPU, hence soft == hard CPU limit (SIGKILL).
+  time reaches us through `wait4`; pid 1 ignores SIGXCPU, hence soft == hard CPU limit (SIGKILL) there.
   When it exits or is killed, the kernel kills every other process in the namespace.
 - stdin/stdout/stderr and the program file are memfds: nothing touches the host disk at the
   namespaces level, RLIMIT_FSIZE caps output at the source, and nothing survives the run.
-- Each concurrent run gets its own uid (when we are root), so the rlimits-level teardown
-  `kill -9 -1` as that uid reaps exactly that run's leftovers, even processes that left the session.
+- Each concurrent run gets its own uid (when we are root), machine-wide (a `flock`ed slot, see `_Slots`), so
+  the rlimits-level teardown `kill -9 -1` as that uid reaps exactly that run's leftovers, even processes that
+  left the session, and never another process's run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import shutil
@@ -74,23 +76,31 @@ def programs(python: str) -> dict[str, Program]:
 
 
 class _Slots:
-    """Small integers for concurrent runs, reused when free; slot k runs as uid `uid_base + k`."""
+    """Small integers for concurrent runs, machine-wide: slot k (uid `uid_base + k`) is held through an exclusive
+    `flock` on its lock file, so no two runs share a uid, whichever process or `Sandbox` starts them (the
+    rlimits level's teardown, `kill -9 -1` as the run's uid, would otherwise kill another run's program, and
+    RLIMIT_NPROC would count both). The lowest free slot is taken; it is free again when its run ends."""
 
-    def __init__(self) -> None:
-        self._free: list[int] = []
-        self._next = 0
-        self._lock = threading.Lock()
+    def __init__(self, uid_base: int, lock_dir: str | None = None) -> None:
+        self.uid_base = uid_base
+        self.lock_dir = lock_dir or os.path.join(tempfile.gettempdir(), f"reasonloop-sandbox-{os.getuid()}")
 
     @contextmanager
     def take(self) -> Iterator[int]:
-        with self._lock:
-            slot = self._free.pop() if self._free else self._next
-            self._next = max(self._next, slot + 1)
+        os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)  # the caller's alone: a run cannot touch the locks
+        slot = 0
+        while True:
+            fd = os.open(os.path.join(self.lock_dir, f"uid-{self.uid_base + slot}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # held by a run of this or another process
+                os.close(fd)
+                slot += 1
         try:
             yield slot
         finally:
-            with self._lock:
-                self._free.append(slot)
+            os.close(fd)  # releases the lock
 
 
 class Sandbox:
@@ -116,7 +126,7 @@ class Sandbox:
                 f"{ALLOW_UNISOLATED_ENV}=1 in the environment for training and evaluation commands")
         self.uid_base = uid_base
         self.programs = programs(python or default_python())
-        self._slots = _Slots()
+        self._slots = _Slots(uid_base)
 
     def isolation_level(self) -> str:
         return self.iso.level
@@ -137,8 +147,12 @@ class Sandbox:
     def _drop(self, uid: int) -> list[str]:
         return privilege_drop(self.iso.setpriv, uid) if self.iso.drops_privileges else []
 
-    def _rlimits(self, lim: Limits) -> list[str]:
-        return [self.iso.prlimit, f"--cpu={lim.cpu_time_s}:{lim.cpu_time_s}",
+    def _rlimits(self, lim: Limits, pid1: bool) -> list[str]:
+        # pid 1 of a namespace is spared SIGXCPU: soft == hard, SIGKILL at the limit. Otherwise soft < hard: the
+        # soft limit's SIGXCPU names the cause (a runaway is a timeout, whatever rusage reads under load, where it
+        # can lag the kernel's accounting past CPU_KILL_FRACTION); one that ignores SIGXCPU dies a second later
+        hard = lim.cpu_time_s if pid1 else lim.cpu_time_s + 1
+        return [self.iso.prlimit, f"--cpu={lim.cpu_time_s}:{hard}",
                 f"--as={lim.memory_mb << 20}", f"--nproc={lim.max_processes}",
                 f"--nofile={lim.max_open_files}", f"--fsize={lim.max_output_bytes + 1}", "--core=0", "--"]
 
@@ -155,7 +169,7 @@ class Sandbox:
             "--chdir", SCRATCH, "--hostname", "sandbox", "--clearenv",
             *[a for k, v in _env(SCRATCH).items() for a in ("--setenv", k, v)],
             "--json-status-fd", str(io.status),
-            "--", *self._rlimits(lim), *program.argv]
+            "--", *self._rlimits(lim, pid1=True), *program.argv]
         res = _execute(argv, io, lim, cwd="/", env={}, wrapped_signals=True)
         return _finish(res, io, lim, self.iso.level)
 
@@ -168,7 +182,7 @@ class Sandbox:
             if self.iso.drops_privileges:
                 os.chown(scratch, uid, uid)
                 os.chown(path, uid, uid)
-            argv = self._drop(uid) + self._rlimits(lim) + list(program.argv)
+            argv = self._drop(uid) + self._rlimits(lim, pid1=False) + list(program.argv)
             res = _execute(argv, io, lim, cwd=scratch, env=_env(scratch), wrapped_signals=False)
             if self.iso.drops_privileges:  # reap daemonised leftovers: everything this uid runs
                 subprocess.run(self._drop(uid) + ["kill", "-9", "-1"], env={}, capture_output=True)
