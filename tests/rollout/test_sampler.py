@@ -109,3 +109,43 @@ def test_sampling_follows_the_filtered_distribution():
     freq0 = (tokens == 0).float().mean().item()
     assert abs(freq0 - 1 / (1 + math.exp(-1))) < 0.03
     assert torch.allclose(lps[tokens == 0], torch.log_softmax(logits[0], -1)[0].expand(int((tokens == 0).sum())))
+
+
+def test_gc_is_off_during_a_sampler_call_and_restored_after(nano_model, tokenizer):
+    import gc
+
+    seen = []
+    # the embedding runs in every path's prefill (the compiled decode step reads its weights directly)
+    hook = nano_model.get_input_embeddings().register_forward_pre_hook(lambda *_: seen.append(gc.isenabled()))
+    try:
+        assert gc.isenabled()
+        TorchSampler(nano_model, tokenizer).generate(PROMPTS[:1], 2, SamplingConfig(max_new_tokens=4))
+        assert seen and not any(seen)  # every embedding call ran with the collector off
+        assert gc.isenabled()
+    finally:
+        hook.remove()
+
+
+def test_gc_state_is_restored_when_a_sampler_call_raises(nano_model, tokenizer):
+    import gc
+
+    import pytest
+
+    def boom(*_):
+        raise RuntimeError("forward failed")
+
+    hook = nano_model.get_input_embeddings().register_forward_pre_hook(boom)
+    sampler = TorchSampler(nano_model, tokenizer)
+    try:
+        with pytest.raises(RuntimeError, match="forward failed"):
+            sampler.generate(PROMPTS[:1], 2, SamplingConfig(max_new_tokens=4))
+        assert gc.isenabled()
+        gc.disable()  # a caller that turned it off itself keeps it off
+        try:
+            with pytest.raises(RuntimeError, match="forward failed"):
+                sampler.generate(PROMPTS[:1], 2, SamplingConfig(max_new_tokens=4))
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        hook.remove()

@@ -400,3 +400,38 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatc
     os.utime(lock, (old, old))
     fused._break_stale_lock("reasonloop_decode_x")
     assert not lock.exists()
+
+
+def test_the_extension_name_changes_with_the_source_and_the_flags(tmp_path):
+    """Checkouts sharing torch's extension cache must not load (or rebuild over) each other's builds."""
+    from reasonloop.rollout import fused
+
+    src = tmp_path / "step.cpp"
+    src.write_text("int f() { return 1; }\n")
+    name = fused.extension_name("reasonloop_decode", src, ["-O3"])
+    assert name == fused.extension_name("reasonloop_decode", src, ["-O3"])  # deterministic
+    assert name.startswith(f"reasonloop_decode_{fused._machine_tag()}_")
+    tag = name.rsplit("_", 1)[1]
+    assert len(tag) == 10 and all(c in "0123456789abcdef" for c in tag)
+    assert fused.extension_name("reasonloop_decode", src, ["-O2"]) != name  # other flags: another build
+    src.write_text("int f() { return 2; }\n")
+    assert fused.extension_name("reasonloop_decode", src, ["-O3"]) != name  # one changed character: another build
+
+
+def test_both_extensions_are_built_under_their_source_tagged_names(monkeypatch):
+    from reasonloop.rollout import fused, ternary
+
+    built = []
+
+    def record(name, sources, **kwargs):
+        built.append((name, sources))
+        raise RuntimeError("recorded")  # no build needed: the name is what is checked
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", record)
+    monkeypatch.setattr(fused, "_state", {})
+    monkeypatch.setattr(ternary, "_state", {})
+    assert not fused.available() and not ternary.available()
+    assert built == [
+        (fused.extension_name("reasonloop_decode", fused._SOURCE, fused._FLAGS), [str(fused._SOURCE)]),
+        (fused.extension_name("reasonloop_ternary", ternary._SOURCE, ternary._FLAGS), [str(ternary._SOURCE)]),
+    ]

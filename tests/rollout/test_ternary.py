@@ -272,3 +272,48 @@ def test_the_compiled_ternary_step_repacks_after_an_in_place_update(tokenizer):
     assert sampler._packed is not packed
     assert torch.equal(after.completion_ids, fresh.completion_ids) and torch.equal(after.logprobs, fresh.logprobs)
     assert not torch.equal(after.logprobs, first.logprobs)
+
+
+# -- the RL trainer's reference pass (recipes/rl.py) --------------------------------------------------------
+@needs_kernel
+def test_the_bitnet_reference_pass_runs_on_the_kernel_with_the_training_forwards_integers(nano_model_dir, tmp_path,
+                                                                                           monkeypatch):
+    """The reference log-probs of a BitNet policy come from the kernel: every projection's int8 activation
+    codes and int32 products are exactly BitLinear's quantising forward's (so only the final float scaling
+    differs), and the log-probs equal that forward's within float rounding."""
+    from reasonloop.config import load_config
+    from reasonloop.recipes import rl
+
+    cfg = load_config(rl.Config, [
+        f"model.name={nano_model_dir}", f"output_dir={tmp_path}", "model.bitnet=true", "kl_coef=0.04", "steps=1",
+        "prompts_per_step=2", "group_size=4", "sampling.max_new_tokens=8", "eval_n=4", "eval_k=0", "eval_every=0",
+        "save_every=0", "samples_every=0", "train_pool=16", "micro_batch_size=4"])
+    trainer = rl.Trainer(cfg)
+    data, _ = trainer.collect()
+    weights = {id(packed): layer.weight for name, layer in bitnet.bit_linears(trainer.ref)
+               for pname, packed in ternary.packed_layers(trainer.ref).items() if pname == name}
+    seen = []
+    real = ternary.PackedLinear.__call__
+
+    def recording(self, x):
+        seen.append((self, x.detach().clone()))
+        return real(self, x)
+
+    monkeypatch.setattr(ternary.PackedLinear, "__call__", recording)
+    fast = trainer.score_tokens(data).ref
+    assert {id(p) for p, _ in seen} == set(weights) and len(seen) % len(weights) == 0  # every projection, every call
+    for packed, x in seen:
+        x2 = x.reshape(-1, x.shape[-1])
+        codes, s_x = ternary.quantize_rows(x2)
+        ref_codes, ref_s_x = bitnet.quantize_activations(x2)
+        assert torch.equal(codes, ref_codes) and torch.equal(s_x, ref_s_x)
+        w_q, _ = bitnet.ternarize(weights[id(packed)])
+        assert torch.equal(ternary.gemm(codes, packed.packed), bitnet.integer_linear(ref_codes, w_q))
+    seen.clear()
+    monkeypatch.setattr(ternary, "available", lambda: False)  # the quantising training forward instead
+    slow = trainer.score_tokens(data).ref
+    assert not seen
+    mask = data.tokens.completion_mask.bool()
+    assert mask.sum() > 0
+    torch.testing.assert_close(fast[mask], slow[mask], rtol=0, atol=1e-5)
+    assert torch.equal(fast[~mask], slow[~mask])  # padding: zeros on both sides

@@ -81,6 +81,7 @@ from reasonloop.rewards.step_tokens import ArithmeticStepOracle, place_step_scor
 from reasonloop.rewards.reward_model import RewardModel
 from reasonloop.rollout.engine import RolloutConfig, RolloutEngine, SamplingConfig, build_engine
 from reasonloop.rollout.multiturn import AgentConfig, build_agent_engine
+from reasonloop.rollout import ternary
 from reasonloop.train.checkpoint import latest_checkpoint
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.models.forward import ForwardConfig, policy_forward
@@ -704,7 +705,10 @@ class Trainer:
         if self.use_lora:
             with self.model.disable_adapter():
                 return self._forward(self.model, mb, temp).logprobs
-        return self._forward(self.ref, mb, temp).logprobs
+        # a BitNet reference runs on the ternary kernel (packed once: its weights never change); the same
+        # integers as BitLinear's quantising forward, log-probs within float rounding (tests/rollout/test_ternary.py)
+        with ternary.attached(self.ref):
+            return self._forward(self.ref, mb, temp).logprobs
 
     def _forward(self, model, mb: TokenBatch, temp: float, **outputs):
         return policy_forward(model, mb, temp, share_prompts=self.cfg.forward.share_prompts,

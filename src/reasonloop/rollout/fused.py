@@ -57,7 +57,7 @@ def _build() -> bool:
 
 def build_extension(prefix: str, source: Path, flags: list[str], switch: str, what: str, loaded, unavailable: str
                     ) -> bool:
-    """Build (or load from torch's cache) the C++ extension `source` as `<prefix>_<machine tag>`: False when
+    """Build (or load from torch's cache) the C++ extension `source` as `extension_name(...)`: False when
     the environment variable `switch` is 0 or the build fails (no compiler, no ninja, read-only cache...),
     with the warning `unavailable` (given the error's type and first line); `loaded()` checks its ops."""
     if os.environ.get(switch, "1") == "0":
@@ -69,7 +69,7 @@ def build_extension(prefix: str, source: Path, flags: list[str], switch: str, wh
             import ninja
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        name = f"{prefix}_{_machine_tag()}"
+        name = extension_name(prefix, source, flags)
         _break_stale_lock(name)
         if not _built(name):
             log.info("compiling %s (rollout/%s; ~10 s, once per machine and torch version)", what, source.name)
@@ -80,7 +80,9 @@ def build_extension(prefix: str, source: Path, flags: list[str], switch: str, wh
         return False
 
 
-STALE_LOCK_S = 300  # a build takes ~10 s (a minute on a loaded machine): an older lock is a dead builder's
+# a build takes ~10 s on a quiet machine, but 15 min were measured on a core shared by ~10 jobs (2026-12-03);
+# breaking a live builder's lock would start a second build in the same directory: an older lock is a dead builder's
+STALE_LOCK_S = 1800
 
 
 def _break_stale_lock(name: str) -> None:
@@ -105,6 +107,16 @@ def _built(name: str) -> bool:
         return any(Path(_get_build_directory(name, verbose=False)).glob("*.so"))
     except Exception:
         return False
+
+
+def extension_name(prefix: str, source: Path, flags: list[str]) -> str:
+    """`<prefix>_<machine tag>_<source tag>`: the name torch's extension cache files a build under. The
+    source tag hashes the C++ source and the compiler flags, so checkouts sharing one cache (git worktrees,
+    two versions installed side by side) never load or rebuild each other's builds: torch's own check
+    compares a build with the last sources built *under that name*, so two versions sharing a name
+    rebuild in turn, and a process that loaded one before the other rebuilt keeps a stale copy."""
+    digest = hashlib.sha1(Path(source).read_bytes() + b"\0" + " ".join(flags).encode()).hexdigest()[:10]
+    return f"{prefix}_{_machine_tag()}_{digest}"
 
 
 def _machine_tag() -> str:
