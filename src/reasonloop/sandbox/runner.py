@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +87,8 @@ class _Slots:
     @contextmanager
     def take(self) -> Iterator[int]:
         os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)  # the caller's alone: a run cannot touch the locks
+        if os.stat(self.lock_dir).st_uid != os.getuid():
+            raise IsolationError(f"{self.lock_dir} (the sandbox's uid locks) belongs to another user; remove it")
         slot = 0
         while True:
             fd = os.open(os.path.join(self.lock_dir, f"uid-{self.uid_base + slot}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
