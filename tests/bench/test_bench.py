@@ -87,3 +87,16 @@ def test_sandbox_bench_runs_its_four_rows(tmp_path):
     assert [(r["program"], r["workers"], r["runs"]) for r in rows] == [
         ("trivial", 1, 2), ("trivial", 1, 2), ("sleep_1s", 1, 1), ("busy_1s", 1, 1)]
     assert all(r["all_ok"] for r in rows)
+
+
+def test_profiled_steps_leave_the_console_alone(capfd):
+    """torch's C++ profiler writes `USDT: ... profiler_start/stop` to file descriptor 2; the bench's profiled
+    calls keep it off the console and still record the matrix multiplies."""
+    import torch
+
+    from reasonloop.bench.timing import recorded_gemms
+
+    gemms = recorded_gemms(lambda: torch.mm(torch.randn(4, 8), torch.randn(8, 2)))
+    assert gemms == [("aten::mm", [[4, 8], [8, 2]])]
+    out, err = capfd.readouterr()
+    assert "USDT" not in err + out and "profiler_st" not in err + out

@@ -25,6 +25,7 @@ from reasonloop.bench.timing import (
     gemm_replay_seconds,
     matmul_gflops,
     peak_rss_mb,
+    profiled,
     sync,
 )
 from reasonloop.config import require
@@ -130,9 +131,7 @@ def bench_grpo(cfg: Config, model_dir: str, out: Path, ceiling: bool = True) -> 
     if ceiling:  # the step's matmuls (sampling, log-probs, forward and backward) replayed alone: a floor on its time
         result["gemm_only_s"] = gemm_replay_seconds(trainer.step, 3, next(trainer.model.parameters()).device)
     if cfg.profile:
-        from torch.profiler import profile
-
-        with profile() as prof:
+        with profiled() as prof:
             trainer.step()
         (out / "profile_grpo_step.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
     trainer.run.close()
@@ -263,9 +262,7 @@ def bench_train(cfg: Config, gflops: float, out: Path) -> dict:
     flops_per_token = 6 * params + 12 * conf.num_hidden_layers * conf.hidden_size * S
     achieved = flops_per_token * tokens_per_s / 1e9
     if cfg.profile:
-        from torch.profiler import profile
-
-        with profile() as prof:
+        with profiled() as prof:
             one()
         (out / "profile_train_step.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
     return {"params": params, "batch": B, "seq": S, "median_s": med, "tokens_per_s": tokens_per_s,

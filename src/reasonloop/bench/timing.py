@@ -3,10 +3,12 @@ call's matrix multiplies alone (a floor on its time), and a rollout engine that 
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -84,11 +86,41 @@ GEMM_OPS = {"aten::mm": torch.mm, "aten::bmm": torch.bmm, "aten::addmm": torch.a
 ONEDNN_LINEAR = "mkldnn::_linear_pointwise"  # the compiled decode step's projections (prepacked weights)
 
 
+@contextmanager
+def _stderr_muted():
+    """File descriptor 2 points at /dev/null inside (C++ code writes there, not through sys.stderr)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+@contextmanager
+def profiled(**kwargs):
+    """`torch.profiler.profile(**kwargs)`, without the `USDT: ... profiler_start/stop` lines that torch's C++
+    profiler writes to stderr when it starts and stops (our commands own the console)."""
+    from torch.profiler import profile
+
+    prof = profile(**kwargs)
+    with _stderr_muted():
+        prof.__enter__()
+    try:
+        yield prof
+    finally:
+        with _stderr_muted():
+            prof.__exit__(None, None, None)
+
+
 def recorded_gemms(fn) -> list[tuple[str, list[list[int]]]]:
     """(op name, input shapes) of every matrix multiply `fn()` makes, in order (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    with profiled(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         fn()
     return [(e.name, [list(shape) for shape in e.input_shapes if shape]) for e in prof.events()
             if e.name in GEMM_OPS or e.name == ONEDNN_LINEAR]
