@@ -33,3 +33,16 @@ def test_a_run_that_ends_does_not_kill_another_sandboxs_run(monkeypatch):
     assert short.run("print(1)").stdout == "1\n"
     worker.join()
     assert (box["r"].status, box["r"].stdout) == ("ok", "alive\n")
+
+
+def test_a_lock_directory_of_another_user_is_refused(tmp_path):
+    import os
+
+    from reasonloop.sandbox.runner import IsolationError
+
+    if os.getuid() != 0:
+        pytest.skip("only root can hand a directory to another user")
+    os.chown(tmp_path, 12345, 12345)  # someone else's: they could hold or fake the locks
+    with pytest.raises(IsolationError, match="belongs to another user"):
+        with _Slots(1000, str(tmp_path)).take():
+            pass
