@@ -5,8 +5,11 @@
 # Usage: scripts/defaults_travel.sh [RUNS_DIR] [RL_STEPS] [SFT_STEPS] [TASK_NAMES...]
 # Environment: SFT_LR (default 3e-4, sft's default), EVAL_N (100), CANDIDATE (the candidate run's overrides),
 # SFT_FORM (answer: <think>A</think><answer>A</answer>, the default; worked: a question ending in a sum of
-# integers, chain_sum's "... problem: 8 + 4 =", gets the sum written in the embedded model's notation as its
-# thought, <think>8+4=12</think>; other questions stay answer-only),
+# integers, chain_sum's "... problem: 8 + 4 =" or basic_arithmetic's "Calculate 8 + 4.", gets the sum written in the embedded model's notation as its
+# thought, <think>8+4=12</think>; careful: the same chain worked one operation at a time in the embedded
+# arithmetic task's careful notation, <think>8+4=12;12-3=9</think>; other questions stay answer-only),
+# TRAVEL_TASKS (space-separated name=spec entries replacing the five below; e.g.
+# "chain_sum3=chain_sum,min_terms=2,max_terms=4,min_digits=1,max_digits=1"),
 # REASONLOOP / PYTHON (launchers; may be several words, e.g. "taskset -c 1 nice reasonloop").
 # The table: python scripts/curriculum_table.py --travel RUNS_DIR
 set -euo pipefail
@@ -21,6 +24,7 @@ read -r -a CAND <<< "${CANDIDATE:-group_size=16 prompts_per_step=8 entropy_coef=
 TASKS=("chain_sum=chain_sum,level.num_terms=0,level.num_digits=1" "count_bits=count_bits,level=0"
        "spell_backward=spell_backward,level=0" "calendar_arithmetic=calendar_arithmetic,level=0"
        "basic_arithmetic=basic_arithmetic,level=1")
+[ -z "${TRAVEL_TASKS:-}" ] || read -r -a TASKS <<< "$TRAVEL_TASKS"
 mkdir -p "$R"
 for entry in "${TASKS[@]}"; do
   t=${entry%%=*}
@@ -30,10 +34,22 @@ for entry in "${TASKS[@]}"; do
 import json, re, sys
 from reasonloop.tasks import make_task
 task, out, form = sys.argv[1], sys.argv[2], sys.argv[3]
-SUM = re.compile(r":\s*(-?\d+(?:\s*[-+]\s*\d+)+)\s*=\s*$")  # "...: 8 + 4 =" -> "8 + 4"
+# "...: 8 + 4 =" (chain_sum) or "Calculate 8 + 4." (basic_arithmetic) -> "8 + 4"
+SUM = re.compile(r"(?::|Calculate)\s*(-?\d+(?:\s*[-+]\s*\d+)+)\s*(?:=|\.)\s*$")
+def careful(chain):  # "8+4-3" -> "8+4=12;12-3=9", left to right
+    nums, ops = re.findall(r"\d+", chain.lstrip("-")), re.findall(r"[-+]", chain.lstrip("-"))
+    acc, steps = int(nums[0]) * (-1 if chain.startswith("-") else 1), []
+    for op, n in zip(ops, nums[1:]):
+        nxt = acc + int(n) if op == "+" else acc - int(n)
+        steps.append(f"{acc}{op}{n}={nxt}")
+        acc = nxt
+    return ";".join(steps)
 def thought(ex):
-    m = SUM.search(ex.prompt) if form == "worked" else None
-    return "".join(m.group(1).split()) + f"={ex.answer}" if m else ex.answer
+    m = SUM.search(ex.prompt) if form in ("worked", "careful") else None
+    if not m:
+        return ex.answer
+    chain = "".join(m.group(1).split())
+    return careful(chain) if form == "careful" else chain + f"={ex.answer}"
 with open(out, "w") as f:
     for ex in make_task(task).examples("train", 2000, seed=0):
         f.write(json.dumps({"prompt": ex.prompt, "completion": f"<think>{thought(ex)}</think><answer>{ex.answer}</answer>"}) + "\n")
