@@ -4,6 +4,7 @@
     python scripts/curriculum_table.py --mixed runs/curriculum/mix-uniform runs/curriculum/mix-curriculum ...
     python scripts/curriculum_table.py --mixed --upto=40 ...     # only the evaluations up to step 40
     python scripts/curriculum_table.py --travel runs/travel
+    python scripts/curriculum_table.py --travel runs/t3 chain_sum3 basic3     # other task names (defaults_travel.sh TRAVEL_TASKS)
 
 Curriculum vs uniform (the first form): the first run is the uniform baseline; for each run, the held-out greedy
 pass@1 curve (metrics.jsonl), the first evaluated step at which it reaches the baseline's final accuracy, its final
@@ -127,12 +128,12 @@ def window_means(run: Path, keys: tuple[str, ...] = TREND_KEYS, n: int = 5) -> d
     return out
 
 
-def travel(root: Path) -> list[str]:
-    """docs/curriculum.md's "Defaults that travel" rows for the tasks that have runs under root."""
+def travel(root: Path, tasks: tuple[str, ...] = TRAVEL_TASKS) -> list[str]:
+    """docs/curriculum.md's "Defaults that travel" rows for those of `tasks` that have runs under root."""
     lines = ["| task (n) | SFT | RL, defaults | RL, candidate |", "|---|---|---|---|"]
     trend = ["| task | run | " + " | ".join(f"{key}, first 5 -> last 5 steps" for key in TREND_KEYS) + " |",
              "|---|---|" + "---|" * len(TREND_KEYS)]
-    for task in TRAVEL_TASKS:
+    for task in tasks:
         summaries = {}
         for arm in TRAVEL_ARMS:
             path = root / f"{task}-{arm}" / "summary.json"
@@ -157,6 +158,6 @@ if __name__ == "__main__":
         upto = int(sys.argv[2].removeprefix("--upto=")) if sys.argv[2].startswith("--upto=") else None
         print("\n".join(mixed([r for r in sys.argv[2:] if not r.startswith("--upto=")], upto)))
     elif sys.argv[1:2] == ["--travel"]:
-        print("\n".join(travel(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/travel"))))
+        print("\n".join(travel(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/travel"), tuple(sys.argv[3:]) or TRAVEL_TASKS)))
     else:
         main(sys.argv[1:])

@@ -52,6 +52,16 @@ def test_travel_row_with_only_the_candidate_finished(tmp_path):
     assert table.travel(tmp_path)[2] == "| chain_sum (60) | 0.020 / 0.030 / 0.200 | - | 0.050 / 0.040 / 0.200 |"
 
 
+def test_travel_rows_for_named_tasks(tmp_path):
+    write_run(tmp_path / "chain_sum3-rl-default", overall(0.3, 0.25, 0.75, n=100), overall(0.5, 0.45, 0.8, n=100),
+              steps([0.2], [0.4]))
+    write_run(tmp_path / "chain_sum-rl-default", overall(0, 0, 0), overall(0, 0, 0), steps([0], [1]))  # not named
+    lines = table.travel(tmp_path, ("chain_sum3",))
+    assert lines[2] == "| chain_sum3 (100) | 0.300 / 0.250 / 0.750 | 0.500 / 0.450 / 0.800 | - |"
+    assert lines[6] == "| chain_sum3 | rl-default | 0.200 -> 0.200 | 0.800 -> 0.800 | 0.400 -> 0.400 |"
+    assert len(lines) == 7
+
+
 def write_mixed_run(d: Path, evals: dict[int, dict[int, float]], counts: dict[int, int]) -> None:
     """A mix:arithmetic+code_arith run: metrics.jsonl rows with per-level greedy pass@1, summary.json's counts."""
     d.mkdir(parents=True)
