@@ -420,6 +420,27 @@ def test_the_extension_name_changes_with_the_source_and_the_flags(tmp_path):
     assert fused.extension_name("reasonloop_decode", src, ["-O3"]) != name  # one changed character: another build
 
 
+def test_finished_rows_leave_the_compiled_step_without_moving_any_cache_row(tokenizer):
+    """keep() swap-removes the rows' prompt and cache-slot indices only: the survivors' completion K/V stay
+    where they were written (the step reads them through `slot`), and a slot outside the cache is refused."""
+    assert fused.available(), "the compiled decode step did not build (needs a C++ compiler and ninja)"
+    model = small_model(tokenizer)
+    enc = tokenizer(PROMPTS[:2], return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    with torch.inference_mode():
+        dec = fused.FusedDecoder(model, 2, 3, enc["input_ids"].shape[1], 8)
+        tokens = dec.prefill(enc["input_ids"], enc["attention_mask"], repeat=3).argmax(-1).repeat_interleave(3)
+        position = (enc["attention_mask"].sum(-1) - 1).repeat_interleave(3) + 1
+        dec.step(tokens, position)
+        cache = dec.storage.clone()
+        order = dec.keep(torch.tensor([True, False, True, False, True, True]))
+        assert order.tolist() == [0, 4, 2, 5] and dec.slot.tolist() == [0, 4, 2, 5]  # rows 4, 5 fill holes 1, 3
+        assert dec.grp.tolist() == [0, 1, 0, 1]
+        assert torch.equal(dec.storage.view(torch.int32), cache.view(torch.int32))  # nothing moved (bits: NaN-safe)
+        dec.slot = torch.tensor([0, 4, 2, 6])  # the cache has rows 0..5
+        with pytest.raises(RuntimeError, match="cache slot out of range"):
+            dec.step(tokens[order], position[order] + 1)
+
+
 def test_the_compiled_step_gives_the_same_bits_at_one_and_two_threads(tokenizer):
     """Its splits (attention and SiLU over rows here; 36 rows) run on torch's intra-op pool when built with
     OpenMP, each row computed whole by one thread, and oneDNN's projections split without reordering sums:

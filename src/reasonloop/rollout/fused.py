@@ -352,6 +352,7 @@ class FusedDecoder:
         self.vp = [F.pad(v, (0, 0, pad, 0)).contiguous() for v in self.prompt.v]
         self.pstart = (P + pad - lengths).long()
         self.grp = torch.arange(B).repeat_interleave(repeat)
+        self.slot = torch.arange(B * repeat)  # the completion cache row of each live row
         self.t = 0
         return logits
 
@@ -361,24 +362,24 @@ class FusedDecoder:
         if self.t >= self.max_new:
             raise ValueError("the cache is full")
         logits = self.op(tokens, self.embed, self.weights, self.kp, self.vp, self.kc, self.vc,
-                         self.pstart, self.grp, position, self.cos, self.sin_signed, self.prompt.inner.norm.weight,
+                         self.pstart, self.grp, self.slot, position, self.cos, self.sin_signed, self.prompt.inner.norm.weight,
                          self.head, self.heads, self.t, self.eps, self.prompt.scaling)
         self.t += 1
         return logits
 
     def keep(self, live: torch.Tensor) -> torch.Tensor:
-        """Drop the rows where `live` [n] is False (swap-remove, as `StaticDecoder.keep`); returns `order`."""
+        """Drop the rows where `live` [n] is False (swap-remove, as `StaticDecoder.keep`); returns `order`.
+        Only the rows' prompt and cache-slot indices move: a surviving row keeps its completion keys/values
+        where they are (moving them, every layer's, took ~4% of a sampler call on the embedded workload)."""
         n, m = live.shape[0], int(live.sum())
         holes = (~live[:m]).nonzero().flatten()
         movers = live[m:].nonzero().flatten() + m
         order = torch.arange(n)
         if len(holes):
-            chunks = -(-self.t // CHUNK)
-            self.k_all[:, holes, :, :chunks] = self.k_all[:, movers, :, :chunks]
-            self.v_all[:, holes, :, : self.t] = self.v_all[:, movers, :, : self.t]
             self.grp[holes] = self.grp[movers]
+            self.slot[holes] = self.slot[movers]
             order[holes] = movers
-        self.grp = self.grp[:m]
+        self.grp, self.slot = self.grp[:m], self.slot[:m]
         return order[:m]
 
 

@@ -15,8 +15,9 @@
 //            W positions, so q.k runs along positions) and values, left-padded: prompt b is
 //            valid from position pstart[b]
 //   kc, vc   [R, KV, T/W, D, W], [R, KV, T, D] per layer: completion keys and values; live row i
-//            owns cache row i
+//            owns cache row slot[i] (finished rows leave by dropping their slot, no cache row moves)
 //   grp      [n] int64                the prompt of each live row
+//   slot     [n] int64                the completion cache row of each live row
 //   pos      [n] int64                RoPE position of the token fed to each row
 //   cos, sin [max_pos, D]             RoPE tables; sin has the first half negated (rotate-half folded in)
 // The token fed at step t is written at completion column t and attends to prompt columns
@@ -248,7 +249,7 @@ struct Dims {
 // [P + T + W] are scratch. Sizes come by value: read through a lambda's captured references they would be
 // reloaded after every memcpy (which may alias anything) once parallel_for's body is not inlined (-fopenmp)
 inline void attend_row(float* qkv, const float* cos, const float* sin, const int64_t* pos, const int64_t* grp,
-                       const int64_t* pstart, const float* kp, const float* vp, float* kc, float* vc, float* o,
+                       const int64_t* slot, const int64_t* pstart, const float* kp, const float* vp, float* kc, float* vc, float* o,
                        const Dims d, int64_t i, float* rot, float* scores) {
   const int64_t H = d.H, KV = d.KV, D = d.D, P = d.P, T = d.T, t = d.t, g = H / KV, half = D / 2;
   const int64_t width = (H + 2 * KV) * D;
@@ -263,10 +264,10 @@ inline void attend_row(float* qkv, const float* cos, const float* sin, const int
     }
     std::memcpy(x, rot, D * sizeof(float));
   }
-  const int64_t b = grp[i], p0 = pstart[b], tw = (t + W) / W * W;
+  const int64_t b = grp[i], r = slot[i], p0 = pstart[b], tw = (t + W) / W * W;
   for (int64_t kh = 0; kh < KV; ++kh) {
-    float* kt = kc + (i * KV + kh) * T * D;  // this row's keys: [T / W, D, W]
-    float* vr = vc + (i * KV + kh) * T * D;  // its values: [T, D]
+    float* kt = kc + (r * KV + kh) * T * D;  // this row's keys: [T / W, D, W]
+    float* vr = vc + (r * KV + kh) * T * D;  // its values: [T, D]
     const float* knew = row + (H + kh) * D;
     float* kslot = kt + (t / W) * D * W + t % W;
     for (int64_t e = 0; e < D; ++e) kslot[e * W] = knew[e];
@@ -293,12 +294,12 @@ inline void attend_row(float* qkv, const float* cos, const float* sin, const int
 
 // attend_row for the n live rows, split over rows on torch's intra-op pool
 void attend(float* qkv, const float* cos, const float* sin, const int64_t* pos, const int64_t* grp,
-            const int64_t* pstart, const float* kp, const float* vp, float* kc, float* vc, float* o,
+            const int64_t* slot, const int64_t* pstart, const float* kp, const float* vp, float* kc, float* vc, float* o,
             const Dims& d) {
   at::parallel_for(0, d.n, grain(4 * d.H * (d.P + d.t + W) * d.D), [&](int64_t lo, int64_t hi) {
     std::vector<float> rot(d.D), scores(d.P + d.T + W);
     for (int64_t i = lo; i < hi; ++i)
-      attend_row(qkv, cos, sin, pos, grp, pstart, kp, vp, kc, vc, o, d, i, rot.data(), scores.data());
+      attend_row(qkv, cos, sin, pos, grp, slot, pstart, kp, vp, kc, vc, o, d, i, rot.data(), scores.data());
   });
 }
 
@@ -374,8 +375,8 @@ constexpr int64_t PER_LAYER = 18;  // norm_in, norm_post, then 4 tensors for eac
 // `project`). head: the LM head's 4. kp/vp/kc/vc: one per layer. Returns logits [n, V].
 at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::TensorList layers,
                        at::TensorList kp, at::TensorList vp, at::TensorList kc, at::TensorList vc,
-                       const at::Tensor& pstart, const at::Tensor& grp, const at::Tensor& pos,
-                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& norm_out,
+                       const at::Tensor& pstart, const at::Tensor& grp, const at::Tensor& slot,
+                       const at::Tensor& pos, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& norm_out,
                        at::TensorList head, int64_t heads, int64_t t, double eps, double scaling) {
   TORCH_CHECK(embed.scalar_type() == at::kFloat && embed.is_cpu(), "decode_step: float32 CPU only");
   const int64_t n = tokens.size(0), C = embed.size(1), L = static_cast<int64_t>(kp.size());
@@ -389,13 +390,18 @@ at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::Te
   at::Tensor x = at::empty_like(h);
   at::Tensor o = at::empty({n, d.H * d.D}, h.options());
   const int64_t* grp_p = grp.data_ptr<int64_t>();
+  TORCH_CHECK(slot.scalar_type() == at::kLong && slot.is_contiguous() && slot.numel() == n,
+              "decode_step: one int64 cache slot per live row");
+  const int64_t* slot_p = slot.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(slot_p[i] >= 0 && slot_p[i] < vc[0].size(0), "decode_step: cache slot out of range");
   const int64_t* pos_p = pos.data_ptr<int64_t>();
   const int64_t* pstart_p = pstart.data_ptr<int64_t>();
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* w = &layers[PER_LAYER * l];
     rms_norm(h.data_ptr<float>(), w[0].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
     at::Tensor qkv = project(x, w + 2, eps);
-    attend(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), pos_p, grp_p, pstart_p,
+    attend(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), pos_p, grp_p, slot_p, pstart_p,
            kp[l].data_ptr<float>(), vp[l].data_ptr<float>(), kc[l].data_ptr<float>(), vc[l].data_ptr<float>(),
            o.data_ptr<float>(), d);
     h = project(o, w + 6, eps, &h);
@@ -433,7 +439,7 @@ int64_t parallel_threads(int64_t n) {
 
 TORCH_LIBRARY(reasonloop_decode, m) {
   m.def("decode_step(Tensor tokens, Tensor embed, Tensor[] layers, Tensor[] kp, Tensor[] vp, Tensor[] kc, "
-        "Tensor[] vc, Tensor pstart, Tensor grp, Tensor pos, Tensor cos, Tensor sin, Tensor norm_out, "
+        "Tensor[] vc, Tensor pstart, Tensor grp, Tensor slot, Tensor pos, Tensor cos, Tensor sin, Tensor norm_out, "
         "Tensor[] head, int heads, int t, float eps, float scaling) -> Tensor",
         &decode_step);  // one kernel for every dispatch key: the weights may be MKLDNN tensors
   m.def("projection(Tensor x, Tensor w, Tensor b, Tensor s, Tensor sub, float eps) -> Tensor", &projection);
