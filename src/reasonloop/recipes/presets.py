@@ -42,5 +42,8 @@ def _same(have: object, want: object) -> bool:
 PRETRAIN_CODE: list[str] = ["corpus=code", "steps=400", "optim.lr=1e-3", "optim.warmup_steps=10", "corpus_size=20000",
                             "eval_every=100", "eval_per_level=50"]
 # `reasonloop pretrain_tool`: builds the tiny-tool asset from tiny-arith (docs/agents.md).
-PRETRAIN_TOOL: list[str] = ["corpus=tool", "steps=300", "optim.lr=1e-3", "optim.warmup_steps=10", "corpus_size=20000",
-                            "eval_every=300", "eval_per_level=40"]
+# Calculator solutions on half of the level-4/5 problems (5% below), half of them with a counterfactual result,
+# results out of the loss: a base that reads the result and calls sometimes, so RL has the decision to learn.
+PRETRAIN_TOOL: list[str] = ["corpus=tool", "p_tool=0.05", "p_tool_hard=0.5", "p_counterfactual=0.5",
+                            "mask_observations=true", "steps=800", "optim.lr=3e-3", "optim.warmup_steps=20",
+                            "corpus_size=50000", "eval_every=0", "eval_per_level=40"]
