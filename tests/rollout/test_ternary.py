@@ -337,4 +337,5 @@ def test_the_ternary_kernel_and_step_give_the_same_bits_at_one_and_two_threads(t
         torch.set_num_threads(before)
     model = bitnet_model(tokenizer)
     with ternary.attached(model):
-        assert torch.equal(compiled_steps_at_threads(model, tokenizer, 1), compiled_steps_at_threads(model, tokenizer, 2))
+        one = compiled_steps_at_threads(model, tokenizer, 1)
+        assert torch.equal(one, compiled_steps_at_threads(model, tokenizer, 2))

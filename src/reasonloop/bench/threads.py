@@ -36,7 +36,8 @@ def serial_sources(workdir: Path) -> tuple[Path, Path]:
     """Copies of both C++ sources whose ops live in `<SERIAL>_decode` / `<SERIAL>_ternary` (the decode step
     calling the serial ternary op), so that they load beside the real ones."""
     decode = serial_decode_text(fused._SOURCE.read_text())
-    kernel = ternary._SOURCE.read_text().replace("TORCH_LIBRARY(reasonloop_ternary,", f"TORCH_LIBRARY({SERIAL}_ternary,")
+    kernel = ternary._SOURCE.read_text().replace("TORCH_LIBRARY(reasonloop_ternary,",
+                                                 f"TORCH_LIBRARY({SERIAL}_ternary,")
     paths = workdir / "serial_decode.cpp", workdir / "serial_ternary.cpp"
     paths[0].write_text(decode)
     paths[1].write_text(kernel)
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         switch = _Op(build_serial(Path(tmp)))
     workloads = {"sampler, embedded 8x8": sampler_run(), "bitnet tiny decode, 1 row": bitnet_run("tiny", 1),
-                 "bitnet tiny decode, 8 rows": bitnet_run("tiny", 8), "bitnet 100m decode, 1 row": bitnet_run("100m", 1)}
+                 "bitnet tiny decode, 8 rows": bitnet_run("tiny", 8),
+                 "bitnet 100m decode, 1 row": bitnet_run("100m", 1)}
     results: dict = {"torch": torch.__version__, "parallel_info": torch.__config__.parallel_info().splitlines()[-1],
                      "rows": {}}
     print(f"{'workload':30} {'threads':>7} {'serial tok/s':>13} {'pool tok/s':>11} {'pool/serial':>11}")

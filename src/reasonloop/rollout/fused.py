@@ -362,8 +362,8 @@ class FusedDecoder:
         if self.t >= self.max_new:
             raise ValueError("the cache is full")
         logits = self.op(tokens, self.embed, self.weights, self.kp, self.vp, self.kc, self.vc,
-                         self.pstart, self.grp, self.slot, position, self.cos, self.sin_signed, self.prompt.inner.norm.weight,
-                         self.head, self.heads, self.t, self.eps, self.prompt.scaling)
+                         self.pstart, self.grp, self.slot, position, self.cos, self.sin_signed,
+                         self.prompt.inner.norm.weight, self.head, self.heads, self.t, self.eps, self.prompt.scaling)
         self.t += 1
         return logits
 
