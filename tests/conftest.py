@@ -8,6 +8,14 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """`ci` marks a slow test that CI runs after the default suite (`-m "slow and ci"`): one without `slow` would
+    run twice there, so it is refused."""
+    unmarked = [item.nodeid for item in items if item.get_closest_marker("ci") and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError(f"marked ci but not slow (CI would run them twice): {', '.join(unmarked)}")
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from reasonloop.models.tiny import build_tokenizer

@@ -84,10 +84,10 @@ def test_scripted_policy_gets_the_exact_observations(tiny, reuse_kv):
     engine = scripted_engine(tiny, reuse_kv)
     batch = engine.generate(PROMPTS, 1, SamplingConfig(temperature=1.0, max_new_tokens=60), torch.Generator().manual_seed(0))
     assert batch.completions == [EXPECTED[p] for p in PROMPTS]
-    assert engine.last["observations"] == [
+    assert batch.episodes.observations == [
         ["<result>50</result>"], [],
         ['<result>error: malformed tool call</result>', "<result>49</result>"]]
-    assert engine.last["turn_rewards"] == [[0.0, 0.0], [0.0], [0.0, 0.0, 0.0]]
+    assert batch.episodes.step_rewards == [[0.0, 0.0], [0.0], [0.0, 0.0, 0.0]]
     assert batch.finish_reasons == ["stop"] * 3
     m = engine.metrics()
     assert m["agent/turns_per_episode"] == pytest.approx(6 / 3)
@@ -210,8 +210,8 @@ def test_a_game_environment_gets_its_example(tiny):
     batch = engine.episodes([Example("Guess:\n", "18")], 1, SamplingConfig(max_new_tokens=30))
     assert batch.completions == ["<guess>25</guess><feedback>lower</feedback><guess>12</guess>"
                                  "<feedback>higher</feedback><guess>18</guess>"]
-    assert engine.last["turn_rewards"] == [[-0.1, -0.1, 1.0]]
-    assert engine.last["returns"].tolist() == pytest.approx([0.8])
+    assert batch.episodes.step_rewards == [[-0.1, -0.1, 1.0]]
+    assert batch.episodes.returns.tolist() == pytest.approx([0.8])
 
 
 def test_concat_keeps_the_policy_mask(tiny):
@@ -221,3 +221,15 @@ def test_concat_keeps_the_policy_mask(tiny):
     both = RolloutBatch.concat([batch.rows(slice(0, 3)), plain], 0)
     assert torch.equal(both.loss_mask[:3], batch.policy_mask)
     assert torch.equal(both.loss_mask[3, :5], plain.completion_mask[0])
+
+
+def test_the_batch_carries_the_episodes_and_concat_fills_single_turn_rows(tiny):
+    batch = scripted_engine(tiny).generate(PROMPTS, 1, SamplingConfig(max_new_tokens=60))
+    plain = RolloutBatch(batch.prompt_ids[:1], batch.prompt_mask[:1], batch.completion_ids[:1, :5],
+                         batch.completion_mask[:1, :5], batch.logprobs[:1, :5], ["stop"], ["x"], 1)
+    assert plain.episodes is None and RolloutBatch.concat([plain, plain], 0).episodes is None
+    both = RolloutBatch.concat([batch.rows(slice(1, 3)), plain, batch.rows(slice(0, 1))], 0)
+    assert both.episodes.observations == [[], ['<result>error: malformed tool call</result>', "<result>49</result>"],
+                                          [], ["<result>50</result>"]]
+    assert both.episodes.step_rewards == [[0.0], [0.0, 0.0, 0.0], [], [0.0, 0.0]]  # the single-turn row: no steps
+    assert both.episodes.returns.tolist() == [0.0, 0.0, 0.0, 0.0]

@@ -94,18 +94,23 @@ def test_the_engine_puts_each_step_reward_on_the_turns_last_token(tiny):  # noqa
     batch = engine.generate(PROMPTS, 1, SamplingConfig(max_new_tokens=60))
     for row, prompt in enumerate(PROMPTS):
         ends, at = [], 0
-        for turn, obs in zip(TURNS[prompt], engine.last["observations"][row] + [""]):
+        for turn, obs in zip(TURNS[prompt], batch.episodes.observations[row] + [""]):
             at += len(tok(turn, add_special_tokens=False)["input_ids"])
             ends.append(at - 1)  # the turn's last character (a call's '>')
             at += len(tok(obs, add_special_tokens=False)["input_ids"])
         ends[-1] += 1  # the answer turn ends at EOS
         want = torch.zeros(batch.completion_ids.shape[1])
-        for end, reward in zip(ends, engine.last["turn_rewards"][row]):
+        for end, reward in zip(ends, batch.episodes.step_rewards[row]):
             want[end] += reward
         assert batch.turn_rewards[row].tolist() == want.tolist()
         assert int(batch.completion_ids[row, ends[-1]]) == tok.eos_token_id
-    assert engine.last["turn_rewards"] == [[0.25, 0.0], [0.0], [-0.5, 0.25, 0.0]]
-    assert batch.turn_rewards.sum(-1).tolist() == engine.last["returns"].tolist()
+    assert batch.episodes.step_rewards == [[0.25, 0.0], [0.0], [-0.5, 0.25, 0.0]]
+    assert batch.turn_rewards.sum(-1).tolist() == batch.episodes.returns.tolist()
+    assert batch.episodes.returns.tolist() == [0.25, 0.0, -0.25]  # what the trainer adds to the sequence reward
+    back = RolloutBatch.concat([batch.rows(slice(2, 3)), batch.rows(slice(0, 2))], tok.pad_token_id)
+    assert back.episodes.returns.tolist() == [-0.25, 0.25, 0.0]
+    assert back.episodes.step_rewards == [[-0.5, 0.25, 0.0], [0.25, 0.0], [0.0]]
+    assert back.episodes.observations == [batch.episodes.observations[2], *batch.episodes.observations[:2]]
     both = RolloutBatch.concat([batch.rows(slice(0, 2)), batch.rows(slice(2, 3))], tok.pad_token_id)
     assert torch.equal(both.turn_rewards, batch.turn_rewards)
 

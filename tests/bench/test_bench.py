@@ -100,3 +100,20 @@ def test_profiled_steps_leave_the_console_alone(capfd):
     assert gemms == [("aten::mm", [[4, 8], [8, 2]])]
     out, err = capfd.readouterr()
     assert "USDT" not in err + out and "profiler_st" not in err + out
+
+
+def test_the_threads_bench_renames_both_op_namespaces_of_its_serial_copies(tmp_path):
+    """bench/threads.py loads a serial build of both extensions beside the real ones: every op name renamed,
+    the decode step calling the serial kernel's op, nothing else changed."""
+    from reasonloop.bench import threads
+    from reasonloop.rollout import fused, ternary
+
+    decode, kernel = threads.serial_sources(tmp_path)
+    d, k = decode.read_text(), kernel.read_text()
+    assert "TORCH_LIBRARY(reasonloop_serial_decode, m)" in d and "TORCH_LIBRARY(reasonloop_decode," not in d
+    assert '"reasonloop_serial_ternary::ternary_linear"' in d and '"reasonloop_ternary::' not in d
+    assert "TORCH_LIBRARY(reasonloop_serial_ternary, m)" in k and "TORCH_LIBRARY(reasonloop_ternary," not in k
+    assert d.replace("reasonloop_serial_", "reasonloop_") == fused._SOURCE.read_text()
+    assert k.replace("reasonloop_serial_", "reasonloop_") == ternary._SOURCE.read_text()
+    with pytest.raises(ValueError, match="no longer has the op names"):
+        threads.serial_decode_text("TORCH_LIBRARY(other, m) {}")

@@ -83,16 +83,10 @@ class PerPromptSeeded:
             zlib.crc32(p.encode()))) for p in prompts], self.pad_id)
 
     def episodes(self, examples, n, sampling, generator=None, render=lambda s: s) -> RolloutBatch:
-        """A multi-turn engine's episodes, each example's group seeded by its rendered prompt; `last` (the
-        episodes' returns and turn records, which the trainer reads) covers all of them."""
-        batches, lasts = [], []
-        for ex in examples:
-            seed = torch.Generator().manual_seed(zlib.crc32(render(ex.prompt).encode()))
-            batches.append(self.inner.episodes([ex], n, sampling, seed, render))
-            lasts.append(self.inner.last)
-        self.last = {k: torch.cat([last[k] for last in lasts]) if k == "returns" else sum((last[k] for last in lasts), [])
-                     for k in lasts[0]}
-        return RolloutBatch.concat(batches, self.pad_id)
+        """A multi-turn engine's episodes, each example's group seeded by its rendered prompt (the batch carries
+        the episodes' returns, which the trainer reads)."""
+        return RolloutBatch.concat([self.inner.episodes([ex], n, sampling, torch.Generator().manual_seed(
+            zlib.crc32(render(ex.prompt).encode())), render) for ex in examples], self.pad_id)
 
     def metrics(self, *args):
         return self.inner.metrics(*args)

@@ -192,6 +192,8 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow  # starts a browser; the page's parts are checked without one above. CI runs it
+@pytest.mark.ci
 def test_the_page_in_headless_chromium(tmp_path):
     from cdp_browser import Browser, find_chromium
 

@@ -35,3 +35,35 @@ def compiled_step_follows_the_static_decoder(model, tokenizer, atol: float, rtol
             logits = ref.step(tokens, position)
             torch.testing.assert_close(new.step(tokens, position), logits, atol=atol, rtol=rtol)
     assert len(tokens) < B * G  # rows did finish
+
+
+def compiled_steps_at_threads(model, tokenizer, threads: int, G: int = 12, T: int = 20) -> torch.Tensor:
+    """Every logit of FusedDecoder's prefill and T steps (LONG_PROMPTS, G rows each, rows dropped at steps 5 and
+    11, tokens greedy) under `torch.set_num_threads(threads)`, stacked [T + 1, rows, V] (dropped rows zero);
+    the thread count is restored after."""
+    enc = tokenizer(LONG_PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    B, P = ids.shape
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            dec = fused.FusedDecoder(model, B, G, P, T)
+            logits = dec.prefill(ids, mask, repeat=G).repeat_interleave(G, 0)
+            position = (mask.sum(-1) - 1).repeat_interleave(G)
+            rows = torch.arange(B * G)
+            out = torch.zeros(T + 1, B * G, logits.shape[-1])
+            out[0] = logits
+            for t in range(T):
+                tokens = logits.argmax(-1)
+                if t in (5, 11):
+                    live = torch.ones(len(tokens), dtype=torch.bool)
+                    live[::3] = False
+                    order = dec.keep(live)
+                    tokens, position, rows = tokens[order], position[order], rows[order]
+                position = position + 1
+                logits = dec.step(tokens, position)
+                out[t + 1, rows] = logits
+    finally:
+        torch.set_num_threads(before)
+    return out

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -20,7 +22,7 @@ from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.models.forward import TokenBatch, policy_forward
 
-from decoder_check import compiled_step_follows_the_static_decoder
+from decoder_check import compiled_step_follows_the_static_decoder, compiled_steps_at_threads
 
 PROMPTS = ["Q: 1+2=?\n", "Q: 13+4-5=?\n", "Q: 9=?\n", "Q: 7*8-11+2=?\n"]
 
@@ -418,6 +420,81 @@ def test_the_extension_name_changes_with_the_source_and_the_flags(tmp_path):
     assert fused.extension_name("reasonloop_decode", src, ["-O3"]) != name  # one changed character: another build
 
 
+def test_finished_rows_leave_the_compiled_step_without_moving_any_cache_row(tokenizer):
+    """keep() swap-removes the rows' prompt and cache-slot indices only: the survivors' completion K/V stay
+    where they were written (the step reads them through `slot`), and a slot outside the cache is refused."""
+    assert fused.available(), "the compiled decode step did not build (needs a C++ compiler and ninja)"
+    model = small_model(tokenizer)
+    enc = tokenizer(PROMPTS[:2], return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    with torch.inference_mode():
+        dec = fused.FusedDecoder(model, 2, 3, enc["input_ids"].shape[1], 8)
+        tokens = dec.prefill(enc["input_ids"], enc["attention_mask"], repeat=3).argmax(-1).repeat_interleave(3)
+        position = (enc["attention_mask"].sum(-1) - 1).repeat_interleave(3) + 1
+        dec.step(tokens, position)
+        cache = dec.storage.clone()
+        order = dec.keep(torch.tensor([True, False, True, False, True, True]))
+        assert order.tolist() == [0, 4, 2, 5] and dec.slot.tolist() == [0, 4, 2, 5]  # rows 4, 5 fill holes 1, 3
+        assert dec.grp.tolist() == [0, 1, 0, 1]
+        assert torch.equal(dec.storage.view(torch.int32), cache.view(torch.int32))  # nothing moved (bits: NaN-safe)
+        dec.slot = torch.tensor([0, 4, 2, 6])  # the cache has rows 0..5
+        with pytest.raises(RuntimeError, match="cache slot out of range"):
+            dec.step(tokens[order], position[order] + 1)
+
+
+def test_the_compiled_step_gives_the_same_bits_at_one_and_two_threads(tokenizer):
+    """Its splits (attention and SiLU over rows here; 36 rows) run on torch's intra-op pool when built with
+    OpenMP, each row computed whole by one thread, and oneDNN's projections split without reordering sums:
+    the logits are bit-identical whatever `threads=` says."""
+    assert fused.available(), "the compiled decode step did not build (needs a C++ compiler and ninja)"
+    model = small_model(tokenizer, "llama", 2, 64)
+    one = compiled_steps_at_threads(model, tokenizer, 1)
+    assert torch.equal(one, compiled_steps_at_threads(model, tokenizer, 2))
+    assert one.abs().sum() > 0
+
+
+@pytest.fixture
+def restored_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_compiled_extensions_split_on_torchs_own_thread_pool(restored_threads):
+    """at::parallel_for inside both extensions runs on as many threads as torch.set_num_threads says (it was
+    serial without -fopenmp whatever the setting), and on exactly one at threads=1; the process holds one
+    OpenMP runtime, the one torch loaded."""
+    from reasonloop.rollout import ternary
+
+    assert fused.available() and ternary.available()
+    assert "parallel backend: OpenMP" in torch.__config__.parallel_info()  # this project's CPU wheel
+    for op in (torch.ops.reasonloop_decode.parallel_threads, torch.ops.reasonloop_ternary.parallel_threads):
+        torch.set_num_threads(1)
+        assert op(8) == 1
+        torch.set_num_threads(2)
+        assert op(8) == 2
+        assert op(1) == 1  # one task: no fork
+        torch.set_num_threads(3)
+        assert op(8) == 3
+    maps = open("/proc/self/maps").read().splitlines()
+    runtimes = {line.split()[-1] for line in maps if "/libgomp" in line or "/libiomp" in line or "/libomp" in line}
+    assert runtimes == {str(fused.loaded_openmp_runtime())}
+
+
+def test_openmp_flags_link_the_runtime_torch_loaded(monkeypatch):
+    cflags, ldflags = fused.openmp_flags()
+    runtime = fused.loaded_openmp_runtime()
+    assert runtime is not None and runtime.is_file()
+    torch_dir = Path(torch.__file__).parent  # the copy torch ships: torch/lib here, torch.libs in PyPI wheels
+    assert runtime.name.startswith(("libgomp", "libiomp")) and runtime.parent in (torch_dir / "lib",
+                                                                                  torch_dir.parent / "torch.libs")
+    assert cflags == ["-fopenmp"] and ldflags == [str(runtime), f"-Wl,-rpath,{runtime.parent}"]
+    monkeypatch.setenv("REASONLOOP_COMPILED_OPENMP", "0")
+    assert fused.openmp_flags() == ([], [])  # the serial build, under another cache name
+    monkeypatch.delenv("REASONLOOP_COMPILED_OPENMP")
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: native thread pool")
+    assert fused.openmp_flags() == ([], [])  # there parallel_for already calls into libtorch
+
+
 def test_both_extensions_are_built_under_their_source_tagged_names(monkeypatch):
     from reasonloop.rollout import fused, ternary
 
@@ -431,7 +508,8 @@ def test_both_extensions_are_built_under_their_source_tagged_names(monkeypatch):
     monkeypatch.setattr(fused, "_state", {})
     monkeypatch.setattr(ternary, "_state", {})
     assert not fused.available() and not ternary.available()
+    omp = sum(fused.openmp_flags(), [])  # the link flags name the OpenMP runtime: part of the build's identity
     assert built == [
-        (fused.extension_name("reasonloop_decode", fused._SOURCE, fused._FLAGS), [str(fused._SOURCE)]),
-        (fused.extension_name("reasonloop_ternary", ternary._SOURCE, ternary._FLAGS), [str(ternary._SOURCE)]),
+        (fused.extension_name("reasonloop_decode", fused._SOURCE, fused._FLAGS + omp), [str(fused._SOURCE)]),
+        (fused.extension_name("reasonloop_ternary", ternary._SOURCE, ternary._FLAGS + omp), [str(ternary._SOURCE)]),
     ]

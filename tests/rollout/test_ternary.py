@@ -154,7 +154,7 @@ def test_sampler_uses_the_kernel_for_a_bitnet_policy_and_samples_what_torch_samp
 # -- ternary projections inside the compiled decode step (rollout/fused.py, fused_decode.cpp) ---------------
 from reasonloop.rollout import fused  # noqa: E402
 
-from decoder_check import LONG_PROMPTS, compiled_step_follows_the_static_decoder  # noqa: E402
+from decoder_check import LONG_PROMPTS, compiled_step_follows_the_static_decoder, compiled_steps_at_threads  # noqa: E402
 
 needs_step = pytest.mark.skipif(not (ternary.available() and fused.available()),
                                 reason="no C++ compiler to build the compiled decode step and the ternary kernel")
@@ -317,3 +317,25 @@ def test_the_bitnet_reference_pass_runs_on_the_kernel_with_the_training_forwards
     assert mask.sum() > 0
     torch.testing.assert_close(fast[mask], slow[mask], rtol=0, atol=1e-5)
     assert torch.equal(fast[~mask], slow[~mask])  # padding: zeros on both sides
+
+
+@needs_step
+def test_the_ternary_kernel_and_step_give_the_same_bits_at_one_and_two_threads(tokenizer):
+    """The kernel splits over output rows (and activation rows), the step over rows: each output is computed whole
+    by one thread, so threads=2 (torch's intra-op pool, -fopenmp) changes no bit."""
+    before = torch.get_num_threads()
+    torch.manual_seed(0)
+    layer = bitnet.BitLinear(300, 200, bias=True)
+    k = ternary.PackedLinear(layer)
+    x = torch.randn(64, 300)
+    try:
+        torch.set_num_threads(1)
+        one = k(x)
+        torch.set_num_threads(2)
+        assert torch.equal(one, k(x))
+    finally:
+        torch.set_num_threads(before)
+    model = bitnet_model(tokenizer)
+    with ternary.attached(model):
+        one = compiled_steps_at_threads(model, tokenizer, 1)
+        assert torch.equal(one, compiled_steps_at_threads(model, tokenizer, 2))

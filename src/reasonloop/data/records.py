@@ -78,6 +78,28 @@ def pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:  # [N, w] -> 
 
 
 @dataclass
+class EpisodeOutcomes:
+    """What multi-turn episodes' environments said, one entry per row of the `RolloutBatch` that carries them."""
+
+    returns: torch.Tensor  # [N] each episode's return: the sum of its env.step rewards (summed in float64)
+    step_rewards: list[list[float]]  # [N][steps] each env.step's reward, in order (batch.turn_rewards places them)
+    observations: list[list[str]]  # [N][observations] the environment's answers that joined the context
+
+    def rows(self, idx: slice) -> EpisodeOutcomes:
+        return EpisodeOutcomes(self.returns[idx], self.step_rewards[idx], self.observations[idx])
+
+    @staticmethod
+    def concat(parts: list[EpisodeOutcomes | None], rows: list[int]) -> EpisodeOutcomes | None:
+        """`parts` in order (None for a part of `rows[i]` single-turn rows: return 0, no steps); None if all are."""
+        if all(p is None for p in parts):
+            return None
+        full = [p if p is not None else EpisodeOutcomes(torch.zeros(n), [[] for _ in range(n)], [[] for _ in range(n)])
+                for p, n in zip(parts, rows)]
+        return EpisodeOutcomes(torch.cat([p.returns for p in full]), [r for p in full for r in p.step_rewards],
+                               [o for p in full for o in p.observations])
+
+
+@dataclass
 class RolloutBatch:
     """The output of `RolloutEngine.generate` for B prompts x G samples (N = B*G rows, prompt-major).
 
@@ -96,6 +118,8 @@ class RolloutBatch:
     # environment's observations (which completion_mask keeps attended to); None: every completion token
     turn_rewards: torch.Tensor | None = None  # [N, T] multi-turn episodes: each env.step's reward on the last
     # token of the turn it answered (0 elsewhere); the token-level estimators (gae, reinforce_pp) place them there
+    episodes: EpisodeOutcomes | None = None  # multi-turn episodes: their returns (added to the sequence reward),
+    # each step's reward and the observations, row by row; None for single-turn completions
 
     @property
     def loss_mask(self) -> torch.Tensor:  # [N, T] the tokens that are trained on
@@ -119,7 +143,8 @@ class RolloutBatch:
                             self.completion_mask[idx], self.logprobs[idx], self.finish_reasons[idx],
                             self.completions[idx], group_size=self.group_size,
                             policy_mask=None if self.policy_mask is None else self.policy_mask[idx],
-                            turn_rewards=None if self.turn_rewards is None else self.turn_rewards[idx])
+                            turn_rewards=None if self.turn_rewards is None else self.turn_rewards[idx],
+                            episodes=None if self.episodes is None else self.episodes.rows(idx))
 
     @staticmethod
     def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
@@ -141,4 +166,5 @@ class RolloutBatch:
             turn_rewards=None if all(b.turn_rewards is None for b in batches)
             else torch.cat([pad_right(b.turn_rewards if b.turn_rewards is not None else torch.zeros(b.completion_ids.shape),
                                       T, 0.0) for b in batches]),
+            episodes=EpisodeOutcomes.concat([b.episodes for b in batches], [b.num_rows for b in batches]),
         )

@@ -92,7 +92,7 @@ class LoraConfig:
 class ModelConfig:
     name: str = DEFAULT_MODEL
     """A local model directory or hub id loadable by AutoModelForCausalLM; 'embedded' is the task's shipped tiny
-    model (tiny-code for code_arith, tiny-arith otherwise; both names also work)."""
+    model (tiny-code for code_arith, tiny-tool for tool_arith, tiny-arith otherwise; the asset names also work)."""
     dtype: str = "float32"
     """Parameter dtype: float32 (CPU default), bfloat16 or float16 (GPU)."""
     device: str = "auto"

@@ -46,7 +46,7 @@ class Config(RunConfig):
     corpus: str = "arithmetic"
     """'arithmetic': a new model from scratch (the tiny-arith asset); 'code': continue the tiny-arith asset on
     careful and lazy code_arith programs (the tiny-code asset); 'tool': continue the tiny-arith asset on the
-    arithmetic corpus with a share `p_tool` of calculator solutions (the tiny-tool asset, docs/agents.md)."""
+    arithmetic corpus with calculator solutions (shares `p_tool`, `p_tool_hard`; the tiny-tool asset, docs/agents.md)."""
     size: str = "tiny"
     """Model size preset from models/tiny.py SIZES (nano, tiny, small); corpus=arithmetic only."""
     layers: int = 0
@@ -86,7 +86,7 @@ class Config(RunConfig):
     """corpus=tool: leave the calculator's results (`<result>...</result>`, the environment's text) out of the
     loss, as RL does; they stay in the context."""
     export: bool = False
-    """Copy the final model over the shipped asset of its corpus (tiny-arith or tiny-code)."""
+    """Copy the final model over the shipped asset of its corpus (tiny-arith, tiny-code or tiny-tool; tiny-bitnet with bitnet=true)."""
 
     RESUME_FREE: ClassVar[frozenset[str]] = RunConfig.RESUME_FREE | {"export"}
 

@@ -582,7 +582,7 @@ class Trainer:
                 self.state.count(f"reward_error/{name}", count)
             total = self.total_reward(scored, batch.completions, rows_exs, g) + self._overlong(batch)
             if self.cfg.agent.env:  # the environment's per-turn and final rewards, summed per episode
-                total = total + self.engine.last["returns"]
+                total = total + batch.episodes.returns
             for i, ex in enumerate(exs):
                 rows = slice(i * g, (i + 1) * g)
                 groups.append(ScoredGroup(ex, batch.rows(rows), total[rows],

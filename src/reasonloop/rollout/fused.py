@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 import weakref
@@ -55,11 +56,13 @@ def _build() -> bool:
                            "compiled decode step unavailable (%s: %s); sampling with the torch decoder")
 
 
-def build_extension(prefix: str, source: Path, flags: list[str], switch: str, what: str, loaded, unavailable: str
-                    ) -> bool:
+def build_extension(prefix: str, source: Path, flags: list[str], switch: str, what: str, loaded, unavailable: str,
+                    openmp: bool = True) -> bool:
     """Build (or load from torch's cache) the C++ extension `source` as `extension_name(...)`: False when
     the environment variable `switch` is 0 or the build fails (no compiler, no ninja, read-only cache...),
-    with the warning `unavailable` (given the error's type and first line); `loaded()` checks its ops."""
+    with the warning `unavailable` (given the error's type and first line); `loaded()` checks its ops.
+    `openmp`: with `openmp_flags()`, so that its `at::parallel_for` runs on torch's thread pool (False: the
+    serial build, bench/threads.py's baseline)."""
     if os.environ.get(switch, "1") == "0":
         return False
     try:
@@ -69,15 +72,52 @@ def build_extension(prefix: str, source: Path, flags: list[str], switch: str, wh
             import ninja
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        name = extension_name(prefix, source, flags)
+        omp_cflags, omp_ldflags = openmp_flags() if openmp else ([], [])
+        name = extension_name(prefix, source, flags + omp_cflags + omp_ldflags)
         _break_stale_lock(name)
         if not _built(name):
             log.info("compiling %s (rollout/%s; ~10 s, once per machine and torch version)", what, source.name)
-        load(name=name, sources=[str(source)], extra_cflags=flags, is_python_module=False, verbose=False)
+        load(name=name, sources=[str(source)], extra_cflags=flags + omp_cflags, extra_ldflags=omp_ldflags,
+             is_python_module=False, verbose=False)
         return loaded()
     except Exception as exc:
         log.warning(unavailable, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return False
+
+
+def openmp_flags() -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) that put the extensions' `at::parallel_for` splits on torch's own intra-op
+    pool: ([], []) unless torch's ATen parallel backend is OpenMP and the OpenMP runtime torch loaded is found.
+
+    In an OpenMP build of torch, `at::parallel_for` is OpenMP pragmas inlined from ATen's headers: compiled
+    without `-fopenmp` they vanish and every split runs serially whatever `torch.set_num_threads` says. With
+    `-fopenmp` the extension calls GOMP_parallel; it is linked against the very runtime file torch loaded
+    (torch/lib/libgomp.so.1 here, torch.libs/libgomp-<hash>.so.1 in PyPI wheels, libiomp5 in Intel builds),
+    so the loader resolves it to the copy already in the process: one runtime and one thread pool, the one
+    `torch.set_num_threads` sizes (at 1 thread `parallel_for` calls its body inline). `REASONLOOP_COMPILED_OPENMP=0`
+    builds without it (the serial build; another cache name)."""
+    if os.environ.get("REASONLOOP_COMPILED_OPENMP", "1") == "0":
+        return [], []
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return [], []  # the native thread pool: parallel_for already calls into libtorch
+    runtime = loaded_openmp_runtime()
+    if runtime is None:
+        return [], []
+    return ["-fopenmp"], [str(runtime), f"-Wl,-rpath,{runtime.parent}"]
+
+
+def loaded_openmp_runtime() -> Path | None:
+    """The OpenMP runtime library mapped into this process (torch imported it), or None (no /proc, none mapped)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)  # address, perms, offset, device, inode[, path]
+        path = fields[5] if len(fields) == 6 else ""
+        if re.match(r"lib(gomp|iomp5|omp)[-.]", Path(path).name) and ".so" in path and Path(path).is_file():
+            return Path(path)
+    return None
 
 
 # a build takes ~10 s on a quiet machine, but 15 min were measured on a core shared by ~10 jobs (2026-12-03);
@@ -312,6 +352,7 @@ class FusedDecoder:
         self.vp = [F.pad(v, (0, 0, pad, 0)).contiguous() for v in self.prompt.v]
         self.pstart = (P + pad - lengths).long()
         self.grp = torch.arange(B).repeat_interleave(repeat)
+        self.slot = torch.arange(B * repeat)  # the completion cache row of each live row
         self.t = 0
         return logits
 
@@ -321,24 +362,24 @@ class FusedDecoder:
         if self.t >= self.max_new:
             raise ValueError("the cache is full")
         logits = self.op(tokens, self.embed, self.weights, self.kp, self.vp, self.kc, self.vc,
-                         self.pstart, self.grp, position, self.cos, self.sin_signed, self.prompt.inner.norm.weight,
-                         self.head, self.heads, self.t, self.eps, self.prompt.scaling)
+                         self.pstart, self.grp, self.slot, position, self.cos, self.sin_signed,
+                         self.prompt.inner.norm.weight, self.head, self.heads, self.t, self.eps, self.prompt.scaling)
         self.t += 1
         return logits
 
     def keep(self, live: torch.Tensor) -> torch.Tensor:
-        """Drop the rows where `live` [n] is False (swap-remove, as `StaticDecoder.keep`); returns `order`."""
+        """Drop the rows where `live` [n] is False (swap-remove, as `StaticDecoder.keep`); returns `order`.
+        Only the rows' prompt and cache-slot indices move: a surviving row keeps its completion keys/values
+        where they are (moving them, every layer's, took ~4% of a sampler call on the embedded workload)."""
         n, m = live.shape[0], int(live.sum())
         holes = (~live[:m]).nonzero().flatten()
         movers = live[m:].nonzero().flatten() + m
         order = torch.arange(n)
         if len(holes):
-            chunks = -(-self.t // CHUNK)
-            self.k_all[:, holes, :, :chunks] = self.k_all[:, movers, :, :chunks]
-            self.v_all[:, holes, :, : self.t] = self.v_all[:, movers, :, : self.t]
             self.grp[holes] = self.grp[movers]
+            self.slot[holes] = self.slot[movers]
             order[holes] = movers
-        self.grp = self.grp[:m]
+        self.grp, self.slot = self.grp[:m], self.slot[:m]
         return order[:m]
 
 

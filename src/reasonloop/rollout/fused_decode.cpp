@@ -15,8 +15,9 @@
 //            W positions, so q.k runs along positions) and values, left-padded: prompt b is
 //            valid from position pstart[b]
 //   kc, vc   [R, KV, T/W, D, W], [R, KV, T, D] per layer: completion keys and values; live row i
-//            owns cache row i
+//            owns cache row slot[i] (finished rows leave by dropping their slot, no cache row moves)
 //   grp      [n] int64                the prompt of each live row
+//   slot     [n] int64                the completion cache row of each live row
 //   pos      [n] int64                RoPE position of the token fed to each row
 //   cos, sin [max_pos, D]             RoPE tables; sin has the first half negated (rotate-half folded in)
 // The token fed at step t is written at completion column t and attends to prompt columns
@@ -34,6 +35,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -216,16 +220,22 @@ inline void softmax(float* s, int64_t len) {
   for (u = 0; u < len; u += V) store(s + u, load(s + u) * inv);
 }
 
+// Rows per task of a split over rows that each cost ~`per_row` flops: a task below ~32k is not worth a
+// fork/join of torch's OpenMP pool (the splits run there when the build has -fopenmp: fused.openmp_flags)
+inline int64_t grain(int64_t per_row) { return per_row >= (1 << 15) ? 1 : (1 << 15) / (per_row > 0 ? per_row : 1); }
+
+inline void rms_norm_row(const float* xi, const float* w, float* yi, int64_t C, float eps) {
+  float ss = 0.f;
+  for (int64_t c = 0; c < C; ++c) ss += xi[c] * xi[c];
+  const float r = 1.f / std::sqrt(ss / static_cast<float>(C) + eps);
+  for (int64_t c = 0; c < C; ++c) yi[c] = (xi[c] * r) * w[c];
+}
+
+// (the row functions take their sizes by value rather than through the lambdas' captured references: see
+// attend_row)
 void rms_norm(const float* x, const float* w, float* y, int64_t n, int64_t C, float eps) {
-  at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const float* xi = x + i * C;
-      float* yi = y + i * C;
-      float ss = 0.f;
-      for (int64_t c = 0; c < C; ++c) ss += xi[c] * xi[c];
-      const float r = 1.f / std::sqrt(ss / static_cast<float>(C) + eps);
-      for (int64_t c = 0; c < C; ++c) yi[c] = (xi[c] * r) * w[c];
-    }
+  at::parallel_for(0, n, grain(3 * C), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) rms_norm_row(x + i * C, w, y + i * C, C, eps);
   });
 }
 
@@ -235,69 +245,76 @@ struct Dims {
 };
 
 // RoPE on q and k (in place in qkv), K/V of the new token into the completion cache, then attention
-// over the group's prompt and the row's completion; writes o [n, H*D].
-void attend(float* qkv, const float* cos, const float* sin, const int64_t* pos, const int64_t* grp,
-            const int64_t* pstart, const float* kp, const float* vp, float* kc, float* vc, float* o,
-            const Dims& d) {
+// over the group's prompt and the row's completion, for live row i; writes o[i]. `rot` [D] and `scores`
+// [P + T + W] are scratch. Sizes come by value: read through a lambda's captured references they would be
+// reloaded after every memcpy (which may alias anything) once parallel_for's body is not inlined (-fopenmp)
+inline void attend_row(float* qkv, const float* cos, const float* sin, const int64_t* pos, const int64_t* grp,
+                       const int64_t* slot, const int64_t* pstart, const float* kp, const float* vp, float* kc, float* vc, float* o,
+                       const Dims d, int64_t i, float* rot, float* scores) {
   const int64_t H = d.H, KV = d.KV, D = d.D, P = d.P, T = d.T, t = d.t, g = H / KV, half = D / 2;
   const int64_t width = (H + 2 * KV) * D;
-  at::parallel_for(0, d.n, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<float> rot(D), scores(P + T + W);
-    for (int64_t i = lo; i < hi; ++i) {
-      float* row = qkv + i * width;
-      const float* cs = cos + pos[i] * D;
-      const float* sn = sin + pos[i] * D;
-      for (int64_t h = 0; h < H + KV; ++h) {  // q heads then k heads
-        float* x = row + h * D;
-        for (int64_t j = 0; j < half; ++j) {
-          rot[j] = x[j] * cs[j] + x[j + half] * sn[j];
-          rot[j + half] = x[j + half] * cs[j + half] + x[j] * sn[j + half];
-        }
-        std::memcpy(x, rot.data(), D * sizeof(float));
-      }
-      const int64_t b = grp[i], p0 = pstart[b], tw = (t + W) / W * W;
-      for (int64_t kh = 0; kh < KV; ++kh) {
-        float* kt = kc + (i * KV + kh) * T * D;  // this row's keys: [T / W, D, W]
-        float* vr = vc + (i * KV + kh) * T * D;  // its values: [T, D]
-        const float* knew = row + (H + kh) * D;
-        float* kslot = kt + (t / W) * D * W + t % W;
-        for (int64_t e = 0; e < D; ++e) kslot[e * W] = knew[e];
-        std::memcpy(vr + t * D, row + (H + KV + kh) * D, D * sizeof(float));
-        const float* kpt = kp + (b * KV + kh) * P * D;  // the prompt's keys: [P / W, D, W]
-        const float* vpb = vp + (b * KV + kh) * P * D;
-        for (int64_t j = 0; j < g; ++j) {
-          const int64_t qh = kh * g + j;
-          const float* q = row + qh * D;
-          float* sp = scores.data();  // lanes 0..P-1: prompt positions; P..P+tw-1: completion 0..tw-1
-          float* sc = sp + P;
-          // whole W-lane chunks of positions, accumulated in registers: no reductions, no tails; lanes
-          // past the valid range (padding, stale columns) are masked below
-          dot_chunks(q, kpt, P / W, D, d.scaling, sp);
-          dot_chunks(q, kt, tw / W, D, d.scaling, sc);
-          for (int64_t u = 0; u < p0; ++u) sp[u] = -INFINITY;
-          for (int64_t u = t + 1; u < tw; ++u) sc[u] = -INFINITY;
-          softmax(sp, P + tw);
-          float* out = o + i * H * D + qh * D;
-          weighted_sum(sp + p0, vpb + p0 * D, P - p0, sc, vr, t + 1, D, out);
-        }
-      }
+  float* row = qkv + i * width;
+  const float* cs = cos + pos[i] * D;
+  const float* sn = sin + pos[i] * D;
+  for (int64_t h = 0; h < H + KV; ++h) {  // q heads then k heads
+    float* x = row + h * D;
+    for (int64_t j = 0; j < half; ++j) {
+      rot[j] = x[j] * cs[j] + x[j + half] * sn[j];
+      rot[j + half] = x[j + half] * cs[j + half] + x[j] * sn[j + half];
     }
+    std::memcpy(x, rot, D * sizeof(float));
+  }
+  const int64_t b = grp[i], r = slot[i], p0 = pstart[b], tw = (t + W) / W * W;
+  for (int64_t kh = 0; kh < KV; ++kh) {
+    float* kt = kc + (r * KV + kh) * T * D;  // this row's keys: [T / W, D, W]
+    float* vr = vc + (r * KV + kh) * T * D;  // its values: [T, D]
+    const float* knew = row + (H + kh) * D;
+    float* kslot = kt + (t / W) * D * W + t % W;
+    for (int64_t e = 0; e < D; ++e) kslot[e * W] = knew[e];
+    std::memcpy(vr + t * D, row + (H + KV + kh) * D, D * sizeof(float));
+    const float* kpt = kp + (b * KV + kh) * P * D;  // the prompt's keys: [P / W, D, W]
+    const float* vpb = vp + (b * KV + kh) * P * D;
+    for (int64_t j = 0; j < g; ++j) {
+      const int64_t qh = kh * g + j;
+      const float* q = row + qh * D;
+      float* sp = scores;  // lanes 0..P-1: prompt positions; P..P+tw-1: completion 0..tw-1
+      float* sc = sp + P;
+      // whole W-lane chunks of positions, accumulated in registers: no reductions, no tails; lanes
+      // past the valid range (padding, stale columns) are masked below
+      dot_chunks(q, kpt, P / W, D, d.scaling, sp);
+      dot_chunks(q, kt, tw / W, D, d.scaling, sc);
+      for (int64_t u = 0; u < p0; ++u) sp[u] = -INFINITY;
+      for (int64_t u = t + 1; u < tw; ++u) sc[u] = -INFINITY;
+      softmax(sp, P + tw);
+      float* out = o + i * H * D + qh * D;
+      weighted_sum(sp + p0, vpb + p0 * D, P - p0, sc, vr, t + 1, D, out);
+    }
+  }
+}
+
+// attend_row for the n live rows, split over rows on torch's intra-op pool
+void attend(float* qkv, const float* cos, const float* sin, const int64_t* pos, const int64_t* grp,
+            const int64_t* slot, const int64_t* pstart, const float* kp, const float* vp, float* kc, float* vc, float* o,
+            const Dims& d) {
+  at::parallel_for(0, d.n, grain(4 * d.H * (d.P + d.t + W) * d.D), [&](int64_t lo, int64_t hi) {
+    std::vector<float> rot(d.D), scores(d.P + d.T + W);
+    for (int64_t i = lo; i < hi; ++i)
+      attend_row(qkv, cos, sin, pos, grp, slot, pstart, kp, vp, kc, vc, o, d, i, rot.data(), scores.data());
   });
 }
 
+inline void silu_mul_row(const float* gate, const float* up, float* ai, int64_t I) {
+  int64_t c = 0;
+  for (; c + V <= I; c += V) {
+    const v8 g = load(gate + c);
+    store(ai + c, g / (1.f + exp_v8(-g)) * load(up + c));
+  }
+  for (; c < I; ++c) ai[c] = gate[c] / (1.f + exp_poly(-gate[c])) * up[c];
+}
+
 void silu_mul(const float* gu, float* a, int64_t n, int64_t I) {
-  at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const float* gate = gu + i * 2 * I;
-      const float* up = gate + I;
-      float* ai = a + i * I;
-      int64_t c = 0;
-      for (; c + V <= I; c += V) {
-        const v8 g = load(gate + c);
-        store(ai + c, g / (1.f + exp_v8(-g)) * load(up + c));
-      }
-      for (; c < I; ++c) ai[c] = gate[c] / (1.f + exp_poly(-gate[c])) * up[c];
-    }
+  at::parallel_for(0, n, grain(16 * I), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) silu_mul_row(gu + i * 2 * I, gu + i * 2 * I + I, a + i * I, I);
   });
 }
 
@@ -358,8 +375,8 @@ constexpr int64_t PER_LAYER = 18;  // norm_in, norm_post, then 4 tensors for eac
 // `project`). head: the LM head's 4. kp/vp/kc/vc: one per layer. Returns logits [n, V].
 at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::TensorList layers,
                        at::TensorList kp, at::TensorList vp, at::TensorList kc, at::TensorList vc,
-                       const at::Tensor& pstart, const at::Tensor& grp, const at::Tensor& pos,
-                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& norm_out,
+                       const at::Tensor& pstart, const at::Tensor& grp, const at::Tensor& slot,
+                       const at::Tensor& pos, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& norm_out,
                        at::TensorList head, int64_t heads, int64_t t, double eps, double scaling) {
   TORCH_CHECK(embed.scalar_type() == at::kFloat && embed.is_cpu(), "decode_step: float32 CPU only");
   const int64_t n = tokens.size(0), C = embed.size(1), L = static_cast<int64_t>(kp.size());
@@ -373,13 +390,18 @@ at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::Te
   at::Tensor x = at::empty_like(h);
   at::Tensor o = at::empty({n, d.H * d.D}, h.options());
   const int64_t* grp_p = grp.data_ptr<int64_t>();
+  TORCH_CHECK(slot.scalar_type() == at::kLong && slot.is_contiguous() && slot.numel() == n,
+              "decode_step: one int64 cache slot per live row");
+  const int64_t* slot_p = slot.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(slot_p[i] >= 0 && slot_p[i] < vc[0].size(0), "decode_step: cache slot out of range");
   const int64_t* pos_p = pos.data_ptr<int64_t>();
   const int64_t* pstart_p = pstart.data_ptr<int64_t>();
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* w = &layers[PER_LAYER * l];
     rms_norm(h.data_ptr<float>(), w[0].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
     at::Tensor qkv = project(x, w + 2, eps);
-    attend(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), pos_p, grp_p, pstart_p,
+    attend(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), pos_p, grp_p, slot_p, pstart_p,
            kp[l].data_ptr<float>(), vp[l].data_ptr<float>(), kc[l].data_ptr<float>(), vc[l].data_ptr<float>(),
            o.data_ptr<float>(), d);
     h = project(o, w + 6, eps, &h);
@@ -401,12 +423,25 @@ at::Tensor projection(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   return project(x.contiguous(), p, eps);
 }
 
+// How many OS threads a split of n items (one per task) runs on: torch.get_num_threads() capped at n when the
+// build has OpenMP (fused.openmp_flags), 1 without it (tests)
+int64_t parallel_threads(int64_t n) {
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mu);
+    ids.insert(std::this_thread::get_id());
+  });
+  return static_cast<int64_t>(ids.size());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(reasonloop_decode, m) {
   m.def("decode_step(Tensor tokens, Tensor embed, Tensor[] layers, Tensor[] kp, Tensor[] vp, Tensor[] kc, "
-        "Tensor[] vc, Tensor pstart, Tensor grp, Tensor pos, Tensor cos, Tensor sin, Tensor norm_out, "
+        "Tensor[] vc, Tensor pstart, Tensor grp, Tensor slot, Tensor pos, Tensor cos, Tensor sin, Tensor norm_out, "
         "Tensor[] head, int heads, int t, float eps, float scaling) -> Tensor",
         &decode_step);  // one kernel for every dispatch key: the weights may be MKLDNN tensors
   m.def("projection(Tensor x, Tensor w, Tensor b, Tensor s, Tensor sub, float eps) -> Tensor", &projection);
+  m.def("parallel_threads(int n) -> int", &parallel_threads);
 }

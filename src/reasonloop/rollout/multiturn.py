@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 
 from reasonloop.config import require
-from reasonloop.data.records import Example, RolloutBatch, TokenBatch, left_padded
+from reasonloop.data.records import EpisodeOutcomes, Example, RolloutBatch, TokenBatch, left_padded
 from reasonloop.models.forward import cache_arg
 from reasonloop.rollout import kv_cache
 from reasonloop.rollout.engine import SamplingConfig
@@ -153,7 +153,6 @@ class MultiTurnEngine:
         self.obs_in_loss = obs_in_loss
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reasonloop-env")
         self._token_text: dict[int, str] = {}
-        self.last: dict = {}  # the last call's episodes' returns and counters
         self._totals: dict[str, float] = {}  # counters summed since `metrics()` last read them
         self.prefilled = 0  # tokens read without sampling (prompts, observations, re-prefills)
         self.generated = 0  # tokens sampled
@@ -515,12 +514,12 @@ class MultiTurnEngine:
             texts.append(self.tokenizer.decode([t for t in ep.tokens if t != eos], skip_special_tokens=True))
             if self.remember:
                 self.transcripts[texts[-1]] = (list(ep.tokens), list(ep.policy))
-        returns = torch.tensor([sum(ep.rewards) for ep in eps])
-        self.last = {"returns": returns, "turn_rewards": [list(ep.rewards) for ep in eps],
-                     "observations": [list(ep.observations) for ep in eps]}
+        outcomes = EpisodeOutcomes(torch.tensor([sum(ep.rewards) for ep in eps]), [list(ep.rewards) for ep in eps],
+                                   [list(ep.observations) for ep in eps])
         self._count(eps, mask, policy)
         return RolloutBatch(p_ids, p_mask, ids, mask, lps, [ep.finish or "stop" for ep in eps], texts, n,
-                            policy_mask=mask.clone() if self.obs_in_loss else policy, turn_rewards=turn_rewards)
+                            policy_mask=mask.clone() if self.obs_in_loss else policy, turn_rewards=turn_rewards,
+                            episodes=outcomes)
 
     def _count(self, eps: list[Episode], mask, policy) -> None:
         t = self._totals

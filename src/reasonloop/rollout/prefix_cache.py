@@ -296,6 +296,7 @@ class _Fused:
         self.d.kp, self.d.vp = kp, vp
         self.d.pstart = torch.tensor([full - L for L in lengths], dtype=torch.long)
         self.d.grp = torch.arange(len(prefixes)).repeat_interleave(n)
+        self.d.slot = torch.arange(len(self.d.grp))  # live row -> its completion cache row (FusedDecoder.keep)
         self.d.t = 0
 
     def step(self, tokens, position):
@@ -305,10 +306,10 @@ class _Fused:
         return self.d.keep(live)
 
     def segment(self, slot: int) -> Segment:
-        t, out = self.d.t, []
+        t, out, row = self.d.t, [], int(self.d.slot[slot])  # the live row's cache row
         for k, v in zip(self.d.k_all, self.d.v_all):  # keys are stored in [head_dim, CHUNK] blocks
-            kv, blocks, d, chunk = k[slot].shape
-            out.append((k[slot].transpose(-1, -2).reshape(kv, blocks * chunk, d)[:, :t].clone(), v[slot, :, :t].clone()))
+            kv, blocks, d, chunk = k[row].shape
+            out.append((k[row].transpose(-1, -2).reshape(kv, blocks * chunk, d)[:, :t].clone(), v[row, :, :t].clone()))
         return out
 
 

@@ -27,6 +27,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -113,26 +116,34 @@ inline void dot_row(const int8_t* x, int64_t ldx, int64_t rows, const uint8_t* w
 }
 #endif
 
+// Output rows lo..hi of `gemm`. Everything comes by value (emit too, capturing by value): read through
+// parallel_for's captured references, the sizes and pointers would be reloaded after every call of the
+// out-of-line dot_row once that body stops being inlined (the -fopenmp build), ~5% at one row
+template <typename Emit>
+void gemm_rows(const int8_t* xq, int64_t n, int64_t kp, const uint8_t* packed, const int32_t* xsum, int64_t lo,
+               int64_t hi, Emit emit) {
+  const int64_t blocks = kp / BLOCK;
+  int32_t acc[TILE];
+  for (int64_t t0 = 0; t0 < n; t0 += TILE) {
+    const int64_t rows = n - t0 < TILE ? n - t0 : TILE;
+    for (int64_t j = lo; j < hi; ++j) {
+      dot_row(xq + t0 * kp, kp, rows, packed + j * (kp / 4), blocks, xsum + t0, acc);
+      for (int64_t t = 0; t < rows; ++t) emit(t0 + t, j, acc[t]);
+    }
+  }
+}
+
 // out[i, j] = sum_k xq[i, k] * W[j, k], calling emit(i, j, acc) for each; parallel over output rows
 template <typename Emit>
 void gemm(const int8_t* xq, int64_t n, int64_t kp, const uint8_t* packed, int64_t N, Emit emit) {
-  const int64_t blocks = kp / BLOCK;
   std::vector<int32_t> xsum(n);  // sum_k x[i, k] (the padding is zero), for the code-times-activation form
   for (int64_t i = 0; i < n; ++i) {
     int32_t sum = 0;
     for (int64_t k = 0; k < kp; ++k) sum += xq[i * kp + k];
     xsum[i] = sum;
   }
-  at::parallel_for(0, N, 16, [&](int64_t lo, int64_t hi) {
-    int32_t acc[TILE];
-    for (int64_t t0 = 0; t0 < n; t0 += TILE) {
-      const int64_t rows = n - t0 < TILE ? n - t0 : TILE;
-      for (int64_t j = lo; j < hi; ++j) {
-        dot_row(xq + t0 * kp, kp, rows, packed + j * (kp / 4), blocks, xsum.data() + t0, acc);
-        for (int64_t t = 0; t < rows; ++t) emit(t0 + t, j, acc[t]);
-      }
-    }
-  });
+  const int32_t* xs = xsum.data();
+  at::parallel_for(0, N, 16, [&](int64_t lo, int64_t hi) { gemm_rows(xq, n, kp, packed, xs, lo, hi, emit); });
 }
 
 void check_packed(const at::Tensor& packed, int64_t kp) {
@@ -151,28 +162,33 @@ at::Tensor ternary_gemm(const at::Tensor& xq, const at::Tensor& packed) {
   at::Tensor out = at::empty({n, N}, x.options().dtype(at::kInt));
   int32_t* o = out.data_ptr<int32_t>();
   gemm(x.data_ptr<int8_t>(), n, kp, packed.data_ptr<uint8_t>(), N,
-       [&](int64_t i, int64_t j, int32_t a) { o[i * N + j] = a; });
+       [=](int64_t i, int64_t j, int32_t a) { o[i * N + j] = a; });
   return out;
 }
 
 // per-row absmax int8 quantisation of x [n, K] into xq [n, Kp] (zero padding) and the scales s [n],
 // with torch's arithmetic: s = (1 / max(absmax, eps)) * 127, q = clamp(round_half_even(x * s), -128, 127)
+inline float quantize_row(const float* xi, int64_t K, int64_t kp, int8_t* qi) {
+  // K and kp are arguments, not captures: read through a lambda's captured references they would be
+  // reloaded after every int8 store (a char store may alias anything) and the loop would not vectorise
+  // (5% of a BitNet decode step once parallel_for's body stopped being inlined: the -fopenmp build)
+  float m = 0.f;
+  for (int64_t k = 0; k < K; ++k) m = std::fabs(xi[k]) > m ? std::fabs(xi[k]) : m;
+  const float scale = (1.f / (m > EPS ? m : EPS)) * 127.f;
+  for (int64_t k = 0; k < K; ++k) {
+    float q = std::nearbyint(xi[k] * scale);
+    q = q < -128.f ? -128.f : (q > 127.f ? 127.f : q);
+    qi[k] = static_cast<int8_t>(q);
+  }
+  std::memset(qi + K, 0, kp - K);
+  return scale;
+}
+
 void quantize(const float* x, int64_t n, int64_t K, int64_t kp, int8_t* xq, float* s) {
-  at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const float* xi = x + i * K;
-      float m = 0.f;
-      for (int64_t k = 0; k < K; ++k) m = std::fabs(xi[k]) > m ? std::fabs(xi[k]) : m;
-      const float scale = (1.f / (m > EPS ? m : EPS)) * 127.f;
-      int8_t* qi = xq + i * kp;
-      for (int64_t k = 0; k < K; ++k) {
-        float q = std::nearbyint(xi[k] * scale);
-        q = q < -128.f ? -128.f : (q > 127.f ? 127.f : q);
-        qi[k] = static_cast<int8_t>(q);
-      }
-      std::memset(qi + K, 0, kp - K);
-      s[i] = scale;
-    }
+  // rows per task: ~8k elements at least (a few microseconds), or a fork/join of torch's OpenMP pool costs
+  // more than the split saves
+  at::parallel_for(0, n, (1 << 13) / (K > 0 ? K : 1) + 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) s[i] = quantize_row(x + i * K, K, kp, xq + i * kp);
   });
 }
 
@@ -203,11 +219,24 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
   float* o = out.data_ptr<float>();
   const float* sw = scale.data_ptr<float>();
   const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  gemm(xq.data(), n, kp, packed.data_ptr<uint8_t>(), N, [&](int64_t i, int64_t j, int32_t a) {
-    const float y = static_cast<float>(a) * (sw[j] / sx[i]);
+  const float* sxp = sx.data();
+  gemm(xq.data(), n, kp, packed.data_ptr<uint8_t>(), N, [=](int64_t i, int64_t j, int32_t a) {
+    const float y = static_cast<float>(a) * (sw[j] / sxp[i]);
     o[i * N + j] = b ? y + b[j] : y;
   });
   return out;
+}
+
+// How many OS threads a split of n items (one per task) runs on (tests: torch's intra-op pool when built with
+// -fopenmp, fused.openmp_flags; 1 at torch.set_num_threads(1))
+int64_t parallel_threads(int64_t n) {
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mu);
+    ids.insert(std::this_thread::get_id());
+  });
+  return static_cast<int64_t>(ids.size());
 }
 
 }  // namespace
@@ -216,4 +245,5 @@ TORCH_LIBRARY(reasonloop_ternary, m) {
   m.def("ternary_gemm(Tensor xq, Tensor packed) -> Tensor", &ternary_gemm);
   m.def("quantize_rows(Tensor x, int kp) -> (Tensor, Tensor)", &quantize_rows);
   m.def("ternary_linear(Tensor x, Tensor packed, Tensor scale, Tensor bias) -> Tensor", &ternary_linear);
+  m.def("parallel_threads(int n) -> int", &parallel_threads);
 }
