@@ -1,12 +1,22 @@
 """The suite's markers: `ci` tests are slow tests that CI still runs, in its second pytest call."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-from conftest import pytest_collection_modifyitems
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _suite_conftest():
+    # by path: a bare `import conftest` finds whichever tests/*/conftest.py the full suite put on sys.path first
+    spec = importlib.util.spec_from_file_location("tests_conftest", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pytest_collection_modifyitems = _suite_conftest().pytest_collection_modifyitems
 
 
 class Item:
