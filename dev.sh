@@ -12,10 +12,11 @@ cd "$(dirname "$0")"
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "dev.sh: installing into .venv (first run only)..." >&2
+  # -qq: errors only (pip warns once per missing package on indexes configured for this machine)
   python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[dev]"
+  .venv/bin/pip install -qq --upgrade pip
+  .venv/bin/pip install -qq "torch==2.13.0"
+  .venv/bin/pip install -qq -e ".[dev]"
   touch "$stamp"
 fi
 # The code sandbox uses bubblewrap namespaces when present; install it where we may.
