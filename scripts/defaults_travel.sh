@@ -4,10 +4,7 @@
 # candidate setting; held-out greedy pass@1, sampled pass@1 (mean of 8) and pass@8 on EVAL_N test problems.
 # Usage: scripts/defaults_travel.sh [RUNS_DIR] [RL_STEPS] [SFT_STEPS] [TASK_NAMES...]
 # Environment: SFT_LR (default 3e-4, sft's default), EVAL_N (100), CANDIDATE (the candidate run's overrides),
-# SFT_FORM (answer: <think>A</think><answer>A</answer>, the default; worked: a question ending in a sum of
-# integers, chain_sum's "... problem: 8 + 4 =" or basic_arithmetic's "Calculate 8 + 4.", gets the sum written in the embedded model's notation as its
-# thought, <think>8+4=12</think>; careful: the same chain worked one operation at a time in the embedded
-# arithmetic task's careful notation, <think>8+4=12;12-3=9</think>; other questions stay answer-only),
+# SFT_FORM (answer, the default: <think>A</think><answer>A</answer>; worked; careful: see scripts/travel_data.py),
 # TRAVEL_TASKS (space-separated name=spec entries replacing the five below; e.g.
 # "chain_sum3=chain_sum,min_terms=2,max_terms=4,min_digits=1,max_digits=1"),
 # REASONLOOP / PYTHON (launchers; may be several words, e.g. "taskset -c 1 nice reasonloop").
@@ -30,30 +27,7 @@ for entry in "${TASKS[@]}"; do
   t=${entry%%=*}
   if [ ${#ONLY[@]} -gt 0 ] && [[ " ${ONLY[*]} " != *" $t "* ]]; then continue; fi
   task="reasoning_gym:${entry#*=},template=raw"
-  [ -f "$R/$t-sft.jsonl" ] || "${PY[@]}" - "$task" "$R/$t-sft.jsonl" "${SFT_FORM:-answer}" <<'PY'
-import json, re, sys
-from reasonloop.tasks import make_task
-task, out, form = sys.argv[1], sys.argv[2], sys.argv[3]
-# "...: 8 + 4 =" (chain_sum) or "Calculate 8 + 4." (basic_arithmetic) -> "8 + 4"
-SUM = re.compile(r"(?::|Calculate)\s*(-?\d+(?:\s*[-+]\s*\d+)+)\s*(?:=|\.)\s*$")
-def careful(chain):  # "8+4-3" -> "8+4=12;12-3=9", left to right
-    nums, ops = re.findall(r"\d+", chain.lstrip("-")), re.findall(r"[-+]", chain.lstrip("-"))
-    acc, steps = int(nums[0]) * (-1 if chain.startswith("-") else 1), []
-    for op, n in zip(ops, nums[1:]):
-        nxt = acc + int(n) if op == "+" else acc - int(n)
-        steps.append(f"{acc}{op}{n}={nxt}")
-        acc = nxt
-    return ";".join(steps)
-def thought(ex):
-    m = SUM.search(ex.prompt) if form in ("worked", "careful") else None
-    if not m:
-        return ex.answer
-    chain = "".join(m.group(1).split())
-    return careful(chain) if form == "careful" else chain + f"={ex.answer}"
-with open(out, "w") as f:
-    for ex in make_task(task).examples("train", 2000, seed=0):
-        f.write(json.dumps({"prompt": ex.prompt, "completion": f"<think>{thought(ex)}</think><answer>{ex.answer}</answer>"}) + "\n")
-PY
+  [ -f "$R/$t-sft.jsonl" ] || "${PY[@]}" scripts/travel_data.py "${entry#*=}" "$R/$t-sft.jsonl" "${SFT_FORM:-answer}"
   # the SFT row of the table is the RL runs' "before" evaluation (same held-out problems and k)
   [ -f "$R/$t-sft/model/config.json" ] || "${RL[@]}" sft task="$task" data="$R/$t-sft.jsonl" threads=1 steps="$SFT_STEPS" \
     optim.lr="${SFT_LR:-3e-4}" eval_n=1 eval_every=0 save_every=0 output_dir="$R/$t-sft"

@@ -336,3 +336,47 @@ def test_overlong_penalty_hand_values():
 def test_mask_truncated():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=D)
     assert_close(mask_truncated(mask, torch.tensor([False, True])), torch.tensor([[1, 1, 0], [0, 0, 0]], dtype=D))
+
+
+# ---- pass@k (max@k) leave-one-out advantages ----
+
+def _passk_by_enumeration(rewards: list[float], k: int) -> list[float]:
+    """A_g from the definition: mean over (k-1)-subsets of the others of the subset's max with r_g, minus the
+    mean over k-subsets of the others of their max."""
+    from itertools import combinations
+    out = []
+    for g, r in enumerate(rewards):
+        others = rewards[:g] + rewards[g + 1:]
+        s = statistics.mean(max([r, *t]) for t in combinations(others, k - 1))
+        b = statistics.mean(max(t) for t in combinations(others, k))
+        out.append(s - b)
+    return out
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_pass_at_k_advantages_match_the_subset_enumeration(k):
+    from reasonloop.algos.advantages import pass_at_k_advantages
+    gen = torch.Generator().manual_seed(k)
+    rewards = torch.rand(3, 6, generator=gen, dtype=torch.float64)
+    rewards[1] = (rewards[1] > 0.5).double()  # a 0/1 group, with ties
+    got = pass_at_k_advantages(rewards, k)
+    want = torch.tensor([_passk_by_enumeration(row.tolist(), k) for row in rewards], dtype=torch.float64)
+    assert_close(got, want)
+
+
+def test_pass_at_k_advantages_binary_closed_form_and_edge_cases():
+    from reasonloop.algos.advantages import pass_at_k_advantages
+    r = torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0], [0.0] * 8])
+    a = pass_at_k_advantages(r, 4)
+    # the lone right sample: every 4 of the others are wrong, so it earns 1; a wrong one: its 3 companions hold
+    # the right one with p 3/7, 4 others hold it with p 4/7, so it loses 1/7
+    assert_close(a[0], torch.tensor([1.0] + [-1 / 7] * 7))
+    # 7 of 8 right: any 4 samples hold a right one, with or without any single sample: no signal at k=4
+    assert_close(a[1], torch.zeros(8))
+    assert torch.equal(a[2], torch.zeros(8))
+    # k = 1 is RLOO; k above G - 1 is clamped to it
+    g = torch.rand(4, 5, generator=torch.Generator().manual_seed(0))
+    assert_close(pass_at_k_advantages(g, 1), rloo_advantages(g))
+    assert_close(pass_at_k_advantages(g, 9), pass_at_k_advantages(g, 4))
+    with pytest.raises(ValueError):
+        pass_at_k_advantages(g, 0)

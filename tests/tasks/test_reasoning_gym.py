@@ -28,6 +28,20 @@ def test_examples_verify_and_splits_are_disjoint():
     assert not task.is_correct(answer(str(int(ex.answer) + 1)), ex)
 
 
+def test_the_train_split_keeps_the_generators_mix_and_the_test_split_is_distinct():
+    """Deduplicating a large train pool drawn from a small space empties its small corners first: chain_sum with
+    2-4 one-digit terms has a few hundred two-term problems, so 2 000 *distinct* ones held ~2% of them against
+    the generator's ~1/3 (and RL trained on that mix forgot the two-term problems the test split still asks)."""
+    task = make_task("chain_sum,min_terms=2,max_terms=4,min_digits=1,max_digits=1", None)
+    terms = lambda ex: ex.prompt.count(" + ") + ex.prompt.count(" - ") + 1  # noqa: E731
+    train, test = task.examples("train", 2000, seed=0), task.examples("test", 200, seed=0)
+    share = lambda exs: sum(terms(e) == 2 for e in exs) / len(exs)  # noqa: E731
+    assert 0.25 < share(train) < 0.42, share(train)
+    assert len({e.prompt for e in train}) < len(train), "train repeats problems at the generator's frequency"
+    assert len({e.prompt for e in test}) == len(test), "each held-out problem counts once"
+    assert not {e.prompt for e in train} & {e.prompt for e in test}
+
+
 def test_curriculum_level_controls_difficulty():
     easy = make_task("basic_arithmetic,level=0", None).examples("train", 20)
     hard = make_task("basic_arithmetic,level=4", None).examples("train", 20)

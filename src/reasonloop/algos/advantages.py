@@ -196,6 +196,42 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B, G]
     return torch.where(_group_all_equal(rewards), torch.zeros_like(adv), adv)
 
 
+def pass_at_k_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:  # [B, G] -> [B, G]
+    """Leave-one-out advantages of the group's max@k (pass@k for 0/1 rewards): the policy gradient of the
+    expected best reward among k samples, not of the mean reward (Walder & Karkhanis 2025, "Pass@K Policy
+    Optimization"; Chen et al. 2025, "Pass@k Training"). With n = G - 1 other samples sorted ascending o_0..o_{n-1}:
+
+        s_g = mean over the (k-1)-subsets T of the others of max(r_g, max T)
+            = sum_j C(j, k-2) max(r_g, o_j) / C(n, k-1)        (s_g = r_g when k = 1)
+        b_g = max@k estimate of the others alone = sum_j C(j, k-1) o_j / C(n, k)
+        A_g = s_g - b_g
+
+    The baseline b_g does not depend on sample g, so the estimate stays unbiased. k = 1 is RLOO. With 0/1
+    rewards a right sample earns 1 - P(k others hold a right one), and a wrong sample loses only as much as it
+    lowers the chance that k samples hold a right one: a group that is mostly right is already solved at k and
+    gives (almost) no signal, so the update goes to the prompts the policy rarely solves instead of narrowing
+    the ones it mostly solves. `k` is clamped to G - 1 (ragged groups). No std scaling.
+    """
+    check_shape("rewards", rewards, (None, None))
+    B, G = rewards.shape
+    if G < 2:
+        raise ValueError("pass@k advantages need at least 2 samples per prompt")
+    if k < 1:
+        raise ValueError(f"pass@k advantages need k >= 1, got {k}")
+    k, n = min(k, G - 1), G - 1
+    r = rewards.to(torch.promote_types(rewards.dtype, torch.float32))
+    if k == 1:
+        return rloo_advantages(r)
+    keep = ~torch.eye(G, dtype=torch.bool, device=r.device)
+    others = r.unsqueeze(1).expand(B, G, G)[:, keep].view(B, G, n).sort(dim=-1).values  # [B, G, n]
+    j = range(n)
+    w_base = torch.tensor([math.comb(i, k - 1) / math.comb(n, k) for i in j], dtype=r.dtype, device=r.device)
+    w_self = torch.tensor([math.comb(i, k - 2) / math.comb(n, k - 1) for i in j], dtype=r.dtype, device=r.device)
+    s = (torch.maximum(r.unsqueeze(-1), others) * w_self).sum(-1)
+    adv = s - (others * w_base).sum(-1)
+    return torch.where(_group_all_equal(r), torch.zeros_like(adv), adv)
+
+
 BASELINES: tuple[str, ...] = ("batch_mean", "moving_average", "none")
 
 

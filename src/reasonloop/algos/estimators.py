@@ -77,6 +77,7 @@ class AdvantageInput:
     process_rewards: torch.Tensor | None = None  # [N, T] token-level process rewards (0 where none sits)
     process_mask: torch.Tensor | None = None  # [N, T] 1 where a process reward sits (a step's last token)
     process_coef: float = 1.0  # weight of the process-reward advantage next to the outcome one
+    pass_k: int = 4  # passk: the k of the max@k objective
     turn_rewards: torch.Tensor | None = None  # [N, T] multi-turn episodes: each turn's reward on the turn's last
     # token. `rewards` already holds their sum; gae and reinforce_pp move that share onto these tokens
 
@@ -199,6 +200,13 @@ def grpo_hierarchical(rewards, inp, levels, pass_rates, state):
 def rloo(rewards, inp, levels, pass_rates, state):
     """RLOO: r - mean of the other samples of the group."""
     return adv.rloo_advantages(rewards), state
+
+
+@register_advantage("passk")
+@sequence_estimator
+def passk(rewards, inp, levels, pass_rates, state):
+    """Pass@k policy optimisation: leave-one-out advantages of the group's max@k reward (k = `pass_k`)."""
+    return adv.pass_at_k_advantages(rewards, inp.pass_k), state
 
 
 @register_advantage("reinforce")

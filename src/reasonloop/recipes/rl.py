@@ -127,7 +127,9 @@ class Config(CheckpointedRunConfig):
     advantage: str = "grpo"
     """Estimator, by its registered name (`algos/estimators.py`): grpo | dr_grpo | grpo_difficulty (harder levels
     weigh more) | grpo_hierarchical (std per level) | rloo | reinforce | reinforce_pp | gae (PPO with a critic);
-    or 'module:function' for your own (docs/algorithms.md)."""
+    passk (the pass@k objective, docs/algorithms.md); or 'module:function' for your own."""
+    pass_k: int = 4
+    """advantage=passk: the k of the max@k (pass@k) objective, clamped to group_size - 1; 1 is RLOO."""
     std_mode: str = "group"
     """GRPO std scaling: group | batch | none (none = Dr.GRPO)."""
     reinforce_baseline: str = "batch_mean"
@@ -273,6 +275,7 @@ class Config(CheckpointedRunConfig):
         require_choice("kl_in", self.kl_in, ["loss", "reward"])
         require_choice("critic", self.critic, ["none", "head", "separate"])
         require(self.steps > 0 and self.prompts_per_step > 0, "steps and prompts_per_step must be > 0")
+        require(self.pass_k >= 1, f"pass_k must be >= 1, got {self.pass_k}")
         require(self.group_size >= 2 or self.advantage in ("reinforce", "gae", "reinforce_pp"),
                 f"group_size must be >= 2 for advantage={self.advantage}")
         require(self.epochs >= 1 and self.micro_batch_size >= 1, "epochs and micro_batch_size must be >= 1")
@@ -827,7 +830,7 @@ class Trainer:
             reward_norm=cfg.reward_norm, reward_norm_state=self.state.reward_norm, gamma=cfg.gamma, lam=cfg.lam,
             whiten=cfg.whiten_advantages, state=self.state.baseline,
             process_rewards=process.rewards if process else None, process_mask=process.mask if process else None,
-            process_coef=cfg.prm_coef, turn_rewards=data.batch.turn_rewards))
+            process_coef=cfg.prm_coef, turn_rewards=data.batch.turn_rewards, pass_k=cfg.pass_k))
         self.state.baseline, self.state.reward_norm = out.state, out.reward_norm_state
         return out
 

@@ -150,7 +150,14 @@ class ReasoningGymTask:
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         """`n` problems of `split`; train and test are separated by a hash of the question text, so
-        no seed can make them share a problem. Fewer than `n` come back if the space runs out."""
+        no seed can make them share a problem.
+
+        The test split is deduplicated (each held-out problem counts once; fewer than `n` come back if the
+        space runs out). The train split keeps the generator's frequencies: deduplicating it would empty the
+        small corners of the space first, so a pool of thousands drawn from a small space would hold far fewer
+        easy problems than the generator (and the test split) makes. chain_sum with 2-4 one-digit terms: 1.5%
+        two-term problems in 5 000 distinct ones against ~1/3 drawn, and RL trained on that mix forgot how to
+        copy a two-term problem (docs/curriculum.md, "Fourth attempt")."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', not {split!r}")
         draws = n * MAX_DRAWS_PER_EXAMPLE
@@ -161,7 +168,7 @@ class ReasoningGymTask:
         for i in range(draws):
             entry = dataset[i]
             key = normalize_text(entry["question"])
-            if key in seen or in_test_split(entry["question"], self.spec.test_frac) != want_test:
+            if (want_test and key in seen) or in_test_split(entry["question"], self.spec.test_frac) != want_test:
                 continue
             seen.add(key)
             out.append(self._to_example(entry))

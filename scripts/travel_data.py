@@ -1,0 +1,109 @@
+"""docs/curriculum.md "Defaults that travel": SFT records for a reasoning-gym task, the new user's first step.
+
+    python scripts/travel_data.py "chain_sum,min_terms=2,max_terms=4,min_digits=1,max_digits=1" out.jsonl careful [N]
+
+Writes N (2 000) records `{"prompt", "completion"}` from the task's train split (template=raw), the completion
+`<think>THOUGHT</think><answer>ANSWER</answer>`. FORM chooses the thought:
+- answer: the answer itself (what a user with answer-only data has);
+- worked: a question ending in a chain of integers (chain_sum's "... problem: 8 + 4 =", basic_arithmetic's
+  "Calculate 8 + 4.") gets the chain and its result in the embedded model's notation, `8+4=12`;
+- careful: the thought worked one step at a time in the embedded arithmetic task's careful notation, where the
+  task has a procedure the 4-layer model can follow:
+  - +/- chains: `8+4=12;12-3=9`, left to right;
+  - products (reasoning-gym `products`): `4*7=28`;
+  - leg_counting: each animal's count times its legs, then the sum: `2*4=8;1*8=8;8+8=16`;
+  - letter_counting (one word): the word spelled with the running count after each letter, `h1u1n1d1r1e1d1`
+    for "h" in "hundred", so the count is read off the last step.
+  Other questions stay answer-only. Every careful thought ends at the gold answer (checked as it is written).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from reasonloop.data.records import Example
+from reasonloop.tasks import make_task
+
+# "...: 8 + 4 =" (chain_sum) or "Calculate 8 + 4." (basic_arithmetic) -> "8 + 4"
+CHAIN = re.compile(r"(?::|Calculate)\s*(-?\d+(?:\s*[-+]\s*\d+)+)\s*(?:=|\.)\s*$")
+PRODUCT = re.compile(r"multiplication:\s*(\d+)\s*\*\s*(\d+)")
+LETTER = re.compile(r'letter "(.)" appear in the text: "([^" ]+)"\?')
+
+
+def careful_chain(chain: str) -> tuple[str, int]:
+    """'8+4-3' -> ('8+4=12;12-3=9', 9), left to right (a leading '-' negates the first term)."""
+    body = chain.lstrip("-")
+    nums, ops = re.findall(r"\d+", body), re.findall(r"[-+]", body)
+    acc, steps = int(nums[0]) * (-1 if chain.startswith("-") else 1), []
+    for op, n in zip(ops, nums[1:]):
+        nxt = acc + int(n) if op == "+" else acc - int(n)
+        steps.append(f"{acc}{op}{n}={nxt}")
+        acc = nxt
+    return ";".join(steps), acc
+
+
+def careful_legs(animals: dict[str, int], legs: dict[str, int]) -> tuple[str, int]:
+    """{'dog': 2, 'spider': 1} -> ('2*4=8;1*8=8;8+8=16', 16)."""
+    products = [(n, legs[a], n * legs[a]) for a, n in animals.items()]
+    steps = [f"{n}*{per}={p}" for n, per, p in products]
+    acc = products[0][2]
+    for _, _, p in products[1:]:
+        steps.append(f"{acc}+{p}={acc + p}")
+        acc += p
+    return ";".join(steps), acc
+
+
+def careful_letters(letter: str, word: str) -> tuple[str, int]:
+    """('h', 'hundred') -> ('h1u1n1d1r1e1d1', 1): each letter, then the count so far (case-insensitive)."""
+    count, steps = 0, []
+    for ch in word:
+        count += ch.lower() == letter.lower()
+        steps.append(f"{ch}{count}")
+    return "".join(steps), count
+
+
+def thought(ex: Example, form: str) -> str:
+    """The thought of one record (see the module docstring); the answer itself when the form has none."""
+    if form == "answer":
+        return ex.answer
+    entry = ex.meta.get("entry", {})
+    worked: tuple[str, int] | None = None
+    if m := CHAIN.search(ex.prompt):
+        chain = "".join(m.group(1).split())
+        steps, result = careful_chain(chain)
+        worked = (steps, result) if form == "careful" else (f"{chain}={result}", result)
+    elif form == "careful" and (m := PRODUCT.search(ex.prompt)):
+        a, b = int(m.group(1)), int(m.group(2))
+        worked = (f"{a}*{b}={a * b}", a * b)
+    elif form == "careful" and entry.get("metadata", {}).get("animals"):
+        from reasoning_gym.arithmetic.leg_counting import ANIMALS
+        worked = careful_legs(entry["metadata"]["animals"], ANIMALS)
+    elif form == "careful" and (m := LETTER.search(ex.prompt)):
+        worked = careful_letters(m.group(1), m.group(2))
+    if worked is None:
+        return ex.answer
+    steps, result = worked
+    if str(result) != ex.answer:
+        raise ValueError(f"the {form} thought {steps!r} ends at {result}, the gold answer is {ex.answer!r}")
+    return steps
+
+
+def records(spec: str, form: str, n: int = 2000) -> list[dict[str, str]]:
+    task = make_task(f"reasoning_gym:{spec},template=raw")
+    return [{"prompt": ex.prompt, "completion": f"<think>{thought(ex, form)}</think><answer>{ex.answer}</answer>"}
+            for ex in task.examples("train", n, seed=0)]
+
+
+def main() -> None:
+    if len(sys.argv) not in (4, 5) or sys.argv[3] not in ("answer", "worked", "careful"):
+        sys.exit("usage: travel_data.py SPEC OUT.jsonl answer|worked|careful [N]")
+    spec, out, form = sys.argv[1:4]
+    rows = records(spec, form, int(sys.argv[4]) if len(sys.argv) == 5 else 2000)
+    with open(out, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    print(f"{len(rows)} records -> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""scripts/travel_data.py: the careful thoughts of the "defaults that travel" SFT data end at the gold answer."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("reasoning_gym")
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("travel_data", ROOT / "scripts" / "travel_data.py")
+data = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(data)
+
+
+def test_the_careful_procedures_by_hand():
+    assert data.careful_chain("8+4-3") == ("8+4=12;12-3=9", 9)
+    assert data.careful_chain("-2-7+1") == ("-2-7=-9;-9+1=-8", -8)
+    assert data.careful_legs({"dog": 2, "spider": 1}, {"dog": 4, "spider": 8}) == ("2*4=8;1*8=8;8+8=16", 16)
+    assert data.careful_letters("h", "Hundred") == ("H1u1n1d1r1e1d1", 1)
+    assert data.careful_letters("e", "Verne") == ("V0e1r1n1e2", 2)
+
+
+@pytest.mark.parametrize("spec", [
+    "chain_sum,min_terms=2,max_terms=4,min_digits=1,max_digits=1",
+    "basic_arithmetic,min_terms=2,max_terms=4,min_digits=1,max_digits=1,operators=+-,allow_parentheses=False,"
+    "allow_negation=False",
+    "products,min_terms=2,max_terms=2,min_digits=1,max_digits=1",
+    "leg_counting,min_animals=1,max_animals=2,max_instances=3",
+    "letter_counting,min_words=1,max_words=1",
+])
+def test_every_task_of_the_table_gets_a_worked_thought_that_ends_at_its_answer(spec):
+    rows = data.records(spec, "careful", 40)  # records() raises if a thought ends elsewhere than the gold
+    assert len(rows) == 40
+    thoughts = [r["completion"].split("<think>")[1].split("</think>")[0] for r in rows]
+    answers = [r["completion"].split("<answer>")[1].split("</answer>")[0] for r in rows]
+    assert all(t != a for t, a in zip(thoughts, answers)), "a worked thought, not the bare answer"
+    assert all(data.records(spec, "answer", 3)[i]["completion"].count(answers[i]) == 2 for i in range(3))
