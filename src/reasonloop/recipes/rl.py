@@ -94,7 +94,7 @@ log = logging.getLogger(__name__)
 
 
 # estimators whose advantage is relative to the other samples of the same prompt: zero when they all agree
-GROUP_RELATIVE = ("grpo", "dr_grpo", "rloo", "grpo_difficulty", "grpo_hierarchical", "prime")
+GROUP_RELATIVE = ("grpo", "dr_grpo", "rloo", "passk", "grpo_difficulty", "grpo_hierarchical", "prime")
 PROCESS_REWARDS = ("none", "prm", "prime")
 
 

@@ -28,7 +28,6 @@ from reasonloop.train.runconfig import CheckpointedRunConfig
 from reasonloop.train.supervised import supervised_step
 
 
-SFT_EVAL_TOKENS = 128  # completion length of the held-out evaluation
 
 
 @dataclass
@@ -63,6 +62,8 @@ class Config(CheckpointedRunConfig):
     """Held-out problems per evaluation."""
     eval_k: int = 0
     """Samples per problem at evaluation (pass@k, maj@k); 0 evaluates greedy pass@1 only."""
+    eval_max_new_tokens: int = 128
+    """Completion length of the held-out evaluation; prompts longer than the context minus this are dropped."""
     save_every: int = 100  # the run field of CheckpointedRunConfig, with SFT's default
 
     RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {"eval_every"}
@@ -72,6 +73,7 @@ class Config(CheckpointedRunConfig):
         require(self.steps > 0 and self.batch_size > 0 and self.micro_batch_size > 0, "steps and batch sizes must be > 0")
         require(self.max_len >= 2, "max_len must be >= 2 (a prompt token and a completion token)")
         require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
+        require(self.eval_max_new_tokens > 0, "eval_max_new_tokens must be > 0")
         require(self.task_records > 0, "task_records must be > 0")
         for key in ("eval_k", "eval_every", "save_every"):
             require(getattr(self, key) >= 0, f"{key} must be >= 0")
@@ -96,7 +98,7 @@ def run(cfg: Config) -> dict:
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
     records = load_records(cfg, task)
     held_out = drop_long_prompts(task.examples("test", cfg.eval_n, seed=cfg.seed), tokenizer, render, model,
-                                 SFT_EVAL_TOKENS, f"{cfg.task}/test")
+                                 cfg.eval_max_new_tokens, f"{cfg.task}/test")
     optimizer, scheduler = build_optimizer(model.parameters(), cfg.optim, cfg.steps)
     sampler = TorchSampler(model, tokenizer)
     batches = ShuffledPasses(len(records), SeededShuffle(lambda epoch: cfg.seed + epoch))
@@ -109,8 +111,8 @@ def run(cfg: Config) -> dict:
     out_dir = run_.start()  # only once the task, model and data have loaded: bad input writes nothing
 
     def run_eval(step: int) -> dict:
-        summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=SFT_EVAL_TOKENS), k=cfg.eval_k,
-                              seed=cfg.seed)
+        summary, _ = evaluate(sampler, task, held_out, render, SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens),
+                              k=cfg.eval_k, seed=cfg.seed)
         run_.log(step, flat_metrics(summary))
         return summary
 
