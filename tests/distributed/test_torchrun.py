@@ -52,15 +52,18 @@ def reference_step(nano_model_dir, tmp_path, strategy, extra):
     return one_step(trainer, data, repeats(extra))
 
 
-# the default suite runs every setting once (grpo under both strategies): the placement code a setting adds is
-# shared by DDP and FSDP2 (gathers, counts, reduce_gradients for ddp); the other strategy is marked slow
+# the default suite runs grpo under both strategies; CI (`slow and ci`) runs every other setting once: the placement
+# code a setting adds is shared by DDP and FSDP2 (gathers, counts, reduce_gradients for ddp); the other strategy is
+# marked slow only. (Each case spawns two ranks: ~10-17 s; the default suite keeps one per family to stay short.)
 SLOW_UNDER = {"ppo-head": "fsdp", "prime": "fsdp"}
+CI = [pytest.mark.slow, pytest.mark.ci]
 
 
 def strategies(params):
     """Each param under ddp and fsdp, slow under the strategy SLOW_UNDER names (or already slow)."""
     return [pytest.param(strategy, *p.values, id=f"{p.id}-{strategy}",
-                         marks=[*p.marks, *([pytest.mark.slow] if SLOW_UNDER.get(p.id) == strategy else [])])
+                         marks=[*p.marks, *([pytest.mark.slow] if SLOW_UNDER.get(p.id) == strategy
+                                            else CI if p.id in SLOW_UNDER else [])])
             for p in params for strategy in ("ddp", "fsdp")]
 
 
@@ -105,7 +108,7 @@ def test_two_ranks_give_the_single_process_loss_and_gradients(strategy, extra, n
     assert max(float(g.abs().max()) for g in grads.values()) > 1e-3, "a vanishing gradient would prove nothing"
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("strategy", [pytest.param("fsdp", marks=CI), pytest.param("ddp", marks=pytest.mark.slow)])
 def test_ranks_of_unequal_rows_give_the_single_process_step(strategy, nano_model_dir, tmp_path, toy_task):
     """Adaptive group sizes leave ranks with different row counts. Here rank 0 takes 3 of the 4 groups (12 rows:
     4 micro-batches of 3) and rank 1 one (4 rows: 2): under FSDP2 rank 1 pads each pass (the old log-probs, which
@@ -225,7 +228,7 @@ def test_torchrun_on_the_gpus(extra, nano_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("strategy,extra", [
-    pytest.param("fsdp", ("process_reward=prime", "advantage=prime", "prime_lr=0.01"), id="prime-fsdp"),
+    pytest.param("fsdp", ("process_reward=prime", "advantage=prime", "prime_lr=0.01"), id="prime-fsdp", marks=CI),
     # overlong shaping gives the (else all-zero) arithmetic rewards of the random model something for V to fit
     pytest.param("ddp", ("advantage=gae", "critic=head", "overlong_buffer=6"), id="critic-ddp", marks=pytest.mark.slow),
 ])
@@ -269,17 +272,17 @@ CURRICULUM = ("curriculum.enabled=true", "curriculum.window=4", "curriculum.mile
                    id=f"dynamic_sampling-{strategy}", marks=[pytest.mark.slow] if strategy == "ddp" else [])
       for strategy in ("ddp", "fsdp")],
     # adaptive group sizes from the global per-level pass rates: step 2's sizes come from step 1's rates
-    pytest.param("ddp", ADAPTIVE, 2, id="adaptive_group-ddp"),
+    pytest.param("ddp", ADAPTIVE, 2, id="adaptive_group-ddp", marks=CI),
     # the curriculum: windows fed every rank's groups, the same global draws on every rank, the online filter's
     # keep/refill on global counts (seed 1: level 2 unlocks in step 1, step 2 draws both levels; the filter refills)
-    pytest.param("ddp", CURRICULUM, 2, id="curriculum-ddp"),
+    pytest.param("ddp", CURRICULUM, 2, id="curriculum-ddp", marks=CI),
     # with adaptive groups under FSDP2 (refills of larger groups, as the level's pass rate moved)
     pytest.param("fsdp", (*CURRICULUM, "adaptive_group=true", "group_size_min=2", "group_size_max=6"), 2,
                  id="curriculum-adaptive_group-fsdp", marks=pytest.mark.slow),
     # multi-turn episodes (a toy environment: two turns, an observation, a per-turn reward): every rank plays its
     # prompts' episodes; the agent/* counters are summed over ranks before they become rates
     *[pytest.param(strategy, (f"agent.env={TWO_TURNS}", "sampling.max_new_tokens=4"), 1, id=f"multiturn-{strategy}",
-                   marks=[pytest.mark.slow] if strategy == "fsdp" else []) for strategy in ("ddp", "fsdp")],
+                   marks=[pytest.mark.slow] if strategy == "fsdp" else CI) for strategy in ("ddp", "fsdp")],
 ])
 def test_two_ranks_take_the_single_process_whole_step(strategy, extra, steps, nano_model_dir, tmp_path, toy_task):
     """Rollout included: every prompt's group comes from a generator seeded by its text (PerPromptSeeded), so
