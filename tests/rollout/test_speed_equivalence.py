@@ -384,24 +384,37 @@ def test_a_model_too_big_to_fuse_samples_through_torch_ops(tokenizer, monkeypatc
     assert batch.completion_ids.shape[0] == 2
 
 
-def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
-    """A builder killed mid-compile leaves torch's lock file; every later load would wait on it forever."""
+def test_a_dead_builders_lock_is_removed_and_a_live_builder_is_waited_for(tmp_path, monkeypatch):
+    """A builder killed mid-compile leaves torch's lock file, on which every later load would wait forever. The
+    build guard's flock dies with its holder: whoever holds it removes torch's lock; a live holder is waited for."""
+    import fcntl
     import os
-    import time
+    import threading
 
     from reasonloop.rollout import fused
 
     build = tmp_path / "reasonloop_decode_x"
-    build.mkdir()
     monkeypatch.setattr("torch.utils.cpp_extension._get_build_directory", lambda name, verbose=False: str(build))
-    lock = build / "lock"
-    lock.write_text("")
-    fused._break_stale_lock("reasonloop_decode_x")
-    assert lock.exists()  # a build may be running right now: wait for it as torch does
-    old = time.time() - fused.STALE_LOCK_S - 1
-    os.utime(lock, (old, old))
-    fused._break_stale_lock("reasonloop_decode_x")
-    assert not lock.exists()
+    build.mkdir()
+    (build / "lock").write_text("")  # a dead builder's: nobody holds the flock
+    with fused._build_guard("reasonloop_decode_x"):
+        assert not (build / "lock").exists()
+        (build / "lock").write_text("")  # this process builds now: torch's lock is live...
+    live = os.open(build / "reasonloop.lock", os.O_RDWR)
+    fcntl.flock(live, fcntl.LOCK_EX)  # ...and another builder (another open file: another process's flock) holds it
+    entered = threading.Event()
+
+    def second():
+        with fused._build_guard("reasonloop_decode_x"):
+            entered.set()
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    assert not entered.wait(0.5), "a live builder's build is waited for"
+    assert (build / "lock").exists(), "and its lock is left alone"
+    os.close(live)  # the builder exits (or dies: the kernel releases its flock either way)
+    waiter.join(10)
+    assert entered.is_set() and not (build / "lock").exists()
 
 
 def test_the_extension_name_changes_with_the_source_and_the_flags(tmp_path):

@@ -19,14 +19,16 @@ once per machine, then cached under torch's extensions directory). Where it cann
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import platform
 import re
 import shutil
-import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -74,11 +76,11 @@ def build_extension(prefix: str, source: Path, flags: list[str], switch: str, wh
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         omp_cflags, omp_ldflags = openmp_flags() if openmp else ([], [])
         name = extension_name(prefix, source, flags + omp_cflags + omp_ldflags)
-        _break_stale_lock(name)
-        if not _built(name):
-            log.info("compiling %s (rollout/%s; ~10 s, once per machine and torch version)", what, source.name)
-        load(name=name, sources=[str(source)], extra_cflags=flags + omp_cflags, extra_ldflags=omp_ldflags,
-             is_python_module=False, verbose=False)
+        with _build_guard(name):
+            if not _built(name):
+                log.info("compiling %s (rollout/%s; ~10 s, once per machine and torch version)", what, source.name)
+            load(name=name, sources=[str(source)], extra_cflags=flags + omp_cflags, extra_ldflags=omp_ldflags,
+                 is_python_module=False, verbose=False)
         return loaded()
     except Exception as exc:
         log.warning(unavailable, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
@@ -120,23 +122,36 @@ def loaded_openmp_runtime() -> Path | None:
     return None
 
 
-# a build takes ~10 s on a quiet machine, but 15 min were measured on a core shared by ~10 jobs (2026-12-03);
-# breaking a live builder's lock would start a second build in the same directory: an older lock is a dead builder's
-STALE_LOCK_S = 1800
+@contextlib.contextmanager
+def _build_guard(name: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on the build directory of `name` while building or loading it.
 
-
-def _break_stale_lock(name: str) -> None:
-    """Remove the extension cache's build lock when the process that took it died mid-build (kill -9):
-    torch's loader would otherwise wait on it forever, in every later process on the machine."""
+    torch's own build lock is a plain file that a builder killed mid-compile (Ctrl-C, kill -9) leaves behind,
+    and every later load waits on it forever. The kernel releases a flock when its holder dies, so a process
+    that holds this one knows any torch lock it finds is a dead builder's and removes it; a live builder in
+    another process holds the flock, and this one waits for its build as torch would."""
     try:
         from torch.utils.cpp_extension import _get_build_directory  # private, hence the fallback
 
-        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
-        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        build = Path(_get_build_directory(name, verbose=False))
+        build.mkdir(parents=True, exist_ok=True)
+        fd = os.open(build / "reasonloop.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except Exception:  # best effort: torch's own lock still applies
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process building %s", name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        lock = build / "lock"
+        if lock.exists():
             log.warning("removing a stale build lock %s (left by a process killed while compiling)", lock)
             lock.unlink(missing_ok=True)
-    except Exception:  # best effort: torch's own wait still applies
-        pass
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _built(name: str) -> bool:
