@@ -5,6 +5,7 @@
     python scripts/curriculum_table.py --mixed --upto=40 ...     # only the evaluations up to step 40
     python scripts/curriculum_table.py --travel runs/travel
     python scripts/curriculum_table.py --travel runs/t3 chain_sum3 basic3     # other task names (defaults_travel.sh TRAVEL_TASKS)
+    ARMS=rl-default,rl-lr5e5 python scripts/curriculum_table.py --travel runs/t4 ...   # other RL arms (run directories <task>-<arm>)
 
 Curriculum vs uniform (the first form): the first run is the uniform baseline; for each run, the held-out greedy
 pass@1 curve (metrics.jsonl), the first evaluated step at which it reaches the baseline's final accuracy, its final
@@ -21,6 +22,7 @@ the share of groups without signal (`zero_variance_frac`) and the entropy, avera
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -128,14 +130,16 @@ def window_means(run: Path, keys: tuple[str, ...] = TREND_KEYS, n: int = 5) -> d
     return out
 
 
-def travel(root: Path, tasks: tuple[str, ...] = TRAVEL_TASKS) -> list[str]:
-    """docs/curriculum.md's "Defaults that travel" rows for those of `tasks` that have runs under root."""
-    lines = ["| task (n) | SFT | RL, defaults | RL, candidate |", "|---|---|---|---|"]
+def travel(root: Path, tasks: tuple[str, ...] = TRAVEL_TASKS, arms: tuple[str, ...] = TRAVEL_ARMS) -> list[str]:
+    """docs/curriculum.md's "Defaults that travel" rows for those of `tasks` that have runs under root: the SFT
+    model, then each of `arms` (run directories <task>-<arm>; rl-default and rl-candidate are named as before)."""
+    names = {"rl-default": "RL, defaults", "rl-candidate": "RL, candidate"}
+    lines = ["| task (n) | SFT | " + " | ".join(names.get(a, a) for a in arms) + " |", "|---|---|" + "---|" * len(arms)]
     trend = ["| task | run | " + " | ".join(f"{key}, first 5 -> last 5 steps" for key in TREND_KEYS) + " |",
              "|---|---|" + "---|" * len(TREND_KEYS)]
     for task in tasks:
         summaries = {}
-        for arm in TRAVEL_ARMS:
+        for arm in arms:
             path = root / f"{task}-{arm}" / "summary.json"
             summaries[arm] = json.loads(path.read_text()) if path.exists() else None
         if not any(summaries.values()):
@@ -144,8 +148,8 @@ def travel(root: Path, tasks: tuple[str, ...] = TRAVEL_TASKS) -> list[str]:
         sft = (first.get("before") or {}).get("overall")
         n = int(sft["n"]) if sft else "?"
         after = [cell((s or {}).get("after", {}).get("overall")) for s in summaries.values()]
-        lines.append(f"| {task} ({n}) | {cell(sft)} | {after[0]} | {after[1]} |")
-        for arm in TRAVEL_ARMS:
+        lines.append(f"| {task} ({n}) | {cell(sft)} | " + " | ".join(after) + " |")
+        for arm in arms:
             if summaries[arm]:
                 m = window_means(root / f"{task}-{arm}")
                 fmt = lambda key: "{:.3f} -> {:.3f}".format(*m[key]) if key in m else "-"  # noqa: E731
@@ -158,6 +162,7 @@ if __name__ == "__main__":
         upto = int(sys.argv[2].removeprefix("--upto=")) if sys.argv[2].startswith("--upto=") else None
         print("\n".join(mixed([r for r in sys.argv[2:] if not r.startswith("--upto=")], upto)))
     elif sys.argv[1:2] == ["--travel"]:
-        print("\n".join(travel(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/travel"), tuple(sys.argv[3:]) or TRAVEL_TASKS)))
+        arms = tuple(a for a in os.environ.get("ARMS", ",".join(TRAVEL_ARMS)).split(",") if a)
+        print("\n".join(travel(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/travel"), tuple(sys.argv[3:]) or TRAVEL_TASKS, arms)))
     else:
         main(sys.argv[1:])

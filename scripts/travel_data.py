@@ -13,7 +13,9 @@ Writes N (2 000) records `{"prompt", "completion"}` from the task's train split 
   - products (reasoning-gym `products`): `4*7=28`;
   - leg_counting: each animal's count times its legs, then the sum: `2*4=8;1*8=8;8+8=16`;
   - letter_counting (one word): the word spelled with the running count after each letter, `h1u1n1d1r1e1d1`
-    for "h" in "hundred", so the count is read off the last step.
+    for "h" in "hundred", so the count is read off the last step;
+  - spell_backward: the word spelled with each letter's position, then the positions counted down with the
+    letter each one holds, `1h2a3y;3y2a1h` for "hay": the second half looks each position up in the first.
   Other questions stay answer-only. Every careful thought ends at the gold answer (checked as it is written).
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from reasonloop.tasks import make_task
 CHAIN = re.compile(r"(?::|Calculate)\s*(-?\d+(?:\s*[-+]\s*\d+)+)\s*(?:=|\.)\s*$")
 PRODUCT = re.compile(r"multiplication:\s*(\d+)\s*\*\s*(\d+)")
 LETTER = re.compile(r'letter "(.)" appear in the text: "([^" ]+)"\?')
+BACKWARD = re.compile(r"Spell this word backward \(example: \w+ -> \w+\): (\S+)$")
 
 
 def careful_chain(chain: str) -> tuple[str, int]:
@@ -63,12 +66,19 @@ def careful_letters(letter: str, word: str) -> tuple[str, int]:
     return "".join(steps), count
 
 
+def careful_backward(word: str) -> tuple[str, str]:
+    """'hay' -> ('1h2a3y;3y2a1h', 'yah')."""
+    forward = "".join(f"{i}{ch}" for i, ch in enumerate(word, 1))
+    backward = "".join(f"{i}{word[i - 1]}" for i in range(len(word), 0, -1))
+    return f"{forward};{backward}", word[::-1]
+
+
 def thought(ex: Example, form: str) -> str:
     """The thought of one record (see the module docstring); the answer itself when the form has none."""
     if form == "answer":
         return ex.answer
     entry = ex.meta.get("entry", {})
-    worked: tuple[str, int] | None = None
+    worked: tuple[str, int | str] | None = None
     if m := CHAIN.search(ex.prompt):
         chain = "".join(m.group(1).split())
         steps, result = careful_chain(chain)
@@ -81,6 +91,8 @@ def thought(ex: Example, form: str) -> str:
         worked = careful_legs(entry["metadata"]["animals"], ANIMALS)
     elif form == "careful" and (m := LETTER.search(ex.prompt)):
         worked = careful_letters(m.group(1), m.group(2))
+    elif form == "careful" and (m := BACKWARD.search(ex.prompt.strip())):
+        worked = careful_backward(m.group(1))
     if worked is None:
         return ex.answer
     steps, result = worked

@@ -104,3 +104,11 @@ def test_mixed_reads_a_running_run_from_before_json(tmp_path):
                          "| code_arith | a | 0.33 / 0.67 | 10 | 0.667 |", "| code_arith | b | 0.33 | not reached | 0.333 |"]
     # up to step 0 only: a's curve is cut to its step-0 evaluation
     assert table.mixed([str(tmp_path / "a"), str(tmp_path / "b")], upto=0)[2] == "| arithmetic | a | 0.00 | 0 | 0.000 |"
+
+
+def test_travel_rows_for_other_arms(tmp_path):
+    write_run(tmp_path / "basic3-rl-default", overall(0.6, 0.5, 0.8), overall(0.5, 0.5, 0.7), steps([0.5], [0.1]))
+    write_run(tmp_path / "basic3-rl-lr5e5", overall(0.6, 0.5, 0.8), overall(0.7, 0.6, 0.8), steps([0.5], [0.1]))
+    lines = table.travel(tmp_path, ("basic3",), ("rl-default", "rl-lr5e5"))
+    assert lines[0] == "| task (n) | SFT | RL, defaults | rl-lr5e5 |"
+    assert lines[2].startswith("| basic3 (") and lines[2].count("|") == 5

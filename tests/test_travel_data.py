@@ -19,6 +19,7 @@ def test_the_careful_procedures_by_hand():
     assert data.careful_legs({"dog": 2, "spider": 1}, {"dog": 4, "spider": 8}) == ("2*4=8;1*8=8;8+8=16", 16)
     assert data.careful_letters("h", "Hundred") == ("H1u1n1d1r1e1d1", 1)
     assert data.careful_letters("e", "Verne") == ("V0e1r1n1e2", 2)
+    assert data.careful_backward("hay") == ("1h2a3y;3y2a1h", "yah")
 
 
 @pytest.mark.parametrize("spec", [
@@ -28,6 +29,7 @@ def test_the_careful_procedures_by_hand():
     "products,min_terms=2,max_terms=2,min_digits=1,max_digits=1",
     "leg_counting,min_animals=1,max_animals=2,max_instances=3",
     "letter_counting,min_words=1,max_words=1",
+    "spell_backward,min_word_len=3,max_word_len=4",
 ])
 def test_every_task_of_the_table_gets_a_worked_thought_that_ends_at_its_answer(spec):
     rows = data.records(spec, "careful", 40)  # records() raises if a thought ends elsewhere than the gold
