@@ -30,7 +30,7 @@ for entry in "${TASKS[@]}"; do
   [ -f "$R/$t-sft.jsonl" ] || "${PY[@]}" scripts/travel_data.py "${entry#*=}" "$R/$t-sft.jsonl" "${SFT_FORM:-answer}"
   # the SFT row of the table is the RL runs' "before" evaluation (same held-out problems and k)
   [ -f "$R/$t-sft/model/config.json" ] || "${RL[@]}" sft task="$task" data="$R/$t-sft.jsonl" threads=1 steps="$SFT_STEPS" \
-    optim.lr="${SFT_LR:-3e-4}" eval_n=1 eval_every=0 save_every=0 output_dir="$R/$t-sft"
+    optim.lr="${SFT_LR:-3e-4}" eval_n=1 eval_every=0 save_every=0 eval_max_new_tokens=64 output_dir="$R/$t-sft"
   common=(task="$task" model.name="$R/$t-sft/model" threads=1 steps="$STEPS" eval_n="${EVAL_N:-100}" eval_k=8 eval_every=0
           save_every=0 samples_every=0)
   [ -f "$R/$t-rl-default/summary.json" ] || "${RL[@]}" train "${common[@]}" output_dir="$R/$t-rl-default"

@@ -28,8 +28,6 @@ from reasonloop.train.runconfig import CheckpointedRunConfig
 from reasonloop.train.supervised import supervised_step
 
 
-
-
 @dataclass
 class Config(CheckpointedRunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
