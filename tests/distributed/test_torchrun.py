@@ -308,8 +308,11 @@ def test_two_ranks_take_the_single_process_whole_step(strategy, extra, steps, na
     assert dist["level_pass"] == pytest.approx(trainer.state.level_pass, rel=1e-12)
     grads = history[-1][1]
     assert sorted(dist["grads"]) == sorted(grads)
+    # after an update the weights are one AdamW step apart by float rounding (see the test above): on an AVX-512
+    # host 2 of 6 592 embedding elements of the curriculum's step-2 gradient differed by 2e-6
+    atol = 1e-6 if steps == 1 else 1e-5
     for name, g in grads.items():
-        torch.testing.assert_close(dist["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(dist["grads"][name], g, atol=atol, rtol=1e-4, msg=name)
     if "adaptive_group=true" in extra:  # step 2 drew groups of two sizes (the levels' rates after step 1 differ)
         assert len(sizes[1]) == 2, sizes
     if f"agent.env={TWO_TURNS}" in extra:  # episodes of two turns, some first turns counted as calls
