@@ -76,8 +76,8 @@ def build_extension(prefix: str, source: Path, flags: list[str], switch: str, wh
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         omp_cflags, omp_ldflags = openmp_flags() if openmp else ([], [])
         name = extension_name(prefix, source, flags + omp_cflags + omp_ldflags)
-        with _build_guard(name):
-            if not _built(name):
+        with _build_guard(name) as build:
+            if build is None or not any(build.glob("*.so")):  # not in torch's cache yet: a real build
                 log.info("compiling %s (rollout/%s; ~10 s, once per machine and torch version)", what, source.name)
             load(name=name, sources=[str(source)], extra_cflags=flags + omp_cflags, extra_ldflags=omp_ldflags,
                  is_python_module=False, verbose=False)
@@ -123,8 +123,9 @@ def loaded_openmp_runtime() -> Path | None:
 
 
 @contextlib.contextmanager
-def _build_guard(name: str) -> Iterator[None]:
-    """Hold an exclusive `flock` on the build directory of `name` while building or loading it.
+def _build_guard(name: str) -> Iterator[Path | None]:
+    """Hold an exclusive `flock` on the build directory of `name` while building or loading it; yields that
+    directory (None where torch's private lookup fails, and then only torch's own lock applies).
 
     torch's own build lock is a plain file that a builder killed mid-compile (Ctrl-C, kill -9) leaves behind,
     and every later load waits on it forever. The kernel releases a flock when its holder dies, so a process
@@ -137,7 +138,7 @@ def _build_guard(name: str) -> Iterator[None]:
         build.mkdir(parents=True, exist_ok=True)
         fd = os.open(build / "reasonloop.lock", os.O_RDWR | os.O_CREAT, 0o644)
     except Exception:  # best effort: torch's own lock still applies
-        yield
+        yield None
         return
     try:
         try:
@@ -149,19 +150,9 @@ def _build_guard(name: str) -> Iterator[None]:
         if lock.exists():
             log.warning("removing a stale build lock %s (left by a process killed while compiling)", lock)
             lock.unlink(missing_ok=True)
-        yield
+        yield build
     finally:
         os.close(fd)  # releases the flock
-
-
-def _built(name: str) -> bool:
-    """Whether torch's extension cache already holds a build of `name` (then loading is quick)."""
-    try:
-        from torch.utils.cpp_extension import _get_build_directory  # private, hence the fallback
-
-        return any(Path(_get_build_directory(name, verbose=False)).glob("*.so"))
-    except Exception:
-        return False
 
 
 def extension_name(prefix: str, source: Path, flags: list[str]) -> str:
