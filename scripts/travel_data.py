@@ -26,6 +26,7 @@ import sys
 
 from reasonloop.data.records import Example
 from reasonloop.tasks import make_task
+from reasonloop.tasks.arithmetic import Problem
 
 # "...: 8 + 4 =" (chain_sum) or "Calculate 8 + 4." (basic_arithmetic) -> "8 + 4"
 CHAIN = re.compile(r"(?::|Calculate)\s*(-?\d+(?:\s*[-+]\s*\d+)+)\s*(?:=|\.)\s*$")
@@ -34,16 +35,13 @@ LETTER = re.compile(r'letter "(.)" appear in the text: "([^" ]+)"\?')
 BACKWARD = re.compile(r"Spell this word backward \(example: \w+ -> \w+\): (\S+)$")
 
 
-def careful_chain(chain: str) -> tuple[str, int]:
-    """'8+4-3' -> ('8+4=12;12-3=9', 9), left to right (a leading '-' negates the first term)."""
+def parse_chain(chain: str) -> Problem:
+    """'8+4-3' -> the embedded task's Problem, whose trace is the careful (`8+4=12;12-3=9`) or lazy (`8+4-3=9`)
+    thought; a leading '-' negates the first term."""
     body = chain.lstrip("-")
-    nums, ops = re.findall(r"\d+", body), re.findall(r"[-+]", body)
-    acc, steps = int(nums[0]) * (-1 if chain.startswith("-") else 1), []
-    for op, n in zip(ops, nums[1:]):
-        nxt = acc + int(n) if op == "+" else acc - int(n)
-        steps.append(f"{acc}{op}{n}={nxt}")
-        acc = nxt
-    return ";".join(steps), acc
+    nums, ops = [int(n) for n in re.findall(r"\d+", body)], tuple(re.findall(r"[-+]", body))
+    first = -nums[0] if chain.startswith("-") else nums[0]
+    return Problem(operands=(first, *nums[1:]), ops=ops, level=0)
 
 
 def careful_legs(animals: dict[str, int], legs: dict[str, int]) -> tuple[str, int]:
@@ -80,9 +78,8 @@ def thought(ex: Example, form: str) -> str:
     entry = ex.meta.get("entry", {})
     worked: tuple[str, int | str] | None = None
     if m := CHAIN.search(ex.prompt):
-        chain = "".join(m.group(1).split())
-        steps, result = careful_chain(chain)
-        worked = (steps, result) if form == "careful" else (f"{chain}={result}", result)
+        problem = parse_chain("".join(m.group(1).split()))
+        worked = (problem.trace(careful=form == "careful"), problem.answer)
     elif form == "careful" and (m := PRODUCT.search(ex.prompt)):
         a, b = int(m.group(1)), int(m.group(2))
         worked = (f"{a}*{b}={a * b}", a * b)

@@ -14,8 +14,9 @@ spec.loader.exec_module(data)
 
 
 def test_the_careful_procedures_by_hand():
-    assert data.careful_chain("8+4-3") == ("8+4=12;12-3=9", 9)
-    assert data.careful_chain("-2-7+1") == ("-2-7=-9;-9+1=-8", -8)
+    assert (data.parse_chain("8+4-3").trace(), data.parse_chain("8+4-3").answer) == ("8+4=12;12-3=9", 9)
+    assert (data.parse_chain("-2-7+1").trace(), data.parse_chain("-2-7+1").answer) == ("-2-7=-9;-9+1=-8", -8)
+    assert data.parse_chain("8+4-3").trace(careful=False) == "8+4-3=9"  # the worked form
     assert data.careful_legs({"dog": 2, "spider": 1}, {"dog": 4, "spider": 8}) == ("2*4=8;1*8=8;8+8=16", 16)
     assert data.careful_letters("h", "Hundred") == ("H1u1n1d1r1e1d1", 1)
     assert data.careful_letters("e", "Verne") == ("V0e1r1n1e2", 2)
