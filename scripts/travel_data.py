@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 from reasonloop.data.records import Example
-from reasonloop.tasks import make_task
+from reasonloop.tasks import TaskError, make_task
 from reasonloop.tasks.arithmetic import Problem
 
 # "...: 8 + 4 =" (chain_sum) or "Calculate 8 + 4." (basic_arithmetic) -> "8 + 4"
@@ -105,12 +106,23 @@ def records(spec: str, form: str, n: int = 2000) -> list[dict[str, str]]:
 
 
 def main() -> None:
+    usage = "usage: travel_data.py SPEC OUT.jsonl answer|worked|careful [N]"
     if len(sys.argv) not in (4, 5) or sys.argv[3] not in ("answer", "worked", "careful"):
-        sys.exit("usage: travel_data.py SPEC OUT.jsonl answer|worked|careful [N]")
+        sys.exit(usage)
     spec, out, form = sys.argv[1:4]
-    rows = records(spec, form, int(sys.argv[4]) if len(sys.argv) == 5 else 2000)
-    with open(out, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    tmp = Path(f"{out}.tmp")  # written whole, then renamed: an existing OUT is never left half-written
+    try:
+        rows = records(spec, form, int(sys.argv[4]) if len(sys.argv) == 5 else 2000)
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        tmp.replace(out)
+    except KeyboardInterrupt:
+        tmp.unlink(missing_ok=True)
+        print(f"travel_data.py: interrupted; {out} not written", file=sys.stderr)
+        sys.exit(130)
+    except (ValueError, OSError, TaskError) as exc:  # a bad N or spec, a thought off the gold, an unwritable OUT
+        tmp.unlink(missing_ok=True)
+        sys.exit(f"travel_data.py: {type(exc).__name__}: {exc}")
     print(f"{len(rows)} records -> {out}")
 
 

@@ -39,3 +39,14 @@ def test_every_task_of_the_table_gets_a_worked_thought_that_ends_at_its_answer(s
     answers = [r["completion"].split("<answer>")[1].split("</answer>")[0] for r in rows]
     assert all(t != a for t, a in zip(thoughts, answers)), "a worked thought, not the bare answer"
     assert all(data.records(spec, "answer", 3)[i]["completion"].count(answers[i]) == 2 for i in range(3))
+
+
+def test_bad_input_ends_in_one_line_and_leaves_an_existing_output_alone(tmp_path, monkeypatch):
+    out = tmp_path / "data.jsonl"
+    out.write_text("kept\n")
+    for argv in (["no_such_task", str(out), "careful"], ["chain_sum", str(out), "careful", "abc"]):
+        monkeypatch.setattr("sys.argv", ["travel_data.py", *argv])
+        with pytest.raises(SystemExit) as done:
+            data.main()
+        assert str(done.value.code).startswith("travel_data.py: ") and "\n" not in str(done.value.code)
+    assert out.read_text() == "kept\n" and sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
