@@ -97,7 +97,7 @@ def test_profiled_steps_leave_the_console_alone(capfd):
     from reasonloop.bench.timing import recorded_gemms
 
     gemms = recorded_gemms(lambda: torch.mm(torch.randn(4, 8), torch.randn(8, 2)))
-    assert gemms == [("aten::mm", [[4, 8], [8, 2]])]
+    assert gemms == [("aten::mm", [[4, 8], [8, 2]], torch.float32)]
     out, err = capfd.readouterr()
     assert "USDT" not in err + out and "profiler_st" not in err + out
 

@@ -126,7 +126,7 @@ def test_gemm_replay_with_distinct_reuses_that_many_tensor_sets_in_turn():
 
     pool: dict = {}
     calls = [_replay("aten::mm", [[4, 8], [8, 3]], torch.device("cpu"), pool, 2) for _ in range(5)]
-    assert len(pool[("aten::mm", ((4, 8), (8, 3)))]["calls"]) == 2
+    assert len(pool[("aten::mm", ((4, 8), (8, 3)), torch.float32)]["calls"]) == 2
     assert calls[0] is calls[2] is calls[4] and calls[1] is calls[3] and calls[0] is not calls[1]
     assert calls[0]().shape == (4, 3)
     a, b = torch.randn(16, 16), torch.randn(16, 16)

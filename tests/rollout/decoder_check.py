@@ -9,17 +9,19 @@ from reasonloop.rollout import fused, kv_cache
 LONG_PROMPTS = ["Q: " + "1+" * 9 + "2=?\n", "Q: 3=?\n", "Q: 12*3-4+5-6+7=?\n"]
 
 
-def compiled_step_follows_the_static_decoder(model, tokenizer, atol: float, rtol: float, G: int = 3, T: int = 20):
+def compiled_step_follows_the_static_decoder(model, tokenizer, atol: float, rtol: float, G: int = 3, T: int = 20,
+                                            bf16: bool = False):
     """Prefill LONG_PROMPTS (G rows each) into both decoders, then feed both the same sampled tokens for T steps
     (20: the completion crosses a chunk boundary), some rows finishing at steps 5, 11 and 17 (both compact the
-    same way): equal prefill logits, every step's logits within (atol, rtol)."""
+    same way): equal prefill logits, every step's logits within (atol, rtol). `bf16`: the compiled step's
+    projections in bfloat16."""
     enc = tokenizer(LONG_PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     B, P = ids.shape
     assert P > fused.CHUNK
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        ref, new = kv_cache.StaticDecoder(model, B * G, P + T), fused.FusedDecoder(model, B, G, P, T)
+        ref, new = kv_cache.StaticDecoder(model, B * G, P + T), fused.FusedDecoder(model, B, G, P, T, bf16=bf16)
         first = ref.prefill(ids, mask, repeat=G)
         assert torch.equal(first, new.prefill(ids, mask, repeat=G))
         logits, position = first.repeat_interleave(G, 0), (mask.sum(-1) - 1).repeat_interleave(G)

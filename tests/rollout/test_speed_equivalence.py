@@ -210,8 +210,9 @@ def test_gemm_replay_times_only_the_matrix_multiplies():
         torch.mm(a, b), torch.bmm(a[None], b[None]), torch.addmm(bias, a, b)
         time.sleep(0.3)  # stands for everything that is not a matmul
 
-    assert recorded_gemms(fn) == [("aten::mm", [[64, 64], [64, 64]]), ("aten::bmm", [[1, 64, 64], [1, 64, 64]]),
-                                  ("aten::addmm", [[64], [64, 64], [64, 64]])]
+    f32 = torch.float32
+    assert recorded_gemms(fn) == [("aten::mm", [[64, 64], [64, 64]], f32), ("aten::bmm", [[1, 64, 64], [1, 64, 64]], f32),
+                                  ("aten::addmm", [[64], [64, 64], [64, 64]], f32)]
     assert gemm_replay_seconds(fn, 2, torch.device("cpu")) < 0.1 and len(calls) == 2
 
 

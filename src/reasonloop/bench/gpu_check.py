@@ -102,24 +102,12 @@ class MeasuredEngine:
         batch = self.inner.generate(prompts, n, sampling, generator)
         _sync()
         seconds = time.time() - t0
+        from reasonloop.bench.timing import logprob_gap
+
         diff = logprob_gap(self.trainer.model, batch, sampling.temperature)
         self.records.append({**diff, "seconds": seconds, "tokens": float(batch.completion_mask.sum())})
         self.last = batch
         return batch
-
-
-def logprob_gap(model, batch, temperature: float) -> dict[str, float]:
-    """Mean and max |engine log-prob - `model`'s log-prob| over the batch's sampled tokens."""
-    import torch
-
-    from reasonloop.models.forward import policy_forward
-
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        lp = policy_forward(model, batch.tokens.to(device), temperature).logprobs.float()
-    mask = batch.completion_mask.to(device).bool()
-    gap = (lp - batch.logprobs.to(device).float()).abs()[mask]
-    return {"mean_abs_gap": float(gap.mean()), "max_abs_gap": float(gap.max())}
 
 
 def _sync() -> None:
@@ -134,6 +122,7 @@ def run_path(engine: str, model_dir: str, out: Path, steps: int, device: str = "
     """`steps` GRPO steps with `engine`; the per-step metrics, log-prob gaps and generation tokens/s."""
     import torch
 
+    from reasonloop.bench.timing import logprob_gap
     from reasonloop.config import load_config
     from reasonloop.recipes import rl
     from reasonloop.rollout.engine import RolloutConfig, SamplingConfig, build_engine

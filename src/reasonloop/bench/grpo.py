@@ -23,6 +23,7 @@ from reasonloop.bench.timing import (
     TimedEngine,
     cuda_peak_mb,
     gemm_replay_seconds,
+    logprob_gap,
     matmul_gflops,
     peak_rss_mb,
     profiled,
@@ -221,6 +222,10 @@ def bench_generate(cfg: Config, model_dir: str) -> dict:
     res["sampler_gemm_only_s"] = gemm_s
     res["sampler_gemm_share"] = gemm_s / res["sampler"]["median_s"]
     res["ceiling_vs_generate"] = res["speedup_tokens_per_s"] / res["sampler_gemm_share"]
+    # what the trainer's float32 forward makes of the sampler's tokens (rollout.decode_precision=bf16 moves it)
+    res["logprob_gap"] = logprob_gap(model, sampler.generate(prompts, cfg.group_size, sampling,
+                                                             torch.Generator().manual_seed(reps + 2)),
+                                     cfg.temperature or 1.0)
     return res
 
 
@@ -433,6 +438,10 @@ def run(cfg: Config, out: Path) -> dict:
               f"{gen['hf_generate']['tokens_per_s']:.0f} tok/s: {gen['speedup_tokens_per_s']:.2f}x; its matmuls alone "
               f"take {gen['sampler_gemm_share']:.0%} of its time, so a decode loop with zero other cost would reach "
               f"{gen['ceiling_vs_generate']:.2f}x")
+        gap = gen["logprob_gap"]
+        print(f"sampler log-probs ({cfg.rollout.decode_precision}) vs the float32 forward on its tokens: mean "
+              f"|diff| {gap['mean_abs_gap']:.1e}, max {gap['max_abs_gap']:.1e}; importance ratios "
+              f"{gap['min_ratio']:.3f}-{gap['max_ratio']:.3f}")
     if cfg.train:
         results["matmul_gflops"] = max(results["matmul_gflops"], matmul_gflops())  # best seen: MFU errs low
         tr = results["train"] = bench_train(cfg, results["matmul_gflops"], out)

@@ -116,34 +116,37 @@ def profiled(**kwargs):
             prof.__exit__(None, None, None)
 
 
-def recorded_gemms(fn) -> list[tuple[str, list[list[int]]]]:
-    """(op name, input shapes) of every matrix multiply `fn()` makes, in order (torch.profiler)."""
+def recorded_gemms(fn) -> list[tuple[str, list[list[int]], torch.dtype]]:
+    """(op name, input shapes, dtype of the first input: float32 or bfloat16) of every matrix multiply `fn()`
+    makes, in order (torch.profiler)."""
     from torch.profiler import ProfilerActivity
 
     with profiled(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         fn()
-    return [(e.name, [list(shape) for shape in e.input_shapes if shape]) for e in prof.events()
+    return [(e.name, [list(shape) for shape in e.input_shapes if shape],
+             torch.bfloat16 if e.input_dtypes[0] == "c10::BFloat16" else torch.float32) for e in prof.events()
             if e.name in GEMM_OPS or e.name == ONEDNN_LINEAR]
 
 
-def _replay(name: str, shapes: list[list[int]], device: torch.device, pool: dict | None = None, distinct: int = 0):
-    """A call of op `name` on random tensors of `shapes`; oneDNN linears get a weight prepacked as the
+def _replay(name: str, shapes: list[list[int]], device: torch.device, pool: dict | None = None, distinct: int = 0,
+            dtype: torch.dtype = torch.float32):
+    """A call of op `name` on random tensors of `shapes` and `dtype`; oneDNN linears get a weight prepacked as the
     decode step's are, so the replay costs what the original call did. With `distinct` > 0 the tensors
     come from `pool`, at most `distinct` sets per op and shapes, used in turn (a long decode loop makes
     thousands of calls on the same few weights: one fresh copy per call would not fit in memory)."""
     if distinct:
-        key = (name, tuple(map(tuple, shapes)))
+        key = (name, tuple(map(tuple, shapes)), dtype)
         sets = pool.setdefault(key, {"calls": [], "next": 0})
         if len(sets["calls"]) < distinct:
-            sets["calls"].append(_replay(name, shapes, device))
+            sets["calls"].append(_replay(name, shapes, device, dtype=dtype))
         call = sets["calls"][sets["next"] % distinct] if len(sets["calls"]) == distinct else sets["calls"][-1]
         sets["next"] += 1
         return call
     if name != ONEDNN_LINEAR:
-        op, args = GEMM_OPS[name], [torch.randn(*shape, device=device) for shape in shapes]
+        op, args = GEMM_OPS[name], [torch.randn(*shape, device=device, dtype=dtype) for shape in shapes]
         return lambda: op(*args)
-    mats = [torch.randn(*shape) for shape in shapes if len(shape) == 2]  # X, [residual,] W; a bias is 1-D
-    bias = next((torch.randn(*shape) for shape in shapes if len(shape) == 1), None)
+    mats = [torch.randn(*shape, dtype=dtype) for shape in shapes if len(shape) == 2]  # X, [residual,] W; bias 1-D
+    bias = next((torch.randn(*shape, dtype=dtype) for shape in shapes if len(shape) == 1), None)
     x, w = mats[0], torch.ops.mkldnn._reorder_linear_weight(mats[-1], mats[0].shape[0])
     if len(mats) == 3:
         return lambda: torch.ops.mkldnn._linear_pointwise.binary(x, mats[1], w, bias, "add")
@@ -156,7 +159,7 @@ def gemm_replay_seconds(fn, reps: int, device: torch.device, distinct: int = 0) 
     `call time / this` bounds its speed-up. `distinct` > 0: at most that many tensor sets per shape,
     used in turn (pass the model's layer count: each layer's weights are distinct, as in the call)."""
     pool: dict = {}
-    calls = [_replay(name, shapes, device, pool, distinct) for name, shapes in recorded_gemms(fn)]
+    calls = [_replay(name, shapes, device, pool, distinct, dtype) for name, shapes, dtype in recorded_gemms(fn)]
     times = []
     for _ in range(reps + 1):
         sync()
@@ -196,3 +199,18 @@ class TimedEngine:
     def update_weights(self, model: torch.nn.Module) -> None:
         if self.inner is not None:
             self.inner.update_weights(model)
+
+
+def logprob_gap(model, batch: RolloutBatch, temperature: float) -> dict[str, float]:
+    """How far an engine's sampled log-probs are from `model`'s own forward on the same tokens: mean and max
+    |difference| per token, and the range of the importance ratios pi_model / pi_engine that `tis_cap` clips."""
+    from reasonloop.models.forward import policy_forward
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        lp = policy_forward(model, batch.tokens.to(device), temperature).logprobs.float()
+    mask = batch.completion_mask.to(device).bool()
+    diff = (lp - batch.logprobs.to(device).float())[mask]
+    ratio = diff.exp()
+    return {"mean_abs_gap": float(diff.abs().mean()), "max_abs_gap": float(diff.abs().max()),
+            "min_ratio": float(ratio.min()), "max_ratio": float(ratio.max())}

@@ -293,6 +293,9 @@ class Config(CheckpointedRunConfig):
         require(0 <= self.overlong_buffer <= self.sampling.max_new_tokens, "overlong_buffer must be in [0, max_new_tokens]")
         require(self.rollback_lr_factor > 0, "rollback_lr_factor must be > 0")
         require(self.train_pool > 0, "train_pool must be > 0")
+        require(not (self.agent.env and self.rollout.decode_precision == "bf16"),
+                "rollout.decode_precision=bf16 is the single-turn sampler's; the multi-turn engine (agent.env) "
+                "decodes at float32")
         require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
         for key in ("eval_k", "eval_every", "samples_every", "save_every", "max_refills"):
             require(getattr(self, key) >= 0, f"{key} must be >= 0")
@@ -479,7 +482,7 @@ class Trainer:
         total_updates = cfg.steps * cfg.epochs
         self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, total_updates)
         self.engine = engine or build_engine(cfg.rollout, self.dist.rollout_model(self.model), self.tokenizer)
-        self._policy_sampler: RolloutEngine | None = None  # eval_engine()'s, where the engine is a served model
+        self._policy_sampler: RolloutEngine | None = None  # eval_engine()'s: a served model, or bf16 decoding
         if cfg.agent.env:  # multi-turn episodes with tools or another environment (rollout/multiturn.py)
             self.engine = build_agent_engine(cfg.agent, self.dist.rollout_model(self.model), self.tokenizer,
                                              chat_template=cfg.model.use_chat_template)
@@ -1016,13 +1019,15 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------------------
     def eval_engine(self) -> RolloutEngine:
-        """The rollout engine, or, where it does not follow the trained weights (a served model), an in-process
-        sampler over the policy: the held-out tables always measure the model being trained."""
-        if getattr(self.engine, "follows_policy", True):
+        """The rollout engine, or, where it does not follow the trained weights (a served model) or decodes in
+        bf16 (rollout.decode_precision=bf16), an in-process float32 sampler over the policy: the held-out tables
+        always measure the model being trained, as its float32 forward defines it, whatever samples its rollouts."""
+        if getattr(self.engine, "follows_policy", True) and self.cfg.rollout.decode_precision == "fp32":
             return self.engine
         if self._policy_sampler is None:
-            self._policy_sampler = build_engine(dataclasses.replace(self.cfg.rollout, engine="torch"),
-                                                self.dist.rollout_model(self.model), self.tokenizer)
+            self._policy_sampler = build_engine(
+                dataclasses.replace(self.cfg.rollout, engine="torch", decode_precision="fp32"),
+                self.dist.rollout_model(self.model), self.tokenizer)
         return self._policy_sampler
 
     def evaluate(self) -> dict:

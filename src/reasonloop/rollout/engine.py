@@ -53,6 +53,11 @@ class RolloutConfig:
     DynamicCache path; same samples)."""
     fused_decode: bool = True
     """torch engine: the compiled CPU decode step where it builds (false, or REASONLOOP_FUSED_DECODE=0: torch ops)."""
+    decode_precision: str = "fp32"
+    """torch/tree engine, compiled CPU decode step: fp32 | bf16 (its projections in bfloat16, ~1.5x faster at the
+    embedded shape and ~1.8-2x at 20M-100M on a CPU with AVX-512 BF16 or AMX; refused on CPUs without them). The
+    sampled log-probs then differ from the trainer's float32 ones (importance ratios ~1 +- 0.1): set `tis_cap` to
+    correct for it. A GPU policy ignores it (use model.dtype=bfloat16). docs/speed.md, "bf16 decode"."""
     base_url: str = ""
     """openai engine: the server's API root, e.g. http://localhost:8000/v1."""
     api_key: str = ""
@@ -85,6 +90,10 @@ class RolloutConfig:
         require(self.retries >= 0, "rollout.retries must be >= 0")
         require(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization must be in (0, 1]")
         require(self.max_model_len >= 0, "rollout.max_model_len must be >= 0")
+        require_choice("rollout.decode_precision", self.decode_precision, ("fp32", "bf16"))
+        require(self.decode_precision == "fp32" or self.engine in ("torch", "tree"),
+                f"rollout.decode_precision=bf16 is the torch/tree engine's compiled CPU step; rollout.engine="
+                f"{self.engine} samples at its own precision")
         require(self.vllm_device == "" or re.fullmatch(r"cuda(:\d+)?", self.vllm_device) is not None,
                 f"rollout.vllm_device={self.vllm_device!r}: use empty (the policy's GPU) or cuda:N")
         if self.engine == "openai":
@@ -112,10 +121,12 @@ def build_engine(cfg: RolloutConfig, model: torch.nn.Module, tokenizer) -> "Roll
     if cfg.engine == "tree":
         from reasonloop.rollout.prefix_cache import TreeEngine
 
-        return TreeEngine(model, tokenizer, static_cache=cfg.static_cache, fused_decode=cfg.fused_decode)
+        return TreeEngine(model, tokenizer, static_cache=cfg.static_cache, fused_decode=cfg.fused_decode,
+                          decode_precision=cfg.decode_precision)
     from reasonloop.rollout.sampler import TorchSampler
 
-    return TorchSampler(model, tokenizer, static_cache=cfg.static_cache, fused_decode=cfg.fused_decode)
+    return TorchSampler(model, tokenizer, static_cache=cfg.static_cache, fused_decode=cfg.fused_decode,
+                        decode_precision=cfg.decode_precision)
 
 
 class RolloutEngine(Protocol):

@@ -269,10 +269,15 @@ class FusedDecoder:
     """
 
     def __init__(self, model: nn.Module, prompts: int, group: int, prompt_len: int, max_new: int,
-                 storage: torch.Tensor | None = None, packed: tuple | None = None):
+                 storage: torch.Tensor | None = None, packed: tuple | None = None, bf16: bool = False):
         """`storage`: as `StaticDecoder`'s. `packed`: a previous decoder's `packed`, reused when the
-        model's weights have not changed since (`kv_cache.weights_key`: same tensors, version counters and sums)."""
-        self.model = model
+        model's weights have not changed since (`kv_cache.weights_key`: same tensors, version counters and sums)
+        and it was packed for the same precision. `bf16`: the decode step's projections in bfloat16 (weights
+        prepacked as bf16 for oneDNN; needs `bf16_supported()`); the prefill, the head, the cache and everything
+        between the projections stay float32. A BitNet model ignores it (its projections are ternary)."""
+        if bf16 and not bf16_supported():
+            raise RuntimeError("the bf16 decode step needs oneDNN with bf16 instructions (bf16_supported())")
+        self.model, self.bf16 = model, bf16
         self.prompt = kv_cache.StaticDecoder(model, prompts, prompt_len)  # prefill into the shared prompt cache
         inner, cfg = self.prompt.inner, model.config
         self.rows, self.max_new, self.t = prompts * group, max_new, 0
@@ -287,7 +292,7 @@ class FusedDecoder:
         self.k_all = storage[: n_layers * per].view(n_layers, self.rows, kv, width // CHUNK, d, CHUNK)
         self.v_all = storage[n_layers * per : 2 * n_layers * per].view(n_layers, self.rows, kv, width, d)
         self.kc, self.vc = list(self.k_all.unbind(0)), list(self.v_all.unbind(0))
-        key = kv_cache.weights_key(model.parameters())
+        key = (kv_cache.weights_key(model.parameters()), bf16)
         if packed is None or packed[0] != key:
             packed = (key, self._weights())
         self.packed = packed  # hand it to the next decoder
@@ -310,12 +315,14 @@ class FusedDecoder:
         if _is_bitnet(self.model):
             return self._ternary_weights()
         empty = torch.empty(0)
-        pack = _packer(self.rows)
+        pack = _packer(self.rows, self.bf16)
+        bias = (lambda b: empty if b is None else b.detach().to(torch.bfloat16)) if self.bf16 else (
+            lambda b: empty if b is None else b)
         weights = []
         for norm_in, w_qkv, b_qkv, w_o, b_o, norm_post, w_gu, w_down, _ in self.prompt.lean:
             weights += [norm_in.weight, norm_post.weight,
-                        pack(w_qkv), empty if b_qkv is None else b_qkv, empty, empty,
-                        pack(w_o), empty if b_o is None else b_o, empty, empty,
+                        pack(w_qkv), bias(b_qkv), empty, empty,
+                        pack(w_o), bias(b_o), empty, empty,
                         pack(w_gu), empty, empty, empty,
                         pack(w_down), empty, empty, empty]
         return weights, [self.model.lm_head.weight, empty, empty, empty]
@@ -395,9 +402,22 @@ def _blocks(k: torch.Tensor) -> torch.Tensor:
     return k.view(B, KV, P // CHUNK, CHUNK, D).transpose(-1, -2).contiguous()
 
 
-def _packer(rows: int):
+def _packer(rows: int, bf16: bool = False):
     """Weights prepacked for oneDNN's linear (the step then skips re-packing them at every matmul:
-    15-20% faster projections at 32-64 rows here), or left as they are without oneDNN."""
-    if not torch.backends.mkldnn.is_available() or os.environ.get("REASONLOOP_FUSED_DECODE_ONEDNN", "1") == "0":
+    15-20% faster projections at 32-64 rows here), or left as they are without oneDNN; `bf16`: rounded to
+    bfloat16 and prepacked so (oneDNN is then required)."""
+    if bf16:
+        return lambda w: torch.ops.mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16), rows)
+    if not _onednn():
         return lambda w: w
     return lambda w: torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)
+
+
+def _onednn() -> bool:
+    return torch.backends.mkldnn.is_available() and os.environ.get("REASONLOOP_FUSED_DECODE_ONEDNN", "1") != "0"
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs oneDNN's bf16 linear natively (AVX-512 BF16, AMX or AVX-NE-CONVERT; oneDNN
+    refuses to pack bf16 weights elsewhere). `ONEDNN_MAX_CPU_ISA=AVX2` set before torch starts hides them."""
+    return _onednn() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -320,9 +320,15 @@ void silu_mul(const float* gu, float* a, int64_t n, int64_t I) {
 
 // x @ w^T (+ b) (+ residual, in place when w is plain). A weight in MKLDNN layout (prepacked by
 // mkldnn::_reorder_linear_weight) runs through oneDNN's linear, which skips re-packing the weight at
-// every call; a plain [N, K] weight through at::mm (MKL/BLAS).
+// every call; a plain [N, K] weight through at::mm (MKL/BLAS). A bfloat16 prepacked weight (and its bias,
+// packed alongside) takes x rounded to bfloat16 and gives a bfloat16 result, widened to float32 here
+// (rollout.decode_precision=bf16): every tensor outside the projections stays float32.
 at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* residual) {
   const std::optional<at::Tensor> bias = b.numel() ? std::optional<at::Tensor>(b) : std::nullopt;
+  if (w.is_mkldnn() && x.scalar_type() != w.scalar_type()) {  // a bf16 weight: round x, widen the result
+    const at::Tensor y = dense(x.to(w.scalar_type()), w, b, nullptr).to(at::kFloat);
+    return residual == nullptr ? y : residual->add_(y);
+  }
   if (w.is_mkldnn()) {
     if (residual != nullptr) {
       static auto add = c10::Dispatcher::singleton()

@@ -91,11 +91,13 @@ class TreeEngine:
     """A `RolloutEngine` that can also continue partial solutions from their cached K/V (`roots`,
     `expand`), counting `generated` and `prefilled` tokens for both."""
 
-    def __init__(self, model, tokenizer, static_cache: bool = True, fused_decode: bool = True):
+    def __init__(self, model, tokenizer, static_cache: bool = True, fused_decode: bool = True,
+                 decode_precision: str = "fp32"):
         self.model = model
         self.tokenizer = tokenizer
         self.static_cache = static_cache
-        self.sampler = TorchSampler(model, tokenizer, static_cache=static_cache, fused_decode=fused_decode)
+        self.sampler = TorchSampler(model, tokenizer, static_cache=static_cache, fused_decode=fused_decode,
+                                    decode_precision=decode_precision)
         self.generated = 0
         self.prefilled = 0
         self.fused_decode = fused_decode
@@ -207,7 +209,8 @@ class TreeEngine:
         its children, as the sampler's shared prompt), the static cache, or transformers' DynamicCache."""
         if (nodes and width and self.static_cache and self.fused_decode and fused.supports(self.model, max_len)
                 and fused.available()):
-            return _Fused(self.model, nodes, group, width, max_len - width, self._kv_storage, self._packed)
+            return _Fused(self.model, nodes, group, width, max_len - width, self._kv_storage, self._packed,
+                          self.sampler.bf16)
         if self.static_cache and kv_cache.supports(self.model, max_len):
             return _Static(self.model, rows, max_len, self._kv_storage)
         return _Dynamic(self.model)
@@ -276,8 +279,8 @@ class _Fused:
     """The same contract on the compiled CPU step (`fused.FusedDecoder`): the nodes' K/V are its shared
     'prompt' cache (one copy per node, read by all n children), the children's tokens its per-row cache."""
 
-    def __init__(self, model, nodes: int, group: int, width: int, max_new: int, storage, packed):
-        self.d = fused.FusedDecoder(model, nodes, group, width, max_new, storage=storage, packed=packed)
+    def __init__(self, model, nodes: int, group: int, width: int, max_new: int, storage, packed, bf16: bool):
+        self.d = fused.FusedDecoder(model, nodes, group, width, max_new, storage=storage, packed=packed, bf16=bf16)
         self.storage, self.packed = self.d.storage, self.d.packed
 
     def load(self, prefixes: list[Segment], lengths: list[int], n: int, width: int) -> None:

@@ -18,6 +18,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from reasonloop.data.records import RolloutBatch, left_padded
+from reasonloop.errors import UserError
 from reasonloop.models.forward import cache_arg
 from reasonloop.rollout import fused, kv_cache, ternary
 from reasonloop.rollout.engine import SamplingConfig
@@ -118,12 +119,20 @@ class TorchSampler:
     random numbers, so under one seed they produce the same samples (`static_cache=False` forces the
     generic path).
 
+    `decode_precision="bf16"`: the compiled step's projections in bfloat16 (`fused.bf16_supported()` CPUs only:
+    a `UserError` elsewhere); the log-probs it reports are then the bf16 step's, not the float32 model's.
+
     `min_new_tokens`: EOS is masked out (logit -inf) for the first `min_new_tokens` tokens of every row,
     as transformers' `min_new_tokens` does; the benchmarks force equal completion lengths with it.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, share_prefill: bool = True,
-                 static_cache: bool = True, fused_decode: bool = True, min_new_tokens: int = 0):
+                 static_cache: bool = True, fused_decode: bool = True, min_new_tokens: int = 0,
+                 decode_precision: str = "fp32"):
+        self.bf16 = decode_precision == "bf16"
+        if self.bf16 and next(model.parameters()).device.type == "cpu" and not fused.bf16_supported():
+            raise UserError("rollout.decode_precision=bf16 needs a CPU with bf16 instructions (AVX-512 BF16, AMX or "
+                            "AVX-NE-CONVERT) and oneDNN; this one has none: use rollout.decode_precision=fp32")
         self.model = model
         self.tokenizer = tokenizer
         self.share_prefill = share_prefill
@@ -177,7 +186,8 @@ class TorchSampler:
         rows, T = B * n, sampling.max_new_tokens
         device = prompt_ids.device
         if self.fused_decode and self.share_prefill and fused.supports(self.model, P + T) and fused.available():
-            decoder = fused.FusedDecoder(self.model, B, n, P, T, storage=self._kv_storage, packed=self._packed)
+            decoder = fused.FusedDecoder(self.model, B, n, P, T, storage=self._kv_storage, packed=self._packed,
+                                         bf16=self.bf16)
             self._packed = decoder.packed
         else:
             decoder = kv_cache.StaticDecoder(self.model, rows, P + T, storage=self._kv_storage)
