@@ -316,8 +316,10 @@ class FusedDecoder:
             return self._ternary_weights()
         empty = torch.empty(0)
         pack = _packer(self.rows, self.bf16)
-        bias = (lambda b: empty if b is None else b.detach().to(torch.bfloat16)) if self.bf16 else (
-            lambda b: empty if b is None else b)
+
+        def bias(b: torch.Tensor | None) -> torch.Tensor:  # packed beside its weight, so in its dtype
+            return empty if b is None else b.detach().to(torch.bfloat16) if self.bf16 else b
+
         weights = []
         for norm_in, w_qkv, b_qkv, w_o, b_o, norm_post, w_gu, w_down, _ in self.prompt.lean:
             weights += [norm_in.weight, norm_post.weight,
