@@ -89,3 +89,14 @@ def test_spec_parsing_and_errors():
     with pytest.raises(ReasoningGymError, match="unknown reasoning-gym dataset"):
         make_task("no_such_dataset", None)
     assert "basic_arithmetic" in DATASETS
+
+
+def test_list_values_keep_their_commas_and_reach_the_generator():
+    spec = parse_gym_spec("basic_arithmetic,operators=('+', '-'),min_terms=2,words=[\"a,b\", 'c'],level=1")
+    assert spec.config == {"operators": ("+", "-"), "min_terms": 2, "words": ["a,b", "c"]} and spec.levels == {"*": 1}
+    task = make_task("basic_arithmetic,operators=('*',),min_terms=2,max_terms=2,min_digits=1,max_digits=1", None)
+    assert all("*" in e.prompt and "+" not in e.prompt for e in task.examples("train", 20))
+    for bad, message in [("chain_sum,x=[1,2", "unclosed '\\['"), ("chain_sum,x=(1,2]", "unbalanced '\\]' at character 17"),
+                         ("chain_sum,x='ab", "unclosed \"'\"")]:
+        with pytest.raises(ReasoningGymError, match=message):
+            parse_gym_spec(bad)

@@ -53,10 +53,11 @@ class GymSpec:
 
 
 def parse_gym_spec(arg: str | None) -> GymSpec:
-    """`NAME,key=value,...` -> GymSpec; values are Python literals when they parse as one."""
+    """`NAME,key=value,...` -> GymSpec; values are Python literals when they parse as one, and may hold commas
+    inside brackets or quotes (`operators=('+','-')`, `words=["a,b", "c"]`)."""
     if not arg:
         raise ReasoningGymError("reasoning_gym needs a dataset name: task=reasoning_gym:NAME[,key=value...]")
-    name, *parts = [p.strip() for p in arg.split(",") if p.strip()]
+    name, *parts = [p.strip() for p in _top_level_split(arg) if p.strip()]
     config: dict[str, Any] = {}
     levels: dict[str, int] = {}
     options: dict[str, Any] = {}
@@ -74,6 +75,29 @@ def parse_gym_spec(arg: str | None) -> GymSpec:
         else:
             config[key] = value
     return GymSpec(dataset=name, config=config, levels=levels, **options)
+
+
+def _top_level_split(arg: str) -> list[str]:
+    """`arg` split at the commas outside brackets and quotes."""
+    parts, quote, start = [], "", 0
+    closing = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for i, ch in enumerate(arg):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            stack.append(ch)
+        elif ch in closing:
+            if not stack or stack.pop() != closing[ch]:
+                raise ReasoningGymError(f"unbalanced {ch!r} at character {i + 1} of {arg!r}")
+        elif ch == "," and not stack:
+            parts.append(arg[start:i])
+            start = i + 1
+    if quote or stack:
+        raise ReasoningGymError(f"unclosed {quote or stack[-1]!r} in {arg!r}")
+    return parts + [arg[start:]]
 
 
 def _literal(raw: str) -> Any:
