@@ -123,3 +123,17 @@ def test_the_multi_turn_engine_refuses_bf16():
 
     with pytest.raises(ConfigError, match="multi-turn engine"):
         load_config(rl.Config, ["agent.env=tools", "rollout.decode_precision=bf16"])
+
+
+@needs_bf16
+def test_without_the_compiled_step_bf16_says_it_samples_in_fp32(nano_model, tokenizer, caplog):
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=8)
+    bf16 = TorchSampler(nano_model, tokenizer, fused_decode=False, decode_precision="bf16")
+    fp32 = TorchSampler(nano_model, tokenizer, fused_decode=False)
+    with caplog.at_level("WARNING", logger="reasonloop.rollout.sampler"):
+        first = bf16.generate(PROMPTS, 2, sampling, torch.Generator().manual_seed(0))
+        bf16.generate(PROMPTS, 2, sampling, torch.Generator().manual_seed(0))
+    assert [r.message for r in caplog.records].count(
+        "rollout.decode_precision=bf16: this model or run does not decode through the compiled step (fused_decode off, "
+        "or a structure it does not implement), so it samples in fp32") == 1
+    assert torch.equal(first.logprobs, fp32.generate(PROMPTS, 2, sampling, torch.Generator().manual_seed(0)).logprobs)

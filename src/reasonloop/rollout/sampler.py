@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import logging
 from contextlib import nullcontext
 from typing import Iterator
 
@@ -22,6 +23,8 @@ from reasonloop.errors import UserError
 from reasonloop.models.forward import cache_arg
 from reasonloop.rollout import fused, kv_cache, ternary
 from reasonloop.rollout.engine import SamplingConfig
+
+log = logging.getLogger(__name__)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
@@ -143,6 +146,7 @@ class TorchSampler:
         # the previous call's K/V cache memory, reused to avoid page faults (CPU only; see StaticDecoder)
         self._kv_storage: torch.Tensor | None = None
         self._packed: tuple | None = None  # the compiled decode step's prepacked weights, while unchanged
+        self._warned_fp32 = False
 
     def update_weights(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -190,6 +194,10 @@ class TorchSampler:
                                          bf16=self.bf16)
             self._packed = decoder.packed
         else:
+            if self.bf16 and device.type == "cpu" and not self._warned_fp32:
+                self._warned_fp32 = True
+                log.warning("rollout.decode_precision=bf16: this model or run does not decode through the compiled "
+                            "step (fused_decode off, or a structure it does not implement), so it samples in fp32")
             decoder = kv_cache.StaticDecoder(self.model, rows, P + T, storage=self._kv_storage)
         # on a GPU the caching allocator already recycles memory, and a held cache would be memory the
         # training step cannot use; on a CPU a fresh cache is page-faulted in on every call
