@@ -165,6 +165,7 @@ CASES: list[Case] = [
     c("sft-steps", "sft", 2, "steps and batch sizes must be > 0", "steps=-3", *FAST),
     c("sft-eval-n", "sft", 2, "eval_n must be > 0", "eval_n=0", *FAST),
     c("sft-eval-tokens", "sft", 2, "eval_max_new_tokens must be > 0", "eval_max_new_tokens=0", *FAST),
+    c("sft-label-smoothing", "sft", 2, "label_smoothing must be in [0, 1)", "label_smoothing=1", *FAST),
     c("eval-n-zero-eval", "eval", 2, "n must be > 0", "n=0", *FAST),
     c("eval-split-unknown", "eval", 2, "split='dev2' is not a split name", "split=dev2", *FAST),
     c("eval-greedy-samples", "eval", 2, "copies of the greedy answer", "k=4", "sampling.temperature=0", *FAST),

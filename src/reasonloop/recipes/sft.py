@@ -62,6 +62,10 @@ class Config(CheckpointedRunConfig):
     """Samples per problem at evaluation (pass@k, maj@k); 0 evaluates greedy pass@1 only."""
     eval_max_new_tokens: int = 128
     """Completion length of the held-out evaluation; prompts longer than the context minus this are dropped."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the completion loss (0 <= eps < 1; TRL's label_smoothing_factor): the target puts eps on a
+    uniform spread over the vocabulary, so the model is not pushed to certainty and keeps some entropy for RL to
+    explore with (docs/curriculum.md, "Defaults that travel"). The logged loss is then the smoothed one."""
     save_every: int = 100  # the run field of CheckpointedRunConfig, with SFT's default
 
     RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {"eval_every"}
@@ -72,6 +76,7 @@ class Config(CheckpointedRunConfig):
         require(self.max_len >= 2, "max_len must be >= 2 (a prompt token and a completion token)")
         require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
         require(self.eval_max_new_tokens > 0, "eval_max_new_tokens must be > 0")
+        require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
         require(self.task_records > 0, "task_records must be > 0")
         for key in ("eval_k", "eval_every", "save_every"):
             require(getattr(self, key) >= 0, f"{key} must be >= 0")
@@ -122,7 +127,8 @@ def run(cfg: Config) -> dict:
             picked = [records[i] for i in batches.next(cfg.batch_size)]
             batch = encode_pairs(tokenizer, [render(r["prompt"]) for r in picked], [r["completion"] for r in picked],
                                  cfg.max_len)
-            metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm)
+            metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm,
+                                      label_smoothing=cfg.label_smoothing)
             run_.log(step, metrics)
             bar.advance()
             bar.set(f"loss {metrics['loss']:.3f}")

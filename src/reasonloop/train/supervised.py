@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from reasonloop.algos.sft import sft_loss
-from reasonloop.models.forward import TokenBatch, completion_logprobs
+from reasonloop.algos.sft import sft_loss, smoothed_sft_loss
+from reasonloop.models.forward import TokenBatch, completion_logits, completion_logprobs
 from reasonloop.train.optim import clip_and_step
 
 
 def supervised_step(
     model: torch.nn.Module, batch: TokenBatch, micro_batch_size: int, optimizer, scheduler, max_grad_norm: float,
-    loss_mask: torch.Tensor | None = None,
+    loss_mask: torch.Tensor | None = None, label_smoothing: float = 0.0,
 ) -> dict[str, float]:
     """Token-mean NLL over every completion token of `batch`; gradients accumulate across micro-batches.
     `loss_mask` [N, T] (multi-turn episodes, `encode_episodes`): the loss on these completion tokens only; the
@@ -19,6 +19,7 @@ def supervised_step(
 
     The normaliser is the step's total token count, so the update does not depend on
     `micro_batch_size`. A non-finite gradient skips the optimizer step (reported as `skipped`).
+    `label_smoothing` > 0: the smoothed cross-entropy instead (`algos.sft.smoothed_sft_loss`).
     """
     device = next(model.parameters()).device
     normalizer = float((batch.completion_mask if loss_mask is None else loss_mask).sum())
@@ -28,8 +29,10 @@ def supervised_step(
         rows = slice(start, start + micro_batch_size)
         mb = batch.select(rows).to(device)
         mask = mb.completion_mask if loss_mask is None else loss_mask[rows, : mb.completion_ids.shape[1]].to(device)
-        logprobs = completion_logprobs(model, mb)
-        loss, _ = sft_loss(logprobs, mask, normalizer)
+        if label_smoothing > 0:
+            loss = smoothed_sft_loss(completion_logits(model, mb), mb.completion_ids, mask, normalizer, label_smoothing)
+        else:
+            loss, _ = sft_loss(completion_logprobs(model, mb), mask, normalizer)
         loss.backward()
         total += float(loss.detach())
     lr = scheduler.get_last_lr()[0]
