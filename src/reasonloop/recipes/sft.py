@@ -64,8 +64,9 @@ class Config(CheckpointedRunConfig):
     """Completion length of the held-out evaluation; prompts longer than the context minus this are dropped."""
     label_smoothing: float = 0.0
     """Label smoothing of the completion loss (0 <= eps < 1; TRL's label_smoothing_factor): the target puts eps on a
-    uniform spread over the vocabulary, so the model is not pushed to certainty and keeps some entropy for RL to
-    explore with (docs/curriculum.md, "Defaults that travel"). The logged loss is then the smoothed one."""
+    uniform spread over the vocabulary, so the model is not pushed to certainty. The entropy it leaves is spread over
+    every token: at eps 0.05 it lowered sampled accuracy before and after RL (docs/sft.md). The logged loss is then
+    the smoothed one."""
     save_every: int = 100  # the run field of CheckpointedRunConfig, with SFT's default
 
     RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {"eval_every"}
