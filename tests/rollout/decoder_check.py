@@ -1,12 +1,32 @@
-"""Shared by the compiled-step tests (test_speed_equivalence, test_ternary): prompts that exercise chunk
-padding, and a step-by-step comparison of `fused.FusedDecoder` with `kv_cache.StaticDecoder`."""
+"""Shared by the compiled-step tests (test_speed_equivalence, test_ternary, test_bf16_decode): small random
+models, prompts (some that exercise chunk padding), and a step-by-step comparison of `fused.FusedDecoder` with
+`kv_cache.StaticDecoder`."""
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from reasonloop.rollout import fused, kv_cache
 
+PROMPTS = ["Q: 1+2=?\n", "Q: 13+4-5=?\n", "Q: 9=?\n", "Q: 7*8-11+2=?\n"]
+
 # longer than one 16-position chunk and of uneven lengths, so chunk padding is exercised
 LONG_PROMPTS = ["Q: " + "1+" * 9 + "2=?\n", "Q: 3=?\n", "Q: 12*3-4+5-6+7=?\n"]
+
+
+def small_model(tokenizer, arch="llama", kv_heads=2, hidden=64):
+    torch.manual_seed(0)
+    common = {"vocab_size": len(tokenizer), "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": kv_heads, "intermediate_size": 128, "max_position_embeddings": 128,
+              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    if arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)).eval()
 
 
 def compiled_step_follows_the_static_decoder(model, tokenizer, atol: float, rtol: float, G: int = 3, T: int = 20,

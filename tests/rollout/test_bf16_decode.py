@@ -20,8 +20,7 @@ from reasonloop.rollout import fused
 from reasonloop.rollout.engine import RolloutConfig, SamplingConfig, build_engine
 from reasonloop.rollout.sampler import TorchSampler
 
-from decoder_check import compiled_step_follows_the_static_decoder
-from test_speed_equivalence import PROMPTS, small_model
+from decoder_check import PROMPTS, compiled_step_follows_the_static_decoder, small_model
 
 SRC = str(Path(__file__).parents[2] / "src")
 needs_bf16 = pytest.mark.skipif(not (fused.available() and fused.bf16_supported()),

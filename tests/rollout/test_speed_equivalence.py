@@ -15,17 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from reasonloop.rollout import fused, kv_cache
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.models.forward import TokenBatch, policy_forward
 
-from decoder_check import compiled_step_follows_the_static_decoder, compiled_steps_at_threads
-
-PROMPTS = ["Q: 1+2=?\n", "Q: 13+4-5=?\n", "Q: 9=?\n", "Q: 7*8-11+2=?\n"]
-
+from decoder_check import PROMPTS, compiled_step_follows_the_static_decoder, compiled_steps_at_threads, small_model
 
 def reference_generate(model, tokenizer, prompts, n, sampling, generator):
     """No cache, no tricks: re-run the whole sequence every step; finished rows keep sampling (masked)."""
@@ -56,22 +52,6 @@ def reference_generate(model, tokenizer, prompts, n, sampling, generator):
             ids = torch.cat([ids, tok[:, None]], 1)
             mask = torch.cat([mask, torch.ones_like(tok)[:, None]], 1)
     return torch.stack(out, 1), torch.stack(lps, 1)
-
-
-def small_model(tokenizer, arch="llama", kv_heads=2, hidden=64):
-    torch.manual_seed(0)
-    common = {"vocab_size": len(tokenizer), "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": kv_heads, "intermediate_size": 128, "max_position_embeddings": 128,
-              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-    if arch == "llama":
-        return LlamaForCausalLM(LlamaConfig(**common)).eval()
-    if arch == "qwen2":
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    return Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)).eval()
 
 
 @pytest.mark.parametrize("arch,kv_heads", [("llama", 4), ("llama", 2), ("qwen2", 2), ("qwen3", 2)])
