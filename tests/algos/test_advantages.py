@@ -22,6 +22,7 @@ from reasonloop.algos.advantages import (
     reinforce_pp_advantages,
     rloo_advantages,
     update_reward_norm_state,
+    weight_positive,
     weighted_grpo_advantages,
 )
 
@@ -336,6 +337,16 @@ def test_overlong_penalty_hand_values():
 def test_mask_truncated():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=D)
     assert_close(mask_truncated(mask, torch.tensor([False, True])), torch.tensor([[1, 1, 0], [0, 0, 0]], dtype=D))
+
+
+def test_weight_positive_scales_the_rewarded_samples_and_keeps_the_penalised():
+    adv = grpo_advantages(R)  # [[+a, -a, -a, +a], [0]*4, [-b, -b, -b, +3b]]
+    assert_close(weight_positive(adv, 0.1), torch.where(adv > 0, 0.1 * adv, adv))
+    nsr = weight_positive(adv, 0.0)
+    assert (nsr <= 0).all()
+    assert_close(nsr[adv < 0], adv[adv < 0])
+    assert (nsr[1] == 0).all()  # a flat group stays without signal
+    assert weight_positive(adv, 1.0).equal(adv)
 
 
 # ---- pass@k (max@k) leave-one-out advantages ----

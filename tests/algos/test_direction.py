@@ -16,6 +16,7 @@ from reasonloop.algos.advantages import (
     reinforce_advantages,
     reinforce_pp_advantages,
     rloo_advantages,
+    weight_positive,
     weighted_grpo_advantages,
 )
 from reasonloop.algos.aggregation import AGGREGATION_MODES
@@ -110,3 +111,31 @@ def test_flat_group_gives_zero_gradient():
     loss, _ = ppo_clip_loss(logp, logp.detach(), adv, mask)
     (grad,) = torch.autograd.grad(loss, theta)
     assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.1])
+def test_down_weighted_rewards_still_raise_the_rewarded_probability(weight):
+    """W-REINFORCE (0.1) and NSR (0): the penalty on the failures alone moves mass onto the rewarded sample."""
+    adv = weight_positive(grpo_advantages(toy.rewards()), weight).reshape(-1)
+    before, after = _step_with_advantages(adv)
+    assert after > before
+
+
+def _one_step(sampled: list[int], adv: list[float]) -> tuple[torch.Tensor, torch.Tensor]:  # probs before, after
+    theta = toy.initial_logits()
+    tokens, mask = toy.completions()
+    keep = torch.tensor(sampled)
+    logp = toy.token_logprobs(theta, tokens[keep])
+    out, _ = ppo_clip_loss(logp, logp.detach(), torch.tensor(adv, dtype=torch.float64), mask[keep],
+                           clip_low=0.2, clip_high=0.2, agg_mode="token_mean")
+    return torch.softmax(theta.detach(), -1), torch.softmax(toy.sgd_step(theta, out).detach(), -1)
+
+
+def test_a_penalty_raises_every_unsampled_answer_and_a_reward_lowers_them():
+    """Why NSR keeps pass@k: penalising the wrong samples (completions 0 and 3) frees mass that every completion
+    not sampled gains (1, 2 and 4 all rise), while rewarding the right one (2) takes mass from all the others;
+    with positive_weight=0 only the first kind of step happens."""
+    before, after = _one_step([0, 3], weight_positive(torch.tensor([-1.0, -1.0]), 0.0).tolist())
+    assert (after[[1, 2, 4]] > before[[1, 2, 4]]).all()
+    before, after = _one_step([2], [1.0])
+    assert after[2] > before[2] and (after[[0, 1, 3, 4]] < before[[0, 1, 3, 4]]).all()

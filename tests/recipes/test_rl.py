@@ -109,6 +109,18 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(algo, nano_model_d
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
 
 
+def test_positive_weight_scales_the_advantages_the_update_trains_on(nano_model_dir, tmp_path, toy_task, monkeypatch):
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "positive_weight=0.25"))
+    estimated, trained = [], []
+    advantages = trainer.advantages
+    monkeypatch.setattr(trainer, "advantages", lambda *a: estimated.append(advantages(*a)) or estimated[-1])
+    monkeypatch.setattr(trainer, "_update", lambda update: trained.append(update.advantages) or {})
+    trainer.step()
+    raw = estimated[0].advantages
+    assert (raw > 0).any() and (raw < 0).any()
+    torch.testing.assert_close(trained[0], torch.where(raw > 0, 0.25 * raw, raw))
+
+
 def test_nan_reward_and_raising_reward_are_counted_not_fatal(nano_model_dir, tmp_path, monkeypatch):
     class BadTask(LetterFirstTask):
         def rewards(self):

@@ -507,3 +507,12 @@ def mask_truncated(
     check_shape("mask", mask, (None, None))
     check_shape("truncated", truncated, (mask.shape[0],))
     return mask * (~truncated.bool()).to(mask.dtype).unsqueeze(-1)
+
+
+def weight_positive(advantages: torch.Tensor, weight: float) -> torch.Tensor:  # any shape -> same
+    """Scale the positive advantages by `weight` and leave the negative ones: the W-REINFORCE objective of Zhu et
+    al. 2025 ("The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning"), where 0.1 down-weights
+    the reinforcement of samples that succeeded and 0 keeps only the penalty on those that failed (their NSR). A
+    penalty pushes probability off a wrong sample and lets the model's own prior re-spread it, so it sharpens less
+    than a reward does: the paper's case for it is pass@k at large k."""
+    return torch.where(advantages > 0, advantages * weight, advantages)

@@ -128,6 +128,9 @@ class Config(CheckpointedRunConfig):
     """Estimator, by its registered name (`algos/estimators.py`): grpo | dr_grpo | grpo_difficulty (harder levels
     weigh more) | grpo_hierarchical (std per level) | rloo | reinforce | reinforce_pp | gae (PPO with a critic);
     passk (the pass@k objective, docs/algorithms.md); or 'module:function' for your own."""
+    positive_weight: float = 1.0
+    """Scale of the positive advantages, after the estimator (negative ones are kept): 0.1 is W-REINFORCE, 0 trains
+    on failures only (NSR; Zhu et al. 2025), to sharpen less and keep pass@k (docs/curriculum.md)."""
     pass_k: int = 4
     """advantage=passk: the k of the max@k (pass@k) objective, clamped to group_size - 1; 1 is RLOO."""
     std_mode: str = "group"
@@ -276,6 +279,7 @@ class Config(CheckpointedRunConfig):
         require_choice("critic", self.critic, ["none", "head", "separate"])
         require(self.steps > 0 and self.prompts_per_step > 0, "steps and prompts_per_step must be > 0")
         require(self.pass_k >= 1, f"pass_k must be >= 1, got {self.pass_k}")
+        require(0 <= self.positive_weight <= 1, f"positive_weight must be in [0, 1], got {self.positive_weight}")
         require(self.group_size >= 2 or self.advantage in ("reinforce", "gae", "reinforce_pp"),
                 f"group_size must be >= 2 for advantage={self.advantage}")
         require(self.epochs >= 1 and self.micro_batch_size >= 1, "epochs and micro_batch_size must be >= 1")
@@ -849,8 +853,10 @@ class Trainer:
         loss_mask = adv_lib.mask_truncated(mask, data.batch.truncated) if cfg.mask_truncated else mask
         process, process_metrics = self.process_rewards(data, scores)
         estimated = self.advantages(data, scores, mask, process)
+        advantages = (estimated.advantages if cfg.positive_weight == 1
+                      else adv_lib.weight_positive(estimated.advantages, cfg.positive_weight))
         update = UpdateBatch(
-            data, scores, estimated.advantages, estimated.returns, loss_mask,
+            data, scores, advantages, estimated.returns, loss_mask,
             tis_weights(scores.old, data.batch.logprobs, mask, cfg.tis_cap) if cfg.tis_cap > 0 else None,
             self.dist.normalizer(loss_mask, cfg.agg_mode, max_len=cfg.sampling.max_new_tokens))  # global batch
         t_score = time.time() - t1
