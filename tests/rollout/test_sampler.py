@@ -3,7 +3,7 @@ import math
 import torch
 
 from reasonloop.rollout.engine import SamplingConfig
-from reasonloop.rollout.sampler import TorchSampler, filter_logits
+from reasonloop.rollout.sampler import TorchSampler, exponential_noise, filter_logits
 from reasonloop.models.forward import TokenBatch, policy_forward
 
 PROMPTS = ["Q: 1+2=?\n", "Q: 13+4-5=?\n", "Q: 9=?\n"]
@@ -98,6 +98,15 @@ def test_stop_strings_end_generation_and_stay_in_the_text(nano_model, tokenizer)
     cut = sampler.generate(PROMPTS[:1], 1, SamplingConfig(temperature=0.0, max_new_tokens=16, stop=[stop]))
     assert cut.completions[0] == full[: full.index(stop) + len(stop)]
     assert cut.finish_reasons == ["stop"]
+
+
+def test_exponential_noise_is_torchs_own_draw_bit_for_bit_and_leaves_the_generator_where_it_would():
+    for seed, shape in [(0, (1, 1)), (1, (3, 7)), (2, (64, 105)), (3, (1000, 1000))]:
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        noise = exponential_noise(shape, ours, torch.device("cpu"))
+        assert noise.dtype == torch.float32 and noise.shape == shape
+        assert torch.equal(noise, torch.empty(shape).exponential_(1, generator=theirs))
+        assert torch.equal(ours.get_state(), theirs.get_state())
 
 
 def test_sampling_follows_the_filtered_distribution():

@@ -273,8 +273,8 @@ class FusedDecoder:
         """`storage`: as `StaticDecoder`'s. `packed`: a previous decoder's `packed`, reused when the
         model's weights have not changed since (`kv_cache.weights_key`: same tensors, version counters and sums)
         and it was packed for the same precision. `bf16`: the decode step's projections in bfloat16 (weights
-        prepacked as bf16 for oneDNN; needs `bf16_supported()`); the prefill, the head, the cache and everything
-        between the projections stay float32. A BitNet model ignores it (its projections are ternary)."""
+        prepacked as bf16 for oneDNN; needs `bf16_supported()`) and the prefill's matrix multiplies under bf16
+        autocast; the head, the cache and everything between the projections stay float32. A BitNet model ignores it (its projections are ternary)."""
         if bf16 and not bf16_supported():
             raise RuntimeError("the bf16 decode step needs oneDNN with bf16 instructions (bf16_supported())")
         self.model, self.bf16 = model, bf16
@@ -361,7 +361,7 @@ class FusedDecoder:
         lengths = mask.sum(-1)
         if not torch.equal(mask.bool(), torch.arange(P) >= (P - lengths)[:, None]):
             raise ValueError("FusedDecoder needs left-padded prompts")
-        logits = self.prompt.prefill(ids, mask)
+        logits = self.prompt.prefill(ids, mask, bf16=self.bf16)
         pad = -P % CHUNK  # more left padding, to whole chunks of positions (never attended to)
         self.kp = [_blocks(F.pad(k, (0, 0, pad, 0))) for k in self.prompt.k]
         self.vp = [F.pad(v, (0, 0, pad, 0)).contiguous() for v in self.prompt.v]

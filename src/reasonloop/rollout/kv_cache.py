@@ -217,10 +217,11 @@ class StaticDecoder:
         return self.model.lm_head(_rms_norm(self.inner.norm, h))
 
     @torch.no_grad()
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, repeat: int = 1) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, repeat: int = 1, bf16: bool = False) -> torch.Tensor:
         """Run left-padded prompts [B, P]; their K/V fill rows b*repeat .. b*repeat+repeat-1 of the cache.
 
-        Returns the last position's logits [B, V] (not repeated).
+        Returns the last position's logits [B, V] (not repeated). `bf16`: the layers' matrix multiplies under
+        CPU bf16 autocast (the bf16 decode step's prefill); the residual stream, the cache and the head stay float32.
         """
         B, P = ids.shape
         if B * repeat > self.rows or P > self.max_len:
@@ -233,8 +234,9 @@ class StaticDecoder:
         attn_mask = ((causal & key_ok[:, None, :]) | torch.eye(P, dtype=torch.bool, device=self.device)).unsqueeze(1)
         h = self.inner.embed_tokens(ids)
         staging = slice(0, B)  # compute in rows 0..B-1, then spread to the repeated layout
-        for fused in self.layers:
-            h = self._layer(fused, h, cos, sin, staging, 0, attn_mask)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            for fused in self.layers:
+                h = self._layer(fused, h, cos, sin, staging, 0, attn_mask)
         if repeat > 1:
             for kc, vc in zip(self.k, self.v):
                 kc[: B * repeat, :, :P] = kc[:B, :, :P].repeat_interleave(repeat, dim=0)

@@ -41,7 +41,7 @@ from reasonloop.data.records import EpisodeOutcomes, Example, RolloutBatch, Toke
 from reasonloop.models.forward import cache_arg
 from reasonloop.rollout import kv_cache
 from reasonloop.rollout.engine import SamplingConfig
-from reasonloop.rollout.sampler import filter_logits
+from reasonloop.rollout.sampler import exponential_noise, filter_logits
 
 
 CACHE_SLACK = 64  # spare cache columns beyond prompt + budget (used by waiting rows; squeezed out when full)
@@ -274,7 +274,7 @@ class MultiTurnEngine:
             probs = filter_logits(pick.float() / sampling.temperature, sampling.top_k, sampling.top_p,
                                   sampling.min_p).softmax(-1)
             V = probs.shape[-1]
-            noise = torch.stack([torch.empty(V).exponential_(1, generator=ep.generator) for ep in eps])
+            noise = torch.cat([exponential_noise((1, V), ep.generator, torch.device("cpu")) for ep in eps])
             tokens = (probs / noise.to(probs.device)).argmax(-1)
         scaled = logits.float() if sampling.temperature in (0, 1) else logits.float() / sampling.temperature
         return tokens, scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)

@@ -61,8 +61,7 @@ def sample_next(
     else:
         scaled = filter_logits(logits.float() / sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p)
         probs = scaled.softmax(-1)
-        noise = torch.empty((noise_rows or probs.shape[0], probs.shape[1]), dtype=probs.dtype, device=probs.device)
-        noise.exponential_(1, generator=generator)
+        noise = exponential_noise((noise_rows or probs.shape[0], probs.shape[1]), generator, probs.device)
         if rows is not None:
             noise = noise[rows]
         tokens = (probs / noise).argmax(-1)
@@ -70,6 +69,17 @@ def sample_next(
     # equal within float rounding, and ~10x faster than its logsumexp form on a [rows, V] tensor
     scaled = logits.float() if sampling.temperature in (0, 1) else logits.float() / sampling.temperature
     return tokens, scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def exponential_noise(shape: tuple[int, int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """float32 Exp(1) draws: bit for bit `torch.empty(shape).exponential_(1, generator=generator)`, and the generator
+    left in the same state. On a CPU, torch draws each one as `-log1p(-u)` of a float64 uniform from the generator,
+    scalar by scalar (~40 ns a draw here); drawing the uniforms as a tensor and taking log1p vectorised gives the
+    same numbers 2.5x faster (a 64 x 105 draw: 272 -> 108 us, about 4% of a sampler call on the embedded model).
+    tests/rollout/test_sampler.py checks the equality against torch's own draw; other devices use theirs."""
+    if device.type != "cpu":
+        return torch.empty(shape, device=device).exponential_(1, generator=generator)
+    return torch.empty(shape, dtype=torch.float64).uniform_(generator=generator).neg_().log1p_().neg_().float()
 
 
 class _StopStrings:
