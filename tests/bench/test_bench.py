@@ -8,7 +8,7 @@ import json
 import pytest
 
 from reasonloop.bench import Config, run
-from reasonloop.bench.grpo import ABLATIONS, rl_config, timed_trainer
+from reasonloop.bench.grpo import ABLATIONS, rl_config, timed_trainer, trl_trainer, workload_keys
 from reasonloop.bench.timing import TimedEngine
 from reasonloop.cli import main
 from reasonloop.config import ConfigError, load_config
@@ -44,6 +44,23 @@ def test_rl_config_carries_the_switches_under_test(tmp_path):
     assert row.rollout == RolloutConfig(static_cache=True, fused_decode=False)
     assert row.forward == ForwardConfig(share_prompts=True, bucket_lengths=True)
     assert (row.steps, row.prompts_per_step, row.group_size, row.kl_coef) == (1, 2, 2, 0.04)
+
+
+def test_the_training_precision_reaches_both_trainers_and_the_subprocesses(nano_model_dir, tmp_path):
+    cfg = load_config(Config, [*TINY_GRPO, "precision=bf16", "lr=1e-3", "rollout.decode_precision=bf16"])
+    assert rl_config(cfg, "some/model", tmp_path).memory.precision == "bf16"
+    assert rl_config(load_config(Config, TINY_GRPO), "some/model", tmp_path).memory.precision == "fp32"
+    # a cell or memory subprocess is given the same workload (its own only/output_dir aside)
+    child = load_config(Config, [f"{k}={v}" for k, v in workload_keys(cfg).items()])
+    assert child == cfg
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(Config, ["precision=fp16"])
+    pytest.importorskip("trl")
+    from reasonloop.tasks import make_task
+
+    task = make_task("arithmetic")
+    trainer, _ = trl_trainer(cfg, nano_model_dir, tmp_path / "trl", task.examples("train", 2), task.rewards(), 1, [])
+    assert trainer.args.bf16 and trainer.accelerator.mixed_precision == "bf16"
 
 
 def test_timed_trainer_rolls_out_through_the_configured_engine(nano_model_dir, tmp_path):

@@ -138,6 +138,10 @@ class Config:
     """Internal: the framework of an only=memory process (reasonloop | trl)."""
     profile: bool = False
     """Save torch.profiler tables of one GRPO step and one training step to the output directory."""
+    precision: str = "fp32"
+    """Training precision of both trainers: fp32, or bf16 (reasonloop's `memory.precision=bf16`, TRL's `bf16=True`:
+    bf16 autocast of the forward passes, fp32 master weights and optimizer state; TRL's generation then runs under
+    it too). The sampler's own precision is `rollout.decode_precision`."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """The rollout engine of the timed trainers and of the sampler benchmark (the same keys as `train`'s)."""
     forward: ForwardConfig = field(default_factory=ForwardConfig)
@@ -166,6 +170,7 @@ class Config:
         require_choice("only", self.only, ["", "grpo", "cell", "memory"])
         require_choice("matrix_part", self.matrix_part, ["all", "time", "memory"])
         require_choice("matrix_side", self.matrix_side, ["both", "reasonloop", "trl"])
+        require_choice("precision", self.precision, ["fp32", "bf16"])
         require(0 < self.race_target <= 1, "race_target must be in (0, 1]")
         require(self.race_max_steps > 0 and self.race_eval_every > 0 and self.race_eval_n > 0,
                 "race_max_steps, race_eval_every and race_eval_n must be > 0")

@@ -77,6 +77,7 @@ def prepare_model(name: str, workdir: Path, seed: int, max_positions: int = 256)
 def rl_config(cfg: Config, model_dir: str, out: Path, rollout: RolloutConfig | None = None,
               forward: ForwardConfig | None = None):
     """The `rl.Config` of the benchmark's GRPO workload; `rollout` and `forward` default to the bench's own."""
+    from reasonloop.distributed.config import MemoryConfig
     from reasonloop.models.loading import ModelConfig
     from reasonloop.recipes.rl import Config as RLConfig
     from reasonloop.rollout.engine import SamplingConfig
@@ -89,6 +90,7 @@ def rl_config(cfg: Config, model_dir: str, out: Path, rollout: RolloutConfig | N
         optim=OptimConfig(lr=cfg.lr, warmup_steps=0, min_lr_ratio=1.0), output_dir=str(out), resume="never",
         seed=cfg.seed, threads=cfg.threads,
         rollout=dataclasses.replace(rollout or cfg.rollout), forward=dataclasses.replace(forward or cfg.forward),
+        memory=MemoryConfig(precision=cfg.precision),
     )
 
 
@@ -306,7 +308,7 @@ def trl_trainer(cfg: Config, model_dir: str, out_dir: Path, examples: list, spec
         num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens, learning_rate=cfg.lr,
         lr_scheduler_type="constant", warmup_steps=0, beta=cfg.beta, temperature=cfg.temperature, top_k=0,
         top_p=1.0, num_iterations=1, loss_type="grpo", scale_rewards="group", epsilon=0.2, use_vllm=False,
-        use_cpu=not torch.cuda.is_available(), bf16=False, max_steps=max_steps, logging_steps=logging_steps,
+        use_cpu=not torch.cuda.is_available(), bf16=cfg.precision == "bf16", max_steps=max_steps, logging_steps=logging_steps,
         save_strategy="no", report_to="none", shuffle_dataset=False, seed=cfg.seed, dataloader_num_workers=0,
         reward_weights=[s.weight for s in specs], max_grad_norm=1.0, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.999, disable_tqdm=True,
@@ -387,13 +389,20 @@ def bench_trl(cfg: Config, model_dir: str, out: Path) -> dict:
             "trl_version": __import__("trl").__version__}
 
 
+def workload_keys(cfg: Config) -> dict:
+    """The `key=value` pairs that give a `reasonloop bench` subprocess this workload (model, batch, hyper-parameters,
+    precision, rollout and forward switches)."""
+    return {"model": cfg.model, "prompts": cfg.prompts, "group_size": cfg.group_size,
+            "max_new_tokens": cfg.max_new_tokens, "steps": cfg.steps, "warmup": cfg.warmup,
+            "micro_batch_size": cfg.micro_batch_size, "threads": cfg.threads, "seed": cfg.seed, "lr": cfg.lr,
+            "beta": cfg.beta, "temperature": cfg.temperature, "precision": cfg.precision,
+            **{f"rollout.{k}": v for k, v in dataclasses.asdict(cfg.rollout).items()},
+            **{f"forward.{k}": v for k, v in dataclasses.asdict(cfg.forward).items()}}
+
+
 def _subprocess_grpo(cfg: Config, out: Path, **overrides) -> dict:
     """One GRPO timing in a fresh process (so peak RSS belongs to that batch size alone)."""
-    keys = {"model": cfg.model, "prompts": cfg.prompts, "group_size": cfg.group_size,
-            "max_new_tokens": cfg.max_new_tokens, "steps": cfg.steps, "warmup": cfg.warmup,
-            "micro_batch_size": cfg.micro_batch_size, "threads": cfg.threads, "seed": cfg.seed,
-            **{f"rollout.{k}": v for k, v in dataclasses.asdict(cfg.rollout).items()},
-            **{f"forward.{k}": v for k, v in dataclasses.asdict(cfg.forward).items()}, **overrides}
+    keys = {**workload_keys(cfg), **overrides}
     name = "-".join(f"{k}{v}" for k, v in overrides.items())
     argv = [f"{k}={v}" for k, v in keys.items()] + ["only=grpo", f"output_dir={out / ('sub-' + name)}"]
     proc = subprocess.run([sys.executable, "-m", "reasonloop.cli", "bench", *argv], capture_output=True, text=True,

@@ -201,14 +201,9 @@ def run_cell(cfg: Config, out: Path) -> dict:
 
 
 def _subprocess(cfg: Config, out: Path, only: str, side: str = "both") -> dict:
-    from reasonloop.bench.grpo import _START_ENV
+    from reasonloop.bench.grpo import _START_ENV, workload_keys
 
-    keys = {"model": cfg.model, "prompts": cfg.prompts, "group_size": cfg.group_size,
-            "max_new_tokens": cfg.max_new_tokens, "steps": cfg.steps, "warmup": cfg.warmup,
-            "micro_batch_size": cfg.micro_batch_size, "threads": cfg.threads, "seed": cfg.seed, "lr": cfg.lr,
-            "beta": cfg.beta, "temperature": cfg.temperature, "matrix_side": side,
-            **{f"rollout.{k}": v for k, v in dataclasses.asdict(cfg.rollout).items()},
-            **{f"forward.{k}": v for k, v in dataclasses.asdict(cfg.forward).items()}}
+    keys = {**workload_keys(cfg), "matrix_side": side}
     name = f"{only}-{cfg.model}-T{cfg.max_new_tokens}-{side}"
     argv = [f"{k}={v}" for k, v in keys.items()] + [f"only={only}", f"output_dir={out / name}"]
     proc = subprocess.run([sys.executable, "-m", "reasonloop.cli", "bench", *argv], capture_output=True, text=True,
