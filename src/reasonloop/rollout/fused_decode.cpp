@@ -69,6 +69,33 @@ inline float hmax(v8 v) {
   return m;
 }
 
+// bfloat16 as raw bits (rollout.decode_precision=bf16: the projections' inputs and outputs). `narrow` rounds to
+// nearest even with NaN -> 0x7FC0, as torch's float -> bfloat16 conversion does; `widen` is exact. Plain loops
+// over contiguous rows: they vectorise.
+typedef uint16_t bf16;
+inline void narrow(const float* x, bf16* out, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    const uint16_t rounded = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    out[i] = x[i] != x[i] ? uint16_t(0x7FC0) : rounded;
+  }
+}
+inline void widen(const bf16* x, float* out, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(x[i]) << 16;
+    std::memcpy(out + i, &bits, sizeof(bits));
+  }
+}
+inline void add_widened(const bf16* y, float* h, int64_t len) {  // h += y, y widened
+  for (int64_t i = 0; i < len; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(y[i]) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    h[i] += f;
+  }
+}
+
 // exp(x), 0 below -87.3 (so exp(-inf) == 0), within ~2 ulp of expf elsewhere
 inline float exp_poly(float x) {
   const bool under = x < -87.3f;
@@ -321,15 +348,11 @@ void silu_mul(const float* gu, float* a, int64_t n, int64_t I) {
 // x @ w^T (+ b) (+ residual, in place when w is plain). A weight in MKLDNN layout (prepacked by
 // mkldnn::_reorder_linear_weight) runs through oneDNN's linear, which skips re-packing the weight at
 // every call; a plain [N, K] weight through at::mm (MKL/BLAS). A bfloat16 prepacked weight (and its bias,
-// packed alongside) takes x rounded to bfloat16 and gives a bfloat16 result, widened to float32 here
-// (rollout.decode_precision=bf16): every tensor outside the projections stays float32.
+// packed alongside) takes a bfloat16 x and gives a bfloat16 result (decode_step converts around it).
 at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* residual) {
   const std::optional<at::Tensor> bias = b.numel() ? std::optional<at::Tensor>(b) : std::nullopt;
-  if (w.is_mkldnn() && x.scalar_type() != w.scalar_type()) {  // a bf16 weight: round x, widen the result
-    const at::Tensor y = dense(x.to(w.scalar_type()), w, b, nullptr).to(at::kFloat);
-    return residual == nullptr ? y : residual->add_(y);
-  }
   if (w.is_mkldnn()) {
+    TORCH_CHECK(x.scalar_type() == w.scalar_type(), "dense: input and prepacked weight dtypes differ");
     if (residual != nullptr) {
       static auto add = c10::Dispatcher::singleton()
                             .findSchemaOrThrow("mkldnn::_linear_pointwise", "binary")
@@ -375,6 +398,23 @@ at::Tensor project(const at::Tensor& x, const at::Tensor* p, double eps, at::Ten
   return *residual;
 }
 
+inline bf16* bits(const at::Tensor& t) { return reinterpret_cast<bf16*>(t.data_ptr<at::BFloat16>()); }
+
+// A bf16 projection (rollout.decode_precision=bf16) on a float32 input: x rounded to bf16 into `xb` (scratch of
+// x's size), the bf16 product widened into a new float32 tensor, or (residual) added to it. The conversions are
+// the same roundings as torch's `.to()`, in plain loops: through torch they were ~32 dispatched ops a step.
+at::Tensor project_bf16(const at::Tensor& x, const at::Tensor* p, at::Tensor& xb, at::Tensor* residual = nullptr) {
+  narrow(x.data_ptr<float>(), bits(xb), x.numel());
+  const at::Tensor y = dense(xb, p[0], p[1], nullptr);
+  if (residual != nullptr) {
+    add_widened(bits(y), residual->data_ptr<float>(), y.numel());
+    return *residual;
+  }
+  at::Tensor out = at::empty(y.sizes(), x.options());
+  widen(bits(y), out.data_ptr<float>(), y.numel());
+  return out;
+}
+
 constexpr int64_t PER_LAYER = 18;  // norm_in, norm_post, then 4 tensors for each of qkv, o, gate|up, down
 
 // layers: per layer PER_LAYER tensors: norm_in, norm_post, qkv (4), o (4), gate|up (4), down (4) (see
@@ -403,20 +443,26 @@ at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::Te
     TORCH_CHECK(slot_p[i] >= 0 && slot_p[i] < vc[0].size(0), "decode_step: cache slot out of range");
   const int64_t* pos_p = pos.data_ptr<int64_t>();
   const int64_t* pstart_p = pstart.data_ptr<int64_t>();
+  // bf16 projections (all layers are packed alike): bf16 scratch for their inputs, reused by every layer
+  const bool low = layers[2].is_mkldnn() && layers[2].scalar_type() == at::kBFloat16;
+  const auto half = h.options().dtype(at::kBFloat16);
+  at::Tensor xb = low ? at::empty({n, C}, half) : at::Tensor(), ob = low ? at::empty({n, d.H * d.D}, half) : at::Tensor();
+  at::Tensor ab;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* w = &layers[PER_LAYER * l];
     rms_norm(h.data_ptr<float>(), w[0].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
-    at::Tensor qkv = project(x, w + 2, eps);
+    at::Tensor qkv = low ? project_bf16(x, w + 2, xb) : project(x, w + 2, eps);
     attend(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), pos_p, grp_p, slot_p, pstart_p,
            kp[l].data_ptr<float>(), vp[l].data_ptr<float>(), kc[l].data_ptr<float>(), vc[l].data_ptr<float>(),
            o.data_ptr<float>(), d);
-    h = project(o, w + 6, eps, &h);
+    h = low ? project_bf16(o, w + 6, ob, &h) : project(o, w + 6, eps, &h);
     rms_norm(h.data_ptr<float>(), w[1].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
-    at::Tensor gu = project(x, w + 10, eps);
+    at::Tensor gu = low ? project_bf16(x, w + 10, xb) : project(x, w + 10, eps);
     const int64_t I = gu.size(1) / 2;
     at::Tensor a = at::empty({n, I}, h.options());
     silu_mul(gu.data_ptr<float>(), a.data_ptr<float>(), n, I);
-    h = project(a, w + 14, eps, &h);
+    if (low && !ab.defined()) ab = at::empty({n, I}, half);
+    h = low ? project_bf16(a, w + 14, ab, &h) : project(a, w + 14, eps, &h);
   }
   rms_norm(h.data_ptr<float>(), norm_out.data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
   return project(x, head.data(), eps);
