@@ -144,6 +144,7 @@ CASES: list[Case] = [
     T("advantage-typo", "advantage=grpoo", message="did you mean 'grpo'"),
     T("pass-k-zero", "advantage=passk", "pass_k=0", message="pass_k must be >= 1"),
     T("decode-precision-fp16", "rollout.decode_precision=fp16", message="rollout.decode_precision='fp16' is not one of"),
+    T("positive-weight-above-one", "positive_weight=2", message="positive_weight must be in [0, 1]"),
     T("agg-mode-unknown", "agg_mode=mean", message="agg_mode='mean' is not one of"),
     T("resume-unknown", "resume=sometimes", message="resume='sometimes' is not one of"),
     T("gae-without-critic", "advantage=gae", message="advantage=gae needs a critic"),
