@@ -274,7 +274,8 @@ class FusedDecoder:
         model's weights have not changed since (`kv_cache.weights_key`: same tensors, version counters and sums)
         and it was packed for the same precision. `bf16`: the decode step's projections in bfloat16 (weights
         prepacked as bf16 for oneDNN; needs `bf16_supported()`) and the prefill's matrix multiplies under bf16
-        autocast; the head, the cache and everything between the projections stay float32. A BitNet model ignores it (its projections are ternary)."""
+        autocast; the head, the cache and everything between the projections stay float32. A BitNet model
+        ignores it (its projections are ternary)."""
         if bf16 and not bf16_supported():
             raise RuntimeError("the bf16 decode step needs oneDNN with bf16 instructions (bf16_supported())")
         self.model, self.bf16 = model, bf16

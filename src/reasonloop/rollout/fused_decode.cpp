@@ -443,11 +443,15 @@ at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embed, at::Te
     TORCH_CHECK(slot_p[i] >= 0 && slot_p[i] < vc[0].size(0), "decode_step: cache slot out of range");
   const int64_t* pos_p = pos.data_ptr<int64_t>();
   const int64_t* pstart_p = pstart.data_ptr<int64_t>();
-  // bf16 projections (all layers are packed alike): bf16 scratch for their inputs, reused by every layer
+  // bf16 projections (all layers are packed alike): bf16 scratch for their inputs, reused by every layer (`ab`,
+  // the down projection's, once the MLP width is known)
   const bool low = layers[2].is_mkldnn() && layers[2].scalar_type() == at::kBFloat16;
   const auto half = h.options().dtype(at::kBFloat16);
-  at::Tensor xb = low ? at::empty({n, C}, half) : at::Tensor(), ob = low ? at::empty({n, d.H * d.D}, half) : at::Tensor();
-  at::Tensor ab;
+  at::Tensor xb, ob, ab;
+  if (low) {
+    xb = at::empty({n, C}, half);
+    ob = at::empty({n, d.H * d.D}, half);
+  }
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* w = &layers[PER_LAYER * l];
     rms_norm(h.data_ptr<float>(), w[0].data_ptr<float>(), x.data_ptr<float>(), n, C, eps);
