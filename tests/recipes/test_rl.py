@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from reasonloop.algos.aggregation import aggregate
+from reasonloop.algos.covariance import token_covariance
 from reasonloop.config import load_config
 from reasonloop.recipes import rl
 from reasonloop.recipes.presets import RL_PRESETS
@@ -62,6 +65,7 @@ def test_one_step_raises_the_probability_of_rewarded_completions(preset, nano_mo
     ["agg_mode=token_mean"],
     ["agg_mode=seq_mean_token_sum_norm", "std_mode=none"],
     ["advantage=gae", "critic=head", "kl_in=reward", "kl_estimator=k1"],
+    ["cov_control=clip_cov", "cov_ratio=0.1", "cov_low=0"],
 ])
 def test_gradients_do_not_depend_on_micro_batch_size(extra, nano_model_dir, tmp_path, toy_task):
     trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, *extra))
@@ -72,7 +76,8 @@ def test_gradients_do_not_depend_on_micro_batch_size(extra, nano_model_dir, tmp_
     from reasonloop.algos.aggregation import step_normalizer
 
     normalizer = step_normalizer(mask, trainer.cfg.agg_mode, max_len=trainer.cfg.sampling.max_new_tokens)
-    update = rl.UpdateBatch(data, scores, estimated.advantages, estimated.returns, mask, None, normalizer)
+    weights, _ = trainer.covariance_control(data, scores, estimated.advantages, mask)  # Clip-Cov's, or None
+    update = rl.UpdateBatch(data, scores, estimated.advantages, estimated.returns, mask, weights, normalizer)
     grads = []
     for mbs in (64, 5):
         trainer.cfg.micro_batch_size = mbs
@@ -90,7 +95,8 @@ def final_params(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("algo", [["epochs=2", "kl_coef=0.05"], RL_PRESETS["ppo"]], ids=["grpo", "ppo"])
+@pytest.mark.parametrize("algo", [["epochs=2", "kl_coef=0.05"], RL_PRESETS["ppo"],
+                                  ["cov_control=clip_cov", "cov_ratio=0.1", "cov_low=0"]], ids=["grpo", "ppo", "clip_cov"])
 def test_killed_and_resumed_run_ends_with_the_same_parameters(algo, nano_model_dir, tmp_path, toy_task, monkeypatch):
     args = ["steps=4", "save_every=2", *algo]
     straight = rl.Trainer(make_cfg(nano_model_dir, tmp_path / "a", *args))
@@ -119,6 +125,43 @@ def test_positive_weight_scales_the_advantages_the_update_trains_on(nano_model_d
     raw = estimated[0].advantages
     assert (raw > 0).any() and (raw < 0).any()
     torch.testing.assert_close(trained[0], torch.where(raw > 0, 0.25 * raw, raw))
+
+
+def test_clip_cov_zeroes_the_loss_weight_of_k_tokens_inside_its_window(nano_model_dir, tmp_path, toy_task, monkeypatch):
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "cov_control=clip_cov", "cov_ratio=0.05", "cov_low=0"))
+    trained = []
+    monkeypatch.setattr(trainer, "_update", lambda update: trained.append(update) or {})
+    metrics, data = trainer.step()
+    update = trained[0]
+    mask = update.loss_mask
+    cov = token_covariance(data.batch.logprobs, update.advantages, mask)  # one epoch: the sampler's log-probs
+    dropped = update.token_weights == 0
+    assert int(dropped.sum()) == max(int(0.05 * mask.sum()), 1) == metrics["cov/tokens"]
+    assert bool((cov[dropped] > 0).all()) and bool(mask.bool()[dropped].all())
+    assert update.kl_cov_selected is None
+
+
+def test_kl_cov_adds_its_penalty_on_the_top_covariance_tokens(nano_model_dir, tmp_path, toy_task, monkeypatch):
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "cov_control=kl_cov", "cov_ratio=0.05", "epochs=2",
+                                  "kl_cov_coef=3"))
+    trained = []
+    monkeypatch.setattr(trainer, "_update", lambda update: trained.append(update) or {})
+    metrics, data = trainer.step()
+    update = trained[0]
+    selected, mask = update.kl_cov_selected, update.loss_mask
+    cov = token_covariance(update.scores.old, update.advantages, mask)  # epochs=2: the trainer's old log-probs
+    assert int(selected.sum()) == max(int(0.05 * mask.sum()), 1) == metrics["cov/tokens"]
+    assert float(cov[selected].min()) >= float(cov[mask.bool() & ~selected].max())
+    # the loss gains 3 * |log ratio| on those tokens: shift the old log-probs of the selected ones by 0.1
+    shifted = dataclasses.replace(update.scores, old=update.scores.old - 0.1 * selected)
+    plain = dataclasses.replace(update, kl_cov_selected=None)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    without = trainer.accumulate_gradients(dataclasses.replace(plain, scores=shifted))["loss"]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    with_penalty = trainer.accumulate_gradients(dataclasses.replace(update, scores=shifted))["loss"]
+    expected = float(aggregate(3 * 0.1 * selected.double(), mask.double(), trainer.cfg.agg_mode, update.normalizer,
+                               trainer.cfg.sampling.max_new_tokens))
+    assert with_penalty - without == pytest.approx(expected, rel=1e-3)
 
 
 def test_nan_reward_and_raising_reward_are_counted_not_fatal(nano_model_dir, tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ from reasonloop.algos.advantages import (
     weighted_grpo_advantages,
 )
 from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, step_normalizer
+from reasonloop.algos.covariance import clip_cov_weights, kl_cov_penalty, kl_cov_select, token_covariance
 from reasonloop.algos.entropy import entropy_from_logits
 from reasonloop.algos.estimators import (
     ADVANTAGE_ESTIMATORS,
@@ -96,6 +97,7 @@ __all__ = [
     "adaptive_group_size",
     "aggregate",
     "cdpo_loss",
+    "clip_cov_weights",
     "clipped_value_loss",
     "discounted_returns",
     "dpo_loss",
@@ -108,6 +110,8 @@ __all__ = [
     "grpo_advantages",
     "hierarchical_grpo_advantages",
     "ipo_loss",
+    "kl_cov_penalty",
+    "kl_cov_select",
     "kl_estimate",
     "kl_k1",
     "kl_k2",
@@ -131,6 +135,7 @@ __all__ = [
     "spin_loss",
     "step_normalizer",
     "tis_weights",
+    "token_covariance",
     "update_reward_norm_state",
     "weighted_grpo_advantages",
 ]

@@ -56,6 +56,8 @@ import torch
 from reasonloop.algos import advantages as adv_lib
 from reasonloop.algos.advantages import dynamic_sampling_keep
 from reasonloop.algos.aggregation import AGGREGATION_MODES, aggregate, masked_mean
+from reasonloop.algos.covariance import (
+    COV_CONTROLS, clip_cov_weights, kl_cov_penalty, kl_cov_select, token_covariance)
 from reasonloop.algos.estimators import (
     ADVANTAGE_ESTIMATORS,
     TOKEN_LEVEL,
@@ -185,6 +187,19 @@ class Config(CheckpointedRunConfig):
     """Adaptive KL horizon in samples."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient."""
+    cov_control: str = "none"
+    """Entropy control on the tokens whose log-prob and advantage covary most (Cui et al. 2025; docs/algorithms.md):
+    none | clip_cov (drop the gradient of a random few inside the cov_low..cov_high window) | kl_cov (a KL penalty
+    kl_cov_coef * |log ratio| on the top few; acts from the second epoch, so it needs epochs >= 2)."""
+    cov_ratio: float = 2e-4
+    """Fraction of the step's loss tokens that cov_control restrains (at least one); the paper's 2e-4 is for
+    responses of thousands of tokens."""
+    cov_low: float = 1.0
+    """clip_cov: lower end of the covariance window tokens are drawn from."""
+    cov_high: float = 5.0
+    """clip_cov: upper end of that window."""
+    kl_cov_coef: float = 1.0
+    """kl_cov: the penalty's coefficient."""
     # -- DAPO pieces -----------------------------------------------------------------------------
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal and refill the batch with new prompts."""
@@ -277,6 +292,12 @@ class Config(CheckpointedRunConfig):
         require_choice("kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
         require_choice("kl_in", self.kl_in, ["loss", "reward"])
         require_choice("critic", self.critic, ["none", "head", "separate"])
+        require_choice("cov_control", self.cov_control, list(COV_CONTROLS))
+        require(0 < self.cov_ratio <= 1, f"cov_ratio must be in (0, 1], got {self.cov_ratio}")
+        require(self.cov_low < self.cov_high, f"need cov_low < cov_high, got {self.cov_low} and {self.cov_high}")
+        require(self.cov_control != "kl_cov" or self.epochs >= 2,
+                "cov_control=kl_cov penalises |log pi - log pi_old|, which is 0 with a zero gradient at a batch's "
+                "first optimizer step; use epochs >= 2 (or cov_control=clip_cov)")
         require(self.steps > 0 and self.prompts_per_step > 0, "steps and prompts_per_step must be > 0")
         require(self.pass_k >= 1, f"pass_k must be >= 1, got {self.pass_k}")
         require(0 <= self.positive_weight <= 1, f"positive_weight must be in [0, 1], got {self.positive_weight}")
@@ -305,7 +326,7 @@ class Config(CheckpointedRunConfig):
             require(getattr(self, key) >= 0, f"{key} must be >= 0")
         require(0 <= self.clip_low < 1, "clip_low must be in [0, 1): the ratio is clipped at 1 - clip_low")
         for key in ("clip_high", "kl_coef", "kl_target", "entropy_coef", "vf_coef", "penalty_coef", "tis_cap",
-                    "overlong_penalty"):
+                    "overlong_penalty", "kl_cov_coef"):
             require(getattr(self, key) >= 0, f"{key} must be >= 0 (a negative value would reverse the term)")
         require(self.value_clip > 0 and self.penalty_target > 0 and self.kl_horizon > 0,
                 "value_clip, penalty_target and kl_horizon must be > 0")
@@ -387,8 +408,9 @@ class UpdateBatch:
     advantages: torch.Tensor  # [N, T]
     returns: torch.Tensor | None  # [N, T] value targets (GAE)
     loss_mask: torch.Tensor  # [N, T] completion tokens that are trained on
-    tis_weights: torch.Tensor | None  # [N, T] truncated importance weights (sampler/trainer mismatch)
+    token_weights: torch.Tensor | None  # [N, T] loss multipliers: truncated importance weights, Clip-Cov's zeros
     normalizer: float  # the whole step's aggregation denominator (micro-batch invariance)
+    kl_cov_selected: torch.Tensor | None = None  # [N, T] bool: the tokens KL-Cov penalises
 
 
 @dataclass
@@ -841,6 +863,22 @@ class Trainer:
         self.state.baseline, self.state.reward_norm = out.state, out.reward_norm_state
         return out
 
+    def covariance_control(self, data: StepData, scores: TokenScores, advantages: torch.Tensor,
+                           loss_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`cov_control`'s tokens, chosen once per step from the log-probs that sampled the batch (the trainer's
+        old ones when computed): Clip-Cov's [N, T] loss weights, or KL-Cov's [N, T] selection; (None, None) when
+        off. Clip-Cov's draw is seeded by the run's seed and the step, so a resumed run draws the same tokens."""
+        cfg = self.cfg
+        if cfg.cov_control == "none":
+            return None, None
+        logprobs = scores.old if scores.old is not None else data.batch.logprobs
+        cov = token_covariance(logprobs, advantages, loss_mask)
+        if cfg.cov_control == "kl_cov":
+            return None, kl_cov_select(cov, loss_mask, ratio=cfg.cov_ratio)
+        draw = torch.Generator().manual_seed(self.dist.sampler_seed(cfg.seed) * 1_000_003 + self.state.step)
+        return clip_cov_weights(cov, loss_mask, ratio=cfg.cov_ratio, low=cfg.cov_low, high=cfg.cov_high,
+                                generator=draw), None
+
     # -- the step ---------------------------------------------------------------------------------------
     def step(self) -> tuple[dict[str, float], StepData]:
         cfg = self.cfg
@@ -855,10 +893,14 @@ class Trainer:
         estimated = self.advantages(data, scores, mask, process)
         advantages = (estimated.advantages if cfg.positive_weight == 1
                       else adv_lib.weight_positive(estimated.advantages, cfg.positive_weight))
+        weights = tis_weights(scores.old, data.batch.logprobs, mask, cfg.tis_cap) if cfg.tis_cap > 0 else None
+        cov_weights, kl_cov_selected = self.covariance_control(data, scores, advantages, loss_mask)
+        if cov_weights is not None:
+            weights = cov_weights if weights is None else weights * cov_weights
         update = UpdateBatch(
-            data, scores, advantages, estimated.returns, loss_mask,
-            tis_weights(scores.old, data.batch.logprobs, mask, cfg.tis_cap) if cfg.tis_cap > 0 else None,
-            self.dist.normalizer(loss_mask, cfg.agg_mode, max_len=cfg.sampling.max_new_tokens))  # global batch
+            data, scores, advantages, estimated.returns, loss_mask, weights,
+            self.dist.normalizer(loss_mask, cfg.agg_mode, max_len=cfg.sampling.max_new_tokens),  # global batch
+            kl_cov_selected)
         t_score = time.time() - t1
         t2 = time.time()
         update_metrics: dict[str, float] = {}
@@ -885,6 +927,8 @@ class Trainer:
         }
         agent = self.engine.metrics(self.dist.gather) if cfg.agent.env else {}  # counters summed over ranks
         metrics.update(agent)
+        if cfg.cov_control != "none":  # how many tokens it restrained this step
+            metrics["cov/tokens"] = float((cov_weights == 0).sum() if cov_weights is not None else kl_cov_selected.sum())
         accuracy = data.components.get("accuracy", data.components.get("task/accuracy"))
         if accuracy is not None:  # the verifier's verdict on the training samples, trained on or not
             metrics["accuracy"] = float(accuracy.mean())
@@ -937,7 +981,7 @@ class Trainer:
             fwd = self._forward(self.dist.training_module(self.model), mb, temp, with_entropy=True,
                                 with_hidden=self.critic is not None)
             old = scores.old[rows, :T] if scores.old is not None else fwd.logprobs.detach()
-            w = update.tis_weights[rows, :T] if update.tis_weights is not None else None
+            w = update.token_weights[rows, :T] if update.token_weights is not None else None
             if cfg.loss == "clip":
                 loss, pm = ppo_clip_loss(fwd.logprobs, old, adv, m, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                                          dual_clip=cfg.dual_clip or None, ratio_level=cfg.ratio_level, weights=w, **agg)
@@ -945,6 +989,9 @@ class Trainer:
                 loss, pm = ppo_penalty_loss(fwd.logprobs, old, adv, m, kl_coef=self.penalty_ctl.value,
                                             kl_estimator="k3", weights=w, **agg)
             metrics = {f"policy/{k}": float(v) for k, v in pm.items()}
+            if update.kl_cov_selected is not None:
+                loss = loss + aggregate(kl_cov_penalty(fwd.logprobs, old, update.kl_cov_selected[rows, :T],
+                                                       cfg.kl_cov_coef), m, mode, norm, max_len)
             if cfg.kl_coef > 0:
                 kl_tok = kl_estimate(fwd.logprobs, scores.ref[rows, :T], cfg.kl_estimator)
                 metrics["kl"] = float(masked_mean(kl_tok.detach(), m))
