@@ -43,8 +43,8 @@ def test_bf16_sampling_reports_its_own_logprobs_close_to_the_trainers(nano_model
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=24)
     engine = build_engine(RolloutConfig(decode_precision="bf16"), nano_model, tokenizer)
     batch = engine.generate(PROMPTS, 4, sampling, torch.Generator().manual_seed(0))
-    key, (weights, head) = engine._packed
-    assert key[1] is True and weights[2].dtype == torch.bfloat16 and head[0].dtype == torch.float32
+    packed = engine._packed
+    assert packed.key[1] is True and packed.weights[2].dtype == torch.bfloat16 and packed.head[0].dtype == torch.float32
     gap = logprob_gap(nano_model, batch, sampling.temperature)
     assert 0 < gap["mean_abs_gap"] < 1e-2 and gap["max_abs_gap"] < 0.2, gap
     assert 0.8 < gap["min_ratio"] <= gap["max_ratio"] < 1.25, gap
@@ -77,7 +77,7 @@ def test_float32_and_bf16_packs_are_never_mixed_up(tokenizer):
     with torch.inference_mode():
         dec = fused.FusedDecoder(model, 2, 2, 8, 8, packed=fp32._packed, bf16=True)
     assert dec.packed is not fp32._packed and dec.weights[2].dtype == torch.bfloat16
-    assert fp32._packed[1][0][2].dtype == torch.float32
+    assert fp32._packed.weights[2].dtype == torch.float32
 
 
 def test_the_precision_is_checked_in_the_config():

@@ -30,6 +30,7 @@ import shutil
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -259,6 +260,16 @@ def _projections(layer):
     return tuple(mods[:3]), (mods[3],), tuple(mods[4:6]), (mods[6],)
 
 
+class Packed(NamedTuple):
+    """What a decoder derives from the model's weights, handed to the next decoder, which reuses it while `key`
+    (`kv_cache.weights_key` and the precision) still matches."""
+
+    key: tuple
+    weights: list[torch.Tensor]  # the step's per-layer tensors (`FusedDecoder._weights`)
+    head: list[torch.Tensor]
+    layers: list  # the prompt decoder's fused projections (`kv_cache.StaticDecoder.layers`)
+
+
 class FusedDecoder:
     """Prefill B prompts once, then decode `group` samples of each with the compiled step.
 
@@ -269,17 +280,22 @@ class FusedDecoder:
     """
 
     def __init__(self, model: nn.Module, prompts: int, group: int, prompt_len: int, max_new: int,
-                 storage: torch.Tensor | None = None, packed: tuple | None = None, bf16: bool = False):
-        """`storage`: as `StaticDecoder`'s. `packed`: a previous decoder's `packed`, reused when the
-        model's weights have not changed since (`kv_cache.weights_key`: same tensors, version counters and sums)
-        and it was packed for the same precision. `bf16`: the decode step's projections in bfloat16 (weights
+                 storage: torch.Tensor | None = None, packed: Packed | None = None, bf16: bool = False):
+        """`storage`: as `StaticDecoder`'s. `packed`: a previous decoder's `packed` (its prepacked step weights and
+        its prompt decoder's fused projections), reused when the model's weights have not changed since
+        (`kv_cache.weights_key`: same tensors, version counters and sums) and it was packed for the same precision. `bf16`: the decode step's projections in bfloat16 (weights
         prepacked as bf16 for oneDNN; needs `bf16_supported()`) and the prefill's matrix multiplies under bf16
         autocast; the head, the cache and everything between the projections stay float32. A BitNet model
         ignores it (its projections are ternary)."""
         if bf16 and not bf16_supported():
             raise RuntimeError("the bf16 decode step needs oneDNN with bf16 instructions (bf16_supported())")
         self.model, self.bf16 = model, bf16
-        self.prompt = kv_cache.StaticDecoder(model, prompts, prompt_len)  # prefill into the shared prompt cache
+        key = (kv_cache.weights_key(model.parameters()), bf16)
+        if packed is not None and packed.key != key:
+            packed = None
+        # prefill into the shared prompt cache (its fused q|k|v and gate|up copies reused with `packed`: ~1.5% of
+        # a sampler call on the embedded model)
+        self.prompt = kv_cache.StaticDecoder(model, prompts, prompt_len, layers=packed.layers if packed else None)
         inner, cfg = self.prompt.inner, model.config
         self.rows, self.max_new, self.t = prompts * group, max_new, 0
         kv, d = self.prompt.kv_heads, self.prompt.head_dim
@@ -293,11 +309,10 @@ class FusedDecoder:
         self.k_all = storage[: n_layers * per].view(n_layers, self.rows, kv, width // CHUNK, d, CHUNK)
         self.v_all = storage[n_layers * per : 2 * n_layers * per].view(n_layers, self.rows, kv, width, d)
         self.kc, self.vc = list(self.k_all.unbind(0)), list(self.v_all.unbind(0))
-        key = (kv_cache.weights_key(model.parameters()), bf16)
-        if packed is None or packed[0] != key:
-            packed = (key, self._weights())
+        if packed is None:
+            packed = Packed(key, *self._weights(), self.prompt.layers)
         self.packed = packed  # hand it to the next decoder
-        self.weights, self.head = packed[1]
+        self.weights, self.head = packed.weights, packed.head
         positions = torch.arange(prompt_len + max_new).unsqueeze(0)
         cos, sin = inner.rotary_emb(inner.embed_tokens.weight[:1].unsqueeze(0), positions)
         half = self.prompt.head_dim // 2

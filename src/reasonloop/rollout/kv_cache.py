@@ -97,9 +97,12 @@ class StaticDecoder:
     writes a single column for every live row. `valid` marks which cache columns each row attends to.
     """
 
-    def __init__(self, model: nn.Module, rows: int, max_len: int, storage: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, rows: int, max_len: int, storage: torch.Tensor | None = None,
+                 layers: list | None = None):
         """`storage`: a flat tensor to carve the K/V cache from when it is big enough, else a new one is
-        allocated; either way `self.storage` is the buffer in use.
+        allocated; either way `self.storage` is the buffer in use. `layers`: a previous decoder's `layers`
+        (its fused projections), for a caller that has checked the weights are unchanged since
+        (`weights_key`); else the projections are fused anew.
 
         Why: a fresh multi-megabyte CPU allocation is mapped lazily, so every first write into it takes
         a page fault and the kernel zeroes the page; on the embedded model that cost 7-14% of the
@@ -133,8 +136,10 @@ class StaticDecoder:
         self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
         # fusing copies the q/k/v and gate/up weights once per generate call: worth it for small models
         # (fewer, larger matmuls), pointless and memory-hungry for big ones, whose matmuls dominate anyway
-        fuse = sum(p.numel() * p.element_size() for p in model.parameters()) <= FUSE_MAX_BYTES
-        self.layers = [fuse_projections(layer) if fuse else (layer, None, None, None) for layer in self.inner.layers]
+        if layers is None:
+            fuse = sum(p.numel() * p.element_size() for p in model.parameters()) <= FUSE_MAX_BYTES
+            layers = [fuse_projections(layer) if fuse else (layer, None, None, None) for layer in self.inner.layers]
+        self.layers = layers
         self.gqa = self.heads != self.kv_heads
         # rotate_half(x) * sin == swap_halves(x) * sin_signed exactly (negation is exact), one op fewer per layer
         half = self.head_dim // 2

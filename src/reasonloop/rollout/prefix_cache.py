@@ -102,7 +102,7 @@ class TreeEngine:
         self.prefilled = 0
         self.fused_decode = fused_decode
         self._kv_storage: torch.Tensor | None = None
-        self._packed: tuple | None = None  # the compiled step's prepacked weights, while unchanged
+        self._packed: fused.Packed | None = None  # the compiled step's prepacked weights, while unchanged
 
     # -- the RolloutEngine seam ------------------------------------------------------------------------
     def update_weights(self, model: torch.nn.Module) -> None:
