@@ -329,6 +329,23 @@ def test_prepacked_weights_follow_in_place_updates(tokenizer):
     assert torch.equal(stepped.completion_ids, fresh.completion_ids) and torch.equal(stepped.logprobs, fresh.logprobs)
 
 
+def test_fused_projection_copies_are_kept_between_calls_only_for_small_models(tokenizer, monkeypatch):
+    model = small_model(tokenizer)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=8)
+    sampler = TorchSampler(model, tokenizer)
+    sampler.generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    layers = sampler._packed.layers
+    sampler.generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    assert layers is not None and sampler._packed.layers is layers
+    monkeypatch.setattr(fused, "KEEP_FUSED_MAX_BYTES", 0)  # every model is "big" now
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.01)  # the weights change: repacked
+    big = sampler.generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))
+    assert sampler._packed.layers is None
+    again = sampler.generate(PROMPTS, 3, sampling, torch.Generator().manual_seed(0))  # fused anew: the same samples
+    assert torch.equal(big.completion_ids, again.completion_ids) and torch.equal(big.logprobs, again.logprobs)
+
+
 def test_without_the_compiled_step_the_sampler_keeps_the_torch_decoder(nano_model, tokenizer, monkeypatch, caplog):
     def no_compiler(*args, **kwargs):
         raise RuntimeError("no C++ compiler here")

@@ -44,6 +44,10 @@ _SOURCE = Path(__file__).with_name("fused_decode.cpp")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"]
 _state: dict[str, object] = {}
 CHUNK = 16  # `W` in fused_decode.cpp: cache lengths are padded to whole chunks
+# `Packed` keeps the prompt decoder's fused projection copies only for models up to this size: re-concatenating them
+# was ~1.5% of a sampler call on the embedded model (8 MB), a negligible share on bigger ones, where holding the
+# copies between calls would be memory the update cannot use (~270 MB on the 100M model)
+KEEP_FUSED_MAX_BYTES = 64 * 2**20
 
 
 def available() -> bool:
@@ -267,7 +271,7 @@ class Packed(NamedTuple):
     key: tuple
     weights: list[torch.Tensor]  # the step's per-layer tensors (`FusedDecoder._weights`)
     head: list[torch.Tensor]
-    layers: list  # the prompt decoder's fused projections (`kv_cache.StaticDecoder.layers`)
+    layers: list | None  # the prompt decoder's fused projections (`kv_cache.StaticDecoder.layers`); None: fuse anew
 
 
 class FusedDecoder:
@@ -281,20 +285,19 @@ class FusedDecoder:
 
     def __init__(self, model: nn.Module, prompts: int, group: int, prompt_len: int, max_new: int,
                  storage: torch.Tensor | None = None, packed: Packed | None = None, bf16: bool = False):
-        """`storage`: as `StaticDecoder`'s. `packed`: a previous decoder's `packed` (its prepacked step weights and
-        its prompt decoder's fused projections), reused when the model's weights have not changed since
-        (`kv_cache.weights_key`: same tensors, version counters and sums) and it was packed for the same precision. `bf16`: the decode step's projections in bfloat16 (weights
-        prepacked as bf16 for oneDNN; needs `bf16_supported()`) and the prefill's matrix multiplies under bf16
-        autocast; the head, the cache and everything between the projections stay float32. A BitNet model
-        ignores it (its projections are ternary)."""
+        """`storage`: as `StaticDecoder`'s. `packed`: a previous decoder's `packed` (its prepacked step weights and,
+        on small models, its prompt decoder's fused projections), reused when the model's weights have not changed
+        since (`kv_cache.weights_key`: same tensors, version counters and sums) and it was packed for the same
+        precision. `bf16`: the decode step's projections in bfloat16 (weights prepacked as bf16 for oneDNN; needs
+        `bf16_supported()`) and the prefill's matrix multiplies under bf16 autocast; the head, the cache and
+        everything between the projections stay float32. A BitNet model ignores it (its projections are ternary)."""
         if bf16 and not bf16_supported():
             raise RuntimeError("the bf16 decode step needs oneDNN with bf16 instructions (bf16_supported())")
         self.model, self.bf16 = model, bf16
         key = (kv_cache.weights_key(model.parameters()), bf16)
         if packed is not None and packed.key != key:
             packed = None
-        # prefill into the shared prompt cache (its fused q|k|v and gate|up copies reused with `packed`: ~1.5% of
-        # a sampler call on the embedded model)
+        # prefill into the shared prompt cache (its fused q|k|v and gate|up copies reused with `packed` on small models)
         self.prompt = kv_cache.StaticDecoder(model, prompts, prompt_len, layers=packed.layers if packed else None)
         inner, cfg = self.prompt.inner, model.config
         self.rows, self.max_new, self.t = prompts * group, max_new, 0
@@ -310,7 +313,8 @@ class FusedDecoder:
         self.v_all = storage[n_layers * per : 2 * n_layers * per].view(n_layers, self.rows, kv, width, d)
         self.kc, self.vc = list(self.k_all.unbind(0)), list(self.v_all.unbind(0))
         if packed is None:
-            packed = Packed(key, *self._weights(), self.prompt.layers)
+            small = sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_FUSED_MAX_BYTES
+            packed = Packed(key, *self._weights(), self.prompt.layers if small else None)
         self.packed = packed  # hand it to the next decoder
         self.weights, self.head = packed.weights, packed.head
         positions = torch.arange(prompt_len + max_new).unsqueeze(0)
