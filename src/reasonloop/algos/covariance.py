@@ -70,9 +70,9 @@ def clip_cov_weights(
         raise ValueError(f"need low < high, got {low}, {high}")
     k = selection_size(mask, ratio)
     candidates = torch.nonzero((mask.bool() & (cov > low) & (cov < high)).flatten()).squeeze(-1)
-    chosen = candidates[torch.randperm(len(candidates), generator=generator)[:k]]
-    weights = torch.ones(cov.numel(), dtype=cov.dtype)
-    weights[chosen] = 0.0
+    order = torch.randperm(len(candidates), generator=generator)  # on the generator's device (a CPU one by default)
+    weights = torch.ones_like(cov).flatten()
+    weights[candidates[order[:k].to(candidates.device)]] = 0.0
     return weights.reshape(cov.shape)
 
 
@@ -86,7 +86,7 @@ def kl_cov_select(
     check_same_shape(cov=cov, mask=mask)
     k = selection_size(mask, ratio)
     scores = torch.where(mask.bool(), cov, torch.full_like(cov, -torch.inf)).flatten()
-    selected = torch.zeros(cov.numel(), dtype=torch.bool)
+    selected = torch.zeros_like(scores, dtype=torch.bool)
     selected[torch.topk(scores, k, sorted=False).indices] = True
     return selected.reshape(cov.shape)
 
