@@ -12,7 +12,7 @@ import torch
 
 from reasonloop.algos.aggregation import aggregate
 from reasonloop.algos.covariance import token_covariance
-from reasonloop.config import load_config
+from reasonloop.config import ConfigError, load_config
 from reasonloop.recipes import rl
 from reasonloop.recipes.presets import RL_PRESETS
 from reasonloop.rewards.core import RewardSpec
@@ -204,6 +204,80 @@ def test_non_finite_loss_skips_the_step_and_rollback_restores(nano_model_dir, tm
     assert trainer.scheduler.base_lrs[0] == pytest.approx(0.5 * trainer.cfg.optim.lr)
 
 
+KEEP_BEST = ["steps=4", "val_n=8", "val_every=1", "keep_best=pass@1_greedy"]
+
+
+def scripted_validation(monkeypatch, values: dict[int, float]) -> dict[int, dict]:
+    """keep_best sees `values[step]` at each validation; returns the weights each validated step had."""
+    kept: dict[int, dict] = {}
+    real = rl.Trainer.validate
+
+    def validate(self):
+        monkeypatch.setattr(rl, "selection_value", lambda summary, terms: values[self.state.step])
+        kept[self.state.step] = final_params(self)
+        real(self)
+
+    monkeypatch.setattr(rl.Trainer, "validate", validate)
+    return kept
+
+
+def test_keep_best_ends_the_run_with_the_weights_of_its_best_validation_step(nano_model_dir, tmp_path, toy_task,
+                                                                             monkeypatch):
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, *KEEP_BEST))
+    assert len(trainer.validation) == 8 and len(trainer.pool) == 56
+    assert not {e.prompt for e in trainer.validation} & {e.prompt for e in trainer.pool}
+    kept = scripted_validation(monkeypatch, {0: 0.2, 1: 0.5, 2: 0.9, 3: 0.9, 4: 0.1})
+    result = trainer.train()
+    assert sorted(kept) == [0, 1, 2, 3, 4]
+    assert result["best"] == {"step": 2, "metric": "pass@1_greedy", "value": 0.9}  # the tie at step 3 keeps step 2
+    final = final_params(trainer)
+    for k, v in kept[2].items():
+        torch.testing.assert_close(final[k], v, atol=0, rtol=0, msg=k)
+    assert any(not torch.equal(final[k], v) for k, v in kept[4].items())
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(result["model_dir"]) / "model.safetensors"))
+    for k, v in saved.items():
+        torch.testing.assert_close(v, kept[2][k], atol=0, rtol=0, msg=k)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val/pass@1_greedy" in r] == [0, 1, 2, 3, 4]
+    assert [r["step"] for r in rows if "best/pass@1_greedy" in r] == [4]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best"]["step"] == 2 and summary["last"]["overall"]["n"] == 4
+
+
+def test_keep_best_keeps_the_last_model_when_the_last_step_is_best(nano_model_dir, tmp_path, toy_task, monkeypatch):
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, *KEEP_BEST))
+    kept = scripted_validation(monkeypatch, {0: 0.2, 1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8})
+    result = trainer.train()
+    assert result["best"]["step"] == 4 and result["last"] == result["after"]
+    for k, v in kept[4].items():
+        torch.testing.assert_close(final_params(trainer)[k], v, atol=0, rtol=0, msg=k)
+
+
+def test_keep_best_survives_a_kill_and_resume(nano_model_dir, tmp_path, toy_task, monkeypatch):
+    values = {0: 0.1, 1: 0.8, 2: 0.3, 3: 0.5, 4: 0.6}  # the best step comes before the checkpoint at step 2
+    kept = scripted_validation(monkeypatch, values)
+    straight = rl.Trainer(make_cfg(nano_model_dir, tmp_path / "a", *KEEP_BEST, "save_every=2"))
+    assert straight.train()["best"]["step"] == 1
+    step1 = kept[1]
+    resumed = killed_at_third_step_and_reloaded(
+        monkeypatch, make_cfg(nano_model_dir, tmp_path / "b", *KEEP_BEST, "save_every=2"))
+    assert resumed.state.step == 2 and resumed.best.step == 1
+    assert resumed.train()["best"]["step"] == 1
+    for k, v in step1.items():
+        torch.testing.assert_close(final_params(resumed)[k], v, atol=0, rtol=0, msg=k)
+
+
+def test_validation_is_the_plain_trainers_only(nano_model_dir, tmp_path, toy_task):
+    class OwnEvaluation(rl.Trainer):
+        def evaluate(self):
+            return {}
+
+    with pytest.raises(ConfigError, match="evaluates in its own way"):
+        OwnEvaluation(make_cfg(nano_model_dir, tmp_path, "val_n=8"))
+
+
 def test_golden_per_step_losses(nano_model_dir, tmp_path, toy_task):
     """A fixed-seed run whose per-step figures are committed; any numerical change shows up here."""
     trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "steps=3", "epochs=2", "kl_coef=0.05"))
@@ -301,8 +375,6 @@ def test_a_reward_model_checkpoint_is_one_more_reward_component(nano_model_dir, 
 
 
 def test_reward_hooks_that_do_not_resolve_are_config_errors(nano_model_dir, tmp_path, toy_task):
-    from reasonloop.config import ConfigError
-
     with pytest.raises(ConfigError, match="no_such_module"):
         rl.Trainer(make_cfg(nano_model_dir, tmp_path, "reward_funcs=[no_such_module:score]"))
     with pytest.raises(ConfigError, match="'module:function'"):

@@ -91,6 +91,7 @@ from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import CheckpointedRunConfig
+from reasonloop.train.selection import BestWeights, hold_out_validation, selection_terms, selection_value
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,17 @@ class Config(CheckpointedRunConfig):
     """Held-out problems per evaluation."""
     eval_k: int = 4
     """Samples per held-out problem (pass@1 sampled, pass@k, maj@k); 0 for greedy only."""
+    val_n: int = 0
+    """Validation problems held apart from the training pool: drawn from the train split, deduplicated, and
+    removed from the pool; evaluated as the held-out set is (greedy, and eval_k samples) at step 0, every
+    val_every steps and after the last, logged as val/...; 0: no validation."""
+    val_every: int = 20
+    """Steps between validations when val_n > 0."""
+    keep_best: str = ""
+    """With val_n > 0: a validation metric, or a '+'-sum of them (pass@1_greedy, pass@1, pass@<eval_k>,
+    maj@<eval_k>), whose best step (the earliest on a tie, step 0 included) becomes the run's final model; the
+    table after training then measures that model, and summary.json keeps the last step's too. Empty: the last
+    step's model (docs/rl.md, "Validation and the best step")."""
     samples_every: int = 10
     """Write completions with their rewards to samples.jsonl every N steps; 0 disables."""
     reward_funcs: list[str] = field(default_factory=list)
@@ -322,8 +334,12 @@ class Config(CheckpointedRunConfig):
                 "rollout.decode_precision=bf16 is the single-turn sampler's; the multi-turn engine (agent.env) "
                 "decodes at float32")
         require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
-        for key in ("eval_k", "eval_every", "samples_every", "save_every", "max_refills"):
+        for key in ("eval_k", "eval_every", "samples_every", "save_every", "max_refills", "val_n"):
             require(getattr(self, key) >= 0, f"{key} must be >= 0")
+        require(self.val_every > 0, f"val_every must be > 0, got {self.val_every}")
+        require(not self.keep_best or self.val_n > 0, "keep_best chooses a step by validation: set val_n > 0 too")
+        if self.keep_best:
+            selection_terms(self.keep_best, self.eval_k)
         require(0 <= self.clip_low < 1, "clip_low must be in [0, 1): the ratio is clipped at 1 - clip_low")
         for key in ("clip_high", "kl_coef", "kl_target", "entropy_coef", "vf_coef", "penalty_coef", "tis_cap",
                     "overlong_penalty", "kl_cov_coef"):
@@ -517,6 +533,14 @@ class Trainer:
                                                      cfg.sampling.max_new_tokens, f"{cfg.task}/{split}")
         self.pool = fits(self.task.examples("train", cfg.train_pool, seed=cfg.seed), "train")
         self.held_out = fits(self.task.examples("test", cfg.eval_n, seed=cfg.seed), "test")
+        self.validation: list[Example] = []
+        if cfg.val_n:
+            if type(self).evaluate is not Trainer.evaluate:
+                raise ConfigError(f"val_n: {type(self).__name__} evaluates in its own way, and validation (val_n, "
+                                  "keep_best) is the plain rl trainer's; set val_n=0")
+            self.pool, self.validation = hold_out_validation(
+                self.pool, fits(self.task.examples("train", cfg.val_n, seed=cfg.seed + 1), "validation"))
+        self.best = BestWeights() if cfg.keep_best else None
         self.monitors = Monitors(cfg.monitor)
         self.kl_ctl: Any = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
                             else FixedKLController(cfg.kl_coef))
@@ -1045,6 +1069,8 @@ class Trainer:
         """Checkpointed beside the policy's optimizer: the critic, and PRIME's implicit PRM with its optimizer
         and schedule (anything with state_dict/load_state_dict)."""
         extra: dict[str, Any] = {"critic": self.critic} if self.critic is not None else {}
+        if self.best is not None:
+            extra["best"] = self.best
         if self.implicit_prm is not None:
             extra.update({"implicit_prm": self.implicit_prm, "implicit_prm_optimizer": self.prm_optimizer,
                           "implicit_prm_scheduler": self.prm_scheduler})
@@ -1083,21 +1109,43 @@ class Trainer:
                 self.dist.rollout_model(self.model), self.tokenizer)
         return self._policy_sampler
 
-    def evaluate(self) -> dict:
+    def evaluate(self, examples: list[Example] | None = None, prefix: str = "eval/") -> dict:
+        """The held-out table (or that of `examples`), logged under `prefix` at the current step."""
         if not self.dist.is_main:  # rank 0 evaluates (on the rollout engine) and logs; the others: an empty table
             return {"overall": {"n": 0}}
         sampling = SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.sampling.max_new_tokens)
-        summary, _ = evaluate(self.eval_engine(), self.task, self.held_out, self.render, sampling, k=self.cfg.eval_k,
-                              seed=self.cfg.seed)
-        agent = {f"eval/{k}": v for k, v in self.engine.metrics().items()} if self.cfg.agent.env else {}
-        self.run.log(self.state.step, {**flat_metrics(summary), **agent})
+        summary, _ = evaluate(self.eval_engine(), self.task, self.held_out if examples is None else examples,
+                              self.render, sampling, k=self.cfg.eval_k, seed=self.cfg.seed)
+        agent = {f"{prefix}{k}": v for k, v in self.engine.metrics().items()} if self.cfg.agent.env else {}
+        self.run.log(self.state.step, {**flat_metrics(summary, prefix), **agent})
         return summary
+
+    def validate(self) -> None:
+        """Evaluate the validation set (val/...) and, with keep_best, offer the step to the best-so-far."""
+        summary = self.evaluate(self.validation, prefix="val/")
+        if self.best is None or not self.dist.is_main:
+            return
+        value = selection_value(summary, selection_terms(self.cfg.keep_best, self.cfg.eval_k))
+        if self.best.offer(self.state.step, value, self.dist.rollout_model(self.model)):
+            log.debug("keep_best: step %d is the best so far (%s = %.4f)", self.state.step, self.cfg.keep_best, value)
+
+    def _keep_best(self, last: dict) -> tuple[dict, dict | None]:
+        """(the table after training, the last step's table if another step's weights replaced it)."""
+        if self.best is None or self.best.step in (-1, self.state.step) or not self.dist.is_main:
+            return last, None
+        self.best.restore(self.dist.rollout_model(self.model))
+        print(f"keep_best: the model of step {self.best.step} ({self.cfg.keep_best} = {self.best.value:.4f} on "
+              f"{len(self.validation)} validation problems) replaces step {self.state.step}'s; its held-out table "
+              "is logged as best/...")
+        return self.evaluate(prefix="best/"), last
 
     def train(self) -> dict:
         cfg = self.cfg
         before = self.run.before_training(self.evaluate, fresh=self.state.step == 0)
         if self.state.step == 0:
             print(f"before training (held-out, {len(self.held_out)} problems):\n{format_table(before)}")
+            if self.validation:
+                self.validate()
         with progress(f"train ({cfg.advantage})", cfg.steps) as bar:
             bar.advance(self.state.step)
             while self.state.step < cfg.steps:
@@ -1122,16 +1170,24 @@ class Trainer:
                 bar.set(f"reward {metrics['reward/mean']:.3f}")
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                     self.evaluate()
+                if self.validation and (step % cfg.val_every == 0 or step == cfg.steps):
+                    self.validate()
                 if cfg.save_every and step % cfg.save_every == 0:
                     self._checkpoint()
-        after = self.evaluate()
+        after, last = self._keep_best(self.evaluate())
         self.dist.save_model(self.model, self.tokenizer, self.run.dir / "model")
         if before is not None:
             print(f"before training:\n{format_table(before)}")
-        print(f"after {cfg.steps} steps ({preset_of(cfg)}):\n{format_table(after)}")
+        if last is not None:
+            print(f"after {cfg.steps} steps, the last step's model:\n{format_table(last)}")
+        chosen = f", the model of step {self.best.step}" if last is not None else ""
+        print(f"after {cfg.steps} steps ({preset_of(cfg)}{chosen}):\n{format_table(after)}")
         result = {"preset": preset_of(cfg), "before": before, "after": after, "alerts": self.state.alerts,
                   "bad_steps": self.state.bad_steps, "rollbacks": self.state.rollbacks,
                   "model_dir": str(self.run.dir / "model")}
+        if self.best is not None:
+            result.update(best={"step": self.best.step, "metric": cfg.keep_best, "value": self.best.value},
+                          last=last or after)
         self.run.write_json("summary.json", result)
         self.run.close()
         self.dist.close()

@@ -1,0 +1,73 @@
+"""Validation held apart from the training pool, and the run's best step on it (`rl` `val_n`, `keep_best`).
+
+RL can lift sampled accuracy while it narrows the samples: pass@k falls a little at every step and greedy
+accuracy stops rising (docs/curriculum.md). A validation set drawn from the train split and removed from the
+pool lets a run keep the step that scores best on a chosen metric, as `transformers.Trainer`'s
+`load_best_model_at_end` does; the held-out test set is never looked at to choose.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from reasonloop.config import ConfigError
+from reasonloop.data.records import Example
+
+
+def hold_out_validation(pool: list[Example], candidates: list[Example]) -> tuple[list[Example], list[Example]]:
+    """(the pool without the validation prompts, the validation set): `candidates` deduplicated by prompt,
+    and every pool example whose prompt is one of them removed, so that no validation problem is trained on."""
+    validation = list({ex.prompt: ex for ex in candidates}.values())
+    taken = {ex.prompt for ex in validation}
+    rest = [ex for ex in pool if ex.prompt not in taken]
+    if not rest:
+        raise ConfigError(f"val_n: the {len(validation)} validation problems are every prompt of the train pool, "
+                          "which leaves nothing to train on; lower val_n")
+    return rest, validation
+
+
+def selection_terms(spec: str, k: int) -> list[str]:
+    """The metric names of keep_best's '+'-sum (`pass@1_greedy+pass@8`), checked against what an evaluation
+    with k samples per problem reports."""
+    known = ["pass@1_greedy"] + (["pass@1", f"pass@{k}", f"maj@{k}"] if k > 0 else [])
+    terms = [t.strip() for t in spec.split("+")]
+    bad = [t for t in terms if t not in known]
+    if bad:
+        raise ConfigError(f"keep_best={spec!r}: {', '.join(map(repr, bad))} is not a validation metric; with "
+                          f"eval_k={k} they are {', '.join(known)} (or a '+'-sum of them)")
+    return terms
+
+
+def selection_value(summary: dict[str, Any], terms: list[str]) -> float:
+    """The sum of `terms` over an evaluation's overall row."""
+    return sum(float(summary["overall"][t]) for t in terms)
+
+
+class BestWeights:
+    """The best step seen so far by `offer` (strictly better only, so the earliest wins a tie), its value and a
+    CPU copy of its weights; saved and restored with the run's checkpoints (state_dict / load_state_dict)."""
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.value = -math.inf
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def offer(self, step: int, value: float, model: torch.nn.Module) -> bool:
+        if not value > self.value:
+            return False
+        self.step, self.value = step, value
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return True
+
+    def restore(self, model: torch.nn.Module) -> None:
+        assert self.weights is not None, "offer() a step first"
+        model.load_state_dict(self.weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "value": self.value, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.value, self.weights = state["step"], state["value"], state["weights"]
