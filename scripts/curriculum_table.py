@@ -130,9 +130,20 @@ def window_means(run: Path, keys: tuple[str, ...] = TREND_KEYS, n: int = 5) -> d
     return out
 
 
+def kept_cell(summary: dict | None, last: bool = False) -> str:
+    """A travel cell: the run's table after training (a keep_best run: its kept model, and the step it came
+    from), or with `last` the last step's table of a keep_best run."""
+    summary = summary or {}
+    if last:
+        return cell((summary.get("last") or {}).get("overall")) if "best" in summary else "-"
+    text = cell(summary.get("after", {}).get("overall"))
+    return f"{text} (step {summary['best']['step']})" if "best" in summary else text
+
+
 def travel(root: Path, tasks: tuple[str, ...] = TRAVEL_TASKS, arms: tuple[str, ...] = TRAVEL_ARMS) -> list[str]:
     """docs/curriculum.md's "Defaults that travel" rows for those of `tasks` that have runs under root: the SFT
-    model, then each of `arms` (run directories <task>-<arm>; rl-default and rl-candidate are named as before)."""
+    model, then each of `arms` (run directories <task>-<arm>; rl-default and rl-candidate are named as before).
+    A keep_best run's cell is the model it kept, with the step it came from; `<arm>:last` is that run's last step."""
     names = {"rl-default": "RL, defaults", "rl-candidate": "RL, candidate"}
     lines = ["| task (n) | SFT | " + " | ".join(names.get(a, a) for a in arms) + " |", "|---|---|" + "---|" * len(arms)]
     trend = ["| task | run | " + " | ".join(f"{key}, first 5 -> last 5 steps" for key in TREND_KEYS) + " |",
@@ -140,17 +151,17 @@ def travel(root: Path, tasks: tuple[str, ...] = TRAVEL_TASKS, arms: tuple[str, .
     for task in tasks:
         summaries = {}
         for arm in arms:
-            path = root / f"{task}-{arm}" / "summary.json"
+            path = root / f"{task}-{arm.removesuffix(':last')}" / "summary.json"
             summaries[arm] = json.loads(path.read_text()) if path.exists() else None
         if not any(summaries.values()):
             continue
         first = next(s for s in summaries.values() if s)
         sft = (first.get("before") or {}).get("overall")
         n = int(sft["n"]) if sft else "?"
-        after = [cell((s or {}).get("after", {}).get("overall")) for s in summaries.values()]
+        after = [kept_cell(s, last=arm.endswith(":last")) for arm, s in summaries.items()]
         lines.append(f"| {task} ({n}) | {cell(sft)} | " + " | ".join(after) + " |")
         for arm in arms:
-            if summaries[arm]:
+            if summaries[arm] and not arm.endswith(":last"):
                 m = window_means(root / f"{task}-{arm}")
                 fmt = lambda key: "{:.3f} -> {:.3f}".format(*m[key]) if key in m else "-"  # noqa: E731
                 trend.append(f"| {task} | {arm} | " + " | ".join(fmt(key) for key in TREND_KEYS) + " |")
