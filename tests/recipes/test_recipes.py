@@ -67,6 +67,28 @@ def test_eval_writes_summary_and_samples_per_level(tmp_path):
     assert {s["mode"] for s in samples} == {"greedy", "sampled"}
 
 
+def test_eval_against_a_baseline_run_reports_paired_differences(tmp_path):
+    args = ["n=12", "k=2", "sampling.max_new_tokens=48"]
+    eval_recipe.run(load_config(eval_recipe.Config, [*args, f"output_dir={tmp_path / 'a'}"]))
+    eval_recipe.run(load_config(eval_recipe.Config, [*args, f"output_dir={tmp_path / 'b'}", f"baseline={tmp_path / 'a'}"]))
+    diffs = json.loads((tmp_path / "b" / "summary.json").read_text())["vs_baseline"]["differences"]
+    # the same model, problems and seed: every sample agrees, so every difference and interval is 0
+    assert [d["metric"] for d in diffs] == ["pass@1_greedy", "pass@1", "pass@2"]
+    assert all(d["n"] == 12 and d["baseline"] == d["other"] and d["lo"] == d["hi"] == 0 for d in diffs)
+
+
+def test_eval_with_a_baseline_that_is_not_an_eval_run_is_a_config_error(tmp_path):
+    from reasonloop.config import ConfigError
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "samples.jsonl").write_text('{"prompt": "no verdicts here"}\n')
+    for baseline, message in [(tmp_path / "none", "no samples.jsonl there"), (tmp_path / "bad", "not an eval run")]:
+        with pytest.raises(ConfigError, match=message):
+            eval_recipe.run(load_config(eval_recipe.Config, ["n=4", "k=0", f"output_dir={tmp_path / 'out'}",
+                                                             f"baseline={baseline}"]))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("bad", ["n=0", "k=-1", "model.dtype=float8", "sampling.top_p=0"])
 def test_eval_rejects_bad_values(bad):
     from reasonloop.config import ConfigError

@@ -7,18 +7,24 @@ every sample (`samples.jsonl`) to the run directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from reasonloop.config import require
+from reasonloop.config import ConfigError, require
 from reasonloop.tasks import make_task
 from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, model_label, render_prompt
 from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.multiturn import AgentConfig, build_agent_engine
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.evaluation import evaluate, format_table
+from reasonloop.train.paired import format_differences, paired_differences, per_problem
 from reasonloop.train.run import Run, set_seed, set_threads
 from reasonloop.train.runconfig import RunConfig
 
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test", "validation", "valid", "dev", "prompt")  # the split names tasks know
 
@@ -43,6 +49,10 @@ class Config(RunConfig):
     """Sampling parameters for the k samples."""
     batch_prompts: int = 64
     """Prompts per generation call."""
+    baseline: str = ""
+    """An earlier `reasonloop eval` run directory on the same problems (same task, split, n and seed): this
+    model is compared with it problem by problem, the differences with 95% paired-bootstrap intervals
+    (docs/eval.md); empty: no comparison."""
     agent: AgentConfig = field(default_factory=AgentConfig)
     """agent.env=tools: evaluate without tools and with them (tool-call rate, turns, tool errors; docs/agents.md)."""
 
@@ -58,10 +68,25 @@ class Config(RunConfig):
                 "use a temperature > 0 or k=0")
 
 
+def baseline_rows(run_dir: str) -> list[dict]:
+    """The sample rows of an earlier eval run, or a ConfigError that says what is missing."""
+    path = Path(run_dir) / "samples.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"baseline={run_dir!r}: no samples.jsonl there (a `reasonloop eval` run directory holds one)")
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not all(isinstance(r, dict) and {"id", "mode", "correct"} <= r.keys() for r in rows):
+            raise ValueError("a row lacks id, mode or correct")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"baseline={run_dir!r}: {path.name} is not an eval run's sample file ({exc})") from exc
+    return rows
+
+
 def run(cfg: Config) -> dict:
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     run_ = Run(cfg, "eval")  # checks output_dir; writes nothing until start()
+    base = per_problem(baseline_rows(cfg.baseline)) if cfg.baseline else None
     task = make_task(cfg.task, cfg.data_dir or None)
     tokenizer, model = load_policy(cfg.model, task)
     render = lambda p: render_prompt(tokenizer, p, cfg.model.use_chat_template)  # noqa: E731
@@ -83,10 +108,21 @@ def run(cfg: Config) -> dict:
                                          greedy=cfg.greedy, batch_prompts=cfg.batch_prompts, seed=cfg.seed)
         rows += [{**r, "mode": f"{r['mode']}+{cfg.agent.env}"} for r in tool_rows]
         result.update({"eval_with_tools": with_tools, "agent": agent_engine.metrics()})
+    if base is not None:
+        diffs = paired_differences(base, per_problem(r for r in rows if r["mode"] in ("greedy", "sampled")),
+                                   seed=cfg.seed)
+        result["vs_baseline"] = {"baseline": cfg.baseline, "differences": [asdict(d) for d in diffs]}
     run_.write_jsonl("samples.jsonl", rows)
     run_.write_json("summary.json", result)
     print(f"eval of {label} on {cfg.task}/{cfg.split} ({len(examples)} problems, k={cfg.k}):")
     print(format_table(summary))
+    if base is not None:
+        if diffs:
+            print(f"against baseline={cfg.baseline}, problem by problem ({diffs[0].n} problems in both):")
+            print(format_differences(diffs))
+        else:
+            log.warning("baseline=%s shares no problem with this evaluation: compare runs of the same task, split, "
+                        "n and seed", cfg.baseline)
     if cfg.agent.env:
         print(f"with agent.env={cfg.agent.env} ({', '.join(cfg.agent.tools) if cfg.agent.env == 'tools' else ''}):")
         print(format_table(result["eval_with_tools"]))

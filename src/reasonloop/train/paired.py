@@ -1,0 +1,80 @@
+"""Two evaluations of the same problems compared problem by problem (`reasonloop eval baseline=<run dir>`).
+
+A gain of 0.02 on 200 problems is four problems, which the draw of the problems alone can give: the same
+model scored on another 200 moves by ~0.03. Comparing two models on the same problems removes that draw;
+what is left is which problems each one solves. The interval is a paired bootstrap: the problems are
+resampled with replacement and the mean difference recomputed (Efron & Tibshirani 1993; the usual test
+for "is model B better than model A on this benchmark", e.g. Koehn 2004 for MT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from reasonloop.algos.passk import pass_at_k
+
+
+@dataclass(frozen=True)
+class Difference:
+    metric: str
+    n: int  # problems in both evaluations
+    baseline: float
+    other: float
+    lo: float  # the 95% paired-bootstrap interval of other - baseline
+    hi: float
+
+    @property
+    def delta(self) -> float:
+        return self.other - self.baseline
+
+
+def per_problem(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """id -> {"greedy": 0/1 (if decoded greedily), "correct": right samples, "samples": samples} from an
+    evaluation's sample rows (train/evaluation.evaluate's, as `reasonloop eval` writes them to samples.jsonl)."""
+    out: dict[str, dict[str, int]] = {}
+    for row in rows:  # a task's id may be a truncated text, so the prompt is part of the key
+        stats = out.setdefault(f"{row['id']}\n{row.get('prompt', '')}", {"correct": 0, "samples": 0})
+        if row["mode"] == "greedy":
+            stats["greedy"] = int(row["correct"])
+        elif row["mode"] == "sampled":
+            stats["correct"] += int(row["correct"])
+            stats["samples"] += 1
+    return out
+
+
+def paired_differences(baseline: dict[str, dict[str, int]], other: dict[str, dict[str, int]],
+                       resamples: int = 2000, seed: int = 0) -> list[Difference]:
+    """pass@1 greedy, pass@1 sampled and pass@k (k: the fewer samples per problem of the two, the same for
+    every problem) of `other` against `baseline` on the problems both hold, with 95% paired-bootstrap
+    intervals; a metric one side lacks is left out."""
+    ids = sorted(baseline.keys() & other.keys())
+    if not ids:
+        return []
+    columns: dict[str, tuple[list[float], list[float]]] = {}
+    if all("greedy" in baseline[i] and "greedy" in other[i] for i in ids):
+        columns["pass@1_greedy"] = ([baseline[i]["greedy"] for i in ids], [other[i]["greedy"] for i in ids])
+    k = min(min(side[i]["samples"] for i in ids) for side in (baseline, other))
+    if k > 0:
+        columns["pass@1"] = ([baseline[i]["correct"] / baseline[i]["samples"] for i in ids],
+                             [other[i]["correct"] / other[i]["samples"] for i in ids])
+        if k > 1:
+            columns[f"pass@{k}"] = ([pass_at_k(baseline[i]["samples"], baseline[i]["correct"], k) for i in ids],
+                                    [pass_at_k(other[i]["samples"], other[i]["correct"], k) for i in ids])
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
+    out = []
+    for metric, (a, b) in columns.items():
+        a_, b_ = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        means = (b_ - a_)[draws].mean(axis=1)
+        lo, hi = np.quantile(means, [0.025, 0.975])
+        out.append(Difference(metric, len(ids), float(a_.mean()), float(b_.mean()), float(lo), float(hi)))
+    return out
+
+
+def format_differences(diffs: list[Difference]) -> str:
+    lines = [f"{'metric':<14} {'baseline':>9} {'this':>9} {'difference':>11}   95% interval (paired bootstrap)"]
+    for d in diffs:
+        lines.append(f"{d.metric:<14} {d.baseline:>9.3f} {d.other:>9.3f} {d.delta:>+11.3f}   [{d.lo:+.3f}, {d.hi:+.3f}]")
+    return "\n".join(lines)
