@@ -153,6 +153,8 @@ def test_unsupported_settings_are_named_before_a_step_runs():
     check_shardable(load_config(rl.Config, ["advantage=reinforce_pp", "reward_norm=running"]), 2)  # gathered
     check_shardable(load_config(rl.Config, ["curriculum.enabled=true", "adaptive_group=true", "distributed.strategy=fsdp",
                                             *FSDP_FORWARD]), 2)  # global windows; padded micro-batches
+    with pytest.raises(ConfigError, match="val_n"):
+        check_shardable(load_config(rl.Config, ["val_n=20", "keep_best=pass@1_greedy"]), 2)
     check_shardable(cfg, 1)  # one rank: anything goes
     qlora = load_config(rl.Config, ["distributed.strategy=fsdp", "model.load_in_4bit=true", "model.lora.r=4",
                                     *FSDP_FORWARD])

@@ -84,6 +84,9 @@ def check_shardable(cfg: Any, world_size: int) -> None:
         problems.append("forward.share_prompts / forward.bucket_lengths under distributed.strategy=fsdp (each forward "
                         "call all-gathers the shards, so every rank must make the same calls, whatever its data): "
                         "set forward.share_prompts=false forward.bucket_lengths=false")
+    if getattr(cfg, "val_n", 0):
+        problems.append("val_n (validation and keep_best run on one process; the ranks would hold different "
+                        "weights after keep_best)")
     if problems and world_size > 1:
         raise ConfigError(f"torch.distributed training ({world_size} ranks) does not support: " + "; ".join(problems))
 
