@@ -244,6 +244,22 @@ def test_keep_best_ends_the_run_with_the_weights_of_its_best_validation_step(nan
     assert [r["step"] for r in rows if "best/pass@1_greedy" in r] == [4]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best"]["step"] == 2 and summary["last"]["overall"]["n"] == 4
+    # the comparison with the table before training is of the model kept
+    after_greedy = {d["metric"]: d["other"] for d in summary["vs_before"]}["pass@1_greedy"]
+    assert after_greedy == pytest.approx(result["after"]["overall"]["pass@1_greedy"])
+
+
+def test_the_run_compares_after_with_before_problem_by_problem(nano_model_dir, tmp_path, toy_task):
+    result = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "eval_n=12", "eval_k=2")).train()
+    diffs = {d["metric"]: d for d in result["vs_before"]}
+    assert set(diffs) == {"pass@1_greedy", "pass@1", "pass@2"}
+    for metric, d in diffs.items():
+        assert d["n"] == 12
+        assert d["baseline"] == pytest.approx(result["before"]["overall"][metric])
+        assert d["other"] == pytest.approx(result["after"]["overall"][metric])
+        assert d["lo"] - 1e-12 <= d["other"] - d["baseline"] <= d["hi"] + 1e-12
+    for name in ("held_out_before.jsonl", "held_out_after.jsonl"):  # a row per greedy decode and per sample
+        assert len((tmp_path / "run" / name).read_text().splitlines()) == 12 * 3
 
 
 def test_keep_best_keeps_the_last_model_when_the_last_step_is_best(nano_model_dir, tmp_path, toy_task, monkeypatch):

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -91,9 +92,12 @@ from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import CheckpointedRunConfig
+from reasonloop.train.paired import Difference, format_differences, paired_differences, per_problem
 from reasonloop.train.selection import BestWeights, hold_out_validation, selection_terms, selection_value
 
 log = logging.getLogger(__name__)
+
+HELD_OUT_BEFORE, HELD_OUT_AFTER = "held_out_before.jsonl", "held_out_after.jsonl"  # the tables' sample rows
 
 
 # estimators whose advantage is relative to the other samples of the same prompt: zero when they all agree
@@ -534,8 +538,10 @@ class Trainer:
         self.pool = fits(self.task.examples("train", cfg.train_pool, seed=cfg.seed), "train")
         self.held_out = fits(self.task.examples("test", cfg.eval_n, seed=cfg.seed), "test")
         self.validation: list[Example] = []
+        # a subclass with its own evaluate() (frameworks/) keeps it: no rows, no validation
+        self.plain_evaluation = type(self).evaluate is Trainer.evaluate
         if cfg.val_n:
-            if type(self).evaluate is not Trainer.evaluate:
+            if not self.plain_evaluation:
                 raise ConfigError(f"val_n: {type(self).__name__} evaluates in its own way, and validation (val_n, "
                                   "keep_best) is the plain rl trainer's; set val_n=0")
             self.pool, self.validation = hold_out_validation(
@@ -1109,13 +1115,16 @@ class Trainer:
                 self.dist.rollout_model(self.model), self.tokenizer)
         return self._policy_sampler
 
-    def evaluate(self, examples: list[Example] | None = None, prefix: str = "eval/") -> dict:
-        """The held-out table (or that of `examples`), logged under `prefix` at the current step."""
+    def evaluate(self, examples: list[Example] | None = None, prefix: str = "eval/", rows_to: str = "") -> dict:
+        """The held-out table (or that of `examples`), logged under `prefix` at the current step; its sample rows
+        (problem, mode, completion, verdict) go to the run directory's `rows_to` when named."""
         if not self.dist.is_main:  # rank 0 evaluates (on the rollout engine) and logs; the others: an empty table
             return {"overall": {"n": 0}}
         sampling = SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.sampling.max_new_tokens)
-        summary, _ = evaluate(self.eval_engine(), self.task, self.held_out if examples is None else examples,
-                              self.render, sampling, k=self.cfg.eval_k, seed=self.cfg.seed)
+        summary, rows = evaluate(self.eval_engine(), self.task, self.held_out if examples is None else examples,
+                                 self.render, sampling, k=self.cfg.eval_k, seed=self.cfg.seed)
+        if rows_to:
+            self.run.write_jsonl(rows_to, rows)
         agent = {f"{prefix}{k}": v for k, v in self.engine.metrics().items()} if self.cfg.agent.env else {}
         self.run.log(self.state.step, {**flat_metrics(summary, prefix), **agent})
         return summary
@@ -1137,11 +1146,23 @@ class Trainer:
         print(f"keep_best: the model of step {self.best.step} ({self.cfg.keep_best} = {self.best.value:.4f} on "
               f"{len(self.validation)} validation problems) replaces step {self.state.step}'s; its held-out table "
               "is logged as best/...")
-        return self.evaluate(prefix="best/"), last
+        return self.evaluate(prefix="best/", rows_to=HELD_OUT_AFTER), last
+
+    def _held_out(self, rows_to: str) -> dict:
+        return self.evaluate(rows_to=rows_to) if self.plain_evaluation else self.evaluate()
+
+    def _vs_before(self) -> list[Difference]:
+        """The table after training against the one before, problem by problem on the held-out set (train/paired.py);
+        empty where the run has no rows from before (a run resumed from an older version)."""
+        before, after = self.run.dir / HELD_OUT_BEFORE, self.run.dir / HELD_OUT_AFTER
+        if not (self.dist.is_main and before.is_file() and after.is_file()):
+            return []
+        rows = lambda path: (json.loads(line) for line in path.read_text().splitlines() if line.strip())  # noqa: E731
+        return paired_differences(per_problem(rows(before)), per_problem(rows(after)), seed=self.cfg.seed)
 
     def train(self) -> dict:
         cfg = self.cfg
-        before = self.run.before_training(self.evaluate, fresh=self.state.step == 0)
+        before = self.run.before_training(lambda: self._held_out(HELD_OUT_BEFORE), fresh=self.state.step == 0)
         if self.state.step == 0:
             print(f"before training (held-out, {len(self.held_out)} problems):\n{format_table(before)}")
             if self.validation:
@@ -1174,7 +1195,7 @@ class Trainer:
                     self.validate()
                 if cfg.save_every and step % cfg.save_every == 0:
                     self._checkpoint()
-        after, last = self._keep_best(self.evaluate())
+        after, last = self._keep_best(self._held_out(HELD_OUT_AFTER))
         self.dist.save_model(self.model, self.tokenizer, self.run.dir / "model")
         if before is not None:
             print(f"before training:\n{format_table(before)}")
@@ -1182,9 +1203,14 @@ class Trainer:
             print(f"after {cfg.steps} steps, the last step's model:\n{format_table(last)}")
         chosen = f", the model of step {self.best.step}" if last is not None else ""
         print(f"after {cfg.steps} steps ({preset_of(cfg)}{chosen}):\n{format_table(after)}")
+        if diffs := self._vs_before():
+            print(f"after against before, problem by problem ({diffs[0].n} held-out problems):\n"
+                  f"{format_differences(diffs, ('before', 'after'))}")
         result = {"preset": preset_of(cfg), "before": before, "after": after, "alerts": self.state.alerts,
                   "bad_steps": self.state.bad_steps, "rollbacks": self.state.rollbacks,
                   "model_dir": str(self.run.dir / "model")}
+        if diffs:
+            result["vs_before"] = [asdict(d) for d in diffs]
         if self.best is not None:
             result.update(best={"step": self.best.step, "metric": cfg.keep_best, "value": self.best.value},
                           last=last or after)

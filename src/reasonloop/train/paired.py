@@ -73,8 +73,8 @@ def paired_differences(baseline: dict[str, dict[str, int]], other: dict[str, dic
     return out
 
 
-def format_differences(diffs: list[Difference]) -> str:
-    lines = [f"{'metric':<14} {'baseline':>9} {'this':>9} {'difference':>11}   95% interval (paired bootstrap)"]
+def format_differences(diffs: list[Difference], names: tuple[str, str] = ("baseline", "this")) -> str:
+    lines = [f"{'metric':<14} {names[0]:>9} {names[1]:>9} {'difference':>11}   95% interval (paired bootstrap)"]
     for d in diffs:
         lines.append(f"{d.metric:<14} {d.baseline:>9.3f} {d.other:>9.3f} {d.delta:>+11.3f}   [{d.lo:+.3f}, {d.hi:+.3f}]")
     return "\n".join(lines)
