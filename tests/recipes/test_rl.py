@@ -224,8 +224,9 @@ def scripted_validation(monkeypatch, values: dict[int, float]) -> dict[int, dict
 def test_keep_best_ends_the_run_with_the_weights_of_its_best_validation_step(nano_model_dir, tmp_path, toy_task,
                                                                              monkeypatch):
     trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path, *KEEP_BEST))
-    assert len(trainer.validation) == 8 and len(trainer.pool) == 56
-    assert not {e.prompt for e in trainer.validation} & {e.prompt for e in trainer.pool}
+    assert len(trainer.validation) == 8 and len(trainer.pool) == 64  # the training pool is left whole
+    held_out, validation = {e.prompt for e in trainer.held_out}, {e.prompt for e in trainer.validation}
+    assert not held_out & validation and not validation & {e.prompt for e in trainer.pool}
     kept = scripted_validation(monkeypatch, {0: 0.2, 1: 0.5, 2: 0.9, 3: 0.9, 4: 0.1})
     result = trainer.train()
     assert sorted(kept) == [0, 1, 2, 3, 4]

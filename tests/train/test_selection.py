@@ -1,4 +1,4 @@
-"""The validation hold-out and the best-step bookkeeping of `rl` `val_n` / `keep_best` (train/selection.py)."""
+"""The validation set and the best-step bookkeeping of `rl` `val_n` / `keep_best` (train/selection.py)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,23 @@ import torch
 
 from reasonloop.config import ConfigError
 from reasonloop.data.records import Example
-from reasonloop.train.selection import BestWeights, hold_out_validation, selection_terms, selection_value
+from reasonloop.train.selection import BestWeights, selection_terms, selection_value, validation_set
 
 
 def ex(prompt: str) -> Example:
     return Example(prompt, "0", {})
 
 
-def test_the_validation_set_is_deduplicated_and_none_of_it_stays_in_the_pool():
-    pool = [ex(p) for p in "aabcdde"]
-    rest, validation = hold_out_validation(pool, [ex("d"), ex("a"), ex("d"), ex("z")])
-    assert [e.prompt for e in validation] == ["d", "a", "z"]
-    assert [e.prompt for e in rest] == ["b", "c", "e"]  # every copy of a held-out prompt leaves the pool
+def test_the_validation_set_is_distinct_and_holds_no_held_out_problem():
+    held_out = [ex(p) for p in "abc"]
+    validation = validation_set(held_out, [ex(p) for p in "dbaddezfg"], 3)
+    assert [e.prompt for e in validation] == ["d", "e", "z"]
+    assert [e.prompt for e in validation_set(held_out, [ex("d"), ex("a")], 5)] == ["d"]  # fewer when it runs out
 
 
-def test_a_validation_set_that_takes_the_whole_pool_is_a_config_error():
-    with pytest.raises(ConfigError, match="leaves nothing to train on"):
-        hold_out_validation([ex("a"), ex("a")], [ex("a")])
+def test_a_test_split_with_nothing_beside_the_held_out_problems_is_a_config_error():
+    with pytest.raises(ConfigError, match="no problem left beside the 2 held-out ones"):
+        validation_set([ex("a"), ex("b")], [ex("b"), ex("a"), ex("a")], 4)
 
 
 def test_selection_terms_are_the_metrics_an_evaluation_with_k_samples_reports():

@@ -93,7 +93,7 @@ from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import CheckpointedRunConfig
 from reasonloop.train.paired import Difference, format_differences, paired_differences, per_problem
-from reasonloop.train.selection import BestWeights, hold_out_validation, selection_terms, selection_value
+from reasonloop.train.selection import BestWeights, selection_terms, selection_value, validation_set
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,9 @@ class Config(CheckpointedRunConfig):
     eval_k: int = 4
     """Samples per held-out problem (pass@1 sampled, pass@k, maj@k); 0 for greedy only."""
     val_n: int = 0
-    """Validation problems held apart from the training pool: drawn from the train split, deduplicated, and
-    removed from the pool; evaluated as the held-out set is (greedy, and eval_k samples) at step 0, every
-    val_every steps and after the last, logged as val/...; 0: no validation."""
+    """Validation problems: distinct test-split problems beside the eval_n held-out ones (never trained on, and
+    never the held-out problems); evaluated as the held-out set is (greedy, and eval_k samples) at step 0,
+    every val_every steps and after the last, logged as val/...; 0: no validation."""
     val_every: int = 20
     """Steps between validations when val_n > 0."""
     keep_best: str = ""
@@ -544,8 +544,8 @@ class Trainer:
             if not self.plain_evaluation:
                 raise ConfigError(f"val_n: {type(self).__name__} evaluates in its own way, and validation (val_n, "
                                   "keep_best) is the plain rl trainer's; set val_n=0")
-            self.pool, self.validation = hold_out_validation(
-                self.pool, fits(self.task.examples("train", cfg.val_n, seed=cfg.seed + 1), "validation"))
+            more = fits(self.task.examples("test", len(self.held_out) + cfg.val_n, seed=cfg.seed + 1), "validation")
+            self.validation = validation_set(self.held_out, more, cfg.val_n)
         self.best = BestWeights() if cfg.keep_best else None
         self.monitors = Monitors(cfg.monitor)
         self.kl_ctl: Any = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
