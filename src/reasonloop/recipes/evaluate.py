@@ -7,7 +7,6 @@ every sample (`samples.jsonl`) to the run directory.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.multiturn import AgentConfig, build_agent_engine
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.evaluation import evaluate, format_table
-from reasonloop.train.paired import format_differences, paired_differences, per_problem
+from reasonloop.train.paired import format_differences, paired_differences, per_problem, read_rows
 from reasonloop.train.run import Run, set_seed, set_threads
 from reasonloop.train.runconfig import RunConfig
 
@@ -74,7 +73,7 @@ def baseline_rows(run_dir: str) -> list[dict]:
     if not path.is_file():
         raise ConfigError(f"baseline={run_dir!r}: no samples.jsonl there (a `reasonloop eval` run directory holds one)")
     try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_rows(path)
         if not all(isinstance(r, dict) and {"id", "mode", "correct"} <= r.keys() for r in rows):
             raise ValueError("a row lacks id, mode or correct")
     except (ValueError, UnicodeDecodeError) as exc:

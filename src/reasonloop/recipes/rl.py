@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -90,9 +89,9 @@ from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.models.forward import ForwardConfig, policy_forward
 from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
+from reasonloop.train.paired import Difference, format_differences, paired_differences, per_problem, read_rows
 from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import CheckpointedRunConfig
-from reasonloop.train.paired import Difference, format_differences, paired_differences, per_problem
 from reasonloop.train.selection import BestWeights, selection_terms, selection_value, validation_set
 
 log = logging.getLogger(__name__)
@@ -1157,8 +1156,7 @@ class Trainer:
         before, after = self.run.dir / HELD_OUT_BEFORE, self.run.dir / HELD_OUT_AFTER
         if not (self.dist.is_main and before.is_file() and after.is_file()):
             return []
-        rows = lambda path: (json.loads(line) for line in path.read_text().splitlines() if line.strip())  # noqa: E731
-        return paired_differences(per_problem(rows(before)), per_problem(rows(after)), seed=self.cfg.seed)
+        return paired_differences(per_problem(read_rows(before)), per_problem(read_rows(after)), seed=self.cfg.seed)
 
     def train(self) -> dict:
         cfg = self.cfg

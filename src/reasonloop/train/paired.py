@@ -9,7 +9,9 @@ for "is model B better than model A on this benchmark", e.g. Koehn 2004 for MT).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -29,6 +31,11 @@ class Difference:
     @property
     def delta(self) -> float:
         return self.other - self.baseline
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The sample rows of an evaluation's JSONL file (json.JSONDecodeError, a ValueError, on a bad line)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def per_problem(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
