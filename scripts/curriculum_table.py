@@ -137,7 +137,7 @@ def kept_cell(summary: dict | None, last: bool = False) -> str:
     if last:
         return cell((summary.get("last") or {}).get("overall")) if "best" in summary else "-"
     text = cell(summary.get("after", {}).get("overall"))
-    return f"{text} (step {summary['best']['step']})" if "best" in summary else text
+    return f"{text} (step {summary['kept_step']})" if "best" in summary else text
 
 
 def travel(root: Path, tasks: tuple[str, ...] = TRAVEL_TASKS, arms: tuple[str, ...] = TRAVEL_ARMS) -> list[str]:

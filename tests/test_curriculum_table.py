@@ -117,7 +117,8 @@ def test_travel_rows_for_other_arms(tmp_path):
 def test_a_keep_best_run_shows_the_model_it_kept_and_its_last_step(tmp_path):
     write_run(tmp_path / "legs-kb", overall(0.1, 0.1, 0.4), overall(0.2, 0.15, 0.45), steps([0.5], [0.2]))
     summary = json.loads((tmp_path / "legs-kb" / "summary.json").read_text())
-    summary.update(best={"step": 40, "metric": "pass@1_greedy+pass@8", "value": 0.6}, last=overall(0.25, 0.2, 0.3))
+    summary.update(best={"step": 40, "metric": "pass@1_greedy+pass@8", "value": 0.6}, kept_step=40,
+                   last=overall(0.25, 0.2, 0.3))
     (tmp_path / "legs-kb" / "summary.json").write_text(json.dumps(summary))
     write_run(tmp_path / "legs-plain", overall(0.1, 0.1, 0.4), overall(0.3, 0.3, 0.3), steps([0.5], [0.2]))
     lines = table.travel(tmp_path, ("legs",), ("kb", "kb:last", "plain", "plain:last"))

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,15 +208,18 @@ def test_non_finite_loss_skips_the_step_and_rollback_restores(nano_model_dir, tm
 KEEP_BEST = ["steps=4", "val_n=8", "val_every=1", "keep_best=pass@1_greedy"]
 
 
-def scripted_validation(monkeypatch, values: dict[int, float]) -> dict[int, dict]:
-    """keep_best sees `values[step]` at each validation; returns the weights each validated step had."""
+def scripted_validation(monkeypatch, values: dict[int, float | list[float]]) -> dict[int, dict]:
+    """keep_best sees `values[step]` on each of the 8 validation problems at each validation (one value: the
+    same on every problem); returns the weights each validated step had."""
     kept: dict[int, dict] = {}
     real = rl.Trainer.validate
 
     def validate(self):
-        monkeypatch.setattr(rl, "selection_value", lambda summary, terms: values[self.state.step])
+        value = values[self.state.step]
+        monkeypatch.setattr(rl, "problem_values", lambda rows, terms, k: np.asarray(
+            value if isinstance(value, list) else [value] * 8, dtype=float))
         kept[self.state.step] = final_params(self)
-        real(self)
+        return real(self)
 
     monkeypatch.setattr(rl.Trainer, "validate", validate)
     return kept
@@ -231,6 +235,7 @@ def test_keep_best_ends_the_run_with_the_weights_of_its_best_validation_step(nan
     result = trainer.train()
     assert sorted(kept) == [0, 1, 2, 3, 4]
     assert result["best"] == {"step": 2, "metric": "pass@1_greedy", "value": 0.9}  # the tie at step 3 keeps step 2
+    assert result["kept_step"] == 2
     final = final_params(trainer)
     for k, v in kept[2].items():
         torch.testing.assert_close(final[k], v, atol=0, rtol=0, msg=k)
@@ -261,6 +266,21 @@ def test_the_run_compares_after_with_before_problem_by_problem(nano_model_dir, t
         assert d["lo"] - 1e-12 <= d["other"] - d["baseline"] <= d["hi"] + 1e-12
     for name in ("held_out_before.jsonl", "held_out_after.jsonl"):  # a row per greedy decode and per sample
         assert len((tmp_path / "run" / name).read_text().splitlines()) == 12 * 3
+
+
+def test_keep_best_keeps_the_last_model_when_the_best_is_better_only_by_noise(nano_model_dir, tmp_path, toy_task,
+                                                                            monkeypatch):
+    one_problem = [1.0] + [0.0] * 7  # step 1 is the best by one validation problem of 8: not resolved
+    kept = scripted_validation(monkeypatch, {0: 0.0, 1: one_problem, 2: 0.0, 3: 0.0, 4: 0.0})
+    trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path / "paired", *KEEP_BEST))
+    result = trainer.train()
+    assert result["best"]["step"] == 1 and result["kept_step"] == 4 and result["last"] == result["after"]
+    for k, v in kept[4].items():
+        torch.testing.assert_close(final_params(trainer)[k], v, atol=0, rtol=0, msg=k)
+    unguarded = rl.Trainer(make_cfg(nano_model_dir, tmp_path / "argmax", *KEEP_BEST, "keep_best_paired=false"))
+    assert unguarded.train()["kept_step"] == 1
+    for k, v in kept[1].items():
+        torch.testing.assert_close(final_params(unguarded)[k], v, atol=0, rtol=0, msg=k)
 
 
 def test_keep_best_keeps_the_last_model_when_the_last_step_is_best(nano_model_dir, tmp_path, toy_task, monkeypatch):

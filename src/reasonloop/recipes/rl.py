@@ -51,6 +51,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from reasonloop.algos import advantages as adv_lib
@@ -92,7 +93,7 @@ from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 from reasonloop.train.paired import Difference, format_differences, paired_differences, per_problem, read_rows
 from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import CheckpointedRunConfig
-from reasonloop.train.selection import BestWeights, selection_terms, selection_value, validation_set
+from reasonloop.train.selection import BestWeights, problem_values, selection_terms, validation_set
 
 log = logging.getLogger(__name__)
 
@@ -265,10 +266,14 @@ class Config(CheckpointedRunConfig):
     val_every: int = 20
     """Steps between validations when val_n > 0."""
     keep_best: str = ""
-    """With val_n > 0: a validation metric, or a '+'-sum of them (pass@1_greedy, pass@1, pass@<eval_k>,
-    maj@<eval_k>), whose best step (the earliest on a tie, step 0 included) becomes the run's final model; the
+    """With val_n > 0: a validation metric, or a '+'-sum of them (pass@1_greedy, pass@1, pass@<eval_k>), whose
+    best step (the earliest on a tie, step 0 included) becomes the run's final model (see keep_best_paired); the
     table after training then measures that model, and summary.json keeps the last step's too. Empty: the last
     step's model (docs/rl.md, "Validation and the best step")."""
+    keep_best_paired: bool = True
+    """keep_best replaces the last step's model only when the best step is better on the validation problems by
+    a 95% paired-bootstrap interval above 0 (a difference the validation set resolves); false: the best step
+    whatever the margin (transformers' load_best_model_at_end)."""
     samples_every: int = 10
     """Write completions with their rewards to samples.jsonl every N steps; 0 disables."""
     reward_funcs: list[str] = field(default_factory=list)
@@ -1117,8 +1122,12 @@ class Trainer:
     def evaluate(self, examples: list[Example] | None = None, prefix: str = "eval/", rows_to: str = "") -> dict:
         """The held-out table (or that of `examples`), logged under `prefix` at the current step; its sample rows
         (problem, mode, completion, verdict) go to the run directory's `rows_to` when named."""
+        return self._evaluate_rows(examples, prefix, rows_to)[0]
+
+    def _evaluate_rows(self, examples: list[Example] | None = None, prefix: str = "eval/",
+                       rows_to: str = "") -> tuple[dict, list[dict]]:
         if not self.dist.is_main:  # rank 0 evaluates (on the rollout engine) and logs; the others: an empty table
-            return {"overall": {"n": 0}}
+            return {"overall": {"n": 0}}, []
         sampling = SamplingConfig(temperature=1.0, max_new_tokens=self.cfg.sampling.max_new_tokens)
         summary, rows = evaluate(self.eval_engine(), self.task, self.held_out if examples is None else examples,
                                  self.render, sampling, k=self.cfg.eval_k, seed=self.cfg.seed)
@@ -1126,25 +1135,35 @@ class Trainer:
             self.run.write_jsonl(rows_to, rows)
         agent = {f"{prefix}{k}": v for k, v in self.engine.metrics().items()} if self.cfg.agent.env else {}
         self.run.log(self.state.step, {**flat_metrics(summary, prefix), **agent})
-        return summary
+        return summary, rows
 
-    def validate(self) -> None:
-        """Evaluate the validation set (val/...) and, with keep_best, offer the step to the best-so-far."""
-        summary = self.evaluate(self.validation, prefix="val/")
+    def validate(self) -> np.ndarray | None:
+        """Evaluate the validation set (val/...) and, with keep_best, offer the step to the best-so-far; returns
+        the step's per-problem keep_best values (None without keep_best)."""
+        _, rows = self._evaluate_rows(self.validation, prefix="val/")
         if self.best is None or not self.dist.is_main:
-            return
-        value = selection_value(summary, selection_terms(self.cfg.keep_best, self.cfg.eval_k))
-        if self.best.offer(self.state.step, value, self.dist.rollout_model(self.model)):
-            log.debug("keep_best: step %d is the best so far (%s = %.4f)", self.state.step, self.cfg.keep_best, value)
+            return None
+        values = problem_values(rows, selection_terms(self.cfg.keep_best, self.cfg.eval_k), self.cfg.eval_k)
+        if self.best.offer(self.state.step, values, self.dist.rollout_model(self.model)):
+            log.debug("keep_best: step %d is the best so far (%s = %.4f)", self.state.step, self.cfg.keep_best,
+                      self.best.value)
+        return values
 
-    def _keep_best(self, last: dict) -> tuple[dict, dict | None]:
+    def _keep_best(self, last: dict, last_values: np.ndarray | None) -> tuple[dict, dict | None]:
         """(the table after training, the last step's table if another step's weights replaced it)."""
-        if self.best is None or self.best.step in (-1, self.state.step) or not self.dist.is_main:
+        best, metric = self.best, self.cfg.keep_best
+        if best is None or last_values is None or best.step in (-1, self.state.step) or not self.dist.is_main:
             return last, None
-        self.best.restore(self.dist.rollout_model(self.model))
-        print(f"keep_best: the model of step {self.best.step} ({self.cfg.keep_best} = {self.best.value:.4f} on "
-              f"{len(self.validation)} validation problems) replaces step {self.state.step}'s; its held-out table "
-              "is logged as best/...")
+        found = (f"keep_best: step {best.step} scored {metric} = {best.value:.4f} on {len(self.validation)} "
+                 f"validation problems, the last step {last_values.mean():.4f}")
+        if self.cfg.keep_best_paired:
+            better, (lo, hi) = best.beats(last_values, seed=self.cfg.seed)
+            found += f" (95% paired interval of the difference [{lo:+.4f}, {hi:+.4f}])"
+            if not better:
+                print(f"{found}: within the validation set's noise, so the last step's model stays")
+                return last, None
+        best.restore(self.dist.rollout_model(self.model))
+        print(f"{found}: step {best.step}'s model replaces the last one; its held-out table is logged as best/...")
         return self.evaluate(prefix="best/", rows_to=HELD_OUT_AFTER), last
 
     def _held_out(self, rows_to: str) -> dict:
@@ -1189,11 +1208,12 @@ class Trainer:
                 bar.set(f"reward {metrics['reward/mean']:.3f}")
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                     self.evaluate()
-                if self.validation and (step % cfg.val_every == 0 or step == cfg.steps):
+                if self.validation and step % cfg.val_every == 0 and step != cfg.steps:
                     self.validate()
                 if cfg.save_every and step % cfg.save_every == 0:
                     self._checkpoint()
-        after, last = self._keep_best(self._held_out(HELD_OUT_AFTER))
+        last_values = self.validate() if self.validation else None  # the last step's, also after a resume there
+        after, last = self._keep_best(self._held_out(HELD_OUT_AFTER), last_values)
         self.dist.save_model(self.model, self.tokenizer, self.run.dir / "model")
         if before is not None:
             print(f"before training:\n{format_table(before)}")
@@ -1211,7 +1231,7 @@ class Trainer:
             result["vs_before"] = [asdict(d) for d in diffs]
         if self.best is not None:
             result.update(best={"step": self.best.step, "metric": cfg.keep_best, "value": self.best.value},
-                          last=last or after)
+                          kept_step=self.best.step if last is not None else self.state.step, last=last or after)
         self.run.write_json("summary.json", result)
         self.run.close()
         self.dist.close()

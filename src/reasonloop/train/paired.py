@@ -52,6 +52,27 @@ def per_problem(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return out
 
 
+def problem_columns(stats: dict[str, dict[str, int]], ids: list[str], k: int) -> dict[str, np.ndarray]:
+    """Per problem of `ids` (in that order): pass@1_greedy where every one was decoded greedily, and with k > 0
+    samples each pass@1 (right samples / samples) and, for k > 1, pass@k; their means are the table's."""
+    columns = {}
+    if all("greedy" in stats[i] for i in ids):
+        columns["pass@1_greedy"] = np.array([stats[i]["greedy"] for i in ids], dtype=float)
+    if k > 0:
+        columns["pass@1"] = np.array([stats[i]["correct"] / stats[i]["samples"] for i in ids], dtype=float)
+        if k > 1:
+            columns[f"pass@{k}"] = np.array([pass_at_k(stats[i]["samples"], stats[i]["correct"], k) for i in ids],
+                                            dtype=float)
+    return columns
+
+
+def bootstrap_interval(differences: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95% paired-bootstrap interval of the mean of per-problem `differences`."""
+    draws = np.random.default_rng(seed).integers(0, len(differences), size=(resamples, len(differences)))
+    lo, hi = np.quantile(differences[draws].mean(axis=1), [0.025, 0.975])
+    return float(lo), float(hi)
+
+
 def paired_differences(baseline: dict[str, dict[str, int]], other: dict[str, dict[str, int]],
                        resamples: int = 2000, seed: int = 0) -> list[Difference]:
     """pass@1 greedy, pass@1 sampled and pass@k (k: the fewer samples per problem of the two, the same for
@@ -60,23 +81,13 @@ def paired_differences(baseline: dict[str, dict[str, int]], other: dict[str, dic
     ids = sorted(baseline.keys() & other.keys())
     if not ids:
         return []
-    columns: dict[str, tuple[list[float], list[float]]] = {}
-    if all("greedy" in baseline[i] and "greedy" in other[i] for i in ids):
-        columns["pass@1_greedy"] = ([baseline[i]["greedy"] for i in ids], [other[i]["greedy"] for i in ids])
     k = min(min(side[i]["samples"] for i in ids) for side in (baseline, other))
-    if k > 0:
-        columns["pass@1"] = ([baseline[i]["correct"] / baseline[i]["samples"] for i in ids],
-                             [other[i]["correct"] / other[i]["samples"] for i in ids])
-        if k > 1:
-            columns[f"pass@{k}"] = ([pass_at_k(baseline[i]["samples"], baseline[i]["correct"], k) for i in ids],
-                                    [pass_at_k(other[i]["samples"], other[i]["correct"], k) for i in ids])
-    draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
+    a_columns, b_columns = problem_columns(baseline, ids, k), problem_columns(other, ids, k)
     out = []
-    for metric, (a, b) in columns.items():
-        a_, b_ = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-        means = (b_ - a_)[draws].mean(axis=1)
-        lo, hi = np.quantile(means, [0.025, 0.975])
-        out.append(Difference(metric, len(ids), float(a_.mean()), float(b_.mean()), float(lo), float(hi)))
+    for metric in (m for m in a_columns if m in b_columns):
+        a, b = a_columns[metric], b_columns[metric]
+        lo, hi = bootstrap_interval(b - a, resamples, seed)
+        out.append(Difference(metric, len(ids), float(a.mean()), float(b.mean()), lo, hi))
     return out
 
 
