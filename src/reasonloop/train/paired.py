@@ -9,7 +9,7 @@ for "is model B better than model A on this benchmark", e.g. Koehn 2004 for MT).
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from reasonloop.algos.passk import pass_at_k
+from reasonloop.data.io import describe_skips, iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,13 @@ class Difference:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The sample rows of an evaluation's JSONL file (json.JSONDecodeError, a ValueError, on a bad line)."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The sample rows of an evaluation's JSONL file, read by data.io's reader; a line it would skip (malformed,
+    not UTF-8, not an object, oversized) is a ValueError here: a comparison on part of the rows would be wrong."""
+    skips: Counter = Counter()
+    rows = list(iter_jsonl(path, skips))
+    if skips:
+        raise ValueError(describe_skips(skips))
+    return rows
 
 
 def per_problem(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
