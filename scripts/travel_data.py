@@ -16,6 +16,8 @@ Writes N (2 000) records `{"prompt", "completion"}` from the task's train split 
     for "h" in "hundred", so the count is read off the last step;
   - spell_backward: the word spelled with each letter's position, then the positions counted down with the
     letter each one holds, `1h2a3y;3y2a1h` for "hay": the second half looks each position up in the first.
+  - simple_equations with one +/- term (`x + 5 = 12`, `x - 9 = -5`, `1 - x = -4`): the one subtraction or
+    addition that isolates the variable, `12-5=7`, `-5+9=4`, `1+4=5`.
   Other questions stay answer-only. Every careful thought ends at the gold answer (checked as it is written).
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ from reasonloop.tasks.arithmetic import Problem
 CHAIN = re.compile(r"(?::|Calculate)\s*(-?\d+(?:\s*[-+]\s*\d+)+)\s*(?:=|\.)\s*$")
 PRODUCT = re.compile(r"multiplication:\s*(\d+)\s*\*\s*(\d+)")
 LETTER = re.compile(r'letter "(.)" appear in the text: "([^" ]+)"\?')
+EQUATION = re.compile(r"^(?:([a-z]) ([-+]) (\d+)|(\d+) - ([a-z])) = (-?\d+)$")  # x + 5 = 12 | 1 - x = -4
 BACKWARD = re.compile(r"Spell this word backward \(example: \w+ -> \w+\): (\S+)$")
 
 
@@ -54,6 +57,21 @@ def careful_legs(animals: dict[str, int], legs: dict[str, int]) -> tuple[str, in
         steps.append(f"{acc}+{p}={acc + p}")
         acc += p
     return ";".join(steps), acc
+
+
+def careful_equation(equation: str) -> tuple[str, int] | None:
+    """'e + 5 = 12' -> ('12-5=7', 7); 'h - 9 = -5' -> ('-5+9=4', 4); '1 - m = -4' -> ('1+4=5', 5); None for any
+    other shape (a coefficient, more terms)."""
+    m = EQUATION.match(equation)
+    if m is None:
+        return None
+    _, op, a, b, _, c = m.groups()
+    c = int(c)
+    if b is None:  # x op a = c: undo the op on the right-hand side
+        problem = Problem(operands=(c, int(a)), ops=("-" if op == "+" else "+",), level=0)
+    else:  # b - x = c: x = b - c
+        problem = Problem(operands=(int(b), abs(c)), ops=("-" if c >= 0 else "+",), level=0)
+    return problem.trace(), problem.answer
 
 
 def careful_letters(letter: str, word: str) -> tuple[str, int]:
@@ -91,6 +109,8 @@ def thought(ex: Example, form: str) -> str:
         worked = careful_letters(m.group(1), m.group(2))
     elif form == "careful" and (m := BACKWARD.search(ex.prompt.strip())):
         worked = careful_backward(m.group(1))
+    elif form == "careful" and "equation" in entry.get("metadata", {}):
+        worked = careful_equation(entry["metadata"]["equation"])
     if worked is None:
         return ex.answer
     steps, result = worked

@@ -21,6 +21,11 @@ def test_the_careful_procedures_by_hand():
     assert data.careful_letters("h", "Hundred") == ("H1u1n1d1r1e1d1", 1)
     assert data.careful_letters("e", "Verne") == ("V0e1r1n1e2", 2)
     assert data.careful_backward("hay") == ("1h2a3y;3y2a1h", "yah")
+    assert data.careful_equation("e + 5 = 12") == ("12-5=7", 7)
+    assert data.careful_equation("t - 9 = -5") == ("-5+9=4", 4)
+    assert data.careful_equation("5 - d = 0") == ("5-0=5", 5)
+    assert data.careful_equation("1 - m = -4") == ("1+4=5", 5)
+    assert data.careful_equation("3*x + 5 = 20") is None  # a coefficient: no careful thought, answer-only
 
 
 @pytest.mark.parametrize("spec", [
@@ -31,6 +36,7 @@ def test_the_careful_procedures_by_hand():
     "leg_counting,min_animals=1,max_animals=2,max_instances=3",
     "letter_counting,min_words=1,max_words=1",
     "spell_backward,min_word_len=3,max_word_len=4",
+    "simple_equations,min_terms=2,max_terms=2,min_value=1,max_value=9,operators=('+','-'),operators_weights=[0.5,0.5]",
 ])
 def test_every_task_of_the_table_gets_a_worked_thought_that_ends_at_its_answer(spec):
     rows = data.records(spec, "careful", 40)  # records() raises if a thought ends elsewhere than the gold
