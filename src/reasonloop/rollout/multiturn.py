@@ -41,7 +41,7 @@ from reasonloop.data.records import EpisodeOutcomes, Example, RolloutBatch, Toke
 from reasonloop.models.forward import cache_arg
 from reasonloop.rollout import kv_cache
 from reasonloop.rollout.engine import SamplingConfig
-from reasonloop.rollout.sampler import exponential_noise, filter_logits
+from reasonloop.rollout.sampler import exponential_noise, sample_next
 
 
 CACHE_SLACK = 64  # spare cache columns beyond prompt + budget (used by waiting rows; squeezed out when full)
@@ -267,17 +267,12 @@ class MultiTurnEngine:
 
     def _sample(self, logits: torch.Tensor, eps: list[Episode], sampling: SamplingConfig):
         """One token per row from each episode's own random stream; (tokens [m], log-probs [m])."""
-        pick = self.choose(logits, eps) if self.choose is not None else logits
-        if sampling.temperature == 0:
-            tokens = pick.argmax(-1)
-        else:
-            probs = filter_logits(pick.float() / sampling.temperature, sampling.top_k, sampling.top_p,
-                                  sampling.min_p).softmax(-1)
-            V = probs.shape[-1]
+        pick = self.choose(logits, eps) if self.choose is not None else None
+        noise = None
+        if sampling.temperature != 0:
+            V = logits.shape[-1]
             noise = torch.cat([exponential_noise((1, V), ep.generator, torch.device("cpu")) for ep in eps])
-            tokens = (probs / noise.to(probs.device)).argmax(-1)
-        scaled = logits.float() if sampling.temperature in (0, 1) else logits.float() / sampling.temperature
-        return tokens, scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+        return sample_next(logits, sampling, None, pick=pick, noise=noise)
 
     def _text_of(self, token: int) -> str:
         text = self._token_text.get(token)

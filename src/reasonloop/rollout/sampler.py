@@ -49,23 +49,29 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_
 def sample_next(
     logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None,
     noise_rows: int | None = None, rows: torch.Tensor | None = None,
+    *, pick: torch.Tensor | None = None, noise: torch.Tensor | None = None,
 ):
     """Pick one token per row; returns (tokens [N], their log-probs [N]).
 
     Draws exactly what `torch.multinomial(probs, 1)` draws (argmax of probs / Exp(1) noise, which is
     how torch implements it). The noise is drawn for `noise_rows` rows and rows `rows` of it are used,
     so a sampler that drops finished rows consumes the random stream exactly like one that keeps them.
+    `noise` ([N, V]) replaces that draw (the multi-turn engine gives each episode its own stream); `pick`
+    (default `logits`) are the logits the token is chosen from, e.g. with some tokens masked, while the
+    log-probs are always the policy's own, from `logits`.
     """
     # the logits at the temperature (x / 1 == x: no division at 1; greedy's log-probs are taken at 1)
     scaled = logits.float() if sampling.temperature in (0, 1) else logits.float() / sampling.temperature
     if sampling.temperature == 0:
-        tokens = logits.argmax(-1)
+        tokens = (logits if pick is None else pick).argmax(-1)
     else:
-        probs = filter_logits(scaled, sampling.top_k, sampling.top_p, sampling.min_p).softmax(-1)
-        noise = exponential_noise((noise_rows or probs.shape[0], probs.shape[1]), generator, probs.device)
-        if rows is not None:
-            noise = noise[rows]
-        tokens = (probs / noise).argmax(-1)
+        chosen_from = scaled if pick is None else pick.float() / sampling.temperature
+        probs = filter_logits(chosen_from, sampling.top_k, sampling.top_p, sampling.min_p).softmax(-1)
+        if noise is None:
+            noise = exponential_noise((noise_rows or probs.shape[0], probs.shape[1]), generator, probs.device)
+            if rows is not None:
+                noise = noise[rows]
+        tokens = (probs / noise.to(probs.device)).argmax(-1)
     # token_logprobs' maths (log-softmax at the temperature, before filtering) as one fused kernel:
     # equal within float rounding, and ~10x faster than its logsumexp form on a [rows, V] tensor
     return tokens, scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
