@@ -253,6 +253,13 @@ def test_keep_best_ends_the_run_with_the_weights_of_its_best_validation_step(nan
     # the comparison with the table before training is of the model kept
     after_greedy = {d["metric"]: d["other"] for d in summary["vs_before"]}["pass@1_greedy"]
     assert after_greedy == pytest.approx(result["after"]["overall"]["pass@1_greedy"])
+    # ... and the last step's model, whose rows are kept beside the kept model's, against it too
+    last_vs = {d["metric"]: d for d in summary["last_vs_before"]}
+    for metric, d in last_vs.items():
+        assert d["other"] == pytest.approx(summary["last"]["overall"][metric])
+        assert d["baseline"] == pytest.approx(result["before"]["overall"][metric])
+    last_rows, kept_rows = ((tmp_path / "run" / f"held_out_{n}.jsonl").read_text().splitlines() for n in ("last", "after"))
+    assert len(last_rows) == len(kept_rows) == 4 and last_rows != kept_rows
 
 
 def test_the_run_compares_after_with_before_problem_by_problem(nano_model_dir, tmp_path, toy_task):

@@ -98,6 +98,7 @@ from reasonloop.train.selection import BestWeights, problem_values, selection_te
 log = logging.getLogger(__name__)
 
 HELD_OUT_BEFORE, HELD_OUT_AFTER = "held_out_before.jsonl", "held_out_after.jsonl"  # the tables' sample rows
+HELD_OUT_LAST = "held_out_last.jsonl"  # the last step's rows, when keep_best kept another step's model
 
 
 # estimators whose advantage is relative to the other samples of the same prompt: zero when they all agree
@@ -1164,15 +1165,18 @@ class Trainer:
                 return last, None
         best.restore(self.dist.rollout_model(self.model))
         print(f"{found}: step {best.step}'s model replaces the last one; its held-out table is logged as best/...")
+        if (rows := self.run.dir / HELD_OUT_AFTER).is_file():
+            rows.replace(self.run.dir / HELD_OUT_LAST)
         return self.evaluate(prefix="best/", rows_to=HELD_OUT_AFTER), last
 
     def _held_out(self, rows_to: str) -> dict:
         return self.evaluate(rows_to=rows_to) if self.plain_evaluation else self.evaluate()
 
-    def _vs_before(self) -> list[Difference]:
-        """The table after training against the one before, problem by problem on the held-out set (train/paired.py);
-        empty where the run has no rows from before (a run resumed from an older version)."""
-        before, after = self.run.dir / HELD_OUT_BEFORE, self.run.dir / HELD_OUT_AFTER
+    def _vs_before(self, rows: str = HELD_OUT_AFTER) -> list[Difference]:
+        """The table after training (or the one of `rows`) against the one before, problem by problem on the
+        held-out set (train/paired.py); empty where the run has no rows from before (a run resumed from an older
+        version)."""
+        before, after = self.run.dir / HELD_OUT_BEFORE, self.run.dir / rows
         if not (self.dist.is_main and before.is_file() and after.is_file()):
             return []
         return paired_differences(per_problem(read_rows(before)), per_problem(read_rows(after)), seed=self.cfg.seed)
@@ -1221,6 +1225,10 @@ class Trainer:
             print(f"after {cfg.steps} steps, the last step's model:\n{format_table(last)}")
         chosen = f", the model of step {self.best.step}" if last is not None else ""
         print(f"after {cfg.steps} steps ({preset_of(cfg)}{chosen}):\n{format_table(after)}")
+        last_diffs = self._vs_before(HELD_OUT_LAST) if last is not None else []
+        if last_diffs:
+            print(f"the last step's model against before, problem by problem ({last_diffs[0].n} held-out problems):\n"
+                  f"{format_differences(last_diffs, ('before', 'last'))}")
         if diffs := self._vs_before():
             print(f"after against before, problem by problem ({diffs[0].n} held-out problems):\n"
                   f"{format_differences(diffs, ('before', 'after'))}")
@@ -1229,6 +1237,8 @@ class Trainer:
                   "model_dir": str(self.run.dir / "model")}
         if diffs:
             result["vs_before"] = [asdict(d) for d in diffs]
+        if last_diffs:
+            result["last_vs_before"] = [asdict(d) for d in last_diffs]
         if self.best is not None:
             result.update(best={"step": self.best.step, "metric": cfg.keep_best, "value": self.best.value},
                           kept_step=self.best.step if last is not None else self.state.step, last=last or after)
