@@ -16,6 +16,9 @@ Writes N (2 000) records `{"prompt", "completion"}` from the task's train split 
     for "h" in "hundred", so the count is read off the last step;
   - spell_backward: the word spelled with each letter's position, then the positions counted down with the
     letter each one holds, `1h2a3y;3y2a1h` for "hay": the second half looks each position up in the first.
+  - decimal_chain_sum with one decimal place: the +/- chain worked left to right in decimals, `0.8+4.6=5.4;5.4-8.4=-3.0`;
+  - aiw (Alice in Wonderland) siblings: her sisters and herself, `4+1=5` for "Mary has 2 brothers and she also
+    has 4 sisters. How many sisters does Mary's brother have?";
   - simple_equations with one +/- term (`x + 5 = 12`, `x - 9 = -5`, `1 - x = -4`): the one subtraction or
     addition that isolates the variable, `12-5=7`, `-5+9=4`, `1+4=5`.
   Other questions stay answer-only. Every careful thought ends at the gold answer (checked as it is written).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 import sys
 from pathlib import Path
 
@@ -35,6 +39,9 @@ from reasonloop.tasks.arithmetic import Problem
 CHAIN = re.compile(r"(?::|Calculate)\s*(-?\d+(?:\s*[-+]\s*\d+)+)\s*(?:=|\.)\s*$")
 PRODUCT = re.compile(r"multiplication:\s*(\d+)\s*\*\s*(\d+)")
 LETTER = re.compile(r'letter "(.)" appear in the text: "([^" ]+)"\?')
+DECIMAL_CHAIN = re.compile(r":\s*(\d+\.\d+(?:\s*[-+]\s*\d+\.\d+)+)\s*=\s*$")  # ...: 0.8 + 4.6 - 8.4 =
+SIBLINGS = re.compile(r"has (\d+) (sisters|brothers) and she also has (\d+) (sisters|brothers)\. "
+                      r"How many sisters does \w+'s brother have\?")
 EQUATION = re.compile(r"^(?:([a-z]) ([-+]) (\d+)|(\d+) - ([a-z])) = (-?\d+)$")  # x + 5 = 12 | 1 - x = -4
 BACKWARD = re.compile(r"Spell this word backward \(example: \w+ -> \w+\): (\S+)$")
 
@@ -57,6 +64,17 @@ def careful_legs(animals: dict[str, int], legs: dict[str, int]) -> tuple[str, in
         steps.append(f"{acc}+{p}={acc + p}")
         acc += p
     return ";".join(steps), acc
+
+
+def careful_decimals(chain: str) -> tuple[str, str]:
+    """'0.8+4.6-8.4' -> ('0.8+4.6=5.4;5.4-8.4=-3.0', '-3.0'): exact decimal steps, as many places as the operands."""
+    terms = re.findall(r"[-+]?\d+\.\d+", chain)
+    acc, steps = Decimal(terms[0]), []
+    for term in terms[1:]:
+        new = acc + Decimal(term)
+        steps.append(f"{acc}{term}={new}")
+        acc = new
+    return ";".join(steps), str(acc)
 
 
 def careful_equation(equation: str) -> tuple[str, int] | None:
@@ -96,7 +114,9 @@ def thought(ex: Example, form: str) -> str:
         return ex.answer
     entry = ex.meta.get("entry", {})
     worked: tuple[str, int | str] | None = None
-    if m := CHAIN.search(ex.prompt):
+    if form == "careful" and (m := DECIMAL_CHAIN.search(ex.prompt)):
+        worked = careful_decimals("".join(m.group(1).split()))
+    elif m := CHAIN.search(ex.prompt):
         problem = parse_chain("".join(m.group(1).split()))
         worked = (problem.trace(careful=form == "careful"), problem.answer)
     elif form == "careful" and (m := PRODUCT.search(ex.prompt)):
@@ -109,6 +129,9 @@ def thought(ex: Example, form: str) -> str:
         worked = careful_letters(m.group(1), m.group(2))
     elif form == "careful" and (m := BACKWARD.search(ex.prompt.strip())):
         worked = careful_backward(m.group(1))
+    elif form == "careful" and (m := SIBLINGS.search(ex.prompt)):
+        sisters = int(m.group(1) if m.group(2) == "sisters" else m.group(3))
+        worked = (f"{sisters}+1={sisters + 1}", sisters + 1)
     elif form == "careful" and "equation" in entry.get("metadata", {}):
         worked = careful_equation(entry["metadata"]["equation"])
     if worked is None:

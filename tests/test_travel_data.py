@@ -25,7 +25,8 @@ def test_the_careful_procedures_by_hand():
     assert data.careful_equation("t - 9 = -5") == ("-5+9=4", 4)
     assert data.careful_equation("5 - d = 0") == ("5-0=5", 5)
     assert data.careful_equation("1 - m = -4") == ("1+4=5", 5)
-    assert data.careful_equation("3*x + 5 = 20") is None  # a coefficient: no careful thought, answer-only
+    assert data.careful_equation("3*x + 5 = 20") is None
+    assert data.careful_decimals("0.8+4.6-8.4") == ("0.8+4.6=5.4;5.4-8.4=-3.0", "-3.0")  # a coefficient: no careful thought, answer-only
 
 
 @pytest.mark.parametrize("spec", [
@@ -36,6 +37,8 @@ def test_the_careful_procedures_by_hand():
     "leg_counting,min_animals=1,max_animals=2,max_instances=3",
     "letter_counting,min_words=1,max_words=1",
     "spell_backward,min_word_len=3,max_word_len=4",
+    "aiw,task_types=['siblings'],task_type_weights=[1.0],max_entities=10",
+    "decimal_chain_sum,min_terms=2,max_terms=3,min_digits=1,max_digits=1,min_decimal_places=1,max_decimal_places=1",
     "simple_equations,min_terms=2,max_terms=2,min_value=1,max_value=9,operators=('+','-'),operators_weights=[0.5,0.5]",
 ])
 def test_every_task_of_the_table_gets_a_worked_thought_that_ends_at_its_answer(spec):

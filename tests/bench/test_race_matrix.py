@@ -72,8 +72,13 @@ def test_matrix_cells_shrink_the_batch_as_they_grow():
     big = cell_config(cfg, "base", 1024)
     assert (big.prompts, big.group_size, big.micro_batch_size, big.warmup, big.steps) == (1, 2, 2, 0, 1)
     assert len(CELLS) == 9
+    wide = cell_config(load_config(Config, ["matrix=true", "matrix_batch=[8,8]"]), "base", 1024)
+    assert (wide.prompts, wide.group_size, wide.micro_batch_size, wide.warmup, wide.steps) == (8, 8, 32, 0, 1)
     with pytest.raises(ConfigError, match="matrix_part"):
         load_config(Config, ["matrix_part=some"])
+    for bad in ("[8]", "[0,8]", "[8,1]"):
+        with pytest.raises(ConfigError, match="matrix_batch"):
+            load_config(Config, [f"matrix_batch={bad}"])
 
 
 def test_race_side_reaches_the_target_at_the_first_evaluation_at_or_above_it():

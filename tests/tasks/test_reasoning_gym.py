@@ -100,3 +100,10 @@ def test_list_values_keep_their_commas_and_reach_the_generator():
                          ("chain_sum,x='ab", "unclosed \"'\"")]:
         with pytest.raises(ReasoningGymError, match=message):
             parse_gym_spec(bad)
+
+
+def test_enum_valued_options_are_written_as_their_values():
+    task = make_task("aiw,task_types=['siblings'],task_type_weights=[1.0]", None)  # reasoning-gym wants TaskType members
+    assert all("sisters" in e.prompt and "colleagues" not in e.prompt for e in task.examples("train", 20))
+    with pytest.raises(ReasoningGymError, match=r"task_types=\['cousins'\]: each must be one of \['siblings'"):
+        make_task("aiw,task_types=['cousins']", None)

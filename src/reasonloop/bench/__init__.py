@@ -132,6 +132,9 @@ class Config:
     """Model presets of the matrix: tiny (~2M), small (~20M), base (~100M)."""
     matrix_lengths: list[int] = field(default_factory=lambda: [64, 256, 1024])
     """Forced completion lengths of the matrix."""
+    matrix_batch: list[int] = field(default_factory=list)
+    """[B, G]: every cell's prompts x group size instead of the per-cell table, which shrinks the batch as the cells
+    grow so that the matrix fits ~25 minutes at one thread (bench/matrix.py `CELLS`); the micro-batch stays <= 32."""
     matrix_part: str = "all"
     """all | time (step and sampler timings) | memory (peak RSS per framework, fresh processes)."""
     matrix_side: str = "both"
@@ -175,6 +178,9 @@ class Config:
         require(self.race_max_steps > 0 and self.race_eval_every > 0 and self.race_eval_n > 0,
                 "race_max_steps, race_eval_every and race_eval_n must be > 0")
         require(all(t > 0 for t in self.matrix_lengths), "matrix_lengths must be > 0")
+        require(not self.matrix_batch or (len(self.matrix_batch) == 2 and self.matrix_batch[0] > 0
+                                          and self.matrix_batch[1] >= 2),
+                f"matrix_batch={self.matrix_batch}: give [prompts, group_size] with prompts > 0 and group_size >= 2")
         require(self.prompts > 0 and self.group_size >= 2, "need prompts > 0 and group_size >= 2")
         require(self.steps > 0 and self.warmup >= 0, "need steps > 0 and warmup >= 0")
         require(self.threads > 0 and self.interop_threads > 0, "threads must be > 0")

@@ -46,8 +46,11 @@ CELLS = {
 
 
 def cell_config(cfg: Config, size: str, length: int) -> Config:
-    """The bench config of one cell: its model, forced length, batch and step counts."""
+    """The bench config of one cell: its model, forced length, batch (`matrix_batch`, else the table's) and step
+    counts."""
     prompts, group, warmup, steps, _ = CELLS.get((size, length), (2, 4, 1, 1, 2))
+    if cfg.matrix_batch:
+        prompts, group = cfg.matrix_batch
     return dataclasses.replace(cfg, model=size, max_new_tokens=length, prompts=prompts, group_size=group,
                                warmup=warmup, steps=steps, micro_batch_size=min(32, prompts * group))
 

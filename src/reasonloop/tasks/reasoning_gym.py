@@ -115,7 +115,8 @@ def _build_dataset(spec: GymSpec, seed: int, size: int) -> Any:
     if spec.dataset not in DATASETS:
         raise ReasoningGymError(f"unknown reasoning-gym dataset {spec.dataset!r} ({len(DATASETS)} known)")
     if not spec.levels:
-        return reasoning_gym.create_dataset(spec.dataset, seed=seed, size=size, **spec.config)
+        return reasoning_gym.create_dataset(spec.dataset, seed=seed, size=size,
+                                            **_with_enums(DATASETS[spec.dataset][1], spec.config))
     if not has_curriculum(spec.dataset):
         raise ReasoningGymError(f"{spec.dataset!r} has no curriculum; drop level=")
     curriculum = create_curriculum(spec.dataset)
@@ -126,8 +127,29 @@ def _build_dataset(spec: GymSpec, seed: int, size: int) -> Any:
     unknown = set(spec.levels) - set(curriculum.attributes) - {"*"}
     if unknown:
         raise ReasoningGymError(f"{spec.dataset!r} has no curriculum attributes {sorted(unknown)}; known: {sorted(curriculum.attributes)}")
-    config = curriculum.generate_configuration({**spec.config, "seed": seed, "size": size})
+    config = curriculum.generate_configuration({**_with_enums(DATASETS[spec.dataset][1], spec.config),
+                                                "seed": seed, "size": size})
     return DATASETS[spec.dataset][0](config=config)
+
+
+def _with_enums(config_class: type, config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with the strings given for an enum-valued field made members of its enum: aiw's
+    `task_types=['siblings']` is `[TaskType.SIBLINGS]`, which reasoning-gym needs and a spec string cannot write."""
+    import dataclasses
+    from enum import Enum
+
+    out = dict(config)
+    for f in dataclasses.fields(config_class):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        member = default[0] if isinstance(default, (list, tuple)) and default else default
+        if f.name not in out or not isinstance(member, Enum):
+            continue
+        enum, value = type(member), out[f.name]
+        try:
+            out[f.name] = ([enum(v) for v in value] if isinstance(value, (list, tuple)) else enum(value))
+        except ValueError:
+            raise ReasoningGymError(f"{f.name}={value!r}: each must be one of {[m.value for m in enum]}") from None
+    return out
 
 
 def _same_answer(a: str, b: str) -> bool:
