@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from reasonloop.data.records import Example

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import ast
 import random
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from enum import Enum
 from typing import Any
 
 from reasonloop.data.records import Example
@@ -135,12 +136,9 @@ def _build_dataset(spec: GymSpec, seed: int, size: int) -> Any:
 def _with_enums(config_class: type, config: dict[str, Any]) -> dict[str, Any]:
     """`config` with the strings given for an enum-valued field made members of its enum: aiw's
     `task_types=['siblings']` is `[TaskType.SIBLINGS]`, which reasoning-gym needs and a spec string cannot write."""
-    import dataclasses
-    from enum import Enum
-
     out = dict(config)
-    for f in dataclasses.fields(config_class):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    for f in fields(config_class):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
         member = default[0] if isinstance(default, (list, tuple)) and default else default
         if f.name not in out or not isinstance(member, Enum):
             continue
