@@ -271,7 +271,8 @@ class MultiTurnEngine:
         noise = None
         if sampling.temperature != 0:
             V = logits.shape[-1]
-            noise = torch.cat([exponential_noise((1, V), ep.generator, torch.device("cpu")) for ep in eps])
+            cpu = torch.device("cpu")
+            noise = torch.cat([exponential_noise((1, V), ep.generator, cpu) for ep in eps]).to(logits.device)
         return sample_next(logits, sampling, None, pick=pick, noise=noise)
 
     def _text_of(self, token: int) -> str:

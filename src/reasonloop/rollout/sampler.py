@@ -56,9 +56,9 @@ def sample_next(
     Draws exactly what `torch.multinomial(probs, 1)` draws (argmax of probs / Exp(1) noise, which is
     how torch implements it). The noise is drawn for `noise_rows` rows and rows `rows` of it are used,
     so a sampler that drops finished rows consumes the random stream exactly like one that keeps them.
-    `noise` ([N, V]) replaces that draw (the multi-turn engine gives each episode its own stream); `pick`
-    (default `logits`) are the logits the token is chosen from, e.g. with some tokens masked, while the
-    log-probs are always the policy's own, from `logits`.
+    `noise` ([N, V], on the logits' device) replaces that draw (the multi-turn engine gives each episode its
+    own stream); `pick` (default `logits`) are the logits the token is chosen from, e.g. with some tokens
+    masked, while the log-probs are always the policy's own, from `logits`.
     """
     # the logits at the temperature (x / 1 == x: no division at 1; greedy's log-probs are taken at 1)
     scaled = logits.float() if sampling.temperature in (0, 1) else logits.float() / sampling.temperature
@@ -71,7 +71,7 @@ def sample_next(
             noise = exponential_noise((noise_rows or probs.shape[0], probs.shape[1]), generator, probs.device)
             if rows is not None:
                 noise = noise[rows]
-        tokens = (probs / noise.to(probs.device)).argmax(-1)
+        tokens = (probs / noise).argmax(-1)
     # token_logprobs' maths (log-softmax at the temperature, before filtering) as one fused kernel:
     # equal within float rounding, and ~10x faster than its logsumexp form on a [rows, V] tensor
     return tokens, scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
