@@ -92,6 +92,28 @@ def careful_equation(equation: str) -> tuple[str, int] | None:
     return problem.trace(), problem.answer
 
 
+def signed_step(a: int, op: str, b: int) -> Problem:
+    """a op b with b's sign folded into the operator: (3, '+', -2) -> `3-2=1`, (3, '-', -2) -> `3+2=5`."""
+    flip = b < 0
+    return Problem(operands=(a, abs(b)), ops=(op if not flip else "-" if op == "+" else "+",), level=0)
+
+
+def careful_complex(num1: tuple[float, float], num2: tuple[float, float], op: str) -> tuple[str, str] | None:
+    """((3, 4), (-2, -1), '-') -> ('3+2=5;4+1=5', '5.0 + 5.0i'): real parts, then imaginary parts; the answer
+    written as reasoning-gym writes it. None for * and /."""
+    if op not in "+-":
+        return None
+    parts = [signed_step(int(x), op, int(y)) for x, y in zip(num1, num2)]
+    real, imag = (p.answer for p in parts)
+    if imag == 0:
+        answer = f"{real:.2f}"
+    elif real == 0:
+        answer = f"{imag:.2f}i"
+    else:
+        answer = f"{float(real)} {'+' if imag > 0 else '-'} {float(abs(imag))}i"
+    return ";".join(p.trace() for p in parts), answer
+
+
 def careful_letters(letter: str, word: str) -> tuple[str, int]:
     """('h', 'hundred') -> ('h1u1n1d1r1e1d1', 1): each letter, then the count so far (case-insensitive)."""
     count, steps = 0, []
@@ -134,6 +156,9 @@ def thought(ex: Example, form: str) -> str:
         worked = (f"{sisters}+1={sisters + 1}", sisters + 1)
     elif form == "careful" and "equation" in entry.get("metadata", {}):
         worked = careful_equation(entry["metadata"]["equation"])
+    elif form == "careful" and entry.get("metadata", {}).get("source_dataset") == "complex_arithmetic":
+        meta = entry["metadata"]
+        worked = careful_complex(meta["num1"], meta["num2"], meta["operation"])
     if worked is None:
         return ex.answer
     steps, result = worked

@@ -25,8 +25,13 @@ def test_the_careful_procedures_by_hand():
     assert data.careful_equation("t - 9 = -5") == ("-5+9=4", 4)
     assert data.careful_equation("5 - d = 0") == ("5-0=5", 5)
     assert data.careful_equation("1 - m = -4") == ("1+4=5", 5)
-    assert data.careful_equation("3*x + 5 = 20") is None
-    assert data.careful_decimals("0.8+4.6-8.4") == ("0.8+4.6=5.4;5.4-8.4=-3.0", "-3.0")  # a coefficient: no careful thought, answer-only
+    assert data.careful_equation("3*x + 5 = 20") is None  # a coefficient: no careful thought, answer-only
+    assert data.careful_decimals("0.8+4.6-8.4") == ("0.8+4.6=5.4;5.4-8.4=-3.0", "-3.0")
+    assert data.careful_complex((3.0, 4.0), (-2.0, -1.0), "-") == ("3+2=5;4+1=5", "5.0 + 5.0i")
+    assert data.careful_complex((-8.0, 6.0), (-2.0, -3.0), "+") == ("-8-2=-10;6-3=3", "-10.0 + 3.0i")
+    assert data.careful_complex((3.0, 4.0), (-3.0, 1.0), "+") == ("3-3=0;4+1=5", "5.00i")  # reasoning-gym's forms
+    assert data.careful_complex((3.0, -4.0), (1.0, -4.0), "-") == ("3-1=2;-4+4=0", "2.00")
+    assert data.careful_complex((1.0, 2.0), (3.0, 4.0), "*") is None
 
 
 @pytest.mark.parametrize("spec", [
@@ -40,6 +45,8 @@ def test_the_careful_procedures_by_hand():
     "aiw,task_types=['siblings'],task_type_weights=[1.0],max_entities=10",
     "decimal_chain_sum,min_terms=2,max_terms=3,min_digits=1,max_digits=1,min_decimal_places=1,max_decimal_places=1",
     "simple_equations,min_terms=2,max_terms=2,min_value=1,max_value=9,operators=('+','-'),operators_weights=[0.5,0.5]",
+    "complex_arithmetic,min_real=-10,max_real=10,min_imag=-10,max_imag=10,operations=('+','-'),"
+    "operations_weights=[0.5,0.5]",
 ])
 def test_every_task_of_the_table_gets_a_worked_thought_that_ends_at_its_answer(spec):
     rows = data.records(spec, "careful", 40)  # records() raises if a thought ends elsewhere than the gold

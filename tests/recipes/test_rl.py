@@ -262,6 +262,19 @@ def test_keep_best_ends_the_run_with_the_weights_of_its_best_validation_step(nan
     assert len(last_rows) == len(kept_rows) == 4 and last_rows != kept_rows
 
 
+def test_the_shipped_rl_from_sft_setting_is_the_measured_one_and_runs(nano_model_dir, tmp_path, toy_task):
+    """configs/rl_from_sft.yaml is docs/r1.md's measured setting, and a run with it validates and keeps a step."""
+    yaml = Path(rl.__file__).parents[1] / "configs" / "rl_from_sft.yaml"
+    measured = ["optim.lr=5e-5", "prompts_per_step=32", "eval_k=8", "val_n=300", "val_every=20",
+                "keep_best=pass@1_greedy+pass@8"]
+    assert load_config(rl.Config, [str(yaml)]) == load_config(rl.Config, measured)
+    # the user's keys after the file override it (a toy task's test split is smaller than 300 problems)
+    cfg = load_config(rl.Config, [str(yaml), *base_args(nano_model_dir, tmp_path), "eval_k=8", "val_n=8", "val_every=1"])
+    assert (cfg.optim.lr, cfg.keep_best, cfg.val_n) == (0.003, "pass@1_greedy+pass@8", 8)
+    result = rl.Trainer(cfg).train()
+    assert result["kept_step"] in (0, 1, 2) and "pass@8" in result["after"]["overall"]
+
+
 def test_the_run_compares_after_with_before_problem_by_problem(nano_model_dir, tmp_path, toy_task):
     result = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "eval_n=12", "eval_k=2")).train()
     diffs = {d["metric"]: d for d in result["vs_before"]}
