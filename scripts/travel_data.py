@@ -94,8 +94,7 @@ def careful_equation(equation: str) -> tuple[str, int] | None:
 
 def signed_step(a: int, op: str, b: int) -> Problem:
     """a op b with b's sign folded into the operator: (3, '+', -2) -> `3-2=1`, (3, '-', -2) -> `3+2=5`."""
-    flip = b < 0
-    return Problem(operands=(a, abs(b)), ops=(op if not flip else "-" if op == "+" else "+",), level=0)
+    return Problem(operands=(a, abs(b)), ops=(op if b >= 0 else {"+": "-", "-": "+"}[op],), level=0)
 
 
 def careful_complex(num1: tuple[float, float], num2: tuple[float, float], op: str) -> tuple[str, str] | None:
