@@ -269,7 +269,8 @@ def test_the_shipped_rl_from_sft_setting_is_the_measured_one_and_runs(nano_model
                 "keep_best=pass@1_greedy+pass@8"]
     assert load_config(rl.Config, [str(yaml)]) == load_config(rl.Config, measured)
     # the user's keys after the file override it (a toy task's test split is smaller than 300 problems)
-    cfg = load_config(rl.Config, [str(yaml), *base_args(nano_model_dir, tmp_path), "eval_k=8", "val_n=8", "val_every=1"])
+    cfg = load_config(rl.Config, [str(yaml), *base_args(nano_model_dir, tmp_path), "eval_k=8", "val_n=8",
+                                  "val_every=1"])
     assert (cfg.optim.lr, cfg.keep_best, cfg.val_n) == (0.003, "pass@1_greedy+pass@8", 8)
     result = rl.Trainer(cfg).train()
     assert result["kept_step"] in (0, 1, 2) and "pass@8" in result["after"]["overall"]
