@@ -116,8 +116,16 @@ def _build_dataset(spec: GymSpec, seed: int, size: int) -> Any:
     if spec.dataset not in DATASETS:
         raise ReasoningGymError(f"unknown reasoning-gym dataset {spec.dataset!r} ({len(DATASETS)} known)")
     if not spec.levels:
-        return reasoning_gym.create_dataset(spec.dataset, seed=seed, size=size,
-                                            **_with_enums(DATASETS[spec.dataset][1], spec.config))
+        config_class = DATASETS[spec.dataset][1]
+        options = sorted({f.name for f in fields(config_class)} - {"seed", "size"})
+        if unknown := sorted(set(spec.config) - set(options)):
+            raise ReasoningGymError(f"{spec.dataset} has no option {', '.join(unknown)}; its options: "
+                                    f"{', '.join(options)}")
+        try:
+            return reasoning_gym.create_dataset(spec.dataset, seed=seed, size=size,
+                                                **_with_enums(config_class, spec.config))
+        except (AssertionError, ValueError) as exc:  # the config's own validate(): max_real < min_real, ...
+            raise ReasoningGymError(f"bad options for {spec.dataset}: {exc}") from None
     if not has_curriculum(spec.dataset):
         raise ReasoningGymError(f"{spec.dataset!r} has no curriculum; drop level=")
     curriculum = create_curriculum(spec.dataset)
