@@ -115,3 +115,8 @@ def test_an_unknown_or_invalid_option_is_a_one_line_task_error():
     # the dataset config's own validate() asserts: a user error, not an internal one
     with pytest.raises(ReasoningGymError, match=r"^bad options for complex_arithmetic: max_real must be >= min_real$"):
         make_task("complex_arithmetic,min_real=5,max_real=1", None)
+    with pytest.raises(ReasoningGymError, match=r"^bad options for complex_arithmetic: '>=' not supported"):
+        make_task("complex_arithmetic,min_real=abc", None)  # a string where validate() compares numbers
+    for level in ("level=abc", "level.num_terms=1.5"):
+        with pytest.raises(ReasoningGymError, match=r"a level is a whole number"):
+            make_task(f"chain_sum,{level}", None)

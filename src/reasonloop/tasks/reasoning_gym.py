@@ -67,10 +67,10 @@ def parse_gym_spec(arg: str | None) -> GymSpec:
         if not sep:
             raise ReasoningGymError(f"bad option {part!r}: expected key=value")
         value = _literal(raw)
-        if key == "level":
-            levels["*"] = int(value)
-        elif key.startswith("level."):
-            levels[key[len("level.") :]] = int(value)
+        if key == "level" or key.startswith("level."):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ReasoningGymError(f"bad option {part!r}: a level is a whole number")
+            levels[key[len("level.") :] if key != "level" else "*"] = value
         elif key in ("scorer", "template", "test_frac"):
             options[key] = value
         else:
@@ -124,7 +124,7 @@ def _build_dataset(spec: GymSpec, seed: int, size: int) -> Any:
         try:
             return reasoning_gym.create_dataset(spec.dataset, seed=seed, size=size,
                                                 **_with_enums(config_class, spec.config))
-        except (AssertionError, ValueError) as exc:  # the config's own validate(): max_real < min_real, ...
+        except (AssertionError, ValueError, TypeError) as exc:  # its validate(): max_real < min_real, a str for an int
             raise ReasoningGymError(f"bad options for {spec.dataset}: {exc}") from None
     if not has_curriculum(spec.dataset):
         raise ReasoningGymError(f"{spec.dataset!r} has no curriculum; drop level=")
