@@ -121,9 +121,9 @@ def _build_dataset(spec: GymSpec, seed: int, size: int) -> Any:
         if unknown := sorted(set(spec.config) - set(options)):
             raise ReasoningGymError(f"{spec.dataset} has no option {', '.join(unknown)}; its options: "
                                     f"{', '.join(options)}")
+        config = _with_enums(config_class, spec.config)
         try:
-            return reasoning_gym.create_dataset(spec.dataset, seed=seed, size=size,
-                                                **_with_enums(config_class, spec.config))
+            return reasoning_gym.create_dataset(spec.dataset, seed=seed, size=size, **config)
         except (AssertionError, ValueError, TypeError) as exc:  # its validate(): max_real < min_real, a str for an int
             raise ReasoningGymError(f"bad options for {spec.dataset}: {exc}") from None
     if not has_curriculum(spec.dataset):
