@@ -112,6 +112,8 @@ def test_enum_valued_options_are_written_as_their_values():
 def test_an_unknown_or_invalid_option_is_a_one_line_task_error():
     with pytest.raises(ReasoningGymError, match=r"^chain_sum has no option foo; its options: allow_negation, "):
         make_task("chain_sum,foo=1", None)
+    with pytest.raises(ReasoningGymError, match=r"^chain_sum has no option foo; "):
+        make_task("chain_sum,level=1,foo=1", None)  # the same through the curriculum
     # the dataset config's own validate() asserts: a user error, not an internal one
     with pytest.raises(ReasoningGymError, match=r"^bad options for complex_arithmetic: max_real must be >= min_real$"):
         make_task("complex_arithmetic,min_real=5,max_real=1", None)

@@ -111,21 +111,28 @@ def _literal(raw: str) -> Any:
 def _build_dataset(spec: GymSpec, seed: int, size: int) -> Any:
     """A reasoning-gym ProceduralDataset, configured through its curriculum when levels are given."""
     import reasoning_gym
-    from reasoning_gym.factory import DATASETS, create_curriculum, has_curriculum
+    from reasoning_gym.factory import DATASETS
 
     if spec.dataset not in DATASETS:
         raise ReasoningGymError(f"unknown reasoning-gym dataset {spec.dataset!r} ({len(DATASETS)} known)")
-    if not spec.levels:
-        config_class = DATASETS[spec.dataset][1]
-        options = sorted({f.name for f in fields(config_class)} - {"seed", "size"})
-        if unknown := sorted(set(spec.config) - set(options)):
-            raise ReasoningGymError(f"{spec.dataset} has no option {', '.join(unknown)}; its options: "
-                                    f"{', '.join(options)}")
-        config = _with_enums(config_class, spec.config)
-        try:
+    dataset_class, config_class = DATASETS[spec.dataset]
+    options = sorted({f.name for f in fields(config_class)} - {"seed", "size"})
+    if unknown := sorted(set(spec.config) - set(options)):
+        raise ReasoningGymError(f"{spec.dataset} has no option {', '.join(unknown)}; its options: {', '.join(options)}")
+    config = _with_enums(config_class, spec.config)
+    curriculum = _curriculum_at(spec) if spec.levels else None
+    try:
+        if curriculum is None:
             return reasoning_gym.create_dataset(spec.dataset, seed=seed, size=size, **config)
-        except (AssertionError, ValueError, TypeError) as exc:  # its validate(): max_real < min_real, a str for an int
-            raise ReasoningGymError(f"bad options for {spec.dataset}: {exc}") from None
+        return dataset_class(config=curriculum.generate_configuration({**config, "seed": seed, "size": size}))
+    except (AssertionError, ValueError, TypeError) as exc:  # its validate(): max_real < min_real, a str for an int
+        raise ReasoningGymError(f"bad options for {spec.dataset}: {exc}") from None
+
+
+def _curriculum_at(spec: GymSpec) -> Any:
+    """The dataset's curriculum with each attribute at the level `spec` asks for (clamped to its top level)."""
+    from reasoning_gym.factory import create_curriculum, has_curriculum
+
     if not has_curriculum(spec.dataset):
         raise ReasoningGymError(f"{spec.dataset!r} has no curriculum; drop level=")
     curriculum = create_curriculum(spec.dataset)
@@ -136,9 +143,7 @@ def _build_dataset(spec: GymSpec, seed: int, size: int) -> Any:
     unknown = set(spec.levels) - set(curriculum.attributes) - {"*"}
     if unknown:
         raise ReasoningGymError(f"{spec.dataset!r} has no curriculum attributes {sorted(unknown)}; known: {sorted(curriculum.attributes)}")
-    config = curriculum.generate_configuration({**_with_enums(DATASETS[spec.dataset][1], spec.config),
-                                                "seed": seed, "size": size})
-    return DATASETS[spec.dataset][0](config=config)
+    return curriculum
 
 
 def _with_enums(config_class: type, config: dict[str, Any]) -> dict[str, Any]:
