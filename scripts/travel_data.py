@@ -77,6 +77,11 @@ def careful_decimals(chain: str) -> tuple[str, str]:
     return ";".join(steps), str(acc)
 
 
+def signed_step(a: int, op: str, b: int) -> Problem:
+    """a op b with b's sign folded into the operator: (3, '+', -2) -> `3-2=1`, (3, '-', -2) -> `3+2=5`."""
+    return Problem(operands=(a, abs(b)), ops=(op if b >= 0 else {"+": "-", "-": "+"}[op],), level=0)
+
+
 def careful_equation(equation: str) -> tuple[str, int] | None:
     """'e + 5 = 12' -> ('12-5=7', 7); 'h - 9 = -5' -> ('-5+9=4', 4); '1 - m = -4' -> ('1+4=5', 5); None for any
     other shape (a coefficient, more terms)."""
@@ -84,17 +89,11 @@ def careful_equation(equation: str) -> tuple[str, int] | None:
     if m is None:
         return None
     _, op, a, b, _, c = m.groups()
-    c = int(c)
-    if b is None:  # x op a = c: undo the op on the right-hand side
-        problem = Problem(operands=(c, int(a)), ops=("-" if op == "+" else "+",), level=0)
+    if b is None:  # x op a = c: x = c - (op a)
+        problem = signed_step(int(c), "-", int(a) if op == "+" else -int(a))
     else:  # b - x = c: x = b - c
-        problem = Problem(operands=(int(b), abs(c)), ops=("-" if c >= 0 else "+",), level=0)
+        problem = signed_step(int(b), "-", int(c))
     return problem.trace(), problem.answer
-
-
-def signed_step(a: int, op: str, b: int) -> Problem:
-    """a op b with b's sign folded into the operator: (3, '+', -2) -> `3-2=1`, (3, '-', -2) -> `3+2=5`."""
-    return Problem(operands=(a, abs(b)), ops=(op if b >= 0 else {"+": "-", "-": "+"}[op],), level=0)
 
 
 def careful_complex(num1: tuple[float, float], num2: tuple[float, float], op: str) -> tuple[str, str] | None:
