@@ -2,6 +2,7 @@
 # docs/curriculum.md "Defaults that travel": the new-user path on reasoning-gym tasks. For each task: answer-only
 # SFT data from its train split, `reasonloop sft`, then `reasonloop train` with the defaults and with the
 # candidate setting; held-out greedy pass@1, sampled pass@1 (mean of 8) and pass@8 on EVAL_N test problems.
+# Both arms say setting=defaults: the defaults as they were measured (setting=auto would read rl_from_sft.yaml).
 # Usage: scripts/defaults_travel.sh [RUNS_DIR] [RL_STEPS] [SFT_STEPS] [TASK_NAMES...]
 # Environment: SFT_LR (default 3e-4, sft's default), EVAL_N (100), CANDIDATE (the candidate run's overrides),
 # SFT_FORM (answer, the default: <think>A</think><answer>A</answer>; worked; careful: see scripts/travel_data.py),
@@ -31,7 +32,7 @@ for entry in "${TASKS[@]}"; do
   # the SFT row of the table is the RL runs' "before" evaluation (same held-out problems and k)
   [ -f "$R/$t-sft/model/config.json" ] || "${RL[@]}" sft task="$task" data="$R/$t-sft.jsonl" threads=1 steps="$SFT_STEPS" \
     optim.lr="${SFT_LR:-3e-4}" eval_n=1 eval_every=0 save_every=0 eval_max_new_tokens=64 output_dir="$R/$t-sft"
-  common=(task="$task" model.name="$R/$t-sft/model" threads=1 steps="$STEPS" eval_n="${EVAL_N:-100}" eval_k=8 eval_every=0
+  common=(task="$task" model.name="$R/$t-sft/model" setting=defaults threads=1 steps="$STEPS" eval_n="${EVAL_N:-100}" eval_k=8 eval_every=0
           save_every=0 samples_every=0)
   [ -f "$R/$t-rl-default/summary.json" ] || "${RL[@]}" train "${common[@]}" output_dir="$R/$t-rl-default"
   [ -f "$R/$t-rl-candidate/summary.json" ] || "${RL[@]}" train "${common[@]}" output_dir="$R/$t-rl-candidate" "${CAND[@]}"

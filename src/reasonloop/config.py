@@ -37,8 +37,24 @@ def load_config(cls: type[T], args: Sequence[str] = ()) -> T:
 
     String-typed keys take the text as written (`output_dir=0042` stays "0042", `off` stays "off":
     YAML 1.1 would read them as 34 and False); every float must be finite; broken YAML (syntax, tabs,
-    duplicate keys, a binary or non-UTF-8 file) is a ConfigError naming the file and line.
+    duplicate keys, a binary or non-UTF-8 file) is a ConfigError naming the file and line. A class may name
+    files read before all of `args` from what they set (`cls.files_under(merged)`: rl.Config's `setting`).
     """
+    merged = _merge(cls, args)
+    under = getattr(cls, "files_under", None)
+    files = under(merged) if under else []
+    if files:
+        merged = _merge(cls, [*map(str, files), *args])
+    _check_finite(OmegaConf.to_container(merged))
+    try:
+        cfg = OmegaConf.to_object(merged)  # runs __post_init__ validation
+    except OmegaConfBaseException as exc:
+        raise ConfigError(first_line(exc)) from None
+    return cfg
+
+
+def _merge(cls: type, args: Sequence[str]) -> Any:
+    """`args` merged over `cls`'s defaults, unvalidated (an OmegaConf DictConfig)."""
     merged = OmegaConf.structured(cls)
     types = field_types(cls)
     valid = sorted(types)
@@ -70,12 +86,7 @@ def load_config(cls: type[T], args: Sequence[str] = ()) -> T:
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", None) or "?"
             raise ConfigError(f"bad value for {key!r} (from {source!r}): {first_line(exc)}") from None
-    _check_finite(OmegaConf.to_container(merged))
-    try:
-        cfg = OmegaConf.to_object(merged)  # runs __post_init__ validation
-    except OmegaConfBaseException as exc:
-        raise ConfigError(first_line(exc)) from None
-    return cfg
+    return merged
 
 
 def read_yaml(path: Path, types: dict[str, Any] | None = None) -> dict:

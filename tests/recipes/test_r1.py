@@ -47,12 +47,28 @@ def test_stage_command_lines_resolve_models_references_presets_and_run_keys(tmp_
     stages = tmp_path / "stages"
     run_keys = lambda i, name: ["seed=3", "threads=1", "resume=auto", f"output_dir={stages / f'{i:02d}-{name}'}"]  # noqa: E731
     assert p.stage_args(0) == ["model.name=/m/base", "steps=2", "steps=5", *run_keys(1, "a")]
-    assert p.stage_args(1) == [*RL_PRESETS["dapo"],
+    assert p.stage_args(1) == ["setting=defaults", *RL_PRESETS["dapo"],
                                f"model.name={stages / '01-a' / 'model'}", "reward_funcs=[x:y]",
                                f"data_dir={stages / '01-a' / 'file.txt'}", *run_keys(2, "b")]
-    assert p.stage_args(2) == [f"model.name={stages / '01-a' / 'model'}", f"reward_model={stages / '02-b' / 'model'}",
-                               *run_keys(3, "c")]
+    assert p.stage_args(2) == ["setting=defaults", f"model.name={stages / '01-a' / 'model'}",
+                               f"reward_model={stages / '02-b' / 'model'}", *run_keys(3, "c")]
     assert p.stage_args(3) == ["model.name=/m/base", *run_keys(4, "d")]
+
+
+def test_an_rl_stage_keeps_trains_defaults_after_an_sft_stage_unless_it_sets_its_setting(tmp_path, nano_model_dir):
+    """setting=auto would read rl_from_sft.yaml once the sft stage's model exists, and not in the check of every
+    stage before the run: a stage reads the defaults (and the default pipeline's figures were measured so)."""
+    import shutil
+
+    stages = "stages=[{name: a, command: sft}, {name: b, command: train}, {name: c, command: train, model: a, " \
+             "overrides: [setting=auto]}]"
+    p = r1.Pipeline(load_config(r1.Config, [f"output_dir={tmp_path / 'r1'}", f"start_model={nano_model_dir}", stages]))
+    stage_model = tmp_path / "r1" / "stages" / "01-a" / "model"  # as if stage a had run
+    shutil.copytree(nano_model_dir, stage_model)
+    (stage_model.parent / "reasonloop-run.json").write_text('{"command": "sft"}')
+    assert load_config(rl.Config, [f"model.name={stage_model}"]).optim.lr == 5e-5  # what `train` alone reads
+    assert (p.stage_config(1).optim.lr, p.stage_config(1).val_n) == (2e-4, 0)
+    assert (p.stage_config(2).optim.lr, p.stage_config(2).val_n) == (5e-5, 300)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -262,18 +262,70 @@ def test_keep_best_ends_the_run_with_the_weights_of_its_best_validation_step(nan
     assert len(last_rows) == len(kept_rows) == 4 and last_rows != kept_rows
 
 
-def test_the_shipped_rl_from_sft_setting_is_the_measured_one_and_runs(nano_model_dir, tmp_path, toy_task):
-    """configs/rl_from_sft.yaml is docs/r1.md's measured setting, and a run with it validates and keeps a step."""
-    yaml = Path(rl.__file__).parents[1] / "configs" / "rl_from_sft.yaml"
-    measured = ["optim.lr=5e-5", "prompts_per_step=32", "eval_k=8", "val_n=300", "val_every=20",
-                "keep_best=pass@1_greedy+pass@8"]
-    assert load_config(rl.Config, [str(yaml)]) == load_config(rl.Config, measured)
-    # the user's keys after the file override it (a toy task's test split is smaller than 300 problems)
-    cfg = load_config(rl.Config, [str(yaml), *base_args(nano_model_dir, tmp_path), "eval_k=8", "val_n=8",
-                                  "val_every=1"])
-    assert (cfg.optim.lr, cfg.keep_best, cfg.val_n) == (0.003, "pass@1_greedy+pass@8", 8)
+MEASURED_FROM_SFT = ["optim.lr=5e-5", "prompts_per_step=32", "eval_k=8", "val_n=300", "val_every=20",
+                     "keep_best=pass@1_greedy+pass@8"]
+
+
+def sft_written(model_dir, tmp_path, command="sft") -> Path:
+    """A copy of the nano model as `reasonloop <command>` leaves it: <run>/model beside the run's marker."""
+    import shutil
+
+    run = tmp_path / f"{command}-run"
+    shutil.copytree(model_dir, run / "model")
+    (run / "reasonloop-run.json").write_text(json.dumps({"reasonloop": "0.1.0", "command": command}))
+    return run / "model"
+
+
+def test_the_shipped_rl_from_sft_setting_is_the_measured_one(nano_model_dir):
+    """configs/rl_from_sft.yaml is docs/r1.md's measured setting (pass@k is pass@<eval_k>: pass@8)."""
+    cfg = load_config(rl.Config, ["setting=from_sft"])
+    measured = load_config(rl.Config, ["setting=from_sft", *MEASURED_FROM_SFT[:-1]])
+    assert cfg == measured and cfg.keep_best == "pass@1_greedy+pass@k"
+    assert rl.selection_terms(cfg.keep_best, cfg.eval_k) == ["pass@1_greedy", "pass@8"]
+    assert load_config(rl.Config, [str(rl.FROM_SFT)]) == dataclasses.replace(cfg, setting="auto")
+
+
+def test_setting_auto_reads_the_from_sft_file_under_the_users_keys_for_an_sft_runs_model(nano_model_dir, tmp_path):
+    sft_model = sft_written(nano_model_dir, tmp_path)
+    defaults = rl.Config()
+    want = {"lr": 5e-5, "prompts": 32, "eval_k": 8, "val_n": 300, "keep_best": "pass@1_greedy+pass@k"}
+
+    def got(*args, cls=rl.Config):
+        c = load_config(cls, list(args))
+        return {"lr": c.optim.lr, "prompts": c.prompts_per_step, "eval_k": c.eval_k, "val_n": c.val_n,
+                "keep_best": c.keep_best}
+
+    plain = {"lr": defaults.optim.lr, "prompts": defaults.prompts_per_step, "eval_k": defaults.eval_k,
+             "val_n": defaults.val_n, "keep_best": defaults.keep_best}
+    assert got(f"model.name={sft_model}") == want
+    assert got(f"model.name={sft_model}", "optim.lr=1e-4", "eval_k=4") == {**want, "lr": 1e-4, "eval_k": 4}
+    assert got(f"model.name={sft_model}", "setting=defaults") == plain
+    # other starting points keep the defaults: the shipped model, a model another command wrote, a bare directory
+    assert got() == got("model.name=tiny-arith") == plain
+    assert got(f"model.name={sft_written(nano_model_dir, tmp_path, 'pretrain')}") == plain
+    assert got(f"model.name={nano_model_dir}") == plain
+    assert got("setting=from_sft") == got(f"model.name={nano_model_dir}", "setting=from_sft") == want
+    # the frameworks evaluate in their own way (no validation): auto keeps their defaults, from_sft is refused
+    from reasonloop.recipes import r1_zero
+
+    assert got(f"model.name={sft_model}", cls=r1_zero.Config)["val_n"] == 0
+    with pytest.raises(ConfigError, match="setting=from_sft is `train`'s"):
+        load_config(r1_zero.Config, ["setting=from_sft"])
+    # a key of the user's that the file's keep_best cannot live with names the setting it came from
+    with pytest.raises(ConfigError, match="setting=auto read keep_best from configs/rl_from_sft.yaml"):
+        load_config(rl.Config, [f"model.name={sft_model}", "eval_k=0"])
+
+
+def test_setting_auto_trains_from_an_sft_runs_model_and_says_so(nano_model_dir, tmp_path, toy_task, capsys):
+    # the toy task's test split is smaller than eval_n + 300: validation takes the problems left beside held-out
+    sft_model = sft_written(nano_model_dir, tmp_path)
+    args = [a for a in base_args(sft_model, tmp_path) if not a.startswith(("optim.lr", "prompts_per_step", "eval_k"))]
+    cfg = load_config(rl.Config, [*args, "val_every=1"])
+    assert (cfg.optim.lr, cfg.prompts_per_step, cfg.val_n) == (5e-5, 32, 300)
     result = rl.Trainer(cfg).train()
+    assert "setting=auto: " in capsys.readouterr().out
     assert result["kept_step"] in (0, 1, 2) and "pass@8" in result["after"]["overall"]
+    assert result["best"]["metric"] == "pass@1_greedy+pass@k"
 
 
 def test_the_run_compares_after_with_before_problem_by_problem(nano_model_dir, tmp_path, toy_task):

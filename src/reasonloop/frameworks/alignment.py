@@ -443,6 +443,7 @@ def run_deliberative(cfg: DeliberativeConfig) -> dict:
             loop.model.save_pretrained(str(start))
             loop.tokenizer.save_pretrained(str(start))
             rl_cfg = rl.Config(model=ModelConfig(name=str(start), dtype=cfg.model.dtype, device=cfg.model.device),
+                               setting="defaults",
                                task=cfg.task, steps=cfg.rl_steps, prompts_per_step=cfg.rl_prompts_per_step,
                                group_size=cfg.rl_group_size, train_pool=cfg.train_pool, eval_n=cfg.eval_n, eval_k=0,
                                eval_every=0, samples_every=0, save_every=0, threads=cfg.threads, seed=cfg.seed,

@@ -148,7 +148,7 @@ class Config(RunConfig):
 
 def _rl_config(cfg: Config, out: Path, task: str, steps: int, lr: float, lora: int = 0, **extra: Any) -> rl.Config:
     model = dataclasses.replace(cfg.model, lora=LoraConfig(r=lora, alpha=cfg.alpha) if lora else LoraConfig())
-    return rl.Config(model=model, task=task, steps=steps, prompts_per_step=cfg.prompts_per_step,
+    return rl.Config(model=model, setting="defaults", task=task, steps=steps, prompts_per_step=cfg.prompts_per_step,
                      group_size=cfg.group_size, eval_n=cfg.eval_n, eval_k=0, eval_every=0, samples_every=0,
                      save_every=0, threads=cfg.threads, seed=cfg.seed, output_dir=str(out),
                      optim=dataclasses.replace(rl.Config().optim, lr=lr), **extra)

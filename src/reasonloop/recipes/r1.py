@@ -311,9 +311,14 @@ class Pipeline:
         return str(sub / (rest or "model"))
 
     def stage_args(self, i: int) -> list[str]:
-        """The command line of stage i: its preset, its model, its overrides (references resolved), the run keys."""
+        """The command line of stage i: `setting=defaults` for an RL stage, its preset, its model, its overrides
+        (references resolved), the run keys."""
         stage, cfg = self.cfg.stages[i], self.cfg
         preset = list(RL_PRESETS.get(stage.command, []))
+        if STAGE_MODULES.get(stage.command) in ("reasonloop.recipes.rl", "reasonloop.recipes.r1_zero"):
+            # train's defaults unless the stage sets `setting`: auto hinges on the model directory an earlier stage
+            # writes, so the check of every stage before the run starts would read another config than the stage
+            preset.insert(0, "setting=defaults")
         model = {"previous": f"@{cfg.stages[i - 1].name}" if i > 0 else "@start", "start": "@start",
                  "none": ""}.get(stage.model, f"@{stage.model}")
         extra = [kv.partition(":")[2] for kv in cfg.stage_overrides if kv.partition(":")[0] == stage.name]

@@ -49,6 +49,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,6 +87,7 @@ from reasonloop.rollout.engine import RolloutConfig, RolloutEngine, SamplingConf
 from reasonloop.rollout.multiturn import AgentConfig, build_agent_engine
 from reasonloop.rollout import ternary
 from reasonloop.train.checkpoint import latest_checkpoint
+from reasonloop.train.run import written_by
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
 from reasonloop.models.forward import ForwardConfig, policy_forward
 from reasonloop.train.monitors import CRITICAL, MonitorConfig, Monitors
@@ -99,6 +101,8 @@ log = logging.getLogger(__name__)
 
 HELD_OUT_BEFORE, HELD_OUT_AFTER = "held_out_before.jsonl", "held_out_after.jsonl"  # the tables' sample rows
 HELD_OUT_LAST = "held_out_last.jsonl"  # the last step's rows, when keep_best kept another step's model
+FROM_SFT = Path(__file__).resolve().parent.parent / "configs" / "rl_from_sft.yaml"  # setting=from_sft's keys
+SETTINGS = ("auto", "defaults", "from_sft")
 
 
 # estimators whose advantage is relative to the other samples of the same prompt: zero when they all agree
@@ -112,6 +116,16 @@ class Config(CheckpointedRunConfig):
     """The policy (and, frozen, the reference)."""
     task: str = "arithmetic"
     """Task name; NAME:ARG passes an argument (arithmetic:2-3 trains on levels 2 and 3)."""
+    setting: str = "auto"
+    """`defaults`: the values listed here, tuned on the embedded task from its shipped model. `from_sft`:
+    configs/rl_from_sft.yaml read before your files and keys (yours win): optim.lr 5e-5, prompts_per_step 32,
+    eval_k 8, val_n 300, val_every 20, keep_best pass@1_greedy+pass@k — the one setting measured to lift greedy
+    pass@1 without lowering pass@8 from a user's SFT model on five reasoning-gym tasks, where the defaults lose
+    pass@8 (docs/r1.md, "Defaults that travel"). `auto`: from_sft when model.name is a model `reasonloop sft` wrote
+    (a run's model directory) and the command is `train` or one of its presets (not the frameworks, which evaluate
+    in their own way); defaults otherwise (the shipped models, hub ids, other commands' models). Applied when the
+    config is read from the command line or files; r1's stages read `defaults` unless they set it; a config built
+    in code keeps the values it is given."""
     data_dir: str = ""
     """Data location for file-backed tasks."""
     train_pool: int = 5000
@@ -267,9 +281,9 @@ class Config(CheckpointedRunConfig):
     val_every: int = 20
     """Steps between validations when val_n > 0."""
     keep_best: str = ""
-    """With val_n > 0: a validation metric, or a '+'-sum of them (pass@1_greedy, pass@1, pass@<eval_k>), whose
-    best step (the earliest on a tie, step 0 included) becomes the run's final model (see keep_best_paired); the
-    table after training then measures that model, and summary.json keeps the last step's too. Empty: the last
+    """With val_n > 0: a validation metric, or a '+'-sum of them (pass@1_greedy, pass@1, pass@<eval_k> or pass@k),
+    whose best step (the earliest on a tie, step 0 included) becomes the run's final model (see keep_best_paired);
+    the table after training then measures that model, and summary.json keeps the last step's too. Empty: the last
     step's model (docs/rl.md, "Validation and the best step")."""
     keep_best_paired: bool = True
     """keep_best replaces the last step's model only when the best step is better on the validation problems by
@@ -297,11 +311,28 @@ class Config(CheckpointedRunConfig):
     components are still computed and logged as reward/task/<name>, and held-out evaluation still uses its
     verifier, so `monitor.accuracy_drop` can flag a hacked reward)."""
 
+    @classmethod
+    def resolved_setting(cls, setting: str, model_name: str) -> str:
+        """What `setting` stands for in a config of class `cls` starting from `model_name`."""
+        if setting != "auto":
+            return setting
+        return "from_sft" if cls is Config and written_by(model_name) == "sft" else "defaults"
+
+    @classmethod
+    def files_under(cls, merged: Any) -> list[Path]:
+        """load_config's hook: the files read before the user's (rl_from_sft.yaml for setting=from_sft)."""
+        setting = cls.resolved_setting(merged.setting, merged.model.name)
+        return [FROM_SFT] if cls is Config and setting == "from_sft" else []
+
     RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {
         "eval_every", "samples_every", "distributed.backend", "distributed.strategy", "distributed.cpu_offload"}
 
     def __post_init__(self):
         super().__post_init__()
+        require_choice("setting", self.setting, list(SETTINGS))
+        require(self.setting != "from_sft" or type(self) is Config,
+                f"setting=from_sft is `train`'s (it validates with val_n and keep_best); {type(self).__module__} "
+                "evaluates in its own way: set its keys instead")
         if ":" not in self.advantage:  # 'module:function' is resolved (and checked) when the trainer starts
             require_choice("advantage", self.advantage, sorted(ADVANTAGE_ESTIMATORS))
         require_choice("std_mode", self.std_mode, ["group", "batch", "none"])
@@ -348,7 +379,13 @@ class Config(CheckpointedRunConfig):
         require(self.val_every > 0, f"val_every must be > 0, got {self.val_every}")
         require(not self.keep_best or self.val_n > 0, "keep_best chooses a step by validation: set val_n > 0 too")
         if self.keep_best:
-            selection_terms(self.keep_best, self.eval_k)
+            try:
+                selection_terms(self.keep_best, self.eval_k)
+            except ConfigError as exc:
+                if type(self).resolved_setting(self.setting, self.model.name) != "from_sft":
+                    raise
+                raise ConfigError(f"{exc}. setting={self.setting} read keep_best from configs/rl_from_sft.yaml: set "
+                                  "keep_best=pass@1_greedy too, or setting=defaults") from None
         require(0 <= self.clip_low < 1, "clip_low must be in [0, 1): the ratio is clipped at 1 - clip_low")
         for key in ("clip_high", "kl_coef", "kl_target", "entropy_coef", "vf_coef", "penalty_coef", "tis_cap",
                     "overlong_penalty", "kl_cov_coef"):
@@ -1185,6 +1222,10 @@ class Trainer:
         cfg = self.cfg
         before = self.run.before_training(lambda: self._held_out(HELD_OUT_BEFORE), fresh=self.state.step == 0)
         if self.state.step == 0:
+            if cfg.setting == "auto" and type(cfg).resolved_setting(cfg.setting, cfg.model.name) == "from_sft":
+                print(f"setting=auto: {cfg.model.name} is an SFT run's model, so train read configs/rl_from_sft.yaml "
+                      f"under your keys (lr {cfg.optim.lr:g}, {cfg.prompts_per_step} prompts a step, val_n "
+                      f"{cfg.val_n}, keep_best {cfg.keep_best or 'off'}); setting=defaults keeps the listed defaults")
             print(f"before training (held-out, {len(self.held_out)} problems):\n{format_table(before)}")
             if self.validation:
                 self.validate()

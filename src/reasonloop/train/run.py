@@ -74,6 +74,15 @@ def config_values(cfg: Any) -> dict[str, Any]:
     return flatten(OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(OmegaConf.structured(cfg)))))
 
 
+def written_by(model_dir: str) -> str:
+    """The command whose run wrote `model_dir` (a run's `model` directory: the run's marker beside it), else ''."""
+    try:
+        info = json.loads((Path(model_dir).parent / MARKER).read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(info.get("command", "")) if isinstance(info, dict) else ""
+
+
 def recorded_values(path: Path) -> dict[str, Any]:
     """A recorded config.yaml as dotted leaf keys -> values."""
     return flatten(OmegaConf.to_container(OmegaConf.load(path)))

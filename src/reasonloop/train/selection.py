@@ -33,19 +33,19 @@ def validation_set(held_out: list[Example], candidates: list[Example], n: int) -
     validation = [ex for ex in {ex.prompt: ex for ex in candidates}.values() if ex.prompt not in taken][:n]
     if not validation:
         raise ConfigError(f"val_n: the task's test split has no problem left beside the {len(held_out)} held-out "
-                          "ones; lower eval_n or use a task with a larger test split")
+                          "ones; lower eval_n, use a task with a larger test split, or set val_n=0 keep_best=''")
     return validation
 
 
 def selection_terms(spec: str, k: int) -> list[str]:
-    """The metric names of keep_best's '+'-sum (`pass@1_greedy+pass@8`), checked against what an evaluation
-    with k samples per problem reports per problem."""
+    """The metric names of keep_best's '+'-sum (`pass@1_greedy+pass@8`; `pass@k` stands for pass@<k>), checked
+    against what an evaluation with k samples per problem reports per problem."""
     known = ["pass@1_greedy"] + (["pass@1"] if k > 0 else []) + ([f"pass@{k}"] if k > 1 else [])
-    terms = [t.strip() for t in spec.split("+")]
+    terms = [f"pass@{k}" if t.strip() == "pass@k" else t.strip() for t in spec.split("+")]
     bad = [t for t in terms if t not in known]
     if bad:
         raise ConfigError(f"keep_best={spec!r}: {', '.join(map(repr, bad))} is not a validation metric; with "
-                          f"eval_k={k} they are {', '.join(known)} (or a '+'-sum of them)")
+                          f"eval_k={k} they are {', '.join(known)} (or a '+'-sum of them; pass@k is pass@<eval_k>)")
     return terms
 
 
