@@ -219,6 +219,37 @@ def test_an_empty_existing_directory_is_taken_and_marked(nano_model_dir, tmp_pat
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000002", "step-000004"]
 
 
+HOLDER = """
+import sys, time
+from reasonloop.config import load_config
+from reasonloop.recipes import rl
+from reasonloop.train.run import Run
+Run(load_config(rl.Config, sys.argv[1:]), "train", tensorboard=False).start()
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_run_another_process_is_writing_is_refused_and_free_again_once_that_process_is_killed(
+        nano_model_dir, tmp_path, capsys, made):
+    """Two processes never write one run at once (they would trim each other's rows and overwrite each other's
+    checkpoints): the writer holds an flock on the run's lock file, which the kernel drops when it dies."""
+    import subprocess
+    import sys
+
+    out = copy_run(made, "train", tmp_path)
+    args = argv("train", nano_model_dir, out)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, *args[1:]], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        refused(capsys, tmp_path, args, f"output_dir={out} is being written by another reasonloop process (pid "
+                                        f"{holder.pid}); wait for it to end, or choose another output_dir")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli(capsys, args)[0] == 0  # no stale lock: the finished run is rerun unchanged, as without the holder
+
+
 # -- the run fields (RunConfig) -----------------------------------------------------------------------------------
 
 

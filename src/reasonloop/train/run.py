@@ -6,7 +6,8 @@ command, any existing run under `resume=never`, and a run whose recorded config 
 in a key that changes results (unless `resume=force`); it picks the checkpoint to continue from
 (`resume_from`) and checks that `steps` (or `iterations`) has not fallen below it. Nothing is written
 until `start()`, which a recipe calls once its model, task and data have loaded: it creates the
-directory (a default one atomically, with a suffix when the name is taken), writes `config.yaml` and
+directory (a default one atomically, with a suffix when the name is taken), takes the run's lock (a run
+another process is writing is refused), writes `config.yaml` and
 the marker `reasonloop-run.json` atomically, drops the metric and sample rows of the steps the resumed
 run will redo, and opens the logs.
 """
@@ -29,6 +30,11 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked (every other check still holds)
+    fcntl = None  # type: ignore[assignment]
+
 from reasonloop import __version__
 from reasonloop.config import flatten, save_config
 from reasonloop.errors import UserError, note_run_dir
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 
 MARKER = "reasonloop-run.json"
 BEFORE = "before.json"  # the held-out table before training, kept across resumes
+LOCK = ".reasonloop.lock"  # flock-ed by the one process writing the run; it holds that process's pid
+_HELD: dict[str, int] = {}  # run directory -> the locked lock file this process holds
 
 
 class RunDirError(UserError):
@@ -141,7 +149,7 @@ class Run:
         if not d.is_dir():
             raise RunDirError(f"output_dir={d} is a file, not a directory; choose another output_dir")
         try:
-            entries = list(d.iterdir())
+            entries = [e for e in d.iterdir() if e.name != LOCK]
         except OSError as exc:
             raise RunDirError(f"output_dir={d} cannot be read ({exc.strerror}); choose another output_dir") from exc
         if not entries:
@@ -214,9 +222,10 @@ class Run:
                 self.dir = _new_directory(self.dir)
             elif not self.existing:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                if any(self.dir.iterdir()):
-                    raise RunDirError(f"output_dir={self.dir} was filled by someone else while this run was starting; "
-                                      "choose another output_dir")
+            self._lock()
+            if not self.existing and any(e.name != LOCK for e in self.dir.iterdir()):
+                raise RunDirError(f"output_dir={self.dir} was filled by someone else while this run was starting; "
+                                  "choose another output_dir")
         except FileExistsError as exc:  # a parent is a file
             raise RunDirError(f"cannot create output_dir={self.dir}: {exc.filename} is a file") from exc
         except OSError as exc:
@@ -242,6 +251,25 @@ class Run:
         note_run_dir(self.dir)
         self.started = True
         return self.dir
+
+    def _lock(self) -> None:
+        """One process writes a run at a time: an exclusive flock on LOCK, held until close() or the process's end
+        (so a killed run leaves no stale lock); another process writing the run is a RunDirError."""
+        key = str(self.dir.resolve())
+        if fcntl is None or key in _HELD:  # held by this process already (a Run of it that stopped unclosed)
+            return
+        fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunDirError(f"output_dir={self.dir} is being written by another reasonloop process"
+                              f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end, or choose "
+                              "another output_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _HELD[key] = fd
 
     def _write_atomic(self, name: str, text: str) -> None:
         tmp = self.dir / f"{name}.tmp"
@@ -312,6 +340,8 @@ class Run:
         if self._trackers is not None:
             self._trackers.close()
             self._trackers = None
+        if self.started and (fd := _HELD.pop(str(self.dir.resolve()), None)) is not None:
+            os.close(fd)  # the lock goes with it
 
 
 def _new_directory(base: Path) -> Path:
