@@ -328,6 +328,15 @@ def test_setting_auto_trains_from_an_sft_runs_model_and_says_so(nano_model_dir, 
     assert result["best"]["metric"] == "pass@1_greedy+pass@k"
 
 
+def test_setting_auto_says_so_when_it_keeps_the_defaults_for_a_model_of_the_users(nano_model_dir, tmp_path, toy_task,
+                                                                                  capsys):
+    rl.Trainer(make_cfg(nano_model_dir, tmp_path, "steps=1")).train()
+    assert f"setting=auto: {nano_model_dir} is not a model `reasonloop sft` wrote, so train keeps its defaults" \
+        in capsys.readouterr().out
+    rl.Trainer(make_cfg(nano_model_dir, tmp_path / "b", "steps=1", "setting=defaults")).train()
+    assert "setting=" not in capsys.readouterr().out  # a setting the user chose is not announced
+
+
 def test_the_run_compares_after_with_before_problem_by_problem(nano_model_dir, tmp_path, toy_task):
     result = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "eval_n=12", "eval_k=2")).train()
     diffs = {d["metric"]: d for d in result["vs_before"]}

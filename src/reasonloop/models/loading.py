@@ -61,6 +61,11 @@ def check_model_source(name: str, path: str) -> None:
                          "check the path, or give a hub id such as Qwen/Qwen2.5-0.5B")
 
 
+def is_shipped(name: str) -> bool:
+    """Whether model.name names a model reasonloop ships: 'embedded' or an asset name."""
+    return name == DEFAULT_MODEL or name in ASSETS
+
+
 def resolve_model_path(name: str, task: Any = None) -> str:
     """'embedded' -> the asset `task.embedded_model` names (tiny-arith when it names none); an asset
     name -> its directory, unless a local path of that name exists; anything else unchanged."""

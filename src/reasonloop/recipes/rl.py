@@ -76,7 +76,7 @@ from reasonloop.data.records import Example, RolloutBatch, TokenBatch, pad_right
 from reasonloop.data.curriculum import CurriculumConfig, CurriculumSampler, group_pass_rate, make_prompt_sampler
 from reasonloop.distributed import DistributedConfig, MemoryConfig, make_placement
 from reasonloop.tasks import make_task
-from reasonloop.models.loading import ModelConfig, drop_long_prompts, load_policy, render_prompt
+from reasonloop.models.loading import ModelConfig, drop_long_prompts, is_shipped, load_policy, render_prompt
 from reasonloop.models.value_head import Critic
 from reasonloop.recipes.presets import preset_of
 from reasonloop.rewards.core import RewardResult, RewardSpec, compute_rewards, load_function
@@ -1218,14 +1218,25 @@ class Trainer:
             return []
         return paired_differences(per_problem(read_rows(before)), per_problem(read_rows(after)), seed=self.cfg.seed)
 
+    def _say_setting(self) -> None:
+        """What setting=auto chose, when the model is the user's own (docs/rl.md, "RL from your own SFT model")."""
+        cfg = self.cfg
+        if cfg.setting != "auto" or type(cfg) is not Config or is_shipped(cfg.model.name):
+            return
+        if Config.resolved_setting(cfg.setting, cfg.model.name) == "from_sft":
+            print(f"setting=auto: {cfg.model.name} is an SFT run's model, so train read configs/rl_from_sft.yaml "
+                  f"under your keys (lr {cfg.optim.lr:g}, {cfg.prompts_per_step} prompts a step, val_n {cfg.val_n}, "
+                  f"keep_best {cfg.keep_best or 'off'}); setting=defaults keeps the listed defaults")
+        else:
+            print(f"setting=auto: {cfg.model.name} is not a model `reasonloop sft` wrote, so train keeps its defaults "
+                  "(tuned on the embedded task from its shipped model); for a model you fine-tuned yourself, "
+                  "setting=from_sft reads configs/rl_from_sft.yaml (docs/rl.md)")
+
     def train(self) -> dict:
         cfg = self.cfg
         before = self.run.before_training(lambda: self._held_out(HELD_OUT_BEFORE), fresh=self.state.step == 0)
         if self.state.step == 0:
-            if cfg.setting == "auto" and type(cfg).resolved_setting(cfg.setting, cfg.model.name) == "from_sft":
-                print(f"setting=auto: {cfg.model.name} is an SFT run's model, so train read configs/rl_from_sft.yaml "
-                      f"under your keys (lr {cfg.optim.lr:g}, {cfg.prompts_per_step} prompts a step, val_n "
-                      f"{cfg.val_n}, keep_best {cfg.keep_best or 'off'}); setting=defaults keeps the listed defaults")
+            self._say_setting()
             print(f"before training (held-out, {len(self.held_out)} problems):\n{format_table(before)}")
             if self.validation:
                 self.validate()
