@@ -165,6 +165,21 @@ def test_unsupported_settings_are_named_before_a_step_runs():
         check_shardable(fsdp, 2)
 
 
+def test_validation_that_setting_auto_chose_is_named_as_its_under_several_ranks(nano_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from reasonloop.config import ConfigError
+    from reasonloop.distributed.placement import check_shardable
+
+    shutil.copytree(nano_model_dir, tmp_path / "sft" / "model")
+    (tmp_path / "sft" / "reasonloop-run.json").write_text(json.dumps({"command": "sft"}))
+    with pytest.raises(ConfigError, match="setting=auto read val_n and keep_best from configs/rl_from_sft.yaml: set "
+                                          "val_n=0 keep_best='' too"):
+        check_shardable(load_config(rl.Config, [f"model.name={tmp_path / 'sft' / 'model'}"]), 2)
+    check_shardable(load_config(rl.Config, [f"model.name={tmp_path / 'sft' / 'model'}", "val_n=0", "keep_best="]), 2)
+
+
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))  # keeps the caller's
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}

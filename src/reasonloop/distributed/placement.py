@@ -85,8 +85,11 @@ def check_shardable(cfg: Any, world_size: int) -> None:
                         "call all-gathers the shards, so every rank must make the same calls, whatever its data): "
                         "set forward.share_prompts=false forward.bucket_lengths=false")
     if getattr(cfg, "val_n", 0):
+        chosen = hasattr(cfg, "setting") and type(cfg).resolved_setting(cfg.setting, cfg.model.name) == "from_sft"
         problems.append("val_n (validation and keep_best run on one process; the ranks would hold different "
-                        "weights after keep_best)")
+                        "weights after keep_best" + (f"; setting={cfg.setting} read val_n and keep_best from "
+                                                     "configs/rl_from_sft.yaml: set val_n=0 keep_best='' too"
+                                                     if chosen else "") + ")")
     if problems and world_size > 1:
         raise ConfigError(f"torch.distributed training ({world_size} ranks) does not support: " + "; ".join(problems))
 
