@@ -97,6 +97,15 @@ def test_grader_bench_grades_every_pair(tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["answers"] == 60
 
 
+def test_logits_bench_measures_each_chunk_setting_in_its_own_process_and_the_losses_agree(tmp_path):
+    results = run(load_config(Config, ["which=logits", "logits.vocab=600", "logits.hidden=32", "logits.layers=1",
+                                       "logits.rows=2", "logits.length=24", "logits.chunks=[0,7]",
+                                       f"output_dir={tmp_path}"]))
+    assert [r["chunk"] for r in results["rows"]] == [0, 7] and results["losses_agree"]
+    assert all(r["peak_mb"] > 0 and r["seconds"] > 0 for r in results["rows"])
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"][1]["chunk"] == 7
+
+
 def test_sandbox_bench_runs_its_four_rows(tmp_path):
     results = run(load_config(Config, ["which=sandbox", "sandbox.n=2", "sandbox.n_slow=1", "sandbox.workers=1",
                                        "sandbox.allow_unisolated=true", f"output_dir={tmp_path}"]))

@@ -163,6 +163,14 @@ def test_unsupported_settings_are_named_before_a_step_runs():
     fsdp = load_config(rl.Config, ["distributed.strategy=fsdp"])
     with pytest.raises(ConfigError, match="set forward.share_prompts=false forward.bucket_lengths=false"):
         check_shardable(fsdp, 2)
+    with pytest.raises(ConfigError, match="forward.logit_chunk under distributed.strategy=fsdp"):
+        check_shardable(load_config(rl.Config, ["distributed.strategy=fsdp", "forward.logit_chunk=64", *FSDP_FORWARD]), 2)
+
+
+def test_two_ddp_ranks_with_a_chunked_output_layer_give_the_single_process_step(nano_model_dir, tmp_path, toy_task):
+    """The chunks call the output layer outside the model's forward: DDP still reduces its gradient."""
+    test_two_ranks_give_the_single_process_loss_and_gradients("ddp", ("forward.logit_chunk=5", "entropy_coef=0.01"),
+                                                             nano_model_dir, tmp_path, toy_task)
 
 
 def test_validation_that_setting_auto_chose_is_named_as_its_under_several_ranks(nano_model_dir, tmp_path):

@@ -337,6 +337,22 @@ def test_setting_auto_says_so_when_it_keeps_the_defaults_for_a_model_of_the_user
     assert "setting=" not in capsys.readouterr().out  # a setting the user chose is not announced
 
 
+def test_a_chunked_output_layer_trains_the_same_weights(nano_model_dir, tmp_path, toy_task, monkeypatch):
+    from reasonloop.models import forward
+
+    real, calls = forward._chunked_head, []
+    monkeypatch.setattr(forward, "_chunked_head", lambda *a: calls.append(a[-1]) or real(*a))
+    weights = []
+    for chunk in (0, 5):
+        trainer = rl.Trainer(make_cfg(nano_model_dir, tmp_path / str(chunk), "entropy_coef=0.01",
+                                      f"forward.logit_chunk={chunk}"))
+        trainer.train()
+        weights.append(trainer.model.state_dict())
+    assert calls and set(calls) == {5}  # the chunked path ran, and only in the second run
+    for name, w in weights[0].items():
+        torch.testing.assert_close(weights[1][name], w, atol=2e-5, rtol=1e-4, msg=name)
+
+
 def test_the_run_compares_after_with_before_problem_by_problem(nano_model_dir, tmp_path, toy_task):
     result = rl.Trainer(make_cfg(nano_model_dir, tmp_path, "eval_n=12", "eval_k=2")).train()
     diffs = {d["metric"]: d for d in result["vs_before"]}

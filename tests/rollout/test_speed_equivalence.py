@@ -176,6 +176,67 @@ def test_shared_prompt_forward_handles_uneven_groups_and_unique_prompts(nano_mod
                                policy_forward(nano_model, sub, share_prompts=False).logprobs[sub.completion_mask.bool()])
 
 
+@pytest.mark.parametrize("share, chunk", [(False, 7), (True, 5), (True, 1000)])
+def test_chunked_output_layer_equals_the_models_logits_with_gradients(nano_model, tokenizer, share, chunk):
+    """forward.logit_chunk: log-probs, entropy and every gradient as from the model's own [N, T, V] logits."""
+    sampling = SamplingConfig(temperature=1.5, max_new_tokens=12)
+    b = TorchSampler(nano_model, tokenizer).generate(PROMPTS[:3], 4, sampling, torch.Generator().manual_seed(2))
+    tokens = TokenBatch(b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask)
+    nano_model.train()
+    outs, grads = [], []
+    for logit_chunk in (0, chunk):
+        nano_model.zero_grad()
+        out = policy_forward(nano_model, tokens, 0.7, with_entropy=True, with_hidden=True, share_prompts=share,
+                             logit_chunk=logit_chunk)
+        m = tokens.completion_mask.float()
+        ((out.logprobs * m).sum() + (out.entropy * m).sum() + (out.hidden.sum(-1) * m).sum()).backward()
+        outs.append(out)
+        grads.append(torch.cat([p.grad.flatten() for p in nano_model.parameters()]))
+    m = tokens.completion_mask.bool()
+    for name in ("logprobs", "entropy", "hidden"):
+        torch.testing.assert_close(getattr(outs[1], name)[m], getattr(outs[0], name)[m], atol=1e-5, rtol=1e-5)
+    scale = float(grads[0].abs().max())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5 * scale, rtol=1e-4)
+    with torch.no_grad():  # no autograd: the chunks are computed once, the same values
+        torch.testing.assert_close(policy_forward(nano_model, tokens, 0.7, logit_chunk=chunk).logprobs[m],
+                                   outs[0].logprobs[m].detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_the_chunked_output_layer_holds_only_a_chunk_of_logits(nano_model, tokenizer, monkeypatch):
+    """The model computes its output layer at one position; each chunk's logits are at most `chunk` rows."""
+    from reasonloop.models import forward as fwd
+
+    b = TorchSampler(nano_model, tokenizer).generate(PROMPTS[:2], 4, SamplingConfig(max_new_tokens=12),
+                                                     torch.Generator().manual_seed(0))
+    tokens = TokenBatch(b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask)
+    head, shapes = nano_model.get_output_embeddings(), []
+    handle = head.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
+    try:
+        policy_forward(nano_model, tokens, logit_chunk=6, share_prompts=False).logprobs.sum().backward()
+    finally:
+        handle.remove()
+    N, T = tokens.completion_ids.shape
+    model_calls = [s for s in shapes if len(s) == 3]
+    chunk_calls = [s for s in shapes if len(s) == 2]
+    assert model_calls == [(N, 1, head.out_features)]  # logits_to_keep=1 inside the model
+    assert max(s[0] for s in chunk_calls) == 6 and sum(s[0] for s in chunk_calls) == 2 * N * T  # forward + recompute
+
+
+def test_a_model_that_changes_its_logits_after_the_output_layer_is_refused_for_chunking(nano_model):
+    from reasonloop.config import ConfigError
+    from reasonloop.models.forward import ForwardConfig, output_layer
+
+    assert output_layer(nano_model) is nano_model.get_output_embeddings()
+    nano_model.config.final_logit_softcapping = 30.0
+    try:
+        with pytest.raises(ConfigError, match="final_logit_softcapping=30.0"):
+            output_layer(nano_model)
+    finally:
+        del nano_model.config.final_logit_softcapping
+    with pytest.raises(ConfigError, match="forward.logit_chunk must be >= 0"):
+        ForwardConfig(logit_chunk=-1)
+
+
 def test_gemm_replay_times_only_the_matrix_multiplies():
     """The bench's ceiling replays a call's mm/bmm/addmm alone: time spent elsewhere is left out."""
     import time

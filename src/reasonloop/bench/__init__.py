@@ -42,6 +42,8 @@ prefilled tokens and the reuse/prefill ratio. which=bitnet (`bench/bitnet.py`, k
 bytes, RSS and decode tokens/s of the ternary kernel vs fp32 decoding at tiny/~100M/~700M shapes, with a
 memory-bandwidth roofline (docs/bitnet.md). which=multiturn (`bench/multiturn.py`, keys
 `multiturn.*`): tool episodes continuing from the cached K/V against re-prefilling every conversation each turn.
+which=logits (`bench/logits.py`, keys `logits.*`): peak memory and time of the training forward + backward through
+the output layer at a Qwen-sized vocabulary, the model's own logits against `forward.logit_chunk`.
 
 Results go to `<output_dir>/bench.json` (+ `profile_*.txt` torch.profiler tables with profile=true).
 """
@@ -56,6 +58,7 @@ from pathlib import Path
 
 from reasonloop.bench.bitnet import BitNetBenchConfig
 from reasonloop.bench.grader import GraderBenchConfig
+from reasonloop.bench.logits import LogitsBenchConfig
 from reasonloop.bench.sandbox import SandboxBenchConfig
 from reasonloop.bench.search import SearchBenchConfig
 from reasonloop.bench.multiturn import MultiturnBenchConfig
@@ -69,7 +72,8 @@ from reasonloop.train.runconfig import SEED_LIMIT
 class Config:
     which: str = "grpo"
     """Benchmark to run: grpo (the RL step; the keys below up to `only`), grader (`grader.*`), sandbox (`sandbox.*`),
-    search (`search.*`: step-level search with and without prefix reuse), bitnet (`bitnet.*`: the ternary kernel)."""
+    search (`search.*`: step-level search with and without prefix reuse), bitnet (`bitnet.*`: the ternary kernel),
+    multiturn (`multiturn.*`), logits (`logits.*`: the output layer whole or in chunks at a large vocabulary)."""
     model: str = "embedded"
     """'embedded' (the shipped model), nano|tiny|small (random init, built locally) or a model directory."""
     prompts: int = 8
@@ -160,6 +164,8 @@ class Config:
     """which=search: the search workload (model, threads, seed and rollout.* are the keys above)."""
     bitnet: BitNetBenchConfig = field(default_factory=BitNetBenchConfig)
     """which=bitnet: the shapes, thread counts and decode lengths."""
+    logits: LogitsBenchConfig = field(default_factory=LogitsBenchConfig)
+    """which=logits: the vocabulary, model and batch, and the logit_chunk values measured."""
     multiturn: MultiturnBenchConfig = field(default_factory=MultiturnBenchConfig)
     """which=multiturn: tool episodes with K/V reuse vs re-prefilling each turn (bench/multiturn.py; tiny-tool)."""
     output_dir: str = ""
@@ -168,7 +174,7 @@ class Config:
     """Seed for prompts, sampling and initialisation."""
 
     def __post_init__(self):
-        require_choice("which", self.which, ["grpo", "grader", "sandbox", "search", "bitnet", "multiturn"])
+        require_choice("which", self.which, ["grpo", "grader", "sandbox", "search", "bitnet", "multiturn", "logits"])
         require_choice("vs", self.vs, ["", "trl"])
         require_choice("only", self.only, ["", "grpo", "cell", "memory"])
         require_choice("matrix_part", self.matrix_part, ["all", "time", "memory"])
@@ -203,6 +209,10 @@ def run(cfg: Config) -> dict:
         from reasonloop.bench import bitnet
 
         results = bitnet.run(cfg.bitnet)
+    elif cfg.which == "logits":
+        from reasonloop.bench import logits
+
+        results = logits.run(cfg.logits, cfg.seed)
     elif cfg.which == "multiturn":
         from reasonloop.bench import multiturn
 

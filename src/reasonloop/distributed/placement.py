@@ -84,6 +84,9 @@ def check_shardable(cfg: Any, world_size: int) -> None:
         problems.append("forward.share_prompts / forward.bucket_lengths under distributed.strategy=fsdp (each forward "
                         "call all-gathers the shards, so every rank must make the same calls, whatever its data): "
                         "set forward.share_prompts=false forward.bucket_lengths=false")
+    if cfg.distributed.strategy == "fsdp" and cfg.forward.logit_chunk:
+        problems.append("forward.logit_chunk under distributed.strategy=fsdp (the chunks call the output layer outside "
+                        "the model's forward, where FSDP2 keeps its weights sharded): use ddp, or logit_chunk=0")
     if getattr(cfg, "val_n", 0):
         chosen = hasattr(cfg, "setting") and type(cfg).resolved_setting(cfg.setting, cfg.model.name) == "from_sft"
         problems.append("val_n (validation and keep_best run on one process; the ranks would hold different "

@@ -8,21 +8,33 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from reasonloop.algos.entropy import entropy_from_logits
 from reasonloop.algos.logprobs import token_logprobs
+from reasonloop.config import ConfigError
 from reasonloop.data.records import TokenBatch, left_padded
 
 
 @dataclass
 class ForwardConfig:
-    """Switches of the training forward (`policy_forward`); both are the same maths, only faster."""
+    """Switches of the training forward (`policy_forward`); each is the same maths, only faster or smaller."""
 
     share_prompts: bool = True
     """Encode the identical prompt of a group once and repeat its keys/values for the G completions."""
     bucket_lengths: bool = True
     """Split rows into a few buckets of similar completion length so padding is not computed."""
+    logit_chunk: int = 0
+    """Positions per chunk of the output layer: the completion log-probs (and entropy) come from the last hidden
+    state a chunk at a time, each chunk's logits recomputed in the backward pass, so the [rows, length,
+    vocabulary] logits are never held whole (a 152k vocabulary: 32 x 1 024 positions of fp32 logits are 20 GB);
+    0: the model's own logits. The same values to float rounding; not under FSDP2, nor for a model that changes
+    its logits after the output layer (softcapping, logit scales)."""
+
+    def __post_init__(self):
+        if self.logit_chunk < 0:
+            raise ConfigError(f"forward.logit_chunk must be >= 0 (0: the model's own logits), got {self.logit_chunk}")
 
 
 def encode_pairs(
@@ -58,7 +70,7 @@ class ForwardOut:
 
 def policy_forward(
     model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = False,
-    with_hidden: bool = False, share_prompts: bool = True, bucket_lengths: bool = True,
+    with_hidden: bool = False, share_prompts: bool = True, bucket_lengths: bool = True, logit_chunk: int = 0,
 ) -> ForwardOut:
     """One forward pass over prompt+completion; outputs are aligned with the completion tokens.
 
@@ -74,15 +86,17 @@ def policy_forward(
     - `bucket_lengths`: when completion lengths vary a lot, rows are split into a few buckets of
       similar length, each trimmed to its own longest row, so padding is not computed. Positions
       past a row's bucket width come back as 0.
+
+    `logit_chunk` > 0 computes the output layer `logit_chunk` positions at a time (ForwardConfig.logit_chunk).
     """
     if batch.prompt_ids.shape[1] == 0:  # nothing to condition on: the first token has no prediction
         raise ValueError("policy_forward needs at least one prompt token (use a BOS or EOS prefix)")
     buckets = _length_buckets(batch.completion_mask) if bucket_lengths else None
     if buckets is None:
-        return _policy_forward(model, batch, temperature, with_entropy, with_hidden, share_prompts)
+        return _policy_forward(model, batch, temperature, with_entropy, with_hidden, share_prompts, logit_chunk)
     T = batch.completion_ids.shape[1]
-    parts = [_policy_forward(model, batch.select(idx), temperature, with_entropy, with_hidden, share_prompts)
-             for idx in buckets]
+    parts = [_policy_forward(model, batch.select(idx), temperature, with_entropy, with_hidden, share_prompts,
+                             logit_chunk) for idx in buckets]
     inverse = torch.argsort(torch.cat(buckets))
 
     def merge(name: str):
@@ -133,14 +147,56 @@ def _length_buckets(mask: torch.Tensor, max_buckets: int = 4, min_saving: float 
 
 
 def _policy_forward(model, batch: TokenBatch, temperature: float, with_entropy: bool, with_hidden: bool,
-                    share_prompts: bool) -> ForwardOut:
+                    share_prompts: bool, logit_chunk: int = 0) -> ForwardOut:
     T = batch.completion_ids.shape[1]
-    shared = _shared_prompt_forward(model, batch, with_hidden) if share_prompts and T > 1 else None
-    logits, hidden = shared if shared is not None else _plain_forward(model, batch, with_hidden)
+    hidden_too, logits_too = with_hidden or logit_chunk > 0, logit_chunk == 0
+    shared = _shared_prompt_forward(model, batch, hidden_too, logits_too) if share_prompts and T > 1 else None
+    logits, hidden = shared if shared is not None else _plain_forward(model, batch, hidden_too, logits_too)
+    if logit_chunk:
+        logprobs, entropy = _chunked_head(output_layer(model), hidden, batch.completion_ids, temperature,
+                                          with_entropy, logit_chunk)
+        return ForwardOut(logprobs, entropy, hidden if with_hidden else None)
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     entropy = entropy_from_logits(logits) if with_entropy else None
     return ForwardOut(token_logprobs(logits, batch.completion_ids), entropy, hidden)
+
+
+def output_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that maps the last hidden state to the logits (under a DDP or PEFT wrapper too); a ConfigError
+    for a model whose logits are changed after it, which the chunked path would not reproduce."""
+    base = getattr(model, "module", model)
+    config = getattr(base, "config", None)
+    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(config, key, None) not in (None, 1, 1.0):
+            raise ConfigError(f"forward.logit_chunk: {type(base).__name__} changes its logits after the output layer "
+                              f"({key}={getattr(config, key)}); use forward.logit_chunk=0")
+    head = base.get_output_embeddings()
+    if head is None:
+        raise ConfigError(f"forward.logit_chunk: {type(base).__name__} has no output layer to chunk; use 0")
+    return head
+
+
+def _chunked_head(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
+                  with_entropy: bool, chunk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of `ids` (and the entropy) [N, T] from hidden [N, T, H] through `head`, `chunk` positions at a
+    time; under autograd each chunk is checkpointed, so its logits live only while it is computed (twice)."""
+    N, T, H = hidden.shape
+    dtype = next(head.parameters()).dtype
+    flat_h, flat_ids = hidden.reshape(N * T, H), ids.reshape(N * T)
+
+    def part(h: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = head(h.to(dtype)).float().unsqueeze(0)
+        if temperature not in (0.0, 1.0):
+            logits = logits / temperature
+        lp = token_logprobs(logits, i.unsqueeze(0)).squeeze(0)
+        return (lp, entropy_from_logits(logits).squeeze(0)) if with_entropy else (lp,)
+
+    grad = torch.is_grad_enabled()
+    outs = [checkpoint(part, flat_h[s:s + chunk], flat_ids[s:s + chunk], use_reentrant=False) if grad
+            else part(flat_h[s:s + chunk], flat_ids[s:s + chunk]) for s in range(0, N * T, chunk)]
+    logprobs = torch.cat([o[0] for o in outs]).view(N, T)
+    return logprobs, (torch.cat([o[1] for o in outs]).view(N, T) if with_entropy else None)
 
 
 def cache_arg(model, cache) -> dict:
@@ -167,10 +223,11 @@ def _class_takes(cls: type, keyword: str) -> bool:
     return keyword in inspect.signature(cls.forward).parameters
 
 
-def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool):
-    """(logits [N, T, V], hidden [N, T, H] | None) computing each distinct consecutive prompt once, or None.
+def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool, with_logits: bool = True):
+    """(logits [N, T, V] | None, hidden [N, T, H] | None) computing each distinct consecutive prompt once, or None.
 
-    None when no prompt repeats (nothing to share) or the model's cache is not a plain DynamicCache.
+    None when no prompt repeats (nothing to share) or the model's cache is not a plain DynamicCache. Without
+    `with_logits` the model computes its output layer at one position only (`logits_to_keep`) and none come back.
     """
     key = torch.cat([batch.prompt_ids, batch.prompt_mask], dim=1)
     _, counts = torch.unique_consecutive(key, return_counts=True, dim=0)
@@ -190,8 +247,10 @@ def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool):
     mask = torch.cat([batch.prompt_mask, batch.completion_mask[:, : T - 1]], dim=1)
     position = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
     rest = model(input_ids=batch.completion_ids[:, : T - 1], attention_mask=mask, position_ids=position,
-                 use_cache=True, output_hidden_states=with_hidden, **cache_arg(model, cache))
-    logits = torch.cat([first.logits[:, -1:].repeat_interleave(counts, dim=0), rest.logits], dim=1)
+                 use_cache=True, output_hidden_states=with_hidden, **cache_arg(model, cache),
+                 **({} if with_logits else _last_logits_only(model)))
+    logits = (torch.cat([first.logits[:, -1:].repeat_interleave(counts, dim=0), rest.logits], dim=1)
+              if with_logits else None)
     hidden = None
     if with_hidden:
         hidden = torch.cat([first.hidden_states[-1][:, -1:].repeat_interleave(counts, dim=0),
@@ -209,14 +268,16 @@ def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor
     return _plain_forward(model, batch, with_hidden=False)[0]
 
 
-def _plain_forward(model, batch: TokenBatch, with_hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One forward over prompt+completion; (logits [N, T, V], last hidden [N, T, H] or None) aligned
-    with the completion tokens: position P-1+t predicts token t."""
+def _plain_forward(model, batch: TokenBatch, with_hidden: bool,
+                   with_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One forward over prompt+completion; (logits [N, T, V] or None, last hidden [N, T, H] or None) aligned
+    with the completion tokens: position P-1+t predicts token t. Without `with_logits` the output layer runs at
+    one position only (`logits_to_keep`)."""
     P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False,
-                output_hidden_states=with_hidden)
+                output_hidden_states=with_hidden, **({} if with_logits else _last_logits_only(model)))
     hidden = out.hidden_states[-1][:, P - 1 : P + T - 1, :] if with_hidden else None
-    return out.logits[:, P - 1 : P + T - 1, :], hidden
+    return (out.logits[:, P - 1 : P + T - 1, :] if with_logits else None), hidden

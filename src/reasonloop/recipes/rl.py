@@ -816,7 +816,8 @@ class Trainer:
 
     def _forward(self, model, mb: TokenBatch, temp: float, **outputs):
         return policy_forward(model, mb, temp, share_prompts=self.cfg.forward.share_prompts,
-                              bucket_lengths=self.cfg.forward.bucket_lengths, **outputs)
+                              bucket_lengths=self.cfg.forward.bucket_lengths,
+                              logit_chunk=self.cfg.forward.logit_chunk, **outputs)
 
     def _micro_batches(self, n: int) -> list[slice]:
         step = self.cfg.micro_batch_size
