@@ -202,10 +202,8 @@ def test_chunked_output_layer_equals_the_models_logits_with_gradients(nano_model
                                    outs[0].logprobs[m].detach(), atol=1e-5, rtol=1e-5)
 
 
-def test_the_chunked_output_layer_holds_only_a_chunk_of_logits(nano_model, tokenizer, monkeypatch):
+def test_the_chunked_output_layer_holds_only_a_chunk_of_logits(nano_model, tokenizer):
     """The model computes its output layer at one position; each chunk's logits are at most `chunk` rows."""
-    from reasonloop.models import forward as fwd
-
     b = TorchSampler(nano_model, tokenizer).generate(PROMPTS[:2], 4, SamplingConfig(max_new_tokens=12),
                                                      torch.Generator().manual_seed(0))
     tokens = TokenBatch(b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask)
