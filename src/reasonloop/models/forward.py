@@ -29,8 +29,9 @@ class ForwardConfig:
     """Positions per chunk of the output layer: the completion log-probs (and entropy) come from the last hidden
     state a chunk at a time, each chunk's logits recomputed in the backward pass, so the [rows, length,
     vocabulary] logits are never held whole (a 152k vocabulary: 32 x 1 024 positions of fp32 logits are 20 GB);
-    0: the model's own logits. The same values to float rounding; not under FSDP2, nor for a model that changes
-    its logits after the output layer (softcapping, logit scales)."""
+    0: the model's own logits. The same values to float rounding (under memory.precision=bf16 the chunks run in
+    the weights' fp32, outside the model's autocast); not under FSDP2, nor for a model that changes its logits
+    after the output layer (softcapping, logit scales)."""
 
     def __post_init__(self):
         if self.logit_chunk < 0:
