@@ -104,6 +104,9 @@ def test_logits_bench_measures_each_chunk_setting_in_its_own_process_and_the_los
     assert [r["chunk"] for r in results["rows"]] == [0, 7] and results["losses_agree"]
     assert all(r["peak_mb"] > 0 and r["seconds"] > 0 for r in results["rows"])
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][1]["chunk"] == 7
+    from reasonloop.bench.logits import _ratio
+
+    assert (_ratio(2.0, 4.0), _ratio(1.0, 0.0)) == ("0.50x", "n/a")  # a run too small to lift the peak: no ratio
 
 
 def test_sandbox_bench_runs_its_four_rows(tmp_path):

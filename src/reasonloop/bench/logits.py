@@ -56,7 +56,7 @@ def run(cfg: LogitsBenchConfig, seed: int = 0) -> dict:
     print(f"{'logit_chunk':>11s} {'peak RSS MB':>12s} {'above model':>12s} {'seconds':>8s} {'loss':>12s}"
           + ("  vs chunk 0 (memory above the model, time)" if whole else ""))
     for r in rows:
-        vs = (f"  {r['above_model_mb'] / whole['above_model_mb']:.2f}x, {r['seconds'] / whole['seconds']:.2f}x"
+        vs = (f"  {_ratio(r['above_model_mb'], whole['above_model_mb'])}, {_ratio(r['seconds'], whole['seconds'])}"
               if whole and r is not whole else "")
         print(f"{r['chunk']:>11d} {r['peak_mb']:>12.0f} {r['above_model_mb']:>12.0f} {r['seconds']:>8.2f} "
               f"{r['loss']:>12.6f}{vs}")
@@ -64,6 +64,10 @@ def run(cfg: LogitsBenchConfig, seed: int = 0) -> dict:
     agree = max(losses) - min(losses) <= 1e-5 * max(1.0, abs(losses[0]))
     print(f"losses agree: {agree}")
     return {"config": {**cfg.__dict__}, "rows": rows, "losses_agree": agree}
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "n/a"  # a tiny run may not lift the peak above the built model's
 
 
 def _peak_mb() -> float:
