@@ -61,6 +61,28 @@ def test_clean_removes_only_failed_and_empty_runs(runs_dir, capsys):
     assert "removed 2 run(s)" in capsys.readouterr().out
 
 
+def test_a_run_another_process_is_writing_is_running_and_never_cleaned(runs_dir, capsys):
+    """A run that has logged nothing yet looks empty; while its writer holds the lock it is `running`."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, str(os.getpid()).encode()); print('holding', flush=True); time.sleep(600)"),
+        str(runs_dir / "empty" / ".reasonloop.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert {r.path.name: r.state for r in find_runs(runs_dir)}["empty"] == f"running (pid {holder.pid})"
+        assert cli.main(["runs", str(runs_dir), "--clean", "--yes"]) == 0
+        assert sorted(p.name for p in runs_dir.iterdir()) == ["done", "empty", "notes", "paused"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {r.path.name: r.state for r in find_runs(runs_dir)}["empty"] == "empty"  # the writer is gone
+    capsys.readouterr()
+
+
 def test_clean_without_a_terminal_asks_for_yes_and_removes_nothing(runs_dir, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     assert cli.main(["runs", str(runs_dir), "--clean"]) == 2

@@ -5,12 +5,14 @@ else is ever listed or removed. For each run: the command and preset, the task, 
 of the total, held-out greedy pass@1 before → after, its state and its size on disk.
 
 States:
+- running      a process is writing it now (it holds the run's lock; its pid is shown);
 - finished     `summary.json` is written (the command ran to its end);
 - resumable    not finished, but a checkpoint exists: the same command with `output_dir=` continues it;
 - failed       not finished, no checkpoint, but it logged progress (stopped before its first checkpoint);
 - empty        not finished, nothing logged and no checkpoint.
 
-`--clean` removes the failed and empty runs after asking (or at once with `--yes`).
+`--clean` removes the failed and empty runs after asking (or at once with `--yes`); a running run is never one of
+them, however little it has written yet.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from reasonloop.errors import UserError
 from reasonloop.train.checkpoint import list_checkpoints
-from reasonloop.train.run import BEFORE, MARKER, recorded_values
+from reasonloop.train.run import BEFORE, MARKER, recorded_values, writer_pid
 
 DEAD = ("failed", "empty")
 
@@ -66,7 +68,9 @@ def describe(run: Path) -> RunInfo:
     before = _overall((summary or {}).get("before") or _read_json(run / BEFORE))
     after = _overall((summary or {}).get("after"))
     done = _last_step(run / "metrics.jsonl")
-    if summary is not None:
+    if (pid := writer_pid(run)) is not None:
+        state = f"running (pid {pid})" if pid > 0 else "running"
+    elif summary is not None:
         state = "finished"
     elif list_checkpoints(run):
         state = "resumable"
@@ -150,7 +154,7 @@ def main(argv: list[str]) -> int:
         return 0
     dead = [r for r in runs if r.state in DEAD]
     if not dead:
-        print("nothing to clean: every run is finished or resumable")
+        print("nothing to clean: every run is finished, resumable or running")
         return 0
     print(f"\n{len(dead)} failed or empty run(s), {_human(sum(r.size for r in dead))}:")
     for r in dead:

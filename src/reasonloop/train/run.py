@@ -82,6 +82,27 @@ def config_values(cfg: Any) -> dict[str, Any]:
     return flatten(OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(OmegaConf.structured(cfg)))))
 
 
+def writer_pid(run_dir: Path) -> int | None:
+    """The pid of the process writing the run at `run_dir` (its lock is held), else None."""
+    path = Path(run_dir) / LOCK
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def written_by(model_dir: str) -> str:
     """The command whose run wrote `model_dir` (a run's `model` directory: the run's marker beside it), else ''."""
     try:
