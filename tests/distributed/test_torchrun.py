@@ -153,8 +153,10 @@ def test_unsupported_settings_are_named_before_a_step_runs():
     check_shardable(load_config(rl.Config, ["advantage=reinforce_pp", "reward_norm=running"]), 2)  # gathered
     check_shardable(load_config(rl.Config, ["curriculum.enabled=true", "adaptive_group=true", "distributed.strategy=fsdp",
                                             *FSDP_FORWARD]), 2)  # global windows; padded micro-batches
-    with pytest.raises(ConfigError, match="val_n"):
-        check_shardable(load_config(rl.Config, ["val_n=20", "keep_best=pass@1_greedy"]), 2)
+    check_shardable(load_config(rl.Config, ["val_n=20", "keep_best=pass@1_greedy"]), 2)  # ddp: rank 0 validates
+    with pytest.raises(ConfigError, match="val_n under distributed.strategy=fsdp"):
+        check_shardable(load_config(rl.Config, ["val_n=20", "keep_best=pass@1_greedy", "distributed.strategy=fsdp",
+                                                *FSDP_FORWARD]), 2)
     check_shardable(cfg, 1)  # one rank: anything goes
     qlora = load_config(rl.Config, ["distributed.strategy=fsdp", "model.load_in_4bit=true", "model.lora.r=4",
                                     *FSDP_FORWARD])
@@ -173,7 +175,7 @@ def test_two_ddp_ranks_with_a_chunked_output_layer_give_the_single_process_step(
                                                              nano_model_dir, tmp_path, toy_task)
 
 
-def test_validation_that_setting_auto_chose_is_named_as_its_under_several_ranks(nano_model_dir, tmp_path):
+def test_validation_that_setting_auto_chose_is_named_as_its_under_fsdp(nano_model_dir, tmp_path):
     import json
     import shutil
 
@@ -182,10 +184,13 @@ def test_validation_that_setting_auto_chose_is_named_as_its_under_several_ranks(
 
     shutil.copytree(nano_model_dir, tmp_path / "sft" / "model")
     (tmp_path / "sft" / "reasonloop-run.json").write_text(json.dumps({"command": "sft"}))
-    with pytest.raises(ConfigError, match="setting=auto read val_n and keep_best from configs/rl_from_sft.yaml: set "
-                                          "val_n=0 keep_best='' too"):
-        check_shardable(load_config(rl.Config, [f"model.name={tmp_path / 'sft' / 'model'}"]), 2)
-    check_shardable(load_config(rl.Config, [f"model.name={tmp_path / 'sft' / 'model'}", "val_n=0", "keep_best="]), 2)
+    sft = [f"model.name={tmp_path / 'sft' / 'model'}"]
+    check_shardable(load_config(rl.Config, sft), 2)  # ddp: the setting as it is
+    fsdp = [*sft, "distributed.strategy=fsdp", *FSDP_FORWARD]
+    with pytest.raises(ConfigError, match="or set val_n=0 keep_best='': setting=auto read them from "
+                                          "configs/rl_from_sft.yaml"):
+        check_shardable(load_config(rl.Config, fsdp), 2)
+    check_shardable(load_config(rl.Config, [*fsdp, "val_n=0", "keep_best="]), 2)
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
@@ -283,6 +288,27 @@ def test_torchrun_checkpoints_hold_the_critic_and_the_implicit_prm(strategy, ext
         states = [trainer.optimizer.state[p] for p in trainer.optimizer.param_groups[0]["params"] if id(p) in critic_ids]
         assert states and all(float(s["step"]) == 2 for s in states), "the critic's AdamW moments come back"
     trainer.train()
+
+
+def test_torchrun_ddp_validates_on_rank_0_and_saves_the_kept_step(nano_model_dir, tmp_path):
+    """keep_best under DDP: rank 0 validates, keeps the best weights (saved in its checkpoints) and saves them."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    args = [f"model.name={nano_model_dir}", f"output_dir={out}", "prompts_per_step=4", "group_size=4",
+            "sampling.max_new_tokens=8", "eval_n=4", "eval_k=0", "eval_every=0", "save_every=1", "samples_every=0",
+            "train_pool=32", "micro_batch_size=8", "threads=1", "optim.lr=0.01", "entropy_coef=0.05", "val_n=4",
+            "val_every=1", "keep_best=pass@1_greedy", "keep_best_paired=false"]
+    done = torchrun(2, *args, "steps=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm"] > 0 for r in rows if "loss" in r), "the weights move (the entropy bonus)"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kept_step"] == summary["best"]["step"] == 0  # the random model scores 0 throughout: the earliest
+    start = load_file(str(Path(nano_model_dir) / "model.safetensors"))
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(saved[k], w) for k, w in start.items()), "the kept step's (the starting) weights are saved"
+    assert done.stdout.count("keep_best: step 0") == 1, "one console: rank 0's"
 
 
 TWO_TURNS = "toy_tasks:two_turns"

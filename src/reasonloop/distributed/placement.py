@@ -87,12 +87,12 @@ def check_shardable(cfg: Any, world_size: int) -> None:
     if cfg.distributed.strategy == "fsdp" and cfg.forward.logit_chunk:
         problems.append("forward.logit_chunk under distributed.strategy=fsdp (the chunks call the output layer outside "
                         "the model's forward, where FSDP2 keeps its weights sharded): use ddp, or logit_chunk=0")
-    if getattr(cfg, "val_n", 0):
+    if cfg.distributed.strategy == "fsdp" and getattr(cfg, "val_n", 0):
         chosen = hasattr(cfg, "setting") and type(cfg).resolved_setting(cfg.setting, cfg.model.name) == "from_sft"
-        problems.append("val_n (validation and keep_best run on one process; the ranks would hold different "
-                        "weights after keep_best" + (f"; setting={cfg.setting} read val_n and keep_best from "
-                                                     "configs/rl_from_sft.yaml: set val_n=0 keep_best='' too"
-                                                     if chosen else "") + ")")
+        problems.append("val_n under distributed.strategy=fsdp (rank 0 validates on its full copy of the weights, "
+                        "which the final save refreshes from the shards, so keep_best's step would not be the one "
+                        "saved; use ddp" + (f", or set val_n=0 keep_best='': setting={cfg.setting} read them from "
+                                            "configs/rl_from_sft.yaml" if chosen else "") + ")")
     if problems and world_size > 1:
         raise ConfigError(f"torch.distributed training ({world_size} ranks) does not support: " + "; ".join(problems))
 
