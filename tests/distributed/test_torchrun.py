@@ -309,6 +309,12 @@ def test_torchrun_ddp_validates_on_rank_0_and_saves_the_kept_step(nano_model_dir
     saved = load_file(str(out / "model" / "model.safetensors"))
     assert all(torch.equal(saved[k], w) for k, w in start.items()), "the kept step's (the starting) weights are saved"
     assert done.stdout.count("keep_best: step 0") == 1, "one console: rank 0's"
+    # the best weights are in rank 0's checkpoints: a third step resumed from step 2 still hands back step 0's
+    more = torchrun(2, *args, "steps=3")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "resumed from" in more.stdout and json.loads((out / "summary.json").read_text())["kept_step"] == 0
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(saved[k], w) for k, w in start.items())
 
 
 TWO_TURNS = "toy_tasks:two_turns"
