@@ -280,14 +280,19 @@ class Run:
         if fcntl is None or key in _HELD:  # held by this process already (a Run of it that stopped unclosed)
             return
         fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise RunDirError(f"output_dir={self.dir} is being written by another reasonloop process"
-                              f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end, or choose "
-                              "another output_dir") from None
+        for attempt in range(5):  # `reasonloop runs` probes with a shared lock for a moment: try again briefly
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt < 4:
+                    time.sleep(0.05)
+                    continue
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                raise RunDirError(f"output_dir={self.dir} is being written by another reasonloop process"
+                                  f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end, or choose "
+                                  "another output_dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         _HELD[key] = fd
