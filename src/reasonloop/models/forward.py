@@ -259,9 +259,10 @@ def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool, with_log
     return logits, hidden
 
 
-def completion_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
+def completion_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0,
+                        logit_chunk: int = 0) -> torch.Tensor:
     """Per-token log-probs [N, T] of the completion tokens."""
-    return policy_forward(model, batch, temperature).logprobs
+    return policy_forward(model, batch, temperature, logit_chunk=logit_chunk).logprobs
 
 
 def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
