@@ -127,11 +127,11 @@ def test_sft_killed_and_resumed_ends_with_the_same_weights(tmp_path, monkeypatch
 
 
 def test_sft_with_a_chunked_output_layer_takes_the_same_step(nano_model_dir, tmp_path):
-    """logit_chunk: the same loss, and the same weights after a step, as from the model's own logits."""
+    """forward.logit_chunk: the same loss, and the same weights after a step, as from the model's own logits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reasonloop.config import ConfigError
-    from reasonloop.models.forward import encode_pairs
+    from reasonloop.models.forward import ForwardConfig, encode_pairs
     from reasonloop.train.supervised import supervised_step
 
     tok = AutoTokenizer.from_pretrained(nano_model_dir)
@@ -142,12 +142,12 @@ def test_sft_with_a_chunked_output_layer_takes_the_same_step(nano_model_dir, tmp
         model = AutoModelForCausalLM.from_pretrained(nano_model_dir)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # AdamW's first step, ~lr * sign(g), would magnify rounding
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        metrics = supervised_step(model, batch, 2, optimizer, scheduler, 1.0, logit_chunk=chunk)
+        metrics = supervised_step(model, batch, 2, optimizer, scheduler, 1.0, forward=ForwardConfig(logit_chunk=chunk))
         results.append((metrics, model.state_dict()))
     (plain, w0), (chunked, w1) = results
     assert chunked["loss"] == pytest.approx(plain["loss"], rel=1e-6)
     assert chunked["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-4) and plain["grad_norm"] > 1e-3
     for name, w in w0.items():
         torch.testing.assert_close(w1[name], w, atol=1e-6, rtol=1e-5, msg=name)
-    with pytest.raises(ConfigError, match="logit_chunk with label_smoothing"):
-        load_config(sft.Config, ["logit_chunk=8", "label_smoothing=0.1"])
+    with pytest.raises(ConfigError, match="forward.logit_chunk with label_smoothing"):
+        load_config(sft.Config, ["forward.logit_chunk=8", "label_smoothing=0.1"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from reasonloop.algos.entropy import entropy_from_logits
 from reasonloop.algos.logprobs import token_logprobs
-from reasonloop.config import ConfigError
+from reasonloop.config import ConfigError, require
 from reasonloop.data.records import TokenBatch, left_padded
 
 
@@ -34,8 +34,11 @@ class ForwardConfig:
     after the output layer (softcapping, logit scales)."""
 
     def __post_init__(self):
-        if self.logit_chunk < 0:
-            raise ConfigError(f"forward.logit_chunk must be >= 0 (0: the model's own logits), got {self.logit_chunk}")
+        require(self.logit_chunk >= 0, f"forward.logit_chunk must be >= 0 (0: the model's own logits), got {self.logit_chunk}")
+
+    def options(self) -> dict:
+        """These switches as `policy_forward`'s keyword arguments."""
+        return asdict(self)
 
 
 def encode_pairs(
@@ -260,9 +263,10 @@ def _shared_prompt_forward(model, batch: TokenBatch, with_hidden: bool, with_log
 
 
 def completion_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0,
-                        logit_chunk: int = 0) -> torch.Tensor:
-    """Per-token log-probs [N, T] of the completion tokens."""
-    return policy_forward(model, batch, temperature, logit_chunk=logit_chunk).logprobs
+                        forward: ForwardConfig | None = None) -> torch.Tensor:
+    """Per-token log-probs [N, T] of the completion tokens (through `forward`'s switches; default: all on but
+    logit_chunk)."""
+    return policy_forward(model, batch, temperature, **(forward or ForwardConfig()).options()).logprobs
 
 
 def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:

@@ -322,7 +322,7 @@ class Config(CheckpointedRunConfig):
     def files_under(cls, merged: Any) -> list[Path]:
         """load_config's hook: the files read before the user's (rl_from_sft.yaml for setting=from_sft)."""
         setting = cls.resolved_setting(merged.setting, merged.model.name)
-        return [FROM_SFT] if cls is Config and setting == "from_sft" else []
+        return [FROM_SFT] if setting == "from_sft" else []  # a subclass asking for it is refused in __post_init__
 
     RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {
         "eval_every", "samples_every", "distributed.backend", "distributed.strategy", "distributed.cpu_offload"}
@@ -815,9 +815,7 @@ class Trainer:
             return self._forward(self.ref, mb, temp).logprobs
 
     def _forward(self, model, mb: TokenBatch, temp: float, **outputs):
-        return policy_forward(model, mb, temp, share_prompts=self.cfg.forward.share_prompts,
-                              bucket_lengths=self.cfg.forward.bucket_lengths,
-                              logit_chunk=self.cfg.forward.logit_chunk, **outputs)
+        return policy_forward(model, mb, temp, **self.cfg.forward.options(), **outputs)
 
     def _micro_batches(self, n: int) -> list[slice]:
         step = self.cfg.micro_batch_size

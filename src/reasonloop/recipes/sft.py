@@ -21,7 +21,7 @@ from reasonloop.rollout.engine import SamplingConfig
 from reasonloop.rollout.sampler import TorchSampler
 from reasonloop.train.checkpoint import load_checkpoint, save_checkpoint
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
-from reasonloop.models.forward import encode_pairs
+from reasonloop.models.forward import ForwardConfig, encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
 from reasonloop.train.run import Run, progress, set_seed, set_threads
 from reasonloop.train.runconfig import CheckpointedRunConfig
@@ -67,10 +67,9 @@ class Config(CheckpointedRunConfig):
     uniform spread over the vocabulary, so the model is not pushed to certainty. The entropy it leaves is spread over
     every token: at eps 0.05 it lowered sampled accuracy before and after RL (docs/sft.md). The logged loss is then
     the smoothed one."""
-    logit_chunk: int = 0
-    """Positions per chunk of the output layer in the loss (as `train`'s forward.logit_chunk): the completion
-    log-probs come from the last hidden state a chunk at a time, recomputed in backward, so the [rows, length,
-    vocabulary] logits are never held whole; 0: the model's own logits. Not with label_smoothing (it needs them)."""
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    """The loss's forward, as `train`'s: shared prompts, length buckets, and `forward.logit_chunk` for a large
+    vocabulary (not with label_smoothing, which needs the whole logits)."""
     save_every: int = 100  # the run field of CheckpointedRunConfig, with SFT's default
 
     RESUME_FREE: ClassVar[frozenset[str]] = CheckpointedRunConfig.RESUME_FREE | {"eval_every"}
@@ -82,9 +81,8 @@ class Config(CheckpointedRunConfig):
         require(self.eval_n > 0, "eval_n must be > 0 (held-out problems per evaluation)")
         require(self.eval_max_new_tokens > 0, "eval_max_new_tokens must be > 0")
         require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
-        require(self.logit_chunk >= 0, f"logit_chunk must be >= 0 (0: the model's own logits), got {self.logit_chunk}")
-        require(not (self.logit_chunk and self.label_smoothing),
-                "logit_chunk with label_smoothing: the smoothed loss needs the whole logits; set one of them to 0")
+        require(not (self.forward.logit_chunk and self.label_smoothing),
+                "forward.logit_chunk with label_smoothing: the smoothed loss needs the whole logits; set one of them to 0")
         require(self.task_records > 0, "task_records must be > 0")
         for key in ("eval_k", "eval_every", "save_every"):
             require(getattr(self, key) >= 0, f"{key} must be >= 0")
@@ -136,7 +134,7 @@ def run(cfg: Config) -> dict:
             batch = encode_pairs(tokenizer, [render(r["prompt"]) for r in picked], [r["completion"] for r in picked],
                                  cfg.max_len)
             metrics = supervised_step(model, batch, cfg.micro_batch_size, optimizer, scheduler, cfg.optim.max_grad_norm,
-                                      label_smoothing=cfg.label_smoothing, logit_chunk=cfg.logit_chunk)
+                                      label_smoothing=cfg.label_smoothing, forward=cfg.forward)
             run_.log(step, metrics)
             bar.advance()
             bar.set(f"loss {metrics['loss']:.3f}")

@@ -94,13 +94,19 @@ def writer_pid(run_dir: Path) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
-        text = os.read(fd, 32).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
+        pid = _lock_pid(fd)
+        return -1 if pid is None else pid
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _lock_pid(fd: int) -> int | None:
+    """The pid a held lock file records (None while its writer has not written it yet)."""
+    text = os.read(fd, 32).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
 
 
 def written_by(model_dir: str) -> str:
@@ -288,10 +294,10 @@ class Run:
                 if attempt < 4:
                     time.sleep(0.05)
                     continue
-                holder = os.read(fd, 32).decode(errors="replace").strip()
+                holder = _lock_pid(fd)
                 os.close(fd)
                 raise RunDirError(f"output_dir={self.dir} is being written by another reasonloop process"
-                                  f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end, or choose "
+                                  f"{'' if holder is None else f' (pid {holder})'}; wait for it to end, or choose "
                                   "another output_dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
