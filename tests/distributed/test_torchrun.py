@@ -153,9 +153,8 @@ def test_unsupported_settings_are_named_before_a_step_runs():
     check_shardable(load_config(rl.Config, ["advantage=reinforce_pp", "reward_norm=running"]), 2)  # gathered
     check_shardable(load_config(rl.Config, ["curriculum.enabled=true", "adaptive_group=true", "distributed.strategy=fsdp",
                                             *FSDP_FORWARD]), 2)  # global windows; padded micro-batches
-    check_shardable(load_config(rl.Config, ["val_n=20", "keep_best=pass@1_greedy"]), 2)  # ddp: rank 0 validates
-    with pytest.raises(ConfigError, match="val_n under distributed.strategy=fsdp"):
-        check_shardable(load_config(rl.Config, ["val_n=20", "keep_best=pass@1_greedy", "distributed.strategy=fsdp",
+    for strategy in ("ddp", "fsdp"):  # rank 0 validates; under fsdp the kept weights go back into the shards
+        check_shardable(load_config(rl.Config, ["val_n=20", "keep_best=pass@1_greedy", f"distributed.strategy={strategy}",
                                                 *FSDP_FORWARD]), 2)
     check_shardable(cfg, 1)  # one rank: anything goes
     qlora = load_config(rl.Config, ["distributed.strategy=fsdp", "model.load_in_4bit=true", "model.lora.r=4",
@@ -169,28 +168,21 @@ def test_unsupported_settings_are_named_before_a_step_runs():
         check_shardable(load_config(rl.Config, ["distributed.strategy=fsdp", "forward.logit_chunk=64", *FSDP_FORWARD]), 2)
 
 
+def test_fsdp_in_one_process_says_it_trains_the_whole_model(monkeypatch, caplog):
+    from reasonloop.distributed import DistributedConfig, LocalPlacement, make_placement
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert type(make_placement(DistributedConfig(strategy="fsdp"))) is LocalPlacement
+    assert "this run is one process, which trains the whole model" in caplog.text
+    caplog.clear()
+    make_placement(DistributedConfig())
+    assert not caplog.text
+
+
 def test_two_ddp_ranks_with_a_chunked_output_layer_give_the_single_process_step(nano_model_dir, tmp_path, toy_task):
     """The chunks call the output layer outside the model's forward: DDP still reduces its gradient."""
     test_two_ranks_give_the_single_process_loss_and_gradients("ddp", ("forward.logit_chunk=5", "entropy_coef=0.01"),
                                                              nano_model_dir, tmp_path, toy_task)
-
-
-def test_validation_that_setting_auto_chose_is_named_as_its_under_fsdp(nano_model_dir, tmp_path):
-    import json
-    import shutil
-
-    from reasonloop.config import ConfigError
-    from reasonloop.distributed.placement import check_shardable
-
-    shutil.copytree(nano_model_dir, tmp_path / "sft" / "model")
-    (tmp_path / "sft" / "reasonloop-run.json").write_text(json.dumps({"command": "sft"}))
-    sft = [f"model.name={tmp_path / 'sft' / 'model'}"]
-    check_shardable(load_config(rl.Config, sft), 2)  # ddp: the setting as it is
-    fsdp = [*sft, "distributed.strategy=fsdp", *FSDP_FORWARD]
-    with pytest.raises(ConfigError, match="or set val_n=0 keep_best='': setting=auto read them from "
-                                          "configs/rl_from_sft.yaml"):
-        check_shardable(load_config(rl.Config, fsdp), 2)
-    check_shardable(load_config(rl.Config, [*fsdp, "val_n=0", "keep_best="]), 2)
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
@@ -290,15 +282,18 @@ def test_torchrun_checkpoints_hold_the_critic_and_the_implicit_prm(strategy, ext
     trainer.train()
 
 
-def test_torchrun_ddp_validates_on_rank_0_and_saves_the_kept_step(nano_model_dir, tmp_path):
-    """keep_best under DDP: rank 0 validates, keeps the best weights (saved in its checkpoints) and saves them."""
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=CI)])
+def test_torchrun_validates_on_rank_0_and_saves_the_kept_step(strategy, nano_model_dir, tmp_path):
+    """keep_best under torchrun: rank 0 validates, keeps the best weights (saved in its checkpoints) and saves them;
+    under FSDP2 the kept weights go back into every rank's shards before the final save gathers them."""
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
     args = [f"model.name={nano_model_dir}", f"output_dir={out}", "prompts_per_step=4", "group_size=4",
             "sampling.max_new_tokens=8", "eval_n=4", "eval_k=0", "eval_every=0", "save_every=1", "samples_every=0",
             "train_pool=32", "micro_batch_size=8", "threads=1", "optim.lr=0.01", "entropy_coef=0.05", "val_n=4",
-            "val_every=1", "keep_best=pass@1_greedy", "keep_best_paired=false"]
+            "val_every=1", "keep_best=pass@1_greedy", "keep_best_paired=false", f"distributed.strategy={strategy}",
+            *forward_for(strategy)]
     done = torchrun(2, *args, "steps=2")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -22,6 +22,8 @@ The trainer (`recipes/rl.py`) runs the same step either way; it asks its placeme
 - `reduce_step(metrics, rows)`: as is | means over ranks weighted by rows, maxima for */max and time/*
 - `gather(obj)`: [obj] | every rank's obj, in rank order
 - `sync_engine(engine)`: `engine.update_weights(model)` | fsdp: the full state dict gathered into the copy
+- `restore_kept(model, kept)`: nothing (rank 0 loaded keep_best's step into its model) | fsdp: that step's weights
+  from rank 0's copy broadcast into every rank's shards, so the final save keeps them
 - `start_run(run)`: `run.start()` | rank 0 writes the run directory; the others log nothing
 - checkpoints: train/checkpoint.py's format | torch.distributed.checkpoint (DCP) shards, any world size
 
@@ -33,6 +35,7 @@ global batch (algos/aggregation.py's invariance, extended across ranks).
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import sys
 from dataclasses import fields, replace
@@ -50,6 +53,9 @@ from reasonloop.distributed.memory import apply_memory
 from reasonloop.models.loading import save_model
 from reasonloop.train.checkpoint import load_checkpoint, save_checkpoint
 
+log = logging.getLogger(__name__)
+
+
 def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
@@ -61,6 +67,9 @@ def make_placement(cfg: DistributedConfig, trainer_cfg: Any = None) -> "LocalPla
     memory = getattr(trainer_cfg, "memory", None) or MemoryConfig()
     if backend == "auto":
         backend = "torch" if launched_by_torchrun() else "none"
+    if backend == "none" and cfg.strategy == "fsdp":
+        log.warning("distributed.strategy=fsdp shards the model over torchrun ranks; this run is one process, which "
+                    "trains the whole model (launch it with torchrun to shard it)")
     if memory.activation_checkpointing and trainer_cfg is not None and trainer_cfg.forward.share_prompts:
         raise ConfigError("memory.activation_checkpointing needs forward.share_prompts=false: HF turns the K/V cache "
                           "off under gradient checkpointing, and the shared-prompt forward reads the prompt from it")
@@ -87,12 +96,6 @@ def check_shardable(cfg: Any, world_size: int) -> None:
     if cfg.distributed.strategy == "fsdp" and cfg.forward.logit_chunk:
         problems.append("forward.logit_chunk under distributed.strategy=fsdp (the chunks call the output layer outside "
                         "the model's forward, where FSDP2 keeps its weights sharded): use ddp, or logit_chunk=0")
-    if cfg.distributed.strategy == "fsdp" and getattr(cfg, "val_n", 0):
-        chosen = hasattr(cfg, "setting") and type(cfg).resolved_setting(cfg.setting, cfg.model.name) == "from_sft"
-        problems.append("val_n under distributed.strategy=fsdp (rank 0 validates on its full copy of the weights, "
-                        "which the final save refreshes from the shards, so keep_best's step would not be the one "
-                        "saved; use ddp" + (f", or set val_n=0 keep_best='': setting={cfg.setting} read them from "
-                                            "configs/rl_from_sft.yaml" if chosen else "") + ")")
     if problems and world_size > 1:
         raise ConfigError(f"torch.distributed training ({world_size} ranks) does not support: " + "; ".join(problems))
 
@@ -163,6 +166,10 @@ class LocalPlacement:
 
     def sync_engine(self, engine: Any, model: torch.nn.Module) -> None:
         engine.update_weights(model)
+
+    def restore_kept(self, model: torch.nn.Module, kept: bool) -> None:
+        """After rank 0 loaded keep_best's step into `rollout_model(model)` (`kept`): one process and ddp save that
+        model as it is."""
 
     def start_run(self, run: Any) -> tuple[Any, Path]:
         return run, run.start()
@@ -304,6 +311,20 @@ class TorchPlacement(LocalPlacement):
             engine.update_weights(self._rollout)
         else:
             engine.update_weights(model)
+
+    def restore_kept(self, model: torch.nn.Module, kept: bool) -> None:
+        """fsdp: rank 0 validated on its full rollout copy and loaded keep_best's step into it (`kept`, rank 0's
+        word); every rank takes those weights into its shards (broadcast from rank 0), so the final save, which
+        refreshes the copy from the shards, saves the kept step. Collective under fsdp: every rank calls it."""
+        if self._rollout is None:
+            return
+        box = [kept]
+        self.dist.broadcast_object_list(box, src=0)
+        if box[0]:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(model, self._rollout.state_dict() if self.is_main else {},
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     # -- the step ----------------------------------------------------------------------------------
     def shard(self, items: list) -> list:

@@ -1269,6 +1269,7 @@ class Trainer:
                     self._checkpoint()
         last_values = self.validate() if self.validation else None  # the last step's, also after a resume there
         after, last = self._keep_best(self._held_out(HELD_OUT_AFTER), last_values)
+        self.dist.restore_kept(self.model, kept=last is not None)
         self.dist.save_model(self.model, self.tokenizer, self.run.dir / "model")
         if before is not None:
             print(f"before training:\n{format_table(before)}")
