@@ -11,7 +11,7 @@ from reasonloop.selfimprove.preference import (
     preference_step,
     sequence_logps,
 )
-from reasonloop.models.forward import completion_logprobs, encode_pairs
+from reasonloop.models.forward import ForwardConfig, completion_logprobs, encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
 
 PROMPTS = ["Q: 1+2=?\n", "Q: 7-3=?\n", "Q: 5+5=?\n"]
@@ -25,6 +25,8 @@ def test_sequence_logps_sum_completion_tokens_incl_eos(nano_model, tokenizer):
     with torch.no_grad():
         manual = (completion_logprobs(nano_model, batch) * batch.completion_mask).sum(-1)
     assert torch.allclose(logps, manual, atol=1e-5)
+    chunked, _ = sequence_logps(nano_model, tokenizer, PROMPTS, CHOSEN, forward=ForwardConfig(logit_chunk=3))
+    assert torch.allclose(chunked, manual, atol=1e-5)
     assert lengths.tolist() == [len(tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in CHOSEN]
 
 
@@ -37,7 +39,8 @@ def test_micro_batch_size_does_not_change_the_step(nano_model, tokenizer, loss, 
     ref_c, _ = sequence_logps(ref, tokenizer, PROMPTS, CHOSEN)
     ref_r, _ = sequence_logps(ref, tokenizer, PROMPTS, REJECTED)
     grads, losses = [], []
-    for micro in (1, 3):
+    # micro-batches of 1 and 3, and of 3 with the output layer in chunks of 2 positions (forward.logit_chunk)
+    for micro, forward in ((1, None), (3, None), (3, ForwardConfig(logit_chunk=2))):
         model = copy.deepcopy(nano_model)
         opt, sched = build_optimizer(model.parameters(), OptimConfig(lr=1e-9), 1)
         captured = {}
@@ -48,11 +51,12 @@ def test_micro_batch_size_does_not_change_the_step(nano_model, tokenizer, loss, 
 
         monkeypatch.setattr(preference, "clip_and_step", capture)
         m = preference_step(model, tokenizer, data, loss, kwargs, ref_c, ref_r, opt, sched, max_grad_norm=0.0,
-                            micro_batch_size=micro, nll_weight=0.3)
+                            micro_batch_size=micro, nll_weight=0.3, forward=forward)
         grads.append(captured["g"])
         losses.append(m["loss"])
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
-    assert float((grads[0] - grads[1]).norm() / grads[0].norm()) < 1e-5
+    for other in (1, 2):
+        assert losses[other] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)
+        assert float((grads[other] - grads[0]).norm() / grads[0].norm()) < 1e-5
 
 
 def test_dpo_steps_raise_the_chosen_margin(nano_model, tokenizer):

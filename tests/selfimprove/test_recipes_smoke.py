@@ -58,3 +58,35 @@ def test_distill_modes_run(nano_model_dir, tmp_path, args):
     assert rows[1]["kept"] > 0
     if "on_policy_steps=1" in args:
         assert rows[1]["on_policy/reverse_kl_first"] >= 0.0
+
+
+@pytest.mark.parametrize("recipe,args", [("self_train", ["method=v_star", "threshold=-5", "verifier_steps=1", "best_of_n=2"]),
+                                         ("dpo", ["mode=offline", "offline_pairs=4", "steps=1"])])
+def test_the_loops_train_with_the_forward_block(nano_model_dir, tmp_path, monkeypatch, recipe, args):
+    """`forward.*` reaches every training forward of a loop: the fine-tuning steps, the preference steps and the
+    verifier's log-probs (self_train's v_star), the policy's and the reference's (dpo)."""
+    import importlib
+
+    from reasonloop.models import forward as forward_module
+
+    module = importlib.import_module(f"reasonloop.recipes.{recipe}")
+    chunks = []
+    real = forward_module.policy_forward
+
+    def spy(*a, logit_chunk=0, **k):
+        chunks.append(logit_chunk)
+        return real(*a, logit_chunk=logit_chunk, **k)
+
+    for where in ("reasonloop.selfimprove.preference", "reasonloop.models.forward"):  # completion_logprobs' is the latter
+        monkeypatch.setattr(f"{where}.policy_forward", spy)
+    run_recipe(module, [f"model.name={nano_model_dir}", "forward.logit_chunk=3", *args], tmp_path)
+    assert chunks and set(chunks) == {3}, chunks
+
+
+def test_on_policy_distillation_refuses_a_chunked_output_layer():
+    from reasonloop.config import ConfigError
+    from reasonloop.recipes import distill
+
+    load_config(distill.Config, ["mode=teacher", "forward.logit_chunk=64"])  # the SFT on the teacher's picks: chunked
+    with pytest.raises(ConfigError, match="forward.logit_chunk with on_policy_steps: the reverse KL"):
+        load_config(distill.Config, ["mode=teacher", "on_policy_steps=1", "forward.logit_chunk=64"])

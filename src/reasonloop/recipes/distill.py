@@ -64,6 +64,9 @@ class Config(LoopConfig):
         require(self.on_policy_steps >= 0 and self.on_policy_prompts > 0, "on_policy_steps >= 0, on_policy_prompts > 0")
         require(not (self.mode == "ttc_loop" and self.on_policy_steps > 0),
                 "on-policy distillation needs a distinct teacher (mode=teacher)")
+        require(not (self.on_policy_steps and self.forward.logit_chunk),
+                "forward.logit_chunk with on_policy_steps: the reverse KL to the teacher needs the whole logits of "
+                "both models; set one of them to 0")
 
 
 def teacher_traces(loop: Loop, cfg: Config, teacher: torch.nn.Module, examples) -> tuple[list, dict]:

@@ -223,8 +223,10 @@ def train_on(cfg: Config, loop: Loop, ref: torch.nn.Module | None, data: Prefere
     rej_prompts = data.prompts if paired else data.rejected_prompts
     ref_c = ref_r = None
     if ref is not None:
-        ref_c, _ = sequence_logps(ref, loop.tokenizer, data.prompts, data.chosen, cfg.micro_batch_size)
-        ref_r, _ = sequence_logps(ref, loop.tokenizer, rej_prompts, data.rejected, cfg.micro_batch_size)
+        ref_c, _ = sequence_logps(ref, loop.tokenizer, data.prompts, data.chosen, cfg.micro_batch_size,
+                                  forward=cfg.forward)
+        ref_r, _ = sequence_logps(ref, loop.tokenizer, rej_prompts, data.rejected, cfg.micro_batch_size,
+                                  forward=cfg.forward)
     optimizer, scheduler = build_optimizer(loop.model.parameters(), cfg.optim, steps)
     sums: dict[str, float] = {}
     for _ in range(steps):
@@ -232,7 +234,8 @@ def train_on(cfg: Config, loop: Loop, ref: torch.nn.Module | None, data: Prefere
         idx_r = idx_c if paired else rng.sample(range(len(data.rejected)), min(cfg.batch_size, len(data.rejected)))
         m = preference_step(loop.model, loop.tokenizer, subset(data, idx_c, idx_r), cfg.loss, cfg.loss_kwargs(),
                             ref_c[idx_c] if ref_c is not None else None, ref_r[idx_r] if ref_r is not None else None,
-                            optimizer, scheduler, cfg.optim.max_grad_norm, cfg.micro_batch_size, cfg.nll_weight)
+                            optimizer, scheduler, cfg.optim.max_grad_norm, cfg.micro_batch_size, cfg.nll_weight,
+                            forward=cfg.forward)
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v / steps
     return {"dpo_steps": float(steps), **{f"dpo/{k}": v for k, v in sums.items()}}

@@ -226,13 +226,15 @@ def run(cfg: Config) -> dict:
         else:
             stats.update(loop.finetune(kept))
         if cfg.method == "v_star":  # V-STaR retrains the verifier from the base on all pairs so far
-            verifier = DPOVerifier(loop.base_model(), loop.tokenizer, loop.render, cfg.verifier_beta)
+            verifier = DPOVerifier(loop.base_model(), loop.tokenizer, loop.render, cfg.verifier_beta,
+                                   cfg.micro_batch_size, cfg.forward)
             stats.update(verifier.train(pairs_so_far, cfg.verifier_steps, cfg.batch_size, cfg.verifier_optim, cfg.seed))
             stats["verifier/pairs"] = len(pairs_so_far)
             loop.extra_state["verifier_pairs"] = [(asdict(g), asdict(b)) for g, b in pairs_so_far]
         loop.end_iteration(it, stats)
     if cfg.method == "v_star" and verifier is None and pairs_so_far:  # resumed after the last iteration
-        verifier = DPOVerifier(loop.base_model(), loop.tokenizer, loop.render, cfg.verifier_beta)
+        verifier = DPOVerifier(loop.base_model(), loop.tokenizer, loop.render, cfg.verifier_beta,
+                               cfg.micro_batch_size, cfg.forward)
         verifier.train(pairs_so_far, cfg.verifier_steps, cfg.batch_size, cfg.verifier_optim, cfg.seed)
     extra = held_out_best_of_n(loop, cfg, verifier) if verifier is not None else {}
     if extra:

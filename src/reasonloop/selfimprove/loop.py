@@ -60,7 +60,7 @@ from reasonloop.rollout.prefix_cache import TreeEngine
 from reasonloop.selfimprove.selection import Sample
 from reasonloop.train.checkpoint import load_model_weights, reading, write_checkpoint_dir
 from reasonloop.train.evaluation import evaluate, flat_metrics, format_table
-from reasonloop.models.forward import encode_pairs
+from reasonloop.models.forward import ForwardConfig, encode_pairs
 from reasonloop.train.optim import OptimConfig, build_optimizer
 from reasonloop.train.run import Run, set_seed, set_threads
 from reasonloop.train.runconfig import RunConfig
@@ -95,6 +95,9 @@ class LoopConfig(RunConfig):
     """Records per optimizer step."""
     micro_batch_size: int = 32
     """Records per forward/backward; gradients accumulate up to batch_size."""
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    """The training forward, as `train`'s (the fine-tuning steps, preference steps and their log-probs): shared
+    prompts, length buckets, and `forward.logit_chunk` for a large vocabulary (docs/scale.md)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, min_lr_ratio=1.0))
     """Optimiser; a fresh one per iteration (each iteration is its own fine-tune). Constant lr by default."""
     eval_n: int = 200
@@ -230,7 +233,7 @@ class Loop:
             else:
                 batch = encode_pairs(self.tokenizer, [self.render(p) for p, _ in picked], [c for _, c in picked])
             metrics = supervised_step(self.model, batch, self.cfg.micro_batch_size, optimizer, scheduler,
-                                      self.cfg.optim.max_grad_norm, loss_mask=loss_mask)
+                                      self.cfg.optim.max_grad_norm, loss_mask=loss_mask, forward=self.cfg.forward)
             losses.append(metrics["loss"])
         return {"sft_steps": float(steps), "sft_loss_first": losses[0], "sft_loss_last": losses[-1]}
 

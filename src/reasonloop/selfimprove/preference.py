@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonloop.algos import PREFERENCE_LOSSES
-from reasonloop.models.forward import encode_pairs, policy_forward
+from reasonloop.models.forward import ForwardConfig, encode_pairs, policy_forward
 from reasonloop.train.optim import clip_and_step
 
 PAIRWISE_WITH_REF = ("dpo", "cdpo", "robust_dpo", "ipo", "spin")
@@ -40,8 +40,11 @@ class PreferenceData:
 
 
 def sequence_logps(model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str],
-                   micro_batch_size: int = 32, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed completion log-probs [N], completion lengths in tokens incl. EOS [N])."""
+                   micro_batch_size: int = 32, grad: bool = False,
+                   forward: ForwardConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed completion log-probs [N], completion lengths in tokens incl. EOS [N]); `forward`: the forward's
+    switches (default ForwardConfig())."""
+    options = (forward or ForwardConfig()).options()
     device = next(model.parameters()).device
     if not prompts:
         return torch.zeros(0, device=device), torch.zeros(0, device=device)
@@ -50,7 +53,7 @@ def sequence_logps(model: torch.nn.Module, tokenizer, prompts: Sequence[str], co
         batch = encode_pairs(tokenizer, list(prompts[start : start + micro_batch_size]),
                              list(completions[start : start + micro_batch_size])).to(device)
         with torch.set_grad_enabled(grad):
-            lp = policy_forward(model, batch).logprobs
+            lp = policy_forward(model, batch, **options).logprobs
         out.append((lp * batch.completion_mask).sum(-1))
         lengths.append(batch.completion_mask.sum(-1))
     return torch.cat(out), torch.cat(lengths).float()
@@ -83,12 +86,13 @@ def preference_step(
     max_grad_norm: float,
     micro_batch_size: int = 16,
     nll_weight: float = 0.0,
+    forward: ForwardConfig | None = None,
 ) -> dict[str, float]:
     """One optimizer step of `loss` over all of `data`, micro-batched; the loss is normalised by the
     whole step's pair count (or item count for KTO) so micro-batch size does not change the update.
 
     `nll_weight` > 0 adds that times the token-mean NLL of the chosen completions (the RPO / iterative
-    RPO term, Pang et al. 2024), which keeps the chosen likelihood from falling.
+    RPO term, Pang et al. 2024), which keeps the chosen likelihood from falling. `forward`: the forward's switches.
     """
     device = next(model.parameters()).device
     model.train()
@@ -106,8 +110,10 @@ def preference_step(
         sl = slice(start, start + micro_batch_size)
         c_idx = list(range(n_c))[sl]
         r_idx = list(range(n_r))[sl]
-        pol_c, len_c = _logps(model, tokenizer, [data.prompts[i] for i in c_idx], [data.chosen[i] for i in c_idx], device)
-        pol_r, len_r = _logps(model, tokenizer, [rej_prompts[i] for i in r_idx], [data.rejected[i] for i in r_idx], device)
+        pol_c, len_c = sequence_logps(model, tokenizer, [data.prompts[i] for i in c_idx],
+                                      [data.chosen[i] for i in c_idx], micro_batch_size, grad=True, forward=forward)
+        pol_r, len_r = sequence_logps(model, tokenizer, [rej_prompts[i] for i in r_idx],
+                                      [data.rejected[i] for i in r_idx], micro_batch_size, grad=True, forward=forward)
         ref_c = ref_chosen[c_idx].to(device) if ref_chosen is not None else None
         ref_r = ref_rejected[r_idx].to(device) if ref_rejected is not None else None
         value, metrics = loss_inputs(loss, pol_c, pol_r, ref_c, ref_r, len_c, len_r, kwargs, normalizer)
@@ -121,15 +127,6 @@ def preference_step(
             totals[k] = totals.get(k, 0.0) + float(v) * (1.0 if k == "loss" else share)
     grad_norm, stepped = clip_and_step(model, optimizer, scheduler, max_grad_norm)
     return {**totals, "grad_norm": grad_norm, "skipped": float(not stepped), "pairs": float(n_c)}
-
-
-def _logps(model, tokenizer, prompts, completions, device):
-    if not prompts:
-        empty = torch.zeros(0, device=device)
-        return empty, empty
-    batch = encode_pairs(tokenizer, list(prompts), list(completions)).to(device)
-    lp = policy_forward(model, batch).logprobs
-    return (lp * batch.completion_mask).sum(-1), batch.completion_mask.sum(-1).float()
 
 
 def _token_count(tokenizer, completion: str) -> int:

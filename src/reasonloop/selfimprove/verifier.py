@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from reasonloop.data.records import Example
+from reasonloop.models.forward import ForwardConfig
 from reasonloop.selfimprove.preference import (
     PreferenceData,
     implicit_reward,
@@ -27,13 +28,14 @@ from reasonloop.train.optim import OptimConfig, build_optimizer
 
 class DPOVerifier:
     def __init__(self, base_model: torch.nn.Module, tokenizer, render: Callable[[str], str], beta: float = 0.1,
-                 micro_batch_size: int = 32):
+                 micro_batch_size: int = 32, forward: ForwardConfig | None = None):
         self.model = copy.deepcopy(base_model)
         self.ref = copy.deepcopy(base_model).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.render = render
         self.beta = beta
         self.micro_batch_size = micro_batch_size
+        self.forward = forward
 
     def train(self, pairs: Sequence[tuple[Sample, Sample]], steps: int, batch_size: int, optim: OptimConfig,
               seed: int = 0) -> dict[str, float]:
@@ -43,15 +45,16 @@ class DPOVerifier:
         rng = random.Random(seed)
         prompts = [self.render(c.prompt) for c, _ in pairs]
         chosen, rejected = [c.completion for c, _ in pairs], [r.completion for _, r in pairs]
-        ref_c, _ = sequence_logps(self.ref, self.tokenizer, prompts, chosen, self.micro_batch_size)
-        ref_r, _ = sequence_logps(self.ref, self.tokenizer, prompts, rejected, self.micro_batch_size)
+        ref_c = self._logps(self.ref, prompts, chosen)
+        ref_r = self._logps(self.ref, prompts, rejected)
         optimizer, scheduler = build_optimizer(self.model.parameters(), optim, steps)
         metrics: dict[str, float] = {}
         for _ in range(steps):
             idx = rng.sample(range(len(pairs)), min(batch_size, len(pairs)))
             data = PreferenceData([prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx])
             metrics = preference_step(self.model, self.tokenizer, data, "dpo", {"beta": self.beta}, ref_c[idx],
-                                      ref_r[idx], optimizer, scheduler, optim.max_grad_norm, self.micro_batch_size)
+                                      ref_r[idx], optimizer, scheduler, optim.max_grad_norm, self.micro_batch_size,
+                                      forward=self.forward)
         return {f"verifier/{k}": v for k, v in metrics.items()}
 
     @torch.no_grad()
@@ -59,9 +62,12 @@ class DPOVerifier:
         """Scores of raw (un-rendered) prompts and completions; higher means more likely correct."""
         rendered = [self.render(p) for p in prompts]
         self.model.eval()
-        pol, _ = sequence_logps(self.model, self.tokenizer, rendered, completions, self.micro_batch_size)
-        ref, _ = sequence_logps(self.ref, self.tokenizer, rendered, completions, self.micro_batch_size)
+        pol = self._logps(self.model, rendered, completions)
+        ref = self._logps(self.ref, rendered, completions)
         return implicit_reward(pol, ref, self.beta).tolist()
+
+    def _logps(self, model: torch.nn.Module, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        return sequence_logps(model, self.tokenizer, prompts, completions, self.micro_batch_size, forward=self.forward)[0]
 
     def scorer(self, example: Example, completions: list[str]) -> list[float]:
         """The `search.Scorer` signature, for best-of-N."""
