@@ -83,9 +83,9 @@ def test_rejection_sampling_fine_tunes_on_masked_episodes(tmp_path, monkeypatch)
     seen = []
     real = supervised_step
 
-    def spy(model, batch, mbs, opt, sched, clip, loss_mask=None):
+    def spy(model, batch, mbs, opt, sched, clip, loss_mask=None, **kwargs):
         seen.append((batch, loss_mask))
-        return real(model, batch, mbs, opt, sched, clip, loss_mask=loss_mask)
+        return real(model, batch, mbs, opt, sched, clip, loss_mask=loss_mask, **kwargs)
 
     monkeypatch.setattr(loop_mod, "supervised_step", spy)
     kept = samples[:4]  # what a keep rule returns; here whatever was sampled
