@@ -33,7 +33,7 @@ import torch
 
 from reasonloop.config import ConfigError, require, require_choice
 from reasonloop.models.loading import DTYPES, ModelConfig, context_length, load_policy, render_prompt, resolve_model_path
-from reasonloop.prm.labels import LabelStats, StepExample, mc_labels, read_step_file
+from reasonloop.prm.labels import StepExample, mc_labels, read_step_file
 from reasonloop.prm.metrics import evaluate
 from reasonloop.prm.model import ProcessRewardModel, new_prm, step_cross_entropy
 from reasonloop.rewards.process import DEFAULT_DELIMITERS
