@@ -220,6 +220,41 @@ def test_the_chunked_output_layer_holds_only_a_chunk_of_logits(nano_model, token
     assert max(s[0] for s in chunk_calls) == 6 and sum(s[0] for s in chunk_calls) == 2 * N * T  # forward + recompute
 
 
+def test_chunked_reverse_kl_to_a_teacher_equals_the_whole_logits_with_gradients(nano_model, tokenizer):
+    """On-policy distillation with forward.logit_chunk: per-position KL(student || teacher) and the student's gradients
+    as from both models' whole [N, T, V] logits; the teacher gets no gradient."""
+    import copy
+
+    from reasonloop.algos.distill import masked_kl_loss, reverse_kl_per_token
+    from reasonloop.models.forward import completion_logits, paired_logits_chunked
+
+    teacher = copy.deepcopy(nano_model).eval()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    b = TorchSampler(nano_model, tokenizer).generate(PROMPTS[:3], 3, SamplingConfig(max_new_tokens=10),
+                                                     torch.Generator().manual_seed(1))
+    tokens = TokenBatch(b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask)
+    m = tokens.completion_mask
+    nano_model.train()
+    per_token, grads = [], []
+    for chunk in (0, 4):
+        nano_model.zero_grad()
+        if chunk:
+            kl = paired_logits_chunked(nano_model, teacher, tokens, chunk, reverse_kl_per_token)
+        else:
+            with torch.no_grad():
+                t_logits = completion_logits(teacher, tokens)
+            kl = reverse_kl_per_token(completion_logits(nano_model, tokens), t_logits)
+        masked_kl_loss(kl, m, float(m.sum()))[0].backward()
+        per_token.append(kl.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in nano_model.parameters()]))
+    assert float(per_token[0][m.bool()].mean()) > 1e-4, "the teacher differs from the student"
+    torch.testing.assert_close(per_token[1][m.bool()], per_token[0][m.bool()], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5 * float(grads[0].abs().max()), rtol=1e-4)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
 def test_a_model_that_changes_its_logits_after_the_output_layer_is_refused_for_chunking(nano_model):
     from reasonloop.config import ConfigError
     from reasonloop.models.forward import ForwardConfig, output_layer

@@ -83,10 +83,15 @@ def test_the_loops_train_with_the_forward_block(nano_model_dir, tmp_path, monkey
     assert chunks and set(chunks) == {3}, chunks
 
 
-def test_on_policy_distillation_refuses_a_chunked_output_layer():
-    from reasonloop.config import ConfigError
+def test_on_policy_distillation_with_a_chunked_output_layer_takes_the_same_steps(nano_model_dir, tmp_path):
+    """forward.logit_chunk: the reverse KL to the teacher from both models' logits a chunk at a time, the same
+    on-policy steps (KL before and after) as from their whole logits."""
     from reasonloop.recipes import distill
 
-    load_config(distill.Config, ["mode=teacher", "forward.logit_chunk=64"])  # the SFT on the teacher's picks: chunked
-    with pytest.raises(ConfigError, match="forward.logit_chunk with on_policy_steps: the reverse KL"):
-        load_config(distill.Config, ["mode=teacher", "on_policy_steps=1", "forward.logit_chunk=64"])
+    args = [f"model.name={nano_model_dir}", "search.n=2", "mode=teacher", "verify=false", "on_policy_steps=2",
+            "on_policy_prompts=2", "search.strategy=best_of_n", "iterations=1"]
+    rows = [run_recipe(distill, [*args, f"forward.logit_chunk={chunk}"], tmp_path / str(chunk))[1][1]
+            for chunk in (0, 5)]
+    for key in ("on_policy/reverse_kl_first", "on_policy/reverse_kl_last"):
+        assert rows[1][key] == pytest.approx(rows[0][key], rel=1e-4, abs=1e-7), key
+    assert rows[0]["on_policy/reverse_kl_first"] > 0

@@ -22,13 +22,22 @@ def reverse_kl_tokens(
     concentrates on what the teacher rates likely rather than covering all of it.
     `normalizer` = target tokens in the whole optimizer step, so micro-batch sums equal the step mean.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ")
     if student_logits.shape[:2] != mask.shape:
         raise ValueError(f"logits {tuple(student_logits.shape[:2])} and mask {tuple(mask.shape)} disagree")
+    return masked_kl_loss(reverse_kl_per_token(student_logits, teacher_logits), mask, normalizer)
+
+
+def reverse_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_s || p_t) at each position [...] of logits [..., V] (the teacher's treated as constant)."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ")
     log_s = torch.log_softmax(student_logits.float(), -1)
     log_t = torch.log_softmax(teacher_logits.detach().float(), -1)
-    per_token = (log_s.exp() * (log_s - log_t)).sum(-1)  # [N, T]
+    return (log_s.exp() * (log_s - log_t)).sum(-1)
+
+
+def masked_kl_loss(per_token: torch.Tensor, mask: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-position KL [N, T] summed over the mask and divided by `normalizer` (reverse_kl_tokens' loss)."""
     m = mask.to(per_token.dtype)
     total = (per_token * m).sum()
     return total / normalizer, {"kl_sum": float(total.detach()), "tokens": float(m.sum())}

@@ -187,7 +187,6 @@ def _chunked_head(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor
     time; under autograd each chunk is checkpointed, so its logits live only while it is computed (twice)."""
     N, T, H = hidden.shape
     dtype = next(head.parameters()).dtype
-    flat_h, flat_ids = hidden.reshape(N * T, H), ids.reshape(N * T)
 
     def part(h: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = head(h.to(dtype)).float().unsqueeze(0)
@@ -196,11 +195,38 @@ def _chunked_head(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor
         lp = token_logprobs(logits, i.unsqueeze(0)).squeeze(0)
         return (lp, entropy_from_logits(logits).squeeze(0)) if with_entropy else (lp,)
 
-    grad = torch.is_grad_enabled()
-    outs = [checkpoint(part, flat_h[s:s + chunk], flat_ids[s:s + chunk], use_reentrant=False) if grad
-            else part(flat_h[s:s + chunk], flat_ids[s:s + chunk]) for s in range(0, N * T, chunk)]
+    outs = _in_chunks(part, chunk, hidden.reshape(N * T, H), ids.reshape(N * T))
     logprobs = torch.cat([o[0] for o in outs]).view(N, T)
     return logprobs, (torch.cat([o[1] for o in outs]).view(N, T) if with_entropy else None)
+
+
+def _in_chunks(fn, chunk: int, *rows: torch.Tensor) -> list:
+    """[fn(the next `chunk` rows of each of `rows`), ...]; under autograd each call is checkpointed, so what it
+    builds inside (a chunk's logits) is freed at once and recomputed in the backward pass."""
+    grad = torch.is_grad_enabled()
+    return [checkpoint(fn, *(r[s:s + chunk] for r in rows), use_reentrant=False) if grad
+            else fn(*(r[s:s + chunk] for r in rows)) for s in range(0, rows[0].shape[0], chunk)]
+
+
+def paired_logits_chunked(student: torch.nn.Module, teacher: torch.nn.Module, batch: TokenBatch, chunk: int,
+                          fn) -> torch.Tensor:
+    """fn(student logits, teacher logits) -> one value per position, [N, T] over the completion positions (the
+    alignment of `completion_logits`), from both models' last hidden states `chunk` positions at a time: neither
+    model's [N, T, V] logits are ever held whole (on-policy distillation at a large vocabulary). The teacher runs
+    without gradient; the student's chunks are checkpointed (`forward.logit_chunk`)."""
+    hidden = _plain_forward(student, batch, with_hidden=True, with_logits=False)[1]
+    with torch.no_grad():
+        t_hidden = _plain_forward(teacher, batch, with_hidden=True, with_logits=False)[1]
+    s_head, t_head = output_layer(student), output_layer(teacher)
+    s_dtype, t_dtype = next(s_head.parameters()).dtype, next(t_head.parameters()).dtype
+
+    def part(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = t_head(t.to(t_dtype))
+        return fn(s_head(h.to(s_dtype)), t_logits)
+
+    N, T, _ = hidden.shape
+    return torch.cat(_in_chunks(part, chunk, hidden.reshape(N * T, -1), t_hidden.reshape(N * T, -1))).view(N, T)
 
 
 def cache_arg(model, cache) -> dict:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reasonloop.algos.distill import reverse_kl_tokens
+from reasonloop.algos.distill import masked_kl_loss, reverse_kl_per_token, reverse_kl_tokens
 from reasonloop.config import require, require_choice
 from reasonloop.models.loading import ModelConfig, load_model
 from reasonloop.rollout.prefix_cache import TreeEngine
@@ -37,7 +37,7 @@ from reasonloop.search import SearchConfig, search
 from reasonloop.selfimprove.loop import Loop, LoopConfig
 from reasonloop.selfimprove.selection import correct_only, dedup
 from reasonloop.train.evaluation import answer_key
-from reasonloop.models.forward import completion_logits, encode_pairs
+from reasonloop.models.forward import completion_logits, encode_pairs, paired_logits_chunked
 from reasonloop.train.optim import OptimConfig, build_optimizer, clip_and_step
 
 
@@ -64,9 +64,6 @@ class Config(LoopConfig):
         require(self.on_policy_steps >= 0 and self.on_policy_prompts > 0, "on_policy_steps >= 0, on_policy_prompts > 0")
         require(not (self.mode == "ttc_loop" and self.on_policy_steps > 0),
                 "on-policy distillation needs a distinct teacher (mode=teacher)")
-        require(not (self.on_policy_steps and self.forward.logit_chunk),
-                "forward.logit_chunk with on_policy_steps: the reverse KL to the teacher needs the whole logits of "
-                "both models; set one of them to 0")
 
 
 def teacher_traces(loop: Loop, cfg: Config, teacher: torch.nn.Module, examples) -> tuple[list, dict]:
@@ -95,9 +92,14 @@ def on_policy_distill(loop: Loop, cfg: Config, teacher: torch.nn.Module) -> dict
         step_kl = 0.0
         for start in range(0, len(batch), cfg.micro_batch_size):
             mb = batch.select(slice(start, start + cfg.micro_batch_size)).to(device)
-            with torch.no_grad():
-                t_logits = completion_logits(teacher, mb)
-            loss, _ = reverse_kl_tokens(completion_logits(loop.model, mb), t_logits, mb.completion_mask, normalizer)
+            if cfg.forward.logit_chunk:  # both models' logits a chunk of positions at a time
+                per_token = paired_logits_chunked(loop.model, teacher, mb, cfg.forward.logit_chunk,
+                                                  reverse_kl_per_token)
+                loss, _ = masked_kl_loss(per_token, mb.completion_mask, normalizer)
+            else:
+                with torch.no_grad():
+                    t_logits = completion_logits(teacher, mb)
+                loss, _ = reverse_kl_tokens(completion_logits(loop.model, mb), t_logits, mb.completion_mask, normalizer)
             loss.backward()
             step_kl += float(loss.detach())
         clip_and_step(loop.model, optimizer, scheduler, cfg.on_policy_optim.max_grad_norm)
