@@ -77,8 +77,7 @@ def test_the_loops_train_with_the_forward_block(nano_model_dir, tmp_path, monkey
         chunks.append(logit_chunk)
         return real(*a, logit_chunk=logit_chunk, **k)
 
-    for where in ("reasonloop.selfimprove.preference", "reasonloop.models.forward"):  # completion_logprobs' is the latter
-        monkeypatch.setattr(f"{where}.policy_forward", spy)
+    monkeypatch.setattr(forward_module, "policy_forward", spy)  # the one every loop's log-probs go through
     run_recipe(module, [f"model.name={nano_model_dir}", "forward.logit_chunk=3", *args], tmp_path)
     assert chunks and set(chunks) == {3}, chunks
 

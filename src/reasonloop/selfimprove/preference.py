@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonloop.algos import PREFERENCE_LOSSES
-from reasonloop.models.forward import ForwardConfig, encode_pairs, policy_forward
+from reasonloop.models.forward import ForwardConfig, completion_logprobs, encode_pairs
 from reasonloop.train.optim import clip_and_step
 
 PAIRWISE_WITH_REF = ("dpo", "cdpo", "robust_dpo", "ipo", "spin")
@@ -44,7 +44,6 @@ def sequence_logps(model: torch.nn.Module, tokenizer, prompts: Sequence[str], co
                    forward: ForwardConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed completion log-probs [N], completion lengths in tokens incl. EOS [N]); `forward`: the forward's
     switches (default ForwardConfig())."""
-    options = (forward or ForwardConfig()).options()
     device = next(model.parameters()).device
     if not prompts:
         return torch.zeros(0, device=device), torch.zeros(0, device=device)
@@ -53,7 +52,7 @@ def sequence_logps(model: torch.nn.Module, tokenizer, prompts: Sequence[str], co
         batch = encode_pairs(tokenizer, list(prompts[start : start + micro_batch_size]),
                              list(completions[start : start + micro_batch_size])).to(device)
         with torch.set_grad_enabled(grad):
-            lp = policy_forward(model, batch, **options).logprobs
+            lp = completion_logprobs(model, batch, forward=forward)
         out.append((lp * batch.completion_mask).sum(-1))
         lengths.append(batch.completion_mask.sum(-1))
     return torch.cat(out), torch.cat(lengths).float()
